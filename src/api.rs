@@ -1,0 +1,524 @@
+//! The application's view: endpoints, conferences, participants, events and
+//! audio. The C ABI and the Python module are thin layers over this.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, ParticipantEntry, Shared, SipCommand, FRAME};
+use crate::media::codec::CodecKind;
+use crate::media::mixer::{gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix};
+use crate::sip::TimerConfig;
+use crate::{Error, Result};
+
+pub use crate::media::mixer::ParticipantId;
+
+/// Samples per 20 ms frame of application audio (8 kHz mono).
+pub const FRAME_SAMPLES: usize = FRAME;
+/// The sample rate of application audio.
+pub const SAMPLE_RATE: u32 = 8000;
+
+/// How an endpoint listens and behaves.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// SIP over UDP listens here; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The address put in SDP and Contact; defaults to the listen address.
+    pub public_address: Option<IpAddr>,
+    /// RTP ports (even ones are used).
+    pub rtp_ports: RangeInclusive<u16>,
+    /// Whether an INVITE to an unknown room creates it (else 404).
+    pub create_rooms_on_demand: bool,
+    /// Codecs in order of preference.
+    pub codecs: Vec<CodecKind>,
+    pub timers: TimerConfig,
+}
+
+impl Default for EndpointConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            public_address: None,
+            rtp_ports: 30000..=30999,
+            create_rooms_on_demand: true,
+            codecs: vec![CodecKind::Pcmu, CodecKind::Pcma],
+            timers: TimerConfig::default(),
+        }
+    }
+}
+
+/// How a participant is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantKind {
+    /// Called in.
+    Inbound,
+    /// Dialled out by the app.
+    Outbound,
+    /// Fed and read by the app.
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParticipantState {
+    Calling,
+    Ringing,
+    Connected,
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    RemoteHangup,
+    LocalHangup,
+    Cancelled,
+    Timeout,
+    ConferenceDestroyed,
+    EndpointStopped,
+}
+
+/// What happened, in order, for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    ConferenceCreated { conference: String },
+    ConferenceDestroyed { conference: String },
+    ParticipantJoined { conference: String, participant: ParticipantId, kind: ParticipantKind, remote: String },
+    ParticipantLeft { conference: String, participant: ParticipantId, reason: LeaveReason },
+    Ringing { conference: String, participant: ParticipantId },
+    Answered { conference: String, participant: ParticipantId },
+    DialFailed { conference: String, participant: ParticipantId, status: u16, reason: String },
+}
+
+/// A snapshot of one participant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParticipantInfo {
+    pub id: ParticipantId,
+    pub conference: String,
+    pub kind: ParticipantKind,
+    pub state: ParticipantState,
+    pub remote: Option<String>,
+    pub muted: bool,
+    pub volume_db: f32,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub dropped: u64,
+    pub concealed_frames: u64,
+}
+
+/// Lets a blocking call give up early, e.g. when Python has a pending Ctrl-C.
+pub type Interrupt<'a> = &'a mut dyn FnMut() -> bool;
+
+/// How long a blocking call sleeps between looks at its queue and its interrupt.
+const POLL_SLICE: Duration = Duration::from_millis(2);
+
+/// Waits until `ready` returns something, the deadline passes, or `interrupt` says stop.
+fn wait_for<T>(timeout: Option<Duration>, interrupt: Interrupt<'_>, mut ready: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        if let Some(v) = ready() {
+            return Ok(v);
+        }
+        if interrupt() {
+            return Err(Error::Interrupted);
+        }
+        match deadline {
+            Some(d) if Instant::now() >= d => return Err(Error::Timeout),
+            _ => std::thread::sleep(POLL_SLICE),
+        }
+    }
+}
+
+fn never() -> bool {
+    false
+}
+
+/// A running SIP endpoint: the SIP stack, the mixer and the conferences.
+/// Dropping it stops it (as [`Endpoint::stop`]).
+pub struct Endpoint {
+    engine: parking_lot::Mutex<Engine>,
+    shared: Arc<Shared>,
+}
+
+impl Endpoint {
+    /// Binds the SIP socket and starts the threads.
+    pub fn start(config: EndpointConfig) -> Result<Self> {
+        let engine = Engine::start(config)?;
+        let shared = engine.shared.clone();
+        Ok(Self { engine: parking_lot::Mutex::new(engine), shared })
+    }
+
+    /// The bound SIP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.sip_addr
+    }
+
+    /// A SIP URI that calls into `room` on this endpoint.
+    pub fn room_uri(&self, room: &str) -> String {
+        let addr = SocketAddr::new(self.shared.advertised_ip, self.shared.sip_addr.port());
+        format!("sip:{room}@{addr}")
+    }
+
+    /// Creates a conference; an existing name is an error.
+    pub fn create_conference(&self, name: &str) -> Result<Conference> {
+        let id = self.shared.create_conference(name, true)?;
+        Ok(Conference { shared: self.shared.clone(), name: name.into(), id })
+    }
+
+    /// The conference called `name`, if it exists.
+    pub fn conference(&self, name: &str) -> Result<Conference> {
+        let id = self.shared.conference_id(name)?;
+        Ok(Conference { shared: self.shared.clone(), name: name.into(), id })
+    }
+
+    /// Names of all conferences, sorted.
+    pub fn conferences(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.registry.lock().conferences.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The next event, waiting up to `timeout` (`None`: forever).
+    pub fn next_event(&self, timeout: Option<Duration>) -> Result<Event> {
+        self.next_event_interruptible(timeout, &mut never)
+    }
+
+    /// As [`Endpoint::next_event`], giving up with [`Error::Interrupted`] when `interrupt` returns true.
+    pub fn next_event_interruptible(&self, timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<Event> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(50)),
+                None => Duration::from_millis(50),
+            };
+            match self.shared.events.recv_timeout(slice) {
+                Ok(event) => return Ok(event),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Err(Error::Stopped),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            }
+            if interrupt() {
+                return Err(Error::Interrupted);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_next_event(&self) -> Option<Event> {
+        self.shared.events.try_recv().ok()
+    }
+
+    /// Events dropped because the application did not read them.
+    pub fn events_dropped(&self) -> u64 {
+        self.shared.events_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Mixer ticks so far and ticks that started late.
+    pub fn mixer_ticks(&self) -> (u64, u64) {
+        let stats = &self.shared.mixer_stats;
+        (stats.ticks.load(Ordering::Relaxed), stats.late_ticks.load(Ordering::Relaxed))
+    }
+
+    /// Hangs up every leg with BYE (CANCEL when still ringing) and stops.
+    /// Further calls on this endpoint or its conferences fail with [`Error::Stopped`].
+    pub fn stop(&self) {
+        self.engine.lock().stop();
+    }
+
+    /// Whether [`Endpoint::stop`] has run.
+    pub fn is_stopped(&self) -> bool {
+        self.shared.check_running().is_err()
+    }
+}
+
+/// A conference room. Cheap to clone; all clones name the same room.
+#[derive(Clone)]
+pub struct Conference {
+    shared: Arc<Shared>,
+    name: String,
+    id: crate::media::mixer::ConferenceId,
+}
+
+impl std::fmt::Debug for Conference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conference").field("name", &self.name).finish()
+    }
+}
+
+impl Conference {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn check(&self) -> Result<()> {
+        self.shared.check_running()?;
+        match self.shared.registry.lock().conferences.get(&self.name) {
+            Some(c) if c.id == self.id => Ok(()),
+            _ => Err(Error::NotFound(format!("conference {}", self.name))),
+        }
+    }
+
+    /// Calls `uri` into this conference. Returns once the INVITE is sent;
+    /// ringing, answer and failure arrive as events.
+    pub fn dial(&self, uri: &str) -> Result<Participant> {
+        self.check()?;
+        rsip::Uri::try_from(uri).map_err(|e| Error::InvalidArgument(format!("bad SIP URI {uri:?}: {e}")))?;
+        let id = ParticipantId(self.shared.next_id());
+        let entry = ParticipantEntry {
+            conference: self.name.clone(),
+            kind: ParticipantKind::Outbound,
+            remote: Some(uri.to_string()),
+            state: ParticipantState::Calling,
+            controls: Arc::new(ParticipantControls::default()),
+            volume_db: 0.0,
+        };
+        self.shared.add_participant(id, entry, None)?;
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.shared
+            .sip_commands
+            .send(SipCommand::Dial { participant: id, target: uri.to_string(), reply })
+            .map_err(|_| Error::Stopped)?;
+        result.blocking_recv().map_err(|_| Error::Stopped)??;
+        Ok(Participant { shared: self.shared.clone(), id })
+    }
+
+    /// Adds a participant that the application feeds with PCM and that reads
+    /// its own N-1 mix: a bot, a prompt player, a teacher's microphone.
+    pub fn add_local(&self) -> Result<LocalParticipant> {
+        self.check()?;
+        // One second of audio each way.
+        let (to_mixer, from_app) = rtrb::RingBuffer::new(FRAME * 50);
+        let (to_app, from_mixer) = rtrb::RingBuffer::new(FRAME * 50);
+        let id = ParticipantId(self.shared.next_id());
+        let controls = Arc::new(ParticipantControls::default());
+        let mix = ParticipantMix::new(id, controls.clone(), Leg::Local(LocalLeg { from_app, to_app }), FRAME);
+        let entry = ParticipantEntry {
+            conference: self.name.clone(),
+            kind: ParticipantKind::Local,
+            remote: None,
+            state: ParticipantState::Connected,
+            controls,
+            volume_db: 0.0,
+        };
+        self.shared.add_participant(id, entry, Some(Box::new(mix)))?;
+        self.shared.emit(crate::api::Event::ParticipantJoined {
+            conference: self.name.clone(),
+            participant: id,
+            kind: ParticipantKind::Local,
+            remote: String::new(),
+        });
+        Ok(LocalParticipant {
+            participant: Participant { shared: self.shared.clone(), id },
+            to_mixer,
+            from_mixer: FrameReader { ring: from_mixer },
+        })
+    }
+
+    /// Starts a feed of the conference mix (everyone, 20 ms frames, 8 kHz),
+    /// buffered for one second. A new feed replaces the previous one.
+    pub fn mixed_audio(&self) -> Result<FrameReader> {
+        self.check()?;
+        let (producer, ring) = rtrb::RingBuffer::new(FRAME * 50);
+        self.shared.set_tap(self.id, Some(producer))?;
+        Ok(FrameReader { ring })
+    }
+
+    /// Frames of the mix dropped because the feed was not read in time.
+    pub fn mixed_audio_dropped(&self) -> u64 {
+        self.shared.registry.lock().conferences.get(&self.name).map(|c| c.controls.tap_dropped.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// The participants, in the order they were added.
+    pub fn participants(&self) -> Result<Vec<ParticipantInfo>> {
+        self.check()?;
+        let registry = self.shared.registry.lock();
+        let ids = registry.conferences.get(&self.name).map(|c| c.participants.clone()).unwrap_or_default();
+        Ok(ids.iter().filter_map(|id| registry.participants.get(id).map(|p| info(*id, p))).collect())
+    }
+
+    /// A handle on participant `id` of this conference.
+    pub fn participant(&self, id: ParticipantId) -> Result<Participant> {
+        let registry = self.shared.registry.lock();
+        match registry.participants.get(&id) {
+            Some(p) if p.conference == self.name => Ok(Participant { shared: self.shared.clone(), id }),
+            _ => Err(Error::NotFound(format!("participant {}", id.0))),
+        }
+    }
+
+    /// Hangs up every leg and removes the conference.
+    pub fn destroy(&self) -> Result<()> {
+        self.check()?;
+        self.shared.destroy_conference(&self.name)
+    }
+}
+
+fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
+    let c = &p.controls;
+    ParticipantInfo {
+        id,
+        conference: p.conference.clone(),
+        kind: p.kind,
+        state: p.state,
+        remote: p.remote.clone(),
+        muted: c.muted.load(Ordering::Relaxed),
+        volume_db: p.volume_db,
+        packets_received: c.packets_received.load(Ordering::Relaxed),
+        packets_sent: c.packets_sent.load(Ordering::Relaxed),
+        dropped: c.dropped.load(Ordering::Relaxed),
+        concealed_frames: c.concealed_frames.load(Ordering::Relaxed),
+    }
+}
+
+/// A participant of a conference. Calls on one that has left fail with
+/// [`Error::NotFound`].
+#[derive(Clone)]
+pub struct Participant {
+    shared: Arc<Shared>,
+    id: ParticipantId,
+}
+
+impl std::fmt::Debug for Participant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant").field("id", &self.id.0).finish()
+    }
+}
+
+impl Participant {
+    pub fn id(&self) -> ParticipantId {
+        self.id
+    }
+
+    fn with_entry<T>(&self, f: impl FnOnce(&mut ParticipantEntry) -> T) -> Result<T> {
+        self.shared.check_running()?;
+        let mut registry = self.shared.registry.lock();
+        registry.participants.get_mut(&self.id).map(f).ok_or_else(|| Error::NotFound(format!("participant {}", self.id.0)))
+    }
+
+    pub fn info(&self) -> Result<ParticipantInfo> {
+        self.with_entry(|p| info(self.id, p))
+    }
+
+    /// Mutes or unmutes what this participant contributes to the mix.
+    pub fn set_muted(&self, muted: bool) -> Result<()> {
+        self.with_entry(|p| p.controls.muted.store(muted, Ordering::Relaxed))
+    }
+
+    /// Sets how loud this participant is in the mix, in dB (0 = as received; ±40 at most).
+    pub fn set_volume_db(&self, db: f32) -> Result<()> {
+        if !db.is_finite() {
+            return Err(Error::InvalidArgument("volume must be a finite number of dB".into()));
+        }
+        self.with_entry(|p| {
+            p.volume_db = db.clamp(-40.0, 40.0);
+            p.controls.gain_q16.store(gain_q16_from_db(db), Ordering::Relaxed)
+        })
+    }
+
+    /// Ends the participant: BYE when connected, CANCEL when ringing.
+    pub fn hangup(&self) -> Result<()> {
+        self.with_entry(|_| ())?;
+        self.shared.end_participant(self.id, LeaveReason::LocalHangup);
+        Ok(())
+    }
+}
+
+/// Reads 20 ms frames from a sample ring the mixer fills.
+pub struct FrameReader {
+    ring: rtrb::Consumer<i16>,
+}
+
+impl FrameReader {
+    /// Fills `out` (one frame, [`FRAME_SAMPLES`] long) with the next frame,
+    /// waiting up to `timeout`.
+    pub fn read_frame(&mut self, out: &mut [i16], timeout: Option<Duration>) -> Result<()> {
+        self.read_frame_interruptible(out, timeout, &mut never)
+    }
+
+    pub fn read_frame_interruptible(&mut self, out: &mut [i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+        if out.len() != FRAME {
+            return Err(Error::InvalidArgument(format!("a frame is {FRAME} samples, not {}", out.len())));
+        }
+        let ring = &self.ring;
+        wait_for(timeout, interrupt, || (ring.slots() >= FRAME).then_some(()))?;
+        // Only this reader consumes, so the frame that was there still is.
+        let chunk = self.ring.read_chunk(FRAME).map_err(|_| Error::Timeout)?;
+        let (a, b) = chunk.as_slices();
+        out[..a.len()].copy_from_slice(a);
+        out[a.len()..].copy_from_slice(b);
+        chunk.commit_all();
+        Ok(())
+    }
+
+    /// Frames ready to read without waiting.
+    pub fn frames_available(&self) -> usize {
+        self.ring.slots() / FRAME
+    }
+}
+
+/// A participant the application feeds and listens to.
+pub struct LocalParticipant {
+    participant: Participant,
+    to_mixer: rtrb::Producer<i16>,
+    from_mixer: FrameReader,
+}
+
+impl LocalParticipant {
+    pub fn participant(&self) -> &Participant {
+        &self.participant
+    }
+
+    pub fn id(&self) -> ParticipantId {
+        self.participant.id
+    }
+
+    /// Queues PCM (8 kHz mono) for the mixer without waiting; returns how
+    /// many samples fitted (the queue holds one second).
+    pub fn write(&mut self, pcm: &[i16]) -> usize {
+        let n = pcm.len().min(self.to_mixer.slots());
+        if let Ok(mut chunk) = self.to_mixer.write_chunk(n) {
+            let (a, b) = chunk.as_mut_slices();
+            let split = a.len();
+            a.copy_from_slice(&pcm[..split]);
+            b.copy_from_slice(&pcm[split..n]);
+            chunk.commit_all();
+        }
+        n
+    }
+
+    /// Queues all of `pcm`, waiting for room as the mixer plays it (real time).
+    pub fn write_all(&mut self, pcm: &[i16], timeout: Option<Duration>) -> Result<()> {
+        self.write_all_interruptible(pcm, timeout, &mut never)
+    }
+
+    pub fn write_all_interruptible(&mut self, mut pcm: &[i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while !pcm.is_empty() {
+            let n = self.write(pcm);
+            pcm = &pcm[n..];
+            if pcm.is_empty() {
+                break;
+            }
+            self.participant.info()?;
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let to_mixer = &self.to_mixer;
+            wait_for(remaining, interrupt, || (to_mixer.slots() >= FRAME.min(pcm.len())).then_some(()))?;
+        }
+        Ok(())
+    }
+
+    /// Reads the next frame of what this participant hears (everyone else).
+    pub fn read_frame(&mut self, out: &mut [i16], timeout: Option<Duration>) -> Result<()> {
+        self.from_mixer.read_frame(out, timeout)
+    }
+
+    pub fn read_frame_interruptible(&mut self, out: &mut [i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+        self.from_mixer.read_frame_interruptible(out, timeout, interrupt)
+    }
+
+    /// Leaves the conference.
+    pub fn hangup(&self) -> Result<()> {
+        self.participant.hangup()
+    }
+}

@@ -1,0 +1,107 @@
+//! `sipbridge serve`: a standalone conference server.
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sipbridge::{Endpoint, EndpointConfig, Error, Event};
+
+#[derive(Parser)]
+#[command(name = "sipbridge", version, about = "SIP multi-party audio conferencing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a conference server: INVITE sip:ROOM@host joins conference ROOM.
+    Serve {
+        /// SIP/UDP listen address.
+        #[arg(long, default_value = "0.0.0.0:5060")]
+        listen: SocketAddr,
+        /// Address to advertise in SDP and Contact (default: the listen address).
+        #[arg(long)]
+        public_address: Option<IpAddr>,
+        /// RTP port range, FIRST-LAST.
+        #[arg(long, default_value = "30000-30999", value_parser = parse_range)]
+        rtp_ports: (u16, u16),
+        /// Refuse INVITEs to rooms that do not exist (404) instead of creating them.
+        #[arg(long)]
+        no_create_rooms: bool,
+        /// Rooms to create at start (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        rooms: Vec<String>,
+    },
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('-').ok_or("expected FIRST-LAST")?;
+    let (a, b) = (a.parse().map_err(|e| format!("{e}"))?, b.parse().map_err(|e| format!("{e}"))?);
+    if a > b {
+        return Err("FIRST must not exceed LAST".into());
+    }
+    Ok((a, b))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "sipbridge=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Serve { listen, public_address, rtp_ports, no_create_rooms, rooms } = Cli::parse().command;
+    let config = EndpointConfig {
+        listen,
+        public_address,
+        rtp_ports: rtp_ports.0..=rtp_ports.1,
+        create_rooms_on_demand: !no_create_rooms,
+        ..Default::default()
+    };
+    match serve(config, &rooms) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sipbridge: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: EndpointConfig, rooms: &[String]) -> Result<(), Error> {
+    let endpoint = Endpoint::start(config)?;
+    for room in rooms {
+        endpoint.create_conference(room)?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    println!("sipbridge listening on udp:{}", endpoint.local_addr());
+    while !stop.load(Ordering::SeqCst) {
+        match endpoint.next_event(Some(Duration::from_millis(100))) {
+            Ok(event) => log_event(&event),
+            Err(Error::Timeout) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    println!("sipbridge: shutting down, hanging up every leg");
+    endpoint.stop();
+    while let Some(event) = endpoint.try_next_event() {
+        log_event(&event);
+    }
+    Ok(())
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::ParticipantJoined { conference, participant, remote, kind } => {
+            println!("joined room={conference} participant={} kind={kind:?} remote={remote}", participant.0)
+        }
+        Event::ParticipantLeft { conference, participant, reason } => {
+            println!("left room={conference} participant={} reason={reason:?}", participant.0)
+        }
+        other => println!("{other:?}"),
+    }
+}

@@ -1,0 +1,360 @@
+//! The driver: owns the threads and sockets and feeds the sans-IO parts.
+//!
+//! - a tokio runtime runs the SIP task (one UDP socket, the [`UserAgent`])
+//!   and one receive task per RTP leg;
+//! - one mixer thread runs [`Mixer::run`];
+//! - one reaper thread frees what the mixer lets go of;
+//! - the control plane (conference and participant registry) sits behind a
+//!   mutex that application threads and the SIP task take, never the mixer.
+//!
+//! [`UserAgent`]: crate::sip::UserAgent
+
+mod ports;
+mod sip_driver;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
+
+use crate::api::{EndpointConfig, Event, LeaveReason, ParticipantKind, ParticipantState};
+use crate::media::codec::CodecKind;
+use crate::media::mixer::{
+    ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls, ParticipantId,
+    ParticipantMix,
+};
+use crate::{Error, Result};
+
+pub(crate) use ports::PortPool;
+pub(crate) use sip_driver::SipCommand;
+
+/// Samples per 20 ms frame in the mixer (8 kHz).
+pub(crate) const FRAME: usize = 160;
+/// Events kept for an application that does not read them, before dropping.
+const EVENT_QUEUE: usize = 10_000;
+/// Commands in flight to the mixer.
+const MIXER_QUEUE: usize = 4096;
+
+/// A conference in the registry.
+pub(crate) struct ConferenceEntry {
+    pub id: ConferenceId,
+    pub controls: Arc<ConferenceControls>,
+    pub participants: BTreeSet<ParticipantId>,
+}
+
+/// A participant in the registry.
+pub(crate) struct ParticipantEntry {
+    pub conference: String,
+    pub kind: ParticipantKind,
+    pub remote: Option<String>,
+    pub state: ParticipantState,
+    pub controls: Arc<ParticipantControls>,
+    pub volume_db: f32,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub conferences: HashMap<String, ConferenceEntry>,
+    pub participants: HashMap<ParticipantId, ParticipantEntry>,
+}
+
+/// The control side of the mixer: sends commands and makes sure every
+/// vector the mixer pushes into has room, so the mixer never grows one.
+struct MixerControl {
+    commands: Sender<MixerCommand>,
+    conferences: (usize, usize),
+    participants: HashMap<ConferenceId, (usize, usize)>,
+}
+
+impl MixerControl {
+    fn send(&self, command: MixerCommand) -> Result<()> {
+        self.commands.send_timeout(command, Duration::from_secs(1)).map_err(|_| Error::Stopped)
+    }
+
+    fn add_conference(&mut self, conference: Box<ConferenceMix>, capacity: usize) -> Result<()> {
+        let (len, cap) = self.conferences;
+        if len == cap {
+            self.send(MixerCommand::ConferenceStorage(Vec::with_capacity(cap * 2)))?;
+            self.conferences.1 = cap * 2;
+        }
+        let id = conference.id;
+        self.send(MixerCommand::AddConference(conference))?;
+        self.conferences.0 += 1;
+        self.participants.insert(id, (0, capacity));
+        Ok(())
+    }
+
+    fn remove_conference(&mut self, id: ConferenceId) -> Result<()> {
+        if self.participants.remove(&id).is_some() {
+            self.conferences.0 -= 1;
+        }
+        self.send(MixerCommand::RemoveConference(id))
+    }
+
+    fn add_participant(&mut self, conference: ConferenceId, participant: Box<ParticipantMix>) -> Result<()> {
+        let (len, cap) = *self.participants.get(&conference).ok_or_else(|| Error::NotFound("conference".into()))?;
+        if len == cap {
+            self.send(MixerCommand::ParticipantStorage(conference, Vec::with_capacity(cap * 2)))?;
+        }
+        self.send(MixerCommand::AddParticipant(conference, participant))?;
+        self.participants.insert(conference, (len + 1, if len == cap { cap * 2 } else { cap }));
+        Ok(())
+    }
+
+    fn remove_participant(&mut self, conference: ConferenceId, participant: ParticipantId) -> Result<()> {
+        if let Some((len, _)) = self.participants.get_mut(&conference) {
+            *len = len.saturating_sub(1);
+        }
+        self.send(MixerCommand::RemoveParticipant(conference, participant))
+    }
+}
+
+/// State shared by the API handles, the SIP task and the receive tasks.
+pub(crate) struct Shared {
+    pub config: EndpointConfig,
+    /// The bound SIP address.
+    pub sip_addr: SocketAddr,
+    /// The address that goes into SDP and Contact.
+    pub advertised_ip: IpAddr,
+    pub registry: Mutex<Registry>,
+    mixer: Mutex<MixerControl>,
+    pub mixer_stats: Arc<MixerStats>,
+    pub sip_commands: tokio::sync::mpsc::UnboundedSender<SipCommand>,
+    events_tx: Sender<Event>,
+    pub events: Receiver<Event>,
+    pub events_dropped: AtomicU64,
+    pub ports: PortPool,
+    next_id: AtomicU64,
+    pub stopped: AtomicBool,
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl Shared {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn codecs(&self) -> &[CodecKind] {
+        &self.config.codecs
+    }
+
+    pub fn emit(&self, event: Event) {
+        tracing::info!(?event, "event");
+        if self.events_tx.try_send(event).is_err() {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn check_running(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Creates a conference; with `must_be_new`, an existing one is an error.
+    pub fn create_conference(&self, name: &str, must_be_new: bool) -> Result<ConferenceId> {
+        self.check_running()?;
+        if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
+            return Err(Error::InvalidArgument(format!("bad conference name {name:?}")));
+        }
+        let mut registry = self.registry.lock();
+        if let Some(existing) = registry.conferences.get(name) {
+            return if must_be_new { Err(Error::AlreadyExists(name.into())) } else { Ok(existing.id) };
+        }
+        let id = ConferenceId(self.next_id());
+        let controls = Arc::new(ConferenceControls::default());
+        const INITIAL_CAPACITY: usize = 8;
+        let mix = Box::new(ConferenceMix::new(id, controls.clone(), FRAME, INITIAL_CAPACITY));
+        self.mixer.lock().add_conference(mix, INITIAL_CAPACITY)?;
+        registry.conferences.insert(name.into(), ConferenceEntry { id, controls, participants: BTreeSet::new() });
+        drop(registry);
+        self.emit(Event::ConferenceCreated { conference: name.into() });
+        Ok(id)
+    }
+
+    /// Adds a participant to the registry and, with `mix`, to the mixer.
+    pub fn add_participant(&self, id: ParticipantId, entry: ParticipantEntry, mix: Option<Box<ParticipantMix>>) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let conference = registry.conferences.get_mut(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
+        if let Some(mix) = mix {
+            self.mixer.lock().add_participant(conference.id, mix)?;
+        }
+        conference.participants.insert(id);
+        registry.participants.insert(id, entry);
+        Ok(())
+    }
+
+    /// Puts a participant that was only registered (a dial in progress) into the mix.
+    pub fn connect_participant(&self, id: ParticipantId, mix: Box<ParticipantMix>) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let registry = &mut *registry;
+        let entry = registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
+        let conference = registry.conferences.get(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
+        self.mixer.lock().add_participant(conference.id, mix)?;
+        entry.state = ParticipantState::Connected;
+        Ok(())
+    }
+
+    pub fn set_state(&self, id: ParticipantId, state: ParticipantState) {
+        if let Some(entry) = self.registry.lock().participants.get_mut(&id) {
+            entry.state = state;
+        }
+    }
+
+    /// Takes a participant out of the registry and the mixer; returns its
+    /// conference name when it was there.
+    pub fn remove_participant(&self, id: ParticipantId) -> Option<String> {
+        let mut registry = self.registry.lock();
+        let entry = registry.participants.remove(&id)?;
+        if let Some(conference) = registry.conferences.get_mut(&entry.conference) {
+            conference.participants.remove(&id);
+            let _ = self.mixer.lock().remove_participant(conference.id, id);
+        }
+        Some(entry.conference)
+    }
+
+    /// Removes a participant and reports that it left.
+    pub fn participant_left(&self, id: ParticipantId, reason: LeaveReason) {
+        if let Some(conference) = self.remove_participant(id) {
+            self.emit(Event::ParticipantLeft { conference, participant: id, reason });
+        }
+    }
+
+    /// Hangs up every participant of a conference and removes it.
+    pub fn destroy_conference(&self, name: &str) -> Result<()> {
+        let entry = self.registry.lock().conferences.remove(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        for participant in &entry.participants {
+            self.end_participant(*participant, LeaveReason::ConferenceDestroyed);
+        }
+        self.mixer.lock().remove_conference(entry.id)?;
+        self.emit(Event::ConferenceDestroyed { conference: name.into() });
+        Ok(())
+    }
+
+    /// Ends one participant however it is connected.
+    pub fn end_participant(&self, id: ParticipantId, reason: LeaveReason) {
+        let kind = self.registry.lock().participants.get(&id).map(|p| p.kind);
+        match kind {
+            Some(ParticipantKind::Local) => self.participant_left(id, reason),
+            Some(_) => {
+                let _ = self.sip_commands.send(SipCommand::Hangup { participant: id, reason });
+            }
+            None => {}
+        }
+    }
+
+    pub fn set_tap(&self, conference: ConferenceId, tap: Option<rtrb::Producer<i16>>) -> Result<()> {
+        self.mixer.lock().send(MixerCommand::SetTap(conference, tap))
+    }
+
+    pub fn conference_id(&self, name: &str) -> Result<ConferenceId> {
+        self.registry.lock().conferences.get(name).map(|c| c.id).ok_or_else(|| Error::NotFound(name.into()))
+    }
+}
+
+/// What an endpoint owns besides the shared state: threads and the runtime.
+pub(crate) struct Engine {
+    pub shared: Arc<Shared>,
+    runtime: Option<tokio::runtime::Runtime>,
+    mixer_thread: Option<JoinHandle<()>>,
+    reaper_thread: Option<JoinHandle<()>>,
+}
+
+impl Engine {
+    pub fn start(config: EndpointConfig) -> Result<Self> {
+        if config.codecs.is_empty() {
+            return Err(Error::InvalidArgument("no codec configured".into()));
+        }
+        let ports = PortPool::new(config.rtp_ports.clone())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sipbridge-io")
+            .enable_all()
+            .build()?;
+        let std_socket = std::net::UdpSocket::bind(config.listen)?;
+        std_socket.set_nonblocking(true)?;
+        let sip_addr = std_socket.local_addr()?;
+        let advertised_ip = config.public_address.unwrap_or_else(|| match sip_addr.ip() {
+            ip if ip.is_unspecified() => {
+                tracing::warn!("listening on an unspecified address with no public address set; advertising 127.0.0.1");
+                IpAddr::from([127, 0, 0, 1])
+            }
+            ip => ip,
+        });
+
+        let (mixer_tx, mixer_rx) = crossbeam_channel::bounded(MIXER_QUEUE);
+        let (garbage_tx, garbage_rx) = crossbeam_channel::bounded::<Garbage>(MIXER_QUEUE);
+        let mixer_stats = Arc::new(MixerStats::default());
+        let mixer = Mixer::new(mixer_rx, garbage_tx, mixer_stats.clone(), 16);
+        let mixer_thread = std::thread::Builder::new().name("sipbridge-mixer".into()).spawn(move || mixer.run())?;
+        // Frees what the mixer lets go of; ends when the mixer drops its sender.
+        let reaper_thread = std::thread::Builder::new().name("sipbridge-reaper".into()).spawn(move || {
+            for garbage in garbage_rx {
+                drop(garbage);
+            }
+        })?;
+
+        let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
+        let (sip_commands, sip_rx) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            config,
+            sip_addr,
+            advertised_ip,
+            registry: Mutex::new(Registry::default()),
+            mixer: Mutex::new(MixerControl { commands: mixer_tx, conferences: (0, 16), participants: HashMap::new() }),
+            mixer_stats,
+            sip_commands,
+            events_tx,
+            events,
+            events_dropped: AtomicU64::new(0),
+            ports,
+            next_id: AtomicU64::new(1),
+            stopped: AtomicBool::new(false),
+            runtime: runtime.handle().clone(),
+        });
+        let socket = {
+            let _guard = runtime.enter();
+            tokio::net::UdpSocket::from_std(std_socket)?
+        };
+        runtime.spawn(sip_driver::run(shared.clone(), socket, sip_rx));
+        tracing::info!(%sip_addr, %advertised_ip, "endpoint started");
+        Ok(Self { shared, runtime: Some(runtime), mixer_thread: Some(mixer_thread), reaper_thread: Some(reaper_thread) })
+    }
+
+    /// Hangs up every call, stops the threads. Idempotent.
+    pub fn stop(&mut self) {
+        if self.shared.stopped.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if self.shared.sip_commands.send(SipCommand::Shutdown { done: done_tx }).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(3));
+        }
+        let _ = self.shared.mixer.lock().send(MixerCommand::Stop);
+        if let Some(t) = self.mixer_thread.take() {
+            let _ = t.join();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+        // The mixer thread has ended, so the reaper's channel is closed once
+        // the shared state's last sender goes; it drains and exits on its own.
+        if let Some(t) = self.reaper_thread.take() {
+            drop(t);
+        }
+        tracing::info!("endpoint stopped");
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,366 @@
+//! The SIP task: pumps the sans-IO [`UserAgent`] with datagrams, timers and
+//! application commands, and turns its events into conference membership and
+//! RTP legs.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+
+use super::ports::PortLease;
+use super::{ParticipantEntry, Shared, FRAME};
+use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
+use crate::media::mixer::{Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM};
+use crate::media::rtp;
+use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
+use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
+use crate::{Error, Result};
+
+/// Datagrams a leg may have waiting for the mixer (over 1 s of 20 ms packets).
+const RTP_RING: usize = 64;
+
+/// What the application asks of the SIP task.
+pub(crate) enum SipCommand {
+    Dial { participant: ParticipantId, target: String, reply: tokio::sync::oneshot::Sender<Result<()>> },
+    Hangup { participant: ParticipantId, reason: LeaveReason },
+    /// Hang up everything, send what is queued, then stop.
+    Shutdown { done: std::sync::mpsc::Sender<()> },
+}
+
+/// An RTP port bound for a call, before its leg joins the mixer.
+struct MediaPort {
+    socket: std::net::UdpSocket,
+    lease: PortLease,
+    local: LocalMedia,
+}
+
+struct CallLeg {
+    participant: ParticipantId,
+    media: Option<MediaPort>,
+    receive_task: Option<JoinHandle<()>>,
+    /// Why the app hung up, reported when the call ends.
+    hangup_reason: Option<LeaveReason>,
+}
+
+struct Driver {
+    shared: Arc<Shared>,
+    ua: UserAgent,
+    socket: UdpSocket,
+    calls: HashMap<CallKey, CallLeg>,
+    by_participant: HashMap<ParticipantId, CallKey>,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: UnboundedReceiver<SipCommand>) {
+    let ua = UserAgent::new(UaConfig {
+        advertised: SocketAddr::new(shared.advertised_ip, shared.sip_addr.port()),
+        timers: shared.config.timers,
+    });
+    let mut driver = Driver { shared, ua, socket, calls: HashMap::new(), by_participant: HashMap::new() };
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        let wake = driver.ua.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            received = driver.socket.recv_from(&mut buf) => match received {
+                Ok((n, source)) => driver.ua.handle_datagram(Instant::now(), source, &buf[..n]),
+                // ICMP port unreachable surfaces here on some systems; it is not fatal.
+                Err(error) => tracing::debug!(%error, "SIP socket receive error"),
+            },
+            command = commands.recv() => match command {
+                Some(SipCommand::Shutdown { done }) => {
+                    driver.shutdown().await;
+                    let _ = done.send(());
+                    return;
+                }
+                Some(command) => driver.handle_command(command).await,
+                None => return,
+            },
+            _ = sleep_until(wake) => driver.ua.handle_timeout(Instant::now()),
+        }
+        driver.pump().await;
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    /// Sends what the agent queued and acts on its events, until both are empty.
+    async fn pump(&mut self) {
+        loop {
+            while let Some(transmit) = self.ua.poll_transmit() {
+                if let Err(error) = self.socket.send_to(&transmit.data, transmit.destination).await {
+                    tracing::warn!(%error, destination = %transmit.destination, "SIP send failed");
+                }
+            }
+            let Some(event) = self.ua.poll_event() else { break };
+            self.handle_event(event);
+        }
+    }
+
+    fn handle_event(&mut self, event: UaEvent) {
+        let now = Instant::now();
+        match event {
+            UaEvent::IncomingCall { call, request_uri, from, offer, source } => {
+                if let Err((status, error)) = self.accept_incoming(call, &request_uri, &from, &offer, now) {
+                    tracing::info!(%source, %request_uri, status, %error, "refusing call");
+                    self.ua.reject(call, status, now);
+                }
+            }
+            UaEvent::Ringing { call } => {
+                if let Some(leg) = self.calls.get(&call) {
+                    self.shared.set_state(leg.participant, ParticipantState::Ringing);
+                    self.emit_for(leg.participant, |conference, participant| Event::Ringing { conference, participant });
+                }
+            }
+            UaEvent::Answered { call, answer } => {
+                if let Err(error) = self.outbound_answered(call, &answer) {
+                    tracing::warn!(%error, "cannot use the answer; hanging up");
+                    let _ = self.ua.hangup(call, now);
+                }
+            }
+            UaEvent::Failed { call, status, reason } => {
+                if let Some(leg) = self.forget(call) {
+                    let participant = leg.participant;
+                    if let Some(conference) = self.shared.remove_participant(participant) {
+                        self.shared.emit(Event::DialFailed { conference, participant, status, reason });
+                    }
+                }
+            }
+            UaEvent::Ended { call, reason } => {
+                if let Some(leg) = self.forget(call) {
+                    let reason = leg.hangup_reason.unwrap_or(match reason {
+                        EndReason::RemoteHangup => LeaveReason::RemoteHangup,
+                        EndReason::LocalHangup => LeaveReason::LocalHangup,
+                        EndReason::Cancelled => LeaveReason::Cancelled,
+                        EndReason::AckTimeout => LeaveReason::Timeout,
+                    });
+                    self.shared.participant_left(leg.participant, reason);
+                }
+            }
+        }
+    }
+
+    fn emit_for(&self, participant: ParticipantId, make: impl FnOnce(String, ParticipantId) -> Event) {
+        let conference = self.shared.registry.lock().participants.get(&participant).map(|p| p.conference.clone());
+        if let Some(conference) = conference {
+            self.shared.emit(make(conference, participant));
+        }
+    }
+
+    fn forget(&mut self, call: CallKey) -> Option<CallLeg> {
+        let leg = self.calls.remove(&call)?;
+        self.by_participant.remove(&leg.participant);
+        if let Some(task) = &leg.receive_task {
+            task.abort();
+        }
+        Some(leg)
+    }
+
+    fn local_media(&self) -> Result<MediaPort> {
+        let bind_ip = self.shared.sip_addr.ip();
+        let (socket, lease) = self.shared.ports.bind(bind_ip)?;
+        let port = socket.local_addr()?.port();
+        let local = LocalMedia {
+            address: SocketAddr::new(self.shared.advertised_ip, port),
+            codecs: self.shared.codecs().to_vec(),
+            session_id: rand::random::<u32>() as u64,
+            session_version: 1,
+        };
+        Ok(MediaPort { socket, lease, local })
+    }
+
+    /// Joins an inbound call to the room its Request-URI names, or says which
+    /// status to refuse it with.
+    fn accept_incoming(&mut self, call: CallKey, request_uri: &str, from: &str, offer: &[u8], now: Instant) -> Result<(), (u16, Error)> {
+        if self.shared.check_running().is_err() {
+            return Err((503, Error::Stopped));
+        }
+        let room = rsip::Uri::try_from(request_uri).ok().and_then(|u| u.user().map(str::to_string)).unwrap_or_default();
+        if room.is_empty() {
+            return Err((404, Error::NotFound("no room in the Request-URI".into())));
+        }
+        let exists = self.shared.registry.lock().conferences.contains_key(&room);
+        if !exists && !self.shared.config.create_rooms_on_demand {
+            return Err((404, Error::NotFound(room)));
+        }
+        if offer.is_empty() {
+            // An INVITE without an offer wants ours in the 2xx and its answer in the ACK.
+            return Err((488, Error::InvalidArgument("INVITE without an SDP offer is not supported".into())));
+        }
+        let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
+        let media = self.local_media().map_err(|e| (503, e))?;
+        let (answer, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
+        self.shared.create_conference(&room, false).map_err(|e| (500, e))?;
+
+        let participant = ParticipantId(self.shared.next_id());
+        let controls = Arc::new(ParticipantControls::default());
+        let (mix, task) = self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
+        let entry = ParticipantEntry {
+            conference: room.clone(),
+            kind: ParticipantKind::Inbound,
+            remote: Some(from.to_string()),
+            state: ParticipantState::Connected,
+            controls,
+            volume_db: 0.0,
+        };
+        if let Err(e) = self.shared.add_participant(participant, entry, Some(mix)) {
+            task.abort();
+            return Err((500, e));
+        }
+        let _ = self.ua.ring(call, now);
+        let _ = self.ua.answer(call, answer.print().into_bytes(), now);
+        self.calls.insert(call, CallLeg { participant, media: None, receive_task: Some(task), hangup_reason: None });
+        self.by_participant.insert(participant, call);
+        self.shared.emit(Event::ParticipantJoined { conference: room, participant, kind: ParticipantKind::Inbound, remote: from.to_string() });
+        Ok(())
+    }
+
+    /// Builds the mixer's side of an RTP leg and starts its receive task.
+    fn rtp_leg(
+        &self,
+        participant: ParticipantId,
+        controls: Arc<ParticipantControls>,
+        media: MediaPort,
+        negotiated: NegotiatedMedia,
+    ) -> Result<(Box<ParticipantMix>, JoinHandle<()>)> {
+        let (producer, consumer) = rtrb::RingBuffer::new(RTP_RING);
+        let receive_socket = {
+            let _guard = self.shared.runtime.enter();
+            UdpSocket::from_std(media.socket.try_clone()?)?
+        };
+        let task = self.shared.runtime.spawn(receive_rtp(receive_socket, producer, controls.clone()));
+        let mut leg = RtpLeg::new(
+            consumer,
+            media.socket,
+            negotiated.remote,
+            negotiated.codec.new_coder(),
+            negotiated.payload_type,
+            FRAME,
+            Some(Box::new(media.lease)),
+        );
+        leg.send = matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly) && !negotiated.remote.ip().is_unspecified();
+        leg.receive = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
+        Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), FRAME)), task))
+    }
+
+    fn outbound_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
+        let media = leg.media.take().ok_or(Error::NotFound("media".into()))?;
+        let participant = leg.participant;
+        let negotiated = sdp::accept_answer(&SessionDescription::parse(answer)?, &media.local)?;
+        let controls = self
+            .shared
+            .registry
+            .lock()
+            .participants
+            .get(&participant)
+            .map(|p| p.controls.clone())
+            .ok_or(Error::NotFound("participant".into()))?;
+        let (mix, task) = self.rtp_leg(participant, controls, media, negotiated)?;
+        if let Some(leg) = self.calls.get_mut(&call) {
+            leg.receive_task = Some(task);
+        }
+        self.shared.connect_participant(participant, mix)?;
+        self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
+        let remote = self.shared.registry.lock().participants.get(&participant).and_then(|p| p.remote.clone()).unwrap_or_default();
+        self.emit_for(participant, |conference, participant| Event::ParticipantJoined {
+            conference,
+            participant,
+            kind: ParticipantKind::Outbound,
+            remote,
+        });
+        Ok(())
+    }
+
+    async fn handle_command(&mut self, command: SipCommand) {
+        let now = Instant::now();
+        match command {
+            SipCommand::Dial { participant, target, reply } => {
+                let result = self.dial(participant, &target, now).await;
+                if result.is_err() {
+                    self.shared.remove_participant(participant);
+                }
+                let _ = reply.send(result);
+            }
+            SipCommand::Hangup { participant, reason } => {
+                if let Some(call) = self.by_participant.get(&participant).copied() {
+                    if let Some(leg) = self.calls.get_mut(&call) {
+                        leg.hangup_reason = Some(reason);
+                    }
+                    let _ = self.ua.hangup(call, now);
+                }
+            }
+            SipCommand::Shutdown { .. } => unreachable!("handled by the task loop"),
+        }
+    }
+
+    async fn dial(&mut self, participant: ParticipantId, target: &str, now: Instant) -> Result<()> {
+        let uri = rsip::Uri::try_from(target).map_err(|e| Error::InvalidArgument(format!("bad SIP URI {target:?}: {e}")))?;
+        let destination = match message::uri_socket_addr(&uri) {
+            Some(addr) => addr,
+            None => {
+                let host = uri.host().to_string();
+                let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
+                let found = tokio::net::lookup_host((host.as_str(), port)).await?.next();
+                found.ok_or_else(|| Error::NotFound(format!("no address for {host}")))?
+            }
+        };
+        let media = self.local_media()?;
+        let offer = sdp::offer(&media.local).print().into_bytes();
+        let from_user = self
+            .shared
+            .registry
+            .lock()
+            .participants
+            .get(&participant)
+            .map(|p| p.conference.clone())
+            .unwrap_or_else(|| "sipbridge".into());
+        let call = self.ua.dial(&uri.to_string(), destination, &from_user, offer, now)?;
+        self.calls.insert(call, CallLeg { participant, media: Some(media), receive_task: None, hangup_reason: None });
+        self.by_participant.insert(participant, call);
+        Ok(())
+    }
+
+    async fn shutdown(&mut self) {
+        let now = Instant::now();
+        let calls: Vec<CallKey> = self.calls.keys().copied().collect();
+        for call in calls {
+            if let Some(leg) = self.calls.get_mut(&call) {
+                leg.hangup_reason = Some(LeaveReason::EndpointStopped);
+            }
+            let _ = self.ua.hangup(call, now);
+        }
+        self.pump().await;
+        // Legs still dialling end with the endpoint.
+        let remaining: Vec<CallKey> = self.calls.keys().copied().collect();
+        for call in remaining {
+            if let Some(leg) = self.forget(call) {
+                self.shared.participant_left(leg.participant, LeaveReason::EndpointStopped);
+            }
+        }
+    }
+}
+
+/// Moves datagrams from a leg's socket into its ring to the mixer.
+async fn receive_rtp(socket: UdpSocket, mut ring: rtrb::Producer<ReceivedDatagram>, controls: Arc<ParticipantControls>) {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    loop {
+        let Ok((n, source)) = socket.recv_from(&mut buf).await else { continue };
+        if n < rtp::HEADER_LEN || rtp::is_rtcp(&buf[..n]) {
+            continue;
+        }
+        let mut datagram = ReceivedDatagram { source, len: n as u16, data: [0; MAX_DATAGRAM] };
+        datagram.data[..n].copy_from_slice(&buf[..n]);
+        if ring.push(datagram).is_err() {
+            controls.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! The crate error: one enum per module, rolled up here.
+
+use crate::media::rtp::RtpError;
+use crate::sdp::SdpError;
+use crate::sip::SipError;
+
+/// Everything that can go wrong in sipbridge.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("SIP: {0}")]
+    Sip(#[from] SipError),
+    #[error("SDP: {0}")]
+    Sdp(#[from] SdpError),
+    #[error("RTP: {0}")]
+    Rtp(#[from] RtpError),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    #[error("no free RTP port in the configured range")]
+    NoRtpPort,
+    #[error("the endpoint has stopped")]
+    Stopped,
+    #[error("timed out")]
+    Timeout,
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// `Result` with the crate error as its default.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,706 @@
+//! The mixer thread: every 20 ms it takes one frame from each participant,
+//! sums each conference in 32 bits, and gives every participant the sum of the
+//! others (N-1), saturated to 16 bits.
+//!
+//! The tick never locks, allocates or blocks (a test checks the allocation
+//! part with a counting allocator):
+//! - everything a participant needs (buffers, codec, jitter buffer, sockets)
+//!   is built by the control side and handed over in a `Box` through a bounded
+//!   command channel; what the mixer lets go of goes back through a bounded
+//!   channel to a reaper thread, which frees it;
+//! - received RTP arrives through a bounded SPSC ring per leg, application
+//!   audio through SPSC sample rings (rtrb);
+//! - RTP is sent with a non-blocking `send_to` on the leg's own socket;
+//! - mute and volume are atomics the control side writes.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::codec::AudioCodec;
+use super::jitter::{JitterBuffer, Playout};
+use super::rtp::{self, RtpPacket};
+
+/// The mixer's tick, and the packet time of every leg.
+pub const TICK: Duration = Duration::from_millis(20);
+
+/// Largest datagram a leg's receive ring carries.
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// Frames of delay before a leg's audio plays (40 ms) and frames the jitter
+/// buffer holds (320 ms).
+const JITTER_PREFILL: u32 = 2;
+const JITTER_CAPACITY: usize = 16;
+
+/// Identifies a conference for the life of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConferenceId(pub u64);
+
+/// Identifies a participant for the life of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ParticipantId(pub u64);
+
+/// A datagram received on a leg's RTP port, as the receive task hands it over.
+pub struct ReceivedDatagram {
+    pub source: SocketAddr,
+    pub len: u16,
+    pub data: [u8; MAX_DATAGRAM],
+}
+
+/// What the control side and the mixer share about one participant.
+#[derive(Debug)]
+pub struct ParticipantControls {
+    pub muted: AtomicBool,
+    /// Gain on the participant's contribution, in 1/65536 units (65536 = 0 dB).
+    pub gain_q16: AtomicI32,
+    pub packets_received: AtomicU64,
+    pub packets_sent: AtomicU64,
+    /// Datagrams dropped because the mixer's ring was full, or sends that failed.
+    pub dropped: AtomicU64,
+    pub concealed_frames: AtomicU64,
+}
+
+impl Default for ParticipantControls {
+    fn default() -> Self {
+        Self {
+            muted: AtomicBool::new(false),
+            gain_q16: AtomicI32::new(1 << 16),
+            packets_received: AtomicU64::new(0),
+            packets_sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            concealed_frames: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Converts a gain in dB to the Q16 factor the mixer applies, limited to ±40 dB.
+pub fn gain_q16_from_db(db: f32) -> i32 {
+    let db = if db.is_finite() { db.clamp(-40.0, 40.0) } else { 0.0 };
+    (10f32.powf(db / 20.0) * 65536.0).round() as i32
+}
+
+/// What the mixer does with one RTP leg.
+pub struct RtpLeg {
+    pub datagrams: rtrb::Consumer<ReceivedDatagram>,
+    /// Non-blocking; shares the port with the receive task's socket.
+    pub socket: UdpSocket,
+    /// Where to send: from the SDP at first, then wherever the peer's packets
+    /// come from (symmetric RTP).
+    pub remote: SocketAddr,
+    pub send: bool,
+    pub receive: bool,
+    pub codec: Box<dyn AudioCodec>,
+    pub payload_type: u8,
+    pub ssrc: u32,
+    pub sequence: u16,
+    pub timestamp: u32,
+    pub jitter: JitterBuffer,
+    decoded: Box<[i16]>,
+    packet: Box<[u8]>,
+    /// Held until the leg is dropped, which gives the port back.
+    pub _port: Option<Box<dyn Send>>,
+}
+
+impl RtpLeg {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        datagrams: rtrb::Consumer<ReceivedDatagram>,
+        socket: UdpSocket,
+        remote: SocketAddr,
+        codec: Box<dyn AudioCodec>,
+        payload_type: u8,
+        frame: usize,
+        port: Option<Box<dyn Send>>,
+    ) -> Self {
+        Self {
+            datagrams,
+            socket,
+            remote,
+            send: true,
+            receive: true,
+            codec,
+            payload_type,
+            ssrc: rand::random(),
+            sequence: rand::random(),
+            timestamp: rand::random(),
+            jitter: JitterBuffer::new(frame, JITTER_PREFILL, JITTER_CAPACITY),
+            decoded: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            packet: vec![0; rtp::HEADER_LEN + MAX_DATAGRAM].into_boxed_slice(),
+            _port: port,
+        }
+    }
+
+    /// Drains received datagrams into the jitter buffer, then plays one frame.
+    fn read_frame(&mut self, controls: &ParticipantControls, out: &mut [i16]) -> bool {
+        while let Ok(datagram) = self.datagrams.pop() {
+            let data = &datagram.data[..datagram.len as usize];
+            let Ok(packet) = RtpPacket::parse(data) else { continue };
+            if packet.payload_type != self.payload_type {
+                // telephone-event and comfort noise are not mixed.
+                continue;
+            }
+            controls.packets_received.fetch_add(1, Ordering::Relaxed);
+            self.remote = datagram.source;
+            let n = self.codec.decode(packet.payload, &mut self.decoded);
+            self.jitter.push(packet.ssrc, packet.timestamp, &self.decoded[..n]);
+        }
+        match self.jitter.pop(out) {
+            Playout::Audio => true,
+            Playout::Concealed => {
+                controls.concealed_frames.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Playout::Silence => false,
+        }
+    }
+
+    fn write_frame(&mut self, controls: &ParticipantControls, pcm: &[i16]) {
+        let frame = pcm.len() as u32;
+        if self.send {
+            let (header, payload) = self.packet.split_at_mut(rtp::HEADER_LEN);
+            let n = self.codec.encode(pcm, payload);
+            // split_at_mut gave exactly HEADER_LEN bytes.
+            let header: &mut [u8; rtp::HEADER_LEN] = header.try_into().expect("header length");
+            rtp::write_header(header, false, self.payload_type, self.sequence, self.timestamp, self.ssrc);
+            match self.socket.send_to(&self.packet[..rtp::HEADER_LEN + n], self.remote) {
+                Ok(_) => controls.packets_sent.fetch_add(1, Ordering::Relaxed),
+                Err(_) => controls.dropped.fetch_add(1, Ordering::Relaxed),
+            };
+            self.sequence = self.sequence.wrapping_add(1);
+        }
+        self.timestamp = self.timestamp.wrapping_add(frame);
+    }
+}
+
+/// An application-fed participant: the app writes PCM, reads its N-1 mix.
+pub struct LocalLeg {
+    pub from_app: rtrb::Consumer<i16>,
+    pub to_app: rtrb::Producer<i16>,
+}
+
+impl LocalLeg {
+    fn read_frame(&mut self, out: &mut [i16]) -> bool {
+        let Ok(chunk) = self.from_app.read_chunk(out.len()) else { return false };
+        let (a, b) = chunk.as_slices();
+        out[..a.len()].copy_from_slice(a);
+        out[a.len()..].copy_from_slice(b);
+        chunk.commit_all();
+        true
+    }
+}
+
+/// Writes a whole frame into a sample ring, or nothing when it has no room.
+fn push_frame(ring: &mut rtrb::Producer<i16>, frame: &[i16]) -> bool {
+    let Ok(mut chunk) = ring.write_chunk(frame.len()) else { return false };
+    let (a, b) = chunk.as_mut_slices();
+    let split = a.len();
+    a.copy_from_slice(&frame[..split]);
+    b.copy_from_slice(&frame[split..]);
+    chunk.commit_all();
+    true
+}
+
+pub enum Leg {
+    Rtp(RtpLeg),
+    Local(LocalLeg),
+}
+
+/// The mixer's side of one participant.
+pub struct ParticipantMix {
+    pub id: ParticipantId,
+    pub controls: Arc<ParticipantControls>,
+    pub leg: Leg,
+    /// This tick's contribution, after mute and gain.
+    input: Box<[i32]>,
+    output: Box<[i16]>,
+    contributes: bool,
+}
+
+impl ParticipantMix {
+    pub fn new(id: ParticipantId, controls: Arc<ParticipantControls>, leg: Leg, frame: usize) -> Self {
+        Self { id, controls, leg, input: vec![0; frame].into_boxed_slice(), output: vec![0; frame].into_boxed_slice(), contributes: false }
+    }
+}
+
+/// What the control side and the mixer share about one conference.
+#[derive(Debug, Default)]
+pub struct ConferenceControls {
+    /// Frames of the mix the app did not read in time.
+    pub tap_dropped: AtomicU64,
+}
+
+/// The mixer's side of one conference.
+pub struct ConferenceMix {
+    pub id: ConferenceId,
+    pub controls: Arc<ConferenceControls>,
+    participants: Vec<Box<ParticipantMix>>,
+    sum: Box<[i32]>,
+    scratch: Box<[i16]>,
+    /// The conference mix for the app, when it asked for it.
+    tap: Option<rtrb::Producer<i16>>,
+}
+
+impl ConferenceMix {
+    /// `capacity` participants fit before the control side must send more storage.
+    pub fn new(id: ConferenceId, controls: Arc<ConferenceControls>, frame: usize, capacity: usize) -> Self {
+        Self {
+            id,
+            controls,
+            participants: Vec::with_capacity(capacity),
+            sum: vec![0; frame].into_boxed_slice(),
+            scratch: vec![0; frame].into_boxed_slice(),
+            tap: None,
+        }
+    }
+
+    fn mix(&mut self) {
+        let frame = self.sum.len();
+        self.sum.fill(0);
+        for p in self.participants.iter_mut() {
+            let scratch = &mut self.scratch[..frame];
+            let heard = match &mut p.leg {
+                Leg::Rtp(leg) => leg.receive && leg.read_frame(&p.controls, scratch),
+                Leg::Local(leg) => leg.read_frame(scratch),
+            };
+            p.contributes = heard && !p.controls.muted.load(Ordering::Relaxed);
+            if p.contributes {
+                let gain = p.controls.gain_q16.load(Ordering::Relaxed) as i64;
+                for ((input, s), sum) in p.input.iter_mut().zip(scratch.iter()).zip(self.sum.iter_mut()) {
+                    *input = ((*s as i64 * gain) >> 16) as i32;
+                    *sum += *input;
+                }
+            }
+        }
+        for p in self.participants.iter_mut() {
+            let own = p.contributes;
+            for ((out, sum), input) in p.output.iter_mut().zip(self.sum.iter()).zip(p.input.iter()) {
+                let v = if own { *sum - *input } else { *sum };
+                *out = v.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            }
+            match &mut p.leg {
+                Leg::Rtp(leg) => leg.write_frame(&p.controls, &p.output),
+                Leg::Local(leg) => {
+                    if !push_frame(&mut leg.to_app, &p.output) {
+                        p.controls.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if let Some(tap) = self.tap.as_mut() {
+            for (s, sum) in self.scratch.iter_mut().zip(self.sum.iter()) {
+                *s = (*sum).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            }
+            if !push_frame(tap, &self.scratch) {
+                self.controls.tap_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Instructions from the control side. Anything that needs memory arrives
+/// already allocated.
+pub enum MixerCommand {
+    AddConference(Box<ConferenceMix>),
+    RemoveConference(ConferenceId),
+    AddParticipant(ConferenceId, Box<ParticipantMix>),
+    RemoveParticipant(ConferenceId, ParticipantId),
+    /// Replaces the conference list's storage with a larger, empty vector.
+    ConferenceStorage(Vec<Box<ConferenceMix>>),
+    /// Replaces a conference's participant storage with a larger, empty vector.
+    ParticipantStorage(ConferenceId, Vec<Box<ParticipantMix>>),
+    /// Starts (or with `None` stops) the conference mix feed to the app.
+    SetTap(ConferenceId, Option<rtrb::Producer<i16>>),
+    Stop,
+}
+
+/// What the mixer hands back to be freed off its thread.
+pub enum Garbage {
+    Conference(Box<ConferenceMix>),
+    Participant(Box<ParticipantMix>),
+    Conferences(Vec<Box<ConferenceMix>>),
+    Participants(Vec<Box<ParticipantMix>>),
+    Tap(rtrb::Producer<i16>),
+}
+
+/// Timing counters of the mixer thread.
+#[derive(Debug, Default)]
+pub struct MixerStats {
+    pub ticks: AtomicU64,
+    /// Ticks that started more than one tick late.
+    pub late_ticks: AtomicU64,
+    /// Things the reaper could not take (its queue was full); leaked rather than freed in the tick.
+    pub leaked: AtomicU64,
+}
+
+/// The mixer's state; [`Mixer::run`] is the thread body.
+pub struct Mixer {
+    conferences: Vec<Box<ConferenceMix>>,
+    commands: Receiver<MixerCommand>,
+    garbage: Sender<Garbage>,
+    stats: Arc<MixerStats>,
+}
+
+impl Mixer {
+    pub fn new(commands: Receiver<MixerCommand>, garbage: Sender<Garbage>, stats: Arc<MixerStats>, capacity: usize) -> Self {
+        Self { conferences: Vec::with_capacity(capacity), commands, garbage, stats }
+    }
+
+    fn discard(&self, garbage: Garbage) {
+        if let Err(e) = self.garbage.try_send(garbage) {
+            self.stats.leaked.fetch_add(1, Ordering::Relaxed);
+            std::mem::forget(e.into_inner());
+        }
+    }
+
+    fn conference(&mut self, id: ConferenceId) -> Option<&mut Box<ConferenceMix>> {
+        self.conferences.iter_mut().find(|c| c.id == id)
+    }
+
+    /// Applies queued commands; false once told to stop.
+    pub fn apply_commands(&mut self) -> bool {
+        loop {
+            let command = match self.commands.try_recv() {
+                Ok(c) => c,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            };
+            match command {
+                MixerCommand::Stop => return false,
+                MixerCommand::AddConference(c) => {
+                    if self.conferences.len() < self.conferences.capacity() {
+                        self.conferences.push(c);
+                    } else {
+                        // The control side sends storage first; reaching this is its bug.
+                        self.discard(Garbage::Conference(c));
+                    }
+                }
+                MixerCommand::RemoveConference(id) => {
+                    if let Some(i) = self.conferences.iter().position(|c| c.id == id) {
+                        let c = self.conferences.swap_remove(i);
+                        self.discard(Garbage::Conference(c));
+                    }
+                }
+                MixerCommand::AddParticipant(conference, p) => {
+                    let rejected = match self.conference(conference) {
+                        Some(c) if c.participants.len() < c.participants.capacity() => {
+                            c.participants.push(p);
+                            None
+                        }
+                        _ => Some(p),
+                    };
+                    if let Some(p) = rejected {
+                        self.discard(Garbage::Participant(p));
+                    }
+                }
+                MixerCommand::RemoveParticipant(conference, id) => {
+                    let removed = self.conference(conference).and_then(|c| {
+                        let i = c.participants.iter().position(|p| p.id == id)?;
+                        Some(c.participants.swap_remove(i))
+                    });
+                    if let Some(p) = removed {
+                        self.discard(Garbage::Participant(p));
+                    }
+                }
+                MixerCommand::ConferenceStorage(mut storage) => {
+                    storage.extend(self.conferences.drain(..));
+                    let old = std::mem::replace(&mut self.conferences, storage);
+                    self.discard(Garbage::Conferences(old));
+                }
+                MixerCommand::ParticipantStorage(conference, mut storage) => {
+                    let old = self.conference(conference).map(|c| {
+                        storage.extend(c.participants.drain(..));
+                        std::mem::replace(&mut c.participants, storage)
+                    });
+                    if let Some(old) = old {
+                        self.discard(Garbage::Participants(old));
+                    }
+                }
+                MixerCommand::SetTap(conference, tap) => {
+                    let old = match self.conference(conference) {
+                        Some(c) => std::mem::replace(&mut c.tap, tap),
+                        None => tap,
+                    };
+                    if let Some(old) = old {
+                        self.discard(Garbage::Tap(old));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mixes one frame of every conference.
+    pub fn tick(&mut self) {
+        for conference in self.conferences.iter_mut() {
+            conference.mix();
+        }
+        self.stats.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The thread body: tick on absolute 20 ms deadlines of the monotonic
+    /// clock, so a late tick is caught up by the next ones instead of shifting
+    /// every later tick. After a stall of more than `MAX_CATCH_UP` ticks the
+    /// schedule restarts from now rather than bursting.
+    pub fn run(mut self) {
+        const MAX_CATCH_UP: u32 = 5;
+        let mut deadline = Instant::now() + TICK;
+        while self.apply_commands() {
+            self.tick();
+            let now = Instant::now();
+            if now < deadline {
+                std::thread::sleep(deadline - now);
+            } else if now - deadline > TICK {
+                self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+                if now - deadline > TICK * MAX_CATCH_UP {
+                    deadline = now;
+                }
+            }
+            deadline += TICK;
+        }
+        // Hand everything back so it is freed off this thread too.
+        for c in self.conferences.drain(..) {
+            if let Err(e) = self.garbage.try_send(Garbage::Conference(c)) {
+                drop(e.into_inner());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::codec::CodecKind;
+    use std::cell::Cell;
+
+    /// Counts allocations made on a thread while it is being watched.
+    struct CountingAllocator;
+
+    thread_local! {
+        static WATCHING: Cell<bool> = const { Cell::new(false) };
+        static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            note_allocation();
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            note_allocation();
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+            note_allocation();
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    fn note_allocation() {
+        // try_with: thread-locals may be gone while a thread exits.
+        let _ = WATCHING.try_with(|w| {
+            if w.get() {
+                let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+            }
+        });
+    }
+
+    #[global_allocator]
+    static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+    /// Runs `f` and returns how many allocations and frees it made on this thread.
+    fn allocations_in(f: impl FnOnce()) -> usize {
+        ALLOCATIONS.with(|a| a.set(0));
+        WATCHING.with(|w| w.set(true));
+        f();
+        WATCHING.with(|w| w.set(false));
+        ALLOCATIONS.with(|a| a.get())
+    }
+
+    const FRAME: usize = 160;
+
+    struct Harness {
+        mixer: Mixer,
+        commands: Sender<MixerCommand>,
+        _garbage: Receiver<Garbage>,
+    }
+
+    fn harness() -> Harness {
+        let (commands, rx) = crossbeam_channel::bounded(64);
+        let (garbage_tx, garbage) = crossbeam_channel::bounded(64);
+        Harness { mixer: Mixer::new(rx, garbage_tx, Arc::default(), 4), commands, _garbage: garbage }
+    }
+
+    struct LocalEnds {
+        to_mixer: rtrb::Producer<i16>,
+        from_mixer: rtrb::Consumer<i16>,
+    }
+
+    fn local(id: u64) -> (Box<ParticipantMix>, LocalEnds) {
+        let (to_mixer, from_app) = rtrb::RingBuffer::new(FRAME * 10);
+        let (to_app, from_mixer) = rtrb::RingBuffer::new(FRAME * 10);
+        let p = ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Local(LocalLeg { from_app, to_app }), FRAME);
+        (Box::new(p), LocalEnds { to_mixer, from_mixer })
+    }
+
+    fn feed(ends: &mut LocalEnds, value: i16) {
+        for _ in 0..FRAME {
+            ends.to_mixer.push(value).unwrap();
+        }
+    }
+
+    fn take(ends: &mut LocalEnds) -> Vec<i16> {
+        let chunk = ends.from_mixer.read_chunk(FRAME).unwrap();
+        let v: Vec<i16> = chunk.into_iter().collect();
+        v
+    }
+
+    fn conference(h: &Harness, id: u64) {
+        let c = ConferenceMix::new(ConferenceId(id), Arc::default(), FRAME, 8);
+        h.commands.send(MixerCommand::AddConference(Box::new(c))).unwrap();
+    }
+
+    #[test]
+    fn each_participant_hears_the_others_but_not_itself() {
+        let mut h = harness();
+        conference(&h, 1);
+        let mut ends = Vec::new();
+        for i in 0..3 {
+            let (p, e) = local(i);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
+            ends.push(e);
+        }
+        h.mixer.apply_commands();
+        for (i, e) in ends.iter_mut().enumerate() {
+            feed(e, [100, 20, 3][i]);
+        }
+        h.mixer.tick();
+        let heard: Vec<i16> = ends.iter_mut().map(|e| take(e)[0]).collect();
+        assert_eq!(heard, vec![23, 103, 120]);
+    }
+
+    #[test]
+    fn sums_saturate_and_mute_and_gain_apply() {
+        let mut h = harness();
+        conference(&h, 1);
+        let (a, mut ea) = local(1);
+        let (b, mut eb) = local(2);
+        let (c, mut ec) = local(3);
+        let (a_controls, b_controls) = (a.controls.clone(), b.controls.clone());
+        for p in [a, b, c] {
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
+        }
+        h.mixer.apply_commands();
+        feed(&mut ea, 30000);
+        feed(&mut eb, 30000);
+        feed(&mut ec, 0);
+        h.mixer.tick();
+        assert_eq!(take(&mut ec)[0], i16::MAX, "30000 + 30000 saturates");
+        assert_eq!(take(&mut ea)[0], 30000);
+        take(&mut eb);
+
+        a_controls.muted.store(true, Ordering::Relaxed);
+        b_controls.gain_q16.store(gain_q16_from_db(-6.0206), Ordering::Relaxed);
+        feed(&mut ea, 30000);
+        feed(&mut eb, 1000);
+        feed(&mut ec, 0);
+        h.mixer.tick();
+        assert_eq!(take(&mut ec)[0], 500, "a muted, b at -6 dB");
+        assert_eq!(take(&mut ea)[0], 500);
+        assert_eq!(take(&mut eb)[0], 0, "b does not hear itself");
+    }
+
+    #[test]
+    fn a_participant_without_audio_hears_everyone() {
+        let mut h = harness();
+        conference(&h, 1);
+        let (a, mut ea) = local(1);
+        let (b, mut eb) = local(2);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), a)).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), b)).unwrap();
+        h.mixer.apply_commands();
+        feed(&mut ea, 7);
+        h.mixer.tick();
+        assert_eq!(take(&mut eb)[0], 7);
+        assert_eq!(take(&mut ea)[0], 0);
+    }
+
+    fn rtp_participant(id: u64, peer: SocketAddr) -> (Box<ParticipantMix>, rtrb::Producer<ReceivedDatagram>, SocketAddr) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let local = socket.local_addr().unwrap();
+        let (tx, rx) = rtrb::RingBuffer::new(16);
+        let leg = RtpLeg::new(rx, socket, peer, CodecKind::Pcmu.new_coder(), 0, FRAME, None);
+        (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), tx, local)
+    }
+
+    fn datagram(source: SocketAddr, seq: u16, value: i16) -> ReceivedDatagram {
+        let mut d = ReceivedDatagram { source, len: (rtp::HEADER_LEN + FRAME) as u16, data: [0; MAX_DATAGRAM] };
+        let header: &mut [u8; rtp::HEADER_LEN] = (&mut d.data[..rtp::HEADER_LEN]).try_into().unwrap();
+        rtp::write_header(header, false, 0, seq, seq as u32 * FRAME as u32, 99);
+        d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + FRAME].fill(crate::media::codec::linear_to_ulaw(value));
+        d
+    }
+
+    #[test]
+    fn the_allocation_counter_counts() {
+        assert!(allocations_in(|| drop(std::hint::black_box(vec![1u8; 10]))) >= 2);
+    }
+
+    #[test]
+    fn the_tick_does_not_allocate() {
+        let mut h = harness();
+        conference(&h, 1);
+        conference(&h, 2);
+        h.mixer.apply_commands();
+
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
+        let (rtp_a, mut ring_a, _) = rtp_participant(10, peer.local_addr().unwrap());
+        let (rtp_b, mut ring_b, _) = rtp_participant(11, peer.local_addr().unwrap());
+        let (loc, mut ends) = local(12);
+        let (tap_tx, mut tap_rx) = rtrb::RingBuffer::new(FRAME * 4);
+        let bigger: Vec<Box<ParticipantMix>> = Vec::with_capacity(32);
+        // Prepared off the "mixer thread": everything the commands carry.
+        let prepared = [
+            MixerCommand::AddParticipant(ConferenceId(1), rtp_a),
+            MixerCommand::AddParticipant(ConferenceId(1), rtp_b),
+            MixerCommand::AddParticipant(ConferenceId(1), loc),
+            MixerCommand::ParticipantStorage(ConferenceId(1), bigger),
+            MixerCommand::SetTap(ConferenceId(1), Some(tap_tx)),
+        ];
+        for c in prepared {
+            h.commands.send(c).unwrap();
+        }
+        let source = peer.local_addr().unwrap();
+        let mut packets: Vec<ReceivedDatagram> = (0..8).map(|i| datagram(source, i, 1000)).collect();
+        let count = allocations_in(|| {
+            h.mixer.apply_commands();
+            for seq in 0..4u16 {
+                // Pushing into the rings is the receive task's work, but it does not allocate either.
+                let _ = ring_a.push(packets.remove(0));
+                let _ = ring_b.push(datagram(source, seq, 2000));
+                let _ = ends.to_mixer.write_chunk(FRAME).map(|c| c.commit_all());
+                h.mixer.tick();
+            }
+            h.commands.try_send(MixerCommand::RemoveParticipant(ConferenceId(1), ParticipantId(11))).ok();
+            h.mixer.apply_commands();
+            h.mixer.tick();
+        });
+        assert_eq!(count, 0, "the tick allocated");
+        // And it did real work: RTP went out and the app got frames.
+        let mut buf = [0u8; 2048];
+        assert!(peer.recv_from(&mut buf).is_ok());
+        assert!(tap_rx.read_chunk(FRAME).is_ok());
+        assert!(ends.from_mixer.read_chunk(FRAME).is_ok());
+    }
+
+    #[test]
+    fn gain_conversion() {
+        assert_eq!(gain_q16_from_db(0.0), 65536);
+        assert_eq!(gain_q16_from_db(f32::NAN), 65536);
+        assert!((gain_q16_from_db(6.0206) - 131072).abs() < 10);
+        assert_eq!(gain_q16_from_db(1000.0), gain_q16_from_db(40.0));
+    }
+}

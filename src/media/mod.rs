@@ -1,0 +1,6 @@
+//! Media: RTP, codecs, jitter buffering and the mixer.
+
+pub mod codec;
+pub mod jitter;
+pub mod mixer;
+pub mod rtp;

@@ -1,0 +1,426 @@
+//! Parsing and printing SIP messages with rsip, plus the few header look-ups the
+//! transaction and dialog layers need.
+//!
+//! rsip does the grammar. What this module adds: compact header names (RFC 3261
+//! §7.3.3, which rsip leaves as `Other`), comma-joined Via values split into one
+//! header each, a Content-Length check, and panic containment around the parser.
+
+use std::net::SocketAddr;
+
+use rsip::headers::{ToTypedHeader, UntypedHeader};
+use rsip::prelude::HeadersExt;
+use rsip::{Header, Method, Request, Response, SipMessage};
+
+use super::SipError;
+
+/// The magic cookie every RFC 3261 branch starts with (§8.1.1.7).
+pub const BRANCH_COOKIE: &str = "z9hG4bK";
+
+/// Parses one datagram (or one framed stream message) into a SIP message.
+pub fn parse(data: &[u8]) -> Result<SipMessage, SipError> {
+    // A keep-alive (RFC 5626 §3.5.1) is not a message; callers skip it before parsing.
+    let data = trim_leading_crlf(data);
+    // rsip is a third-party nom parser fed with whatever a peer sends: contain a
+    // panic in it as a parse error rather than trusting it never to happen.
+    let parsed = std::panic::catch_unwind(|| SipMessage::try_from(data))
+        .map_err(|_| SipError::Parse("parser panicked".into()))?;
+    let mut message = parsed.map_err(|e| SipError::Parse(e.to_string()))?;
+    normalize_headers(headers_mut(&mut message));
+    check_content_length(&message)?;
+    Ok(message)
+}
+
+/// Whether a datagram is only a CRLF keep-alive.
+pub fn is_keepalive(data: &[u8]) -> bool {
+    data.iter().all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t'))
+}
+
+fn trim_leading_crlf(data: &[u8]) -> &[u8] {
+    let start = data.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(data.len());
+    &data[start..]
+}
+
+fn headers_mut(message: &mut SipMessage) -> &mut rsip::Headers {
+    match message {
+        SipMessage::Request(r) => &mut r.headers,
+        SipMessage::Response(r) => &mut r.headers,
+    }
+}
+
+/// Expands compact header names and splits comma-joined Via values.
+fn normalize_headers(headers: &mut rsip::Headers) {
+    let old: Vec<Header> = std::mem::take(headers).into_iter().collect();
+    for header in old {
+        let header = match header {
+            Header::Other(name, value) => expand_compact(name, value),
+            other => other,
+        };
+        match header {
+            Header::Via(via) if via.value().contains(',') => {
+                for part in split_top_level_commas(via.value()) {
+                    headers.push(Header::Via(rsip::headers::Via::new(part)));
+                }
+            }
+            other => headers.push(other),
+        }
+    }
+}
+
+fn expand_compact(name: String, value: String) -> Header {
+    use rsip::headers as h;
+    match name.as_str() {
+        "v" | "V" => Header::Via(h::Via::new(value)),
+        "f" | "F" => Header::From(h::From::new(value)),
+        "t" | "T" => Header::To(h::To::new(value)),
+        "i" | "I" => Header::CallId(h::CallId::new(value)),
+        "m" | "M" => Header::Contact(h::Contact::new(value)),
+        "l" | "L" => Header::ContentLength(h::ContentLength::new(value)),
+        "c" | "C" => Header::ContentType(h::ContentType::new(value)),
+        "k" | "K" => Header::Supported(h::Supported::new(value)),
+        _ => Header::Other(name, value),
+    }
+}
+
+/// Splits a header value on commas that are not inside quotes or angle brackets.
+fn split_top_level_commas(value: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut angled, mut start) = (false, false, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => angled = true,
+            '>' if !quoted => angled = false,
+            ',' if !quoted && !angled => {
+                parts.push(value[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(value[start..].trim().to_string());
+    parts.retain(|p| !p.is_empty());
+    parts
+}
+
+fn check_content_length(message: &SipMessage) -> Result<(), SipError> {
+    let declared = message.headers().iter().find_map(|h| match h {
+        Header::ContentLength(l) => Some(l.value().trim().parse::<usize>()),
+        _ => None,
+    });
+    match declared {
+        Some(Ok(len)) if len > message.body().len() => {
+            Err(SipError::Parse(format!("Content-Length {len} exceeds the {} body bytes", message.body().len())))
+        }
+        Some(Err(_)) => Err(SipError::Parse("Content-Length is not a number".into())),
+        _ => Ok(()),
+    }
+}
+
+trait HeadersOf {
+    fn headers(&self) -> &rsip::Headers;
+}
+
+impl HeadersOf for SipMessage {
+    fn headers(&self) -> &rsip::Headers {
+        match self {
+            SipMessage::Request(r) => &r.headers,
+            SipMessage::Response(r) => &r.headers,
+        }
+    }
+}
+
+/// Serializes a message, setting Content-Length from the body.
+pub fn print(message: impl Into<SipMessage>) -> Vec<u8> {
+    let mut message = message.into();
+    let len = message.body().len();
+    let headers = headers_mut(&mut message);
+    headers.retain(|h| !matches!(h, Header::ContentLength(_)));
+    headers.push(Header::ContentLength(rsip::headers::ContentLength::new(len.to_string())));
+    message.to_string().into_bytes()
+}
+
+/// The branch of the topmost Via, which names the transaction (§17.2.3).
+pub fn top_branch(headers: &rsip::Headers) -> Result<String, SipError> {
+    let via = first_via(headers)?;
+    let typed = via.typed().map_err(|e| SipError::BadHeader("Via", e.to_string()))?;
+    typed
+        .branch()
+        .map(|b| b.to_string())
+        .ok_or(SipError::BadHeader("Via", "no branch parameter".into()))
+}
+
+fn first_via(headers: &rsip::Headers) -> Result<&rsip::headers::Via, SipError> {
+    headers
+        .iter()
+        .find_map(|h| match h {
+            Header::Via(v) => Some(v),
+            _ => None,
+        })
+        .ok_or(SipError::MissingHeader("Via"))
+}
+
+/// CSeq number and method.
+pub fn cseq(headers: &impl HeadersExt) -> Result<(u32, Method), SipError> {
+    let cseq = headers.cseq_header().map_err(|_| SipError::MissingHeader("CSeq"))?;
+    let typed = cseq.typed().map_err(|e| SipError::BadHeader("CSeq", e.to_string()))?;
+    Ok((typed.seq, typed.method))
+}
+
+pub fn call_id(headers: &impl HeadersExt) -> Result<String, SipError> {
+    Ok(headers.call_id_header().map_err(|_| SipError::MissingHeader("Call-ID"))?.value().to_string())
+}
+
+pub fn from_tag(headers: &impl HeadersExt) -> Result<Option<String>, SipError> {
+    let from = headers.from_header().map_err(|_| SipError::MissingHeader("From"))?;
+    Ok(from.tag().map_err(|e| SipError::BadHeader("From", e.to_string()))?.map(|t| t.to_string()))
+}
+
+pub fn to_tag(headers: &impl HeadersExt) -> Result<Option<String>, SipError> {
+    let to = headers.to_header().map_err(|_| SipError::MissingHeader("To"))?;
+    Ok(to.tag().map_err(|e| SipError::BadHeader("To", e.to_string()))?.map(|t| t.to_string()))
+}
+
+/// The URI of the first Contact, if any.
+pub fn contact_uri(headers: &impl HeadersExt) -> Option<rsip::Uri> {
+    headers.contact_header().ok().and_then(|c| c.uri().ok())
+}
+
+/// Record-Route values in order, as the route set of a dialog (§12.1).
+pub fn record_routes(headers: &rsip::Headers) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| match h {
+            Header::RecordRoute(r) => Some(split_top_level_commas(r.value())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Max-Forwards, when present and numeric.
+pub fn max_forwards(headers: &rsip::Headers) -> Option<u32> {
+    headers.iter().find_map(|h| match h {
+        Header::MaxForwards(m) => m.value().trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// Builds a response to `request` (§8.2.6): Via, From, To, Call-ID and CSeq
+/// copied, a To tag added when given and absent.
+pub fn response_to(request: &Request, code: u16, to_tag: Option<&str>) -> Response {
+    let mut headers = rsip::Headers::default();
+    for header in request.headers.iter() {
+        match header {
+            Header::Via(_) | Header::From(_) | Header::CallId(_) | Header::CSeq(_) => headers.push(header.clone()),
+            Header::RecordRoute(_) if (101..300).contains(&code) => headers.push(header.clone()),
+            Header::To(to) => {
+                let has_tag = to.value().contains(";tag=");
+                let value = match to_tag {
+                    Some(tag) if !has_tag => format!("{};tag={}", to.value(), tag),
+                    _ => to.value().to_string(),
+                };
+                headers.push(Header::To(rsip::headers::To::new(value)));
+            }
+            _ => {}
+        }
+    }
+    headers.push(Header::Server(rsip::headers::Server::new(super::USER_AGENT)));
+    Response { status_code: status_code(code), version: rsip::Version::V2, headers, body: Vec::new() }
+}
+
+/// A status code that prints with its RFC reason phrase (rsip prints the
+/// Rust variant name, "BusyHere", for the codes it knows).
+pub fn status_code(code: u16) -> rsip::StatusCode {
+    rsip::StatusCode::Other(code, reason_phrase(code).into())
+}
+
+/// The reason phrases of RFC 3261 §21 (and RFC 3311 / 4028 for the few after it).
+pub fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        181 => "Call Is Being Forwarded",
+        182 => "Queued",
+        183 => "Session Progress",
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        415 => "Unsupported Media Type",
+        420 => "Bad Extension",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        600 => "Busy Everywhere",
+        603 => "Decline",
+        _ => match code / 100 {
+            1 => "Progress",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            5 => "Server Error",
+            _ => "Global Failure",
+        },
+    }
+}
+
+/// The reason phrase of a response's status line as the peer wrote it.
+pub fn raw_reason_phrase(data: &[u8]) -> Option<String> {
+    let line = data.split(|b| *b == b'\r' || *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.splitn(3, ' ');
+    let (_version, _code) = (parts.next()?, parts.next()?);
+    Some(parts.next().unwrap_or("").trim().to_string())
+}
+
+/// Answers a request that rsip could not parse, when its raw text still shows
+/// the headers a response must echo (§8.2.6); `None` when it does not.
+pub fn raw_error_response(data: &[u8], code: u16, reason: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(data).ok()?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next()?;
+    // Responses are never answered.
+    if request_line.starts_with("SIP/") {
+        return None;
+    }
+    let mut echoed = Vec::new();
+    let mut found = [false; 5];
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let name = name.trim();
+        let Some(index) = ["via|v", "from|f", "to|t", "call-id|i", "cseq"]
+            .iter()
+            .position(|names| names.split('|').any(|n| n.eq_ignore_ascii_case(name)))
+        else {
+            continue;
+        };
+        found[index] = true;
+        echoed.push(format!("{}: {}", ["Via", "From", "To", "Call-ID", "CSeq"][index], value.trim()));
+    }
+    if !found.iter().all(|f| *f) {
+        return None;
+    }
+    let mut out = format!("SIP/2.0 {code} {reason}\r\n");
+    for line in echoed {
+        out.push_str(&line);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("Server: {}\r\nContent-Length: 0\r\n\r\n", super::USER_AGENT));
+    Some(out.into_bytes())
+}
+
+/// The address a request to `uri` goes to, when the URI holds an IP literal or
+/// `localhost`. Host names are resolved by the driver before it calls the core.
+pub fn uri_socket_addr(uri: &rsip::Uri) -> Option<SocketAddr> {
+    let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
+    match uri.host() {
+        rsip::Host::IpAddr(ip) => Some(SocketAddr::new(*ip, port)),
+        rsip::Host::Domain(d) if d.to_string().eq_ignore_ascii_case("localhost") => {
+            Some(SocketAddr::new([127, 0, 0, 1].into(), port))
+        }
+        rsip::Host::Domain(_) => None,
+    }
+}
+
+/// A fresh random token for tags, branches and Call-IDs.
+pub fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..16).map(|_| char::from(b"0123456789abcdefghijklmnopqrstuv"[rng.random_range(0..32)])).collect()
+}
+
+pub fn new_branch() -> String {
+    format!("{BRANCH_COOKIE}{}", random_token())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INVITE: &str = "INVITE sip:room1@127.0.0.1:5060 SIP/2.0\r\n\
+v: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1, SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-0\r\n\
+f: <sip:alice@127.0.0.1>;tag=abc\r\n\
+t: <sip:room1@127.0.0.1>\r\n\
+i: call-1@127.0.0.1\r\n\
+CSeq: 1 INVITE\r\n\
+m: <sip:alice@127.0.0.1:5061>\r\n\
+Max-Forwards: 70\r\n\
+c: application/sdp\r\n\
+l: 4\r\n\r\nv=0\n";
+
+    #[test]
+    fn compact_headers_expand_and_via_splits() {
+        let SipMessage::Request(req) = parse(INVITE.as_bytes()).unwrap() else { panic!("not a request") };
+        assert_eq!(req.method, Method::Invite);
+        assert_eq!(top_branch(&req.headers).unwrap(), "z9hG4bK-1");
+        assert_eq!(req.headers.iter().filter(|h| matches!(h, Header::Via(_))).count(), 2);
+        assert_eq!(call_id(&req).unwrap(), "call-1@127.0.0.1");
+        assert_eq!(cseq(&req).unwrap(), (1, Method::Invite));
+        assert_eq!(from_tag(&req).unwrap().as_deref(), Some("abc"));
+        assert_eq!(to_tag(&req).unwrap(), None);
+        assert_eq!(max_forwards(&req.headers), Some(70));
+        assert_eq!(contact_uri(&req).unwrap().to_string(), "sip:alice@127.0.0.1:5061");
+    }
+
+    #[test]
+    fn print_then_parse_round_trips() {
+        let SipMessage::Request(req) = parse(INVITE.as_bytes()).unwrap() else { panic!() };
+        let printed = print(req.clone());
+        let SipMessage::Request(again) = parse(&printed).unwrap() else { panic!() };
+        assert_eq!(again, req_with_length(req, 4));
+        assert!(String::from_utf8(printed).unwrap().contains("Content-Length: 4\r\n"));
+    }
+
+    fn req_with_length(mut req: Request, len: usize) -> Request {
+        req.headers.retain(|h| !matches!(h, Header::ContentLength(_)));
+        req.headers.push(Header::ContentLength(rsip::headers::ContentLength::new(len.to_string())));
+        req
+    }
+
+    #[test]
+    fn response_echoes_and_tags() {
+        let SipMessage::Request(req) = parse(INVITE.as_bytes()).unwrap() else { panic!() };
+        let resp = response_to(&req, 180, Some("xyz"));
+        let text = String::from_utf8(print(resp)).unwrap();
+        assert!(text.starts_with("SIP/2.0 180 Ringing\r\n"), "{text}");
+        assert!(text.contains("tag=xyz"));
+        let SipMessage::Response(back) = parse(text.as_bytes()).unwrap() else { panic!() };
+        assert_eq!(to_tag(&back).unwrap().as_deref(), Some("xyz"));
+        assert_eq!(top_branch(&back.headers).unwrap(), "z9hG4bK-1");
+    }
+
+    #[test]
+    fn short_body_is_an_error() {
+        let bad = INVITE.replace("l: 4", "l: 400");
+        assert!(matches!(parse(bad.as_bytes()), Err(SipError::Parse(_))));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for input in [&b""[..], b"\0\0\0", b"INVITE", b"SIP/2.0 abc\r\n\r\n", b"INVITE sip: SIP/2.0\r\nVia: \r\n\r\n"] {
+            assert!(parse(input).is_err());
+        }
+    }
+
+    #[test]
+    fn unparsable_request_still_gets_400() {
+        let raw = "FOO sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 FOO\r\n\r\n";
+        let out = String::from_utf8(raw_error_response(raw.as_bytes(), 501, "Not Implemented").unwrap()).unwrap();
+        assert!(out.starts_with("SIP/2.0 501 Not Implemented\r\n"));
+        assert!(out.contains("Call-ID: c\r\n"));
+        assert!(raw_error_response(b"FOO sip:x SIP/2.0\r\n\r\n", 400, "Bad Request").is_none());
+    }
+}

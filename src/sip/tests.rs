@@ -1,0 +1,422 @@
+//! Two user agents on a simulated clock and a simulated lossy network, in the
+//! manner of str0m's `progress()` and quinn-proto's `Pair`: no sockets, no sleeps.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const LATENCY: Duration = Duration::from_millis(10);
+
+struct Agent {
+    ua: UserAgent,
+    addr: SocketAddr,
+    events: Vec<UaEvent>,
+}
+
+struct InFlight {
+    at: Instant,
+    from: SocketAddr,
+    to: SocketAddr,
+    data: Vec<u8>,
+}
+
+/// The network decides which datagrams get lost: `drop(text)` sees each one.
+struct Pair {
+    now: Instant,
+    a: Agent,
+    b: Agent,
+    flight: Vec<InFlight>,
+    drop: Box<dyn FnMut(&str) -> bool>,
+    /// Every datagram sent, as text, in order.
+    log: Vec<String>,
+}
+
+fn agent(port: u16) -> Agent {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    Agent { ua: UserAgent::new(UaConfig { advertised: addr, timers: TimerConfig::default() }), addr, events: Vec::new() }
+}
+
+impl Pair {
+    fn new() -> Self {
+        Self { now: Instant::now(), a: agent(5061), b: agent(5062), flight: Vec::new(), drop: Box::new(|_| false), log: Vec::new() }
+    }
+
+    fn agent(&mut self, addr: SocketAddr) -> Option<&mut Agent> {
+        if addr == self.a.addr {
+            Some(&mut self.a)
+        } else if addr == self.b.addr {
+            Some(&mut self.b)
+        } else {
+            None
+        }
+    }
+
+    /// Moves transmits into the network and events into the agents' logs.
+    fn collect(&mut self) {
+        for side in [true, false] {
+            let agent = if side { &mut self.a } else { &mut self.b };
+            let from = agent.addr;
+            let mut sent = Vec::new();
+            while let Some(t) = agent.ua.poll_transmit() {
+                sent.push(t);
+            }
+            while let Some(e) = agent.ua.poll_event() {
+                agent.events.push(e);
+            }
+            for t in sent {
+                let text = String::from_utf8_lossy(&t.data).to_string();
+                self.log.push(text.clone());
+                if !(self.drop)(&text) {
+                    self.flight.push(InFlight { at: self.now + LATENCY, from, to: t.destination, data: t.data });
+                }
+            }
+        }
+    }
+
+    /// Advances to the next thing that happens: a delivery or a timer.
+    fn step(&mut self) -> bool {
+        self.collect();
+        let next_delivery = self.flight.iter().map(|f| f.at).min();
+        let next_timer = [self.a.ua.poll_timeout(), self.b.ua.poll_timeout()].into_iter().flatten().min();
+        let Some(at) = [next_delivery, next_timer].into_iter().flatten().min() else { return false };
+        self.now = self.now.max(at);
+        let now = self.now;
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flight).into_iter().partition(|f| f.at <= now);
+        self.flight = rest;
+        for f in due {
+            if let Some(agent) = self.agent(f.to) {
+                agent.ua.handle_datagram(now, f.from, &f.data);
+            }
+        }
+        self.a.ua.handle_timeout(now);
+        self.b.ua.handle_timeout(now);
+        self.collect();
+        true
+    }
+
+    /// Runs for `duration` of simulated time.
+    fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        while self.now < end {
+            let next = [self.flight.iter().map(|f| f.at).min(), self.a.ua.poll_timeout(), self.b.ua.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(at) if at <= end => {
+                    self.step();
+                }
+                _ => {
+                    self.now = end;
+                    self.collect();
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self) -> CallKey {
+        let target = format!("sip:room@{}", self.b.addr);
+        let call = self.a.ua.dial(&target, self.b.addr, "alice", b"v=0\r\n".to_vec(), self.now).unwrap();
+        self.collect();
+        call
+    }
+
+    fn incoming(&self) -> Option<CallKey> {
+        self.b.events.iter().find_map(|e| match e {
+            UaEvent::IncomingCall { call, .. } => Some(*call),
+            _ => None,
+        })
+    }
+
+    fn count(&self, prefix: &str) -> usize {
+        self.log.iter().filter(|m| m.starts_with(prefix)).count()
+    }
+
+    /// Sends raw bytes to B as if from A.
+    fn inject(&mut self, data: &str) {
+        let from = self.a.addr;
+        self.b.ua.handle_datagram(self.now, from, data.as_bytes());
+        self.collect();
+    }
+
+    fn responses_to_a(&self) -> Vec<&String> {
+        self.log.iter().filter(|m| m.starts_with("SIP/2.0")).collect()
+    }
+}
+
+/// Answers every incoming call on B at once (ringing first).
+fn answer_all(pair: &mut Pair) {
+    let calls: Vec<CallKey> = pair
+        .b
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            UaEvent::IncomingCall { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    for call in calls {
+        let now = pair.now;
+        let _ = pair.b.ua.ring(call, now);
+        let _ = pair.b.ua.answer(call, b"v=0\r\n".to_vec(), now);
+    }
+    pair.collect();
+}
+
+#[test]
+fn call_setup_and_teardown() {
+    let mut p = Pair::new();
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    assert!(p.incoming().is_some());
+    assert_eq!(p.count("SIP/2.0 100"), 1);
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(50));
+    assert!(p.a.events.contains(&UaEvent::Ringing { call }));
+    assert!(p.a.events.iter().any(|e| matches!(e, UaEvent::Answered { call: c, .. } if *c == call)));
+    assert_eq!(p.count("ACK "), 1);
+    // No 2xx retransmission after the ACK.
+    p.run_for(Duration::from_secs(5));
+    assert_eq!(p.count("SIP/2.0 200"), 1);
+
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::RemoteHangup }));
+    assert!(p.a.events.contains(&UaEvent::Ended { call, reason: EndReason::LocalHangup }));
+    assert_eq!(p.count("SIP/2.0 200"), 2, "BYE answered");
+    assert_eq!(p.a.ua.call_count() + p.b.ua.call_count(), 0);
+    // Every transaction ends once its timers run out.
+    p.run_for(Duration::from_secs(40));
+    assert_eq!(p.a.ua.transaction_count() + p.b.ua.transaction_count(), 0);
+}
+
+#[test]
+fn lost_invite_is_retransmitted_by_timer_a() {
+    let mut p = Pair::new();
+    let mut invites = 0;
+    p.drop = Box::new(move |m| {
+        if m.starts_with("INVITE") {
+            invites += 1;
+            return invites == 1;
+        }
+        false
+    });
+    p.dial();
+    p.run_for(Duration::from_millis(400));
+    assert!(p.incoming().is_none());
+    p.run_for(Duration::from_millis(200));
+    assert!(p.incoming().is_some(), "the retransmission at 500 ms got through");
+    assert_eq!(p.b.events.len(), 1);
+}
+
+#[test]
+fn retransmitted_invite_makes_one_call() {
+    let mut p = Pair::new();
+    // Drop B's 100 Trying so A keeps retransmitting the INVITE.
+    p.drop = Box::new(|m| m.starts_with("SIP/2.0 100"));
+    p.dial();
+    p.run_for(Duration::from_secs(2));
+    assert!(p.count("INVITE ") >= 3);
+    let incoming = p.b.events.iter().filter(|e| matches!(e, UaEvent::IncomingCall { .. })).count();
+    assert_eq!(incoming, 1);
+}
+
+#[test]
+fn lost_ack_gets_the_2xx_again_and_is_resent() {
+    let mut p = Pair::new();
+    let mut acks = 0;
+    p.drop = Box::new(move |m| {
+        if m.starts_with("ACK ") {
+            acks += 1;
+            return acks <= 2;
+        }
+        false
+    });
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_secs(3));
+    assert_eq!(p.count("SIP/2.0 200"), 3, "2xx sent, then again at 500 ms and 1.5 s");
+    assert_eq!(p.count("ACK "), 3, "each 2xx ACKed");
+    p.run_for(Duration::from_secs(40));
+    assert!(!p.b.events.iter().any(|e| matches!(e, UaEvent::Ended { .. })), "the call survives");
+    assert_eq!(p.count("SIP/2.0 200"), 3);
+    let _ = call;
+}
+
+#[test]
+fn ack_never_arriving_ends_the_call_with_bye() {
+    let mut p = Pair::new();
+    p.drop = Box::new(|m| m.starts_with("ACK "));
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_secs(40));
+    let b_call = p.incoming().unwrap();
+    assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::AckTimeout }));
+    assert_eq!(p.count("BYE "), 1);
+}
+
+#[test]
+fn no_answer_at_all_fails_with_408_after_timer_b() {
+    let mut p = Pair::new();
+    p.drop = Box::new(|m| m.starts_with("INVITE"));
+    let call = p.dial();
+    p.run_for(Duration::from_secs(31));
+    assert!(p.a.events.is_empty());
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.a.events, vec![UaEvent::Failed { call, status: 408, reason: "Request Timeout".into() }]);
+    assert_eq!(p.count("INVITE "), 7, "the original and six retransmissions");
+}
+
+#[test]
+fn cancel_before_answer() {
+    let mut p = Pair::new();
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    let now = p.now;
+    p.b.ua.ring(b_call, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.count("CANCEL "), 1);
+    assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::Cancelled }));
+    assert!(p.a.events.contains(&UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() }));
+    assert_eq!(p.count("ACK "), 1, "the 487 is ACKed");
+    // Answering after the CANCEL is refused.
+    assert!(p.b.ua.answer(b_call, Vec::new(), p.now).is_err());
+}
+
+#[test]
+fn hangup_before_any_provisional_waits_to_cancel() {
+    let mut p = Pair::new();
+    // Hold back B's 100 so no provisional arrives for a while.
+    let mut trying = 0;
+    p.drop = Box::new(move |m| {
+        if m.starts_with("SIP/2.0 100") {
+            trying += 1;
+            return trying <= 1;
+        }
+        false
+    });
+    let call = p.dial();
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.collect();
+    assert_eq!(p.count("CANCEL "), 0, "no CANCEL before a provisional response (§9.1)");
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.count("CANCEL "), 1);
+    assert!(p.a.events.contains(&UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() }));
+}
+
+#[test]
+fn rejection_is_acked_and_a_retransmitted_final_is_acked_again() {
+    let mut p = Pair::new();
+    let mut acks = 0;
+    p.drop = Box::new(move |m| {
+        if m.starts_with("ACK ") {
+            acks += 1;
+            return acks == 1;
+        }
+        false
+    });
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    p.b.ua.reject(b_call, 486, p.now);
+    p.collect();
+    p.run_for(Duration::from_secs(2));
+    assert!(p.a.events.contains(&UaEvent::Failed { call, status: 486, reason: "Busy Here".into() }));
+    assert_eq!(p.count("SIP/2.0 486"), 2);
+    assert_eq!(p.count("ACK "), 2);
+}
+
+#[test]
+fn lost_bye_is_retransmitted() {
+    let mut p = Pair::new();
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(50));
+    let mut byes = 0;
+    p.drop = Box::new(move |m| {
+        if m.starts_with("BYE ") {
+            byes += 1;
+            return byes == 1;
+        }
+        false
+    });
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.count("BYE "), 2);
+    let b_call = p.incoming().unwrap();
+    assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::RemoteHangup }));
+}
+
+const OPTIONS: &str = "OPTIONS sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKopt1\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:room@127.0.0.1>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+
+#[test]
+fn options_gets_200_with_allow_and_accept() {
+    let mut p = Pair::new();
+    p.inject(OPTIONS);
+    let responses = p.responses_to_a();
+    assert_eq!(responses.len(), 1);
+    assert!(responses[0].starts_with("SIP/2.0 200"));
+    assert!(responses[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS"));
+    assert!(responses[0].contains("Accept: application/sdp"));
+}
+
+#[test]
+fn unsupported_unknown_and_misrouted_requests() {
+    let mut p = Pair::new();
+    p.inject(&OPTIONS.replace("OPTIONS", "REGISTER").replace("opt1", "reg1"));
+    p.inject(&OPTIONS.replace("OPTIONS", "FROBNICATE").replace("opt1", "frob"));
+    p.inject(&OPTIONS.replace("OPTIONS", "BYE").replace("opt1", "bye1").replace("To: <sip:room@127.0.0.1>", "To: <sip:room@127.0.0.1>;tag=nope"));
+    p.inject(&OPTIONS.replace("Max-Forwards: 70", "Max-Forwards: 0").replace("opt1", "mf0"));
+    let codes: Vec<&str> = p.responses_to_a().iter().map(|r| &r[8..11]).collect();
+    assert_eq!(codes, vec!["405", "501", "481", "483"]);
+    assert!(p.responses_to_a()[0].contains("Allow: "));
+}
+
+#[test]
+fn garbage_never_panics_and_broken_requests_get_400() {
+    let mut p = Pair::new();
+    for junk in ["", "\r\n\r\n", "hello", "INVITE", "SIP/2.0 200 OK\r\n\r\n", "INVITE sip:x SIP/2.0\r\nVia: broken\r\n\r\n", "\u{0}\u{1}\u{2}"] {
+        p.inject(junk);
+    }
+    // Parses, but lacks a Call-ID: answered 400 statelessly.
+    p.inject(&OPTIONS.replace("Call-ID: opt-1\r\n", ""));
+    // Does not parse (bad CSeq), but the headers to answer with are there.
+    p.inject(&OPTIONS.replace("CSeq: 1 OPTIONS", "CSeq: x y z"));
+    let codes: Vec<&str> = p.responses_to_a().iter().map(|r| &r[8..11]).collect();
+    assert!(codes.iter().all(|c| *c == "400"), "{codes:?}");
+    assert!(!codes.is_empty());
+    // The agent still works.
+    p.inject(OPTIONS);
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 200"));
+}
+
+#[test]
+fn a_second_call_is_not_disturbed_by_the_first_ending() {
+    let mut p = Pair::new();
+    let first = p.dial();
+    let second = p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(50));
+    p.a.ua.hangup(first, p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.a.ua.call_count(), 1);
+    assert_eq!(p.b.ua.call_count(), 1);
+    p.a.ua.hangup(second, p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.b.ua.call_count(), 0);
+}

@@ -1,0 +1,843 @@
+//! The user agent: transactions, dialogs and calls on top of them (RFC 3261
+//! §8, §12–§17), as one sans-IO state machine.
+//!
+//! Drive it like quinn-proto's `Connection`: feed datagrams with
+//! [`UserAgent::handle_datagram`] and expired timers with
+//! [`UserAgent::handle_timeout`], issue commands ([`UserAgent::dial`],
+//! [`UserAgent::answer`], [`UserAgent::hangup`], ...), and after each call
+//! drain [`UserAgent::poll_transmit`] and [`UserAgent::poll_event`], then sleep
+//! until [`UserAgent::poll_timeout`].
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use rsip::headers::UntypedHeader;
+use rsip::prelude::HeadersExt;
+use rsip::{Header, Method, Request, Response, SipMessage};
+
+use super::message::{self, new_branch, random_token};
+use super::transaction::{
+    ClientTimeout, ClientTransaction, Reliability, ResponseDisposition, ServerTimeout, ServerTransaction, TimerConfig,
+};
+use super::{SipError, Transmit, ALLOWED_METHODS, USER_AGENT};
+
+/// Names one call (one dialog, or the attempt at one) for the life of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallKey(pub u64);
+
+/// Why a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The peer sent BYE.
+    RemoteHangup,
+    /// This side hung up.
+    LocalHangup,
+    /// The caller sent CANCEL before the answer.
+    Cancelled,
+    /// The 2xx was never acknowledged (§13.3.1.4).
+    AckTimeout,
+}
+
+/// What the agent tells its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UaEvent {
+    /// An INVITE outside any dialog. The user answers with `ring`, `answer` or `reject`.
+    IncomingCall { call: CallKey, request_uri: String, from: String, offer: Vec<u8>, source: SocketAddr },
+    /// The callee is ringing (180 or 183).
+    Ringing { call: CallKey },
+    /// The callee answered; `answer` is the SDP body of the 2xx.
+    Answered { call: CallKey, answer: Vec<u8> },
+    /// The INVITE failed with a final response, or timed out (408).
+    Failed { call: CallKey, status: u16, reason: String },
+    /// An established or incoming call is over.
+    Ended { call: CallKey, reason: EndReason },
+}
+
+/// Settings of a user agent.
+#[derive(Debug, Clone)]
+pub struct UaConfig {
+    /// The address that goes into Via and Contact: the public one when behind NAT.
+    pub advertised: SocketAddr,
+    pub timers: TimerConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// Inbound INVITE not answered yet.
+    Incoming,
+    /// Outbound INVITE sent, no provisional response yet.
+    Calling,
+    /// Outbound INVITE with a provisional response.
+    Early,
+    Confirmed,
+}
+
+#[derive(Debug)]
+struct Call {
+    state: CallState,
+    call_id: String,
+    local_tag: String,
+    /// Our party (From in requests we send, To in requests we receive), with our tag.
+    local_party: String,
+    /// The peer's party, with its tag once known.
+    remote_party: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    destination: SocketAddr,
+    local_cseq: u32,
+    remote_cseq: u32,
+    /// The INVITE transaction of the call (server for inbound, client for outbound).
+    invite_tx: TxId,
+    /// Inbound: the INVITE (to build responses). Outbound: the INVITE sent (for CANCEL and ACK).
+    invite: Request,
+    /// Outbound: the ACK sent for the 2xx, sent again for each 2xx retransmission.
+    ack: Option<Vec<u8>>,
+    /// The session description we gave, for answering re-INVITEs.
+    local_sdp: Vec<u8>,
+    /// The app hung up before a provisional response allowed a CANCEL (§9.1).
+    cancel_pending: bool,
+    ringing_reported: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct TxId(u64);
+
+/// A transaction's Via branch and its method (rsip's `Method` is not `Hash`,
+/// but it is a plain enum, so its discriminant stands in).
+type BranchKey = (String, u8);
+
+#[derive(Debug)]
+enum Transaction {
+    Client { tx: ClientTransaction, method: Method, call: Option<CallKey> },
+    Server { tx: ServerTransaction, call: Option<CallKey> },
+}
+
+impl Transaction {
+    fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Transaction::Client { tx, .. } => tx.poll_timeout(),
+            Transaction::Server { tx, .. } => tx.poll_timeout(),
+        }
+    }
+}
+
+/// The SIP user agent state machine. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct UserAgent {
+    config: UaConfig,
+    transactions: HashMap<TxId, Transaction>,
+    /// (branch, method) -> transaction; ACK is filed under INVITE (§17.2.3).
+    by_branch: HashMap<BranchKey, TxId>,
+    /// The inverse of `by_branch`, to forget a transaction in O(1).
+    branch_of: HashMap<TxId, BranchKey>,
+    calls: HashMap<CallKey, Call>,
+    /// (Call-ID, local tag) -> call.
+    dialogs: HashMap<(String, String), CallKey>,
+    /// Instants at which some transaction wants `handle_timeout`; entries may
+    /// be stale, which costs a look and nothing else.
+    timers: BinaryHeap<Reverse<(Instant, TxId)>>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<UaEvent>,
+}
+
+impl UserAgent {
+    pub fn new(config: UaConfig) -> Self {
+        Self {
+            config,
+            transactions: HashMap::new(),
+            by_branch: HashMap::new(),
+            branch_of: HashMap::new(),
+            calls: HashMap::new(),
+            dialogs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            next_id: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<UaEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`UserAgent::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Number of live calls (any state).
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Number of live transactions, for tests and statistics.
+    pub fn transaction_count(&self) -> usize {
+        self.transactions.len()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn advertised_host(&self) -> String {
+        match self.config.advertised {
+            SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        }
+    }
+
+    // ----- input -----
+
+    /// Feeds one datagram received from `source`.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+        if message::is_keepalive(data) {
+            return;
+        }
+        match message::parse(data) {
+            Ok(SipMessage::Request(request)) => self.handle_request(now, source, request),
+            Ok(SipMessage::Response(response)) => {
+                let reason = message::raw_reason_phrase(data).unwrap_or_default();
+                self.handle_response(now, response, reason)
+            }
+            Err(error) => {
+                tracing::warn!(%source, %error, "dropping a SIP message that does not parse");
+                let (code, reason) = if unknown_method(data) { (501, "Not Implemented") } else { (400, "Bad Request") };
+                if let Some(response) = message::raw_error_response(data, code, reason) {
+                    self.transmits.push_back(Transmit { destination: source, data: response });
+                }
+            }
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let mut out = Vec::new();
+            let outcome = match self.transactions.get_mut(&id) {
+                Some(Transaction::Client { tx, method, call }) if tx.poll_timeout().is_some_and(|t| t <= now) => {
+                    tx.handle_timeout(now, &mut out).map(|t| (Some((t, *method)), None, *call))
+                }
+                Some(Transaction::Server { tx, call }) if tx.poll_timeout().is_some_and(|t| t <= now) => {
+                    tx.handle_timeout(now, &mut out).map(|t| (None, Some(t), *call))
+                }
+                _ => None,
+            };
+            self.transmits.extend(out);
+            self.after_transaction_step(id);
+            match outcome {
+                Some((Some((ClientTimeout::NoResponse, Method::Invite)), _, Some(call))) => {
+                    self.finish_outbound(call, 408, "Request Timeout".into());
+                }
+                Some((_, Some(ServerTimeout::NoAck), Some(call))) => {
+                    if self.calls.get(&call).is_some_and(|c| c.state == CallState::Confirmed) {
+                        // §13.3.1.4: the session is confirmed but unacknowledged; end it with BYE.
+                        self.send_bye(call, now);
+                        self.events.push_back(UaEvent::Ended { call, reason: EndReason::AckTimeout });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn file_transaction(&mut self, id: TxId, (branch, method): (String, Method)) {
+        let key = (branch, method as u8);
+        self.by_branch.insert(key.clone(), id);
+        self.branch_of.insert(id, key);
+    }
+
+    /// Re-files a transaction's next timer, or forgets it once terminated.
+    fn after_transaction_step(&mut self, id: TxId) {
+        let Some(transaction) = self.transactions.get(&id) else { return };
+        match transaction.poll_timeout() {
+            Some(at) => self.timers.push(Reverse((at, id))),
+            None => {
+                let terminated = match transaction {
+                    Transaction::Client { tx, .. } => tx.is_terminated(),
+                    Transaction::Server { tx, .. } => tx.is_terminated(),
+                };
+                if terminated {
+                    self.transactions.remove(&id);
+                    if let Some(key) = self.branch_of.remove(&id) {
+                        self.by_branch.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, source: SocketAddr, request: Request) {
+        let (branch, (cseq, cseq_method)) = match (message::top_branch(&request.headers), message::cseq(&request)) {
+            (Ok(b), Ok(c)) => (b, c),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(%source, %error, "bad request");
+                return self.reply_stateless(&request, source, 400, None);
+            }
+        };
+        if message::call_id(&request).is_err() || message::from_tag(&request).is_err() || message::to_tag(&request).is_err() {
+            return self.reply_stateless(&request, source, 400, None);
+        }
+        if cseq_method != request.method && request.method != Method::Ack && request.method != Method::Cancel {
+            return self.reply_stateless(&request, source, 400, None);
+        }
+        let _ = cseq;
+        match request.method {
+            Method::Ack => return self.handle_ack(now, &branch, &request),
+            Method::Cancel => return self.handle_cancel(now, source, &branch, &request),
+            _ => {}
+        }
+        // A retransmission of a request that already has a transaction.
+        if let Some(id) = self.by_branch.get(&(branch.clone(), request.method as u8)).copied() {
+            if let Some(Transaction::Server { tx, .. }) = self.transactions.get(&id) {
+                let mut out = Vec::new();
+                tx.handle_retransmission(&mut out);
+                self.transmits.extend(out);
+            }
+            return;
+        }
+        if message::max_forwards(&request.headers) == Some(0) {
+            return self.reply_stateless(&request, source, 483, None);
+        }
+        let id = TxId(self.next_id());
+        let invite = request.method == Method::Invite;
+        let tx = ServerTransaction::new(invite, source, Reliability::Unreliable, self.config.timers);
+        self.transactions.insert(id, Transaction::Server { tx, call: None });
+        self.file_transaction(id, (branch, request.method));
+
+        match message::to_tag(&request) {
+            Ok(Some(tag)) => self.handle_in_dialog(now, id, tag, request),
+            _ => self.handle_out_of_dialog(now, id, source, request),
+        }
+    }
+
+    fn handle_out_of_dialog(&mut self, now: Instant, id: TxId, source: SocketAddr, request: Request) {
+        match request.method {
+            Method::Invite => {
+                self.respond(id, &request, 100, None, Vec::new(), now);
+                let call = CallKey(self.next_id());
+                let local_tag = random_token();
+                let to = request.to_header().map(|h| h.value().to_string()).unwrap_or_default();
+                let from = request.from_header().map(|h| h.value().to_string()).unwrap_or_default();
+                let remote_target = message::contact_uri(&request).map(|u| u.to_string());
+                let destination = remote_target
+                    .as_ref()
+                    .and_then(|t| rsip::Uri::try_from(t.as_str()).ok())
+                    .and_then(|u| message::uri_socket_addr(&u))
+                    .unwrap_or(source);
+                let mut route_set = message::record_routes(&request.headers);
+                let destination = route_destination(&route_set).unwrap_or(destination);
+                route_set.shrink_to_fit();
+                let entry = Call {
+                    state: CallState::Incoming,
+                    call_id: message::call_id(&request).unwrap_or_default(),
+                    local_party: format!("{to};tag={local_tag}"),
+                    local_tag,
+                    remote_party: from.clone(),
+                    remote_target: remote_target.unwrap_or_else(|| request.uri.to_string()),
+                    route_set,
+                    destination,
+                    local_cseq: rand::random::<u16>() as u32,
+                    remote_cseq: message::cseq(&request).map(|c| c.0).unwrap_or(0),
+                    invite_tx: id,
+                    invite: request.clone(),
+                    ack: None,
+                    local_sdp: Vec::new(),
+                    cancel_pending: false,
+                    ringing_reported: false,
+                };
+                self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
+                self.calls.insert(call, entry);
+                if let Some(Transaction::Server { call: c, .. }) = self.transactions.get_mut(&id) {
+                    *c = Some(call);
+                }
+                let from_uri = request.from_header().ok().and_then(|f| f.uri().ok()).map(|u| u.to_string());
+                self.events.push_back(UaEvent::IncomingCall {
+                    call,
+                    request_uri: request.uri.to_string(),
+                    from: from_uri.unwrap_or(from),
+                    offer: request.body.clone(),
+                    source,
+                });
+            }
+            Method::Options => self.respond_with_capabilities(id, &request, now),
+            Method::Bye => self.respond(id, &request, 481, None, Vec::new(), now),
+            _ => self.respond_not_allowed(id, &request, now),
+        }
+    }
+
+    fn handle_in_dialog(&mut self, now: Instant, id: TxId, to_tag: String, request: Request) {
+        let call_id = message::call_id(&request).unwrap_or_default();
+        let Some(call) = self.dialogs.get(&(call_id, to_tag)).copied() else {
+            return self.respond(id, &request, 481, None, Vec::new(), now);
+        };
+        let Some(entry) = self.calls.get_mut(&call) else {
+            return self.respond(id, &request, 481, None, Vec::new(), now);
+        };
+        let cseq = message::cseq(&request).map(|c| c.0).unwrap_or(0);
+        if cseq < entry.remote_cseq {
+            // §12.2.2: out of order.
+            return self.respond(id, &request, 500, None, Vec::new(), now);
+        }
+        entry.remote_cseq = cseq;
+        match request.method {
+            Method::Bye => {
+                self.respond(id, &request, 200, None, Vec::new(), now);
+                self.forget_call(call);
+                self.events.push_back(UaEvent::Ended { call, reason: EndReason::RemoteHangup });
+            }
+            Method::Invite => {
+                // A session refresh or re-offer: answer with the description we
+                // already gave. Hold and codec change come with in-dialog
+                // offer/answer support.
+                let sdp = entry.local_sdp.clone();
+                let contact = self.contact_for(call);
+                self.respond(id, &request, 200, contact, sdp, now);
+            }
+            Method::Options => self.respond_with_capabilities(id, &request, now),
+            _ => self.respond_not_allowed(id, &request, now),
+        }
+    }
+
+    fn handle_ack(&mut self, now: Instant, branch: &str, request: &Request) {
+        // ACK for a non-2xx: same branch as the INVITE (§17.2.3).
+        if let Some(id) = self.by_branch.get(&(branch.to_string(), Method::Invite as u8)).copied() {
+            if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) {
+                if tx.state() == super::transaction::ServerState::Completed {
+                    tx.handle_ack(now);
+                    self.after_transaction_step(id);
+                    return;
+                }
+            }
+        }
+        // ACK for a 2xx: its own transaction, matched by dialog.
+        let key = (message::call_id(request).unwrap_or_default(), message::to_tag(request).ok().flatten().unwrap_or_default());
+        let Some(call) = self.dialogs.get(&key).copied() else { return };
+        let Some(id) = self.calls.get(&call).map(|c| c.invite_tx) else { return };
+        if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) {
+            tx.handle_ack(now);
+            self.after_transaction_step(id);
+        }
+    }
+
+    fn handle_cancel(&mut self, now: Instant, source: SocketAddr, branch: &str, request: &Request) {
+        let invite_tx = self.by_branch.get(&(branch.to_string(), Method::Invite as u8)).copied();
+        // The CANCEL gets its own non-INVITE server transaction (§9.2).
+        let cancel_key = (branch.to_string(), Method::Cancel);
+        if let Some(id) = self.by_branch.get(&(cancel_key.0.clone(), Method::Cancel as u8)).copied() {
+            if let Some(Transaction::Server { tx, .. }) = self.transactions.get(&id) {
+                let mut out = Vec::new();
+                tx.handle_retransmission(&mut out);
+                self.transmits.extend(out);
+            }
+            return;
+        }
+        let id = TxId(self.next_id());
+        let tx = ServerTransaction::new(false, source, Reliability::Unreliable, self.config.timers);
+        self.transactions.insert(id, Transaction::Server { tx, call: None });
+        self.file_transaction(id, cancel_key);
+        let pending = invite_tx.and_then(|invite_id| match self.transactions.get(&invite_id) {
+            Some(Transaction::Server { tx, call: Some(call) }) => Some((tx.is_final(), *call)),
+            _ => None,
+        });
+        match pending {
+            None => self.respond(id, request, 481, None, Vec::new(), now),
+            Some((answered, call)) => {
+                self.respond(id, request, 200, None, Vec::new(), now);
+                if !answered {
+                    self.reject(call, 487, now);
+                    self.events.push_back(UaEvent::Ended { call, reason: EndReason::Cancelled });
+                }
+            }
+        }
+    }
+
+    fn handle_response(&mut self, now: Instant, response: Response, reason: String) {
+        let (Ok(branch), Ok((_, method))) = (message::top_branch(&response.headers), message::cseq(&response)) else {
+            return tracing::debug!("dropping a response without a usable Via branch or CSeq");
+        };
+        let status = response.status_code.code();
+        let Some(id) = self.by_branch.get(&(branch, method as u8)).copied() else {
+            // A 2xx retransmission after the client transaction ended: ACK it again (§13.2.2.4).
+            if method == Method::Invite && (200..300).contains(&status) {
+                self.resend_ack(&response);
+            }
+            return;
+        };
+        let Some(Transaction::Client { tx, call, .. }) = self.transactions.get_mut(&id) else { return };
+        let call = *call;
+        let mut out = Vec::new();
+        let invite = self.calls.get(&call.unwrap_or(CallKey(0))).map(|c| c.invite.clone());
+        let disposition = tx.handle_response(
+            status,
+            || invite.map(|i| message::print(non_2xx_ack(&i, &response))).unwrap_or_default(),
+            now,
+            &mut out,
+        );
+        self.transmits.extend(out);
+        self.after_transaction_step(id);
+        if disposition == ResponseDisposition::Absorb || method != Method::Invite {
+            return;
+        }
+        let Some(call) = call else { return };
+        match status {
+            100..=199 => self.on_provisional(call, &response, now),
+            200..=299 => self.on_invite_success(call, &response, now),
+            _ => self.finish_outbound(call, status, reason),
+        }
+    }
+
+    fn on_provisional(&mut self, call: CallKey, response: &Response, now: Instant) {
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        if entry.state == CallState::Calling {
+            entry.state = CallState::Early;
+        }
+        let status = response.status_code.code();
+        if entry.cancel_pending {
+            entry.cancel_pending = false;
+            return self.send_cancel(call, now);
+        }
+        if (status == 180 || status == 183) && !entry.ringing_reported {
+            entry.ringing_reported = true;
+            self.events.push_back(UaEvent::Ringing { call });
+        }
+    }
+
+    fn on_invite_success(&mut self, call: CallKey, response: &Response, now: Instant) {
+        let advertised = self.advertised_host();
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        if entry.state == CallState::Confirmed {
+            return;
+        }
+        let remote_tag = message::to_tag(response).ok().flatten().unwrap_or_default();
+        entry.remote_party = response.to_header().map(|t| t.value().to_string()).unwrap_or_default();
+        if let Some(target) = message::contact_uri(response) {
+            entry.remote_target = target.to_string();
+            if let Some(addr) = message::uri_socket_addr(&target) {
+                entry.destination = addr;
+            }
+        }
+        let mut routes = message::record_routes(&response.headers);
+        routes.reverse();
+        if let Some(addr) = route_destination(&routes) {
+            entry.destination = addr;
+        }
+        entry.route_set = routes;
+        entry.state = CallState::Confirmed;
+        let _ = remote_tag;
+        let (cseq, _) = message::cseq(&entry.invite).unwrap_or((1, Method::Invite));
+        let ack = in_dialog_request(entry, Method::Ack, cseq, &advertised);
+        let ack = message::print(ack);
+        self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
+        entry.ack = Some(ack);
+        if std::mem::take(&mut entry.cancel_pending) {
+            // Hung up while the INVITE was in flight: the answer came anyway.
+            self.send_bye(call, now);
+            self.events.push_back(UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() });
+            return;
+        }
+        self.events.push_back(UaEvent::Answered { call, answer: response.body.clone() });
+    }
+
+    fn resend_ack(&mut self, response: &Response) {
+        let key = (message::call_id(response).unwrap_or_default(), message::from_tag(response).ok().flatten().unwrap_or_default());
+        let Some(entry) = self.dialogs.get(&key).and_then(|c| self.calls.get(c)) else { return };
+        if let Some(ack) = &entry.ack {
+            self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
+        }
+    }
+
+    fn finish_outbound(&mut self, call: CallKey, status: u16, reason: String) {
+        if self.calls.get(&call).is_some_and(|c| c.state != CallState::Confirmed) {
+            self.forget_call(call);
+            self.events.push_back(UaEvent::Failed { call, status, reason });
+        }
+    }
+
+    fn forget_call(&mut self, call: CallKey) {
+        if let Some(entry) = self.calls.remove(&call) {
+            self.dialogs.remove(&(entry.call_id, entry.local_tag));
+        }
+    }
+
+    // ----- commands -----
+
+    /// Sends 180 Ringing for an incoming call.
+    pub fn ring(&mut self, call: CallKey, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get(&call).ok_or(SipError::UnknownCall)?;
+        if entry.state != CallState::Incoming {
+            return Err(SipError::WrongState);
+        }
+        let (id, invite) = (entry.invite_tx, entry.invite.clone());
+        self.respond(id, &invite, 180, None, Vec::new(), now);
+        Ok(())
+    }
+
+    /// Answers an incoming call with 200 OK carrying `sdp`.
+    pub fn answer(&mut self, call: CallKey, sdp: Vec<u8>, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
+        if entry.state != CallState::Incoming {
+            return Err(SipError::WrongState);
+        }
+        entry.state = CallState::Confirmed;
+        entry.local_sdp = sdp.clone();
+        let (id, invite) = (entry.invite_tx, entry.invite.clone());
+        let contact = self.contact_for(call);
+        self.respond(id, &invite, 200, contact, sdp, now);
+        Ok(())
+    }
+
+    /// Refuses an incoming call with a final error status.
+    pub fn reject(&mut self, call: CallKey, status: u16, now: Instant) {
+        let Some(entry) = self.calls.get(&call) else { return };
+        if entry.state == CallState::Incoming {
+            let (id, invite) = (entry.invite_tx, entry.invite.clone());
+            self.respond(id, &invite, status, None, Vec::new(), now);
+        }
+        self.forget_call(call);
+    }
+
+    /// Starts an outbound call: INVITE `target` (sent to `destination`) as
+    /// `from_user`, offering `sdp`.
+    pub fn dial(&mut self, target: &str, destination: SocketAddr, from_user: &str, sdp: Vec<u8>, now: Instant) -> Result<CallKey, SipError> {
+        let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
+        let call = CallKey(self.next_id());
+        let local_tag = random_token();
+        let host = self.advertised_host();
+        let local_party = format!("<sip:{from_user}@{host}>;tag={local_tag}");
+        let remote_party = format!("<{uri}>");
+        let entry = Call {
+            state: CallState::Calling,
+            call_id: format!("{}@{}", random_token(), self.config.advertised.ip()),
+            local_tag,
+            local_party,
+            remote_party,
+            remote_target: uri.to_string(),
+            route_set: Vec::new(),
+            destination,
+            local_cseq: 1,
+            remote_cseq: 0,
+            invite_tx: TxId(0),
+            invite: Request { method: Method::Invite, uri, version: rsip::Version::V2, headers: Default::default(), body: vec![] },
+            ack: None,
+            local_sdp: sdp.clone(),
+            cancel_pending: false,
+            ringing_reported: false,
+        };
+        let mut invite = in_dialog_request(&entry, Method::Invite, 1, &host);
+        invite.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<sip:{from_user}@{host}>"))));
+        invite.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
+        invite.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+        invite.body = sdp;
+        let branch = message::top_branch(&invite.headers)?;
+        let id = TxId(self.next_id());
+        let mut out = Vec::new();
+        let tx = ClientTransaction::start(true, message::print(invite.clone()), destination, Reliability::Unreliable, self.config.timers, now, &mut out);
+        self.transmits.extend(out);
+        self.transactions.insert(id, Transaction::Client { tx, method: Method::Invite, call: Some(call) });
+        self.file_transaction(id, (branch, Method::Invite));
+        self.after_transaction_step(id);
+        let entry = Call { invite_tx: id, invite, ..entry };
+        self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
+        self.calls.insert(call, entry);
+        Ok(call)
+    }
+
+    /// Ends a call however far it got: BYE when established, CANCEL when
+    /// ringing, 480 when incoming and unanswered. Ending an established call
+    /// reports [`UaEvent::Ended`] at once; an unanswered outbound call reports
+    /// [`UaEvent::Failed`] when its INVITE transaction ends.
+    pub fn hangup(&mut self, call: CallKey, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
+        match entry.state {
+            CallState::Incoming => {
+                self.reject(call, 480, now);
+                self.events.push_back(UaEvent::Ended { call, reason: EndReason::LocalHangup });
+            }
+            CallState::Calling => entry.cancel_pending = true,
+            CallState::Early => self.send_cancel(call, now),
+            CallState::Confirmed => {
+                self.send_bye(call, now);
+                self.events.push_back(UaEvent::Ended { call, reason: EndReason::LocalHangup });
+            }
+        }
+        Ok(())
+    }
+
+    fn send_bye(&mut self, call: CallKey, now: Instant) {
+        let host = self.advertised_host();
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        entry.local_cseq += 1;
+        let bye = in_dialog_request(entry, Method::Bye, entry.local_cseq, &host);
+        let destination = entry.destination;
+        self.forget_call(call);
+        self.start_client_transaction(bye, destination, None, now);
+    }
+
+    fn send_cancel(&mut self, call: CallKey, now: Instant) {
+        let Some(entry) = self.calls.get(&call) else { return };
+        // §9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via as the INVITE.
+        let invite = &entry.invite;
+        let mut headers = rsip::Headers::default();
+        for header in invite.headers.iter() {
+            match header {
+                Header::Via(_) if !headers.iter().any(|h| matches!(h, Header::Via(_))) => headers.push(header.clone()),
+                Header::From(_) | Header::To(_) | Header::CallId(_) | Header::MaxForwards(_) | Header::Route(_) => {
+                    headers.push(header.clone())
+                }
+                Header::CSeq(c) => {
+                    let seq = c.value().split_whitespace().next().unwrap_or("1");
+                    headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{seq} CANCEL"))));
+                }
+                _ => {}
+            }
+        }
+        let cancel = Request { method: Method::Cancel, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] };
+        let destination = entry.destination;
+        self.start_client_transaction(cancel, destination, Some(call), now);
+    }
+
+    fn start_client_transaction(&mut self, request: Request, destination: SocketAddr, call: Option<CallKey>, now: Instant) {
+        let Ok(branch) = message::top_branch(&request.headers) else { return };
+        let method = request.method;
+        let id = TxId(self.next_id());
+        let mut out = Vec::new();
+        let tx = ClientTransaction::start(method == Method::Invite, message::print(request), destination, Reliability::Unreliable, self.config.timers, now, &mut out);
+        self.transmits.extend(out);
+        self.transactions.insert(id, Transaction::Client { tx, method, call });
+        self.file_transaction(id, (branch, method));
+        self.after_transaction_step(id);
+    }
+
+    // ----- responses -----
+
+    fn contact_for(&self, call: CallKey) -> Option<String> {
+        let entry = self.calls.get(&call)?;
+        let user = entry.invite.uri.user().unwrap_or("sipbridge").to_string();
+        Some(format!("<sip:{user}@{}>", self.advertised_host()))
+    }
+
+    /// Sends a response through server transaction `id`.
+    fn respond(&mut self, id: TxId, request: &Request, status: u16, contact: Option<String>, body: Vec<u8>, now: Instant) {
+        let call = match self.transactions.get(&id) {
+            Some(Transaction::Server { call, .. }) => *call,
+            _ => None,
+        };
+        let tag = call.and_then(|c| self.calls.get(&c)).map(|c| c.local_tag.clone());
+        let tag = if status == 100 { None } else { tag.or_else(|| (status >= 200).then(random_token)) };
+        let mut response = message::response_to(request, status, tag.as_deref());
+        if let Some(value) = contact {
+            response.headers.push(Header::Contact(rsip::headers::Contact::new(value)));
+        }
+        if !body.is_empty() {
+            response.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+            response.body = body;
+        }
+        let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) else { return };
+        let mut out = Vec::new();
+        tx.send_response(status, message::print(response), now, &mut out);
+        self.transmits.extend(out);
+        self.after_transaction_step(id);
+    }
+
+    fn respond_with_capabilities(&mut self, id: TxId, request: &Request, now: Instant) {
+        self.respond_with_headers(id, request, 200, now, capability_headers());
+    }
+
+    fn respond_not_allowed(&mut self, id: TxId, request: &Request, now: Instant) {
+        self.respond_with_headers(id, request, 405, now, vec![Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS))]);
+    }
+
+    fn respond_with_headers(&mut self, id: TxId, request: &Request, status: u16, now: Instant, extra: Vec<Header>) {
+        let mut response = message::response_to(request, status, Some(&random_token()));
+        for header in extra {
+            response.headers.push(header);
+        }
+        let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) else { return };
+        let mut out = Vec::new();
+        tx.send_response(status, message::print(response), now, &mut out);
+        self.transmits.extend(out);
+        self.after_transaction_step(id);
+    }
+
+    /// Answers without a transaction: for requests too broken to have one.
+    fn reply_stateless(&mut self, request: &Request, destination: SocketAddr, status: u16, tag: Option<&str>) {
+        let response = message::response_to(request, status, tag);
+        self.transmits.push_back(Transmit { destination, data: message::print(response) });
+    }
+}
+
+fn capability_headers() -> Vec<Header> {
+    vec![
+        Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)),
+        Header::Accept(rsip::headers::Accept::new("application/sdp")),
+        Header::Other("Accept-Encoding".into(), "identity".into()),
+    ]
+}
+
+/// Builds a request inside (or, for the first INVITE, founding) a dialog (§12.2.1.1).
+fn in_dialog_request(call: &Call, method: Method, cseq: u32, advertised: &str) -> Request {
+    let uri = rsip::Uri::try_from(call.remote_target.as_str()).unwrap_or_else(|_| call.invite.uri.clone());
+    let mut headers = rsip::Headers::default();
+    headers.push(Header::Via(rsip::headers::Via::new(format!("SIP/2.0/UDP {advertised};branch={};rport", new_branch()))));
+    headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
+    for route in &call.route_set {
+        headers.push(Header::Route(rsip::headers::Route::new(route.clone())));
+    }
+    headers.push(Header::From(rsip::headers::From::new(call.local_party.clone())));
+    headers.push(Header::To(rsip::headers::To::new(call.remote_party.clone())));
+    headers.push(Header::CallId(rsip::headers::CallId::new(call.call_id.clone())));
+    headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{cseq} {method}"))));
+    headers.push(Header::UserAgent(rsip::headers::UserAgent::new(USER_AGENT)));
+    Request { method, uri, version: rsip::Version::V2, headers, body: Vec::new() }
+}
+
+/// The ACK for a non-2xx final response (§17.1.1.3).
+fn non_2xx_ack(invite: &Request, response: &Response) -> Request {
+    let mut headers = rsip::Headers::default();
+    for header in invite.headers.iter() {
+        match header {
+            Header::Via(_) if !headers.iter().any(|h| matches!(h, Header::Via(_))) => headers.push(header.clone()),
+            Header::From(_) | Header::CallId(_) | Header::MaxForwards(_) | Header::Route(_) => headers.push(header.clone()),
+            Header::CSeq(c) => {
+                let seq = c.value().split_whitespace().next().unwrap_or("1");
+                headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{seq} ACK"))));
+            }
+            _ => {}
+        }
+    }
+    if let Ok(to) = response.to_header() {
+        headers.push(Header::To(to.clone()));
+    }
+    Request { method: Method::Ack, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] }
+}
+
+/// Where requests go when a route set exists: its first entry (loose routing).
+fn route_destination(route_set: &[String]) -> Option<SocketAddr> {
+    let first = route_set.first()?;
+    let uri = first.trim().trim_start_matches('<').split('>').next()?;
+    message::uri_socket_addr(&rsip::Uri::try_from(uri).ok()?)
+}
+
+/// Whether a request that rsip rejected has a well-formed but unknown method,
+/// which earns 501 rather than 400 (§8.2.1).
+fn unknown_method(data: &[u8]) -> bool {
+    let Some(line) = data.split(|b| *b == b'\r').next().and_then(|l| std::str::from_utf8(l).ok()) else { return false };
+    let mut parts = line.split(' ');
+    let (Some(method), Some(_uri), Some("SIP/2.0")) = (parts.next(), parts.next(), parts.next()) else { return false };
+    !method.is_empty()
+        && method.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        && method.parse::<Method>().is_err()
+}
