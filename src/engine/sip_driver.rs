@@ -64,14 +64,10 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: Un
     loop {
         let wake = driver.ua.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
-            received = driver.socket.recv_from(&mut buf) => match received {
-                Ok((n, source)) => driver.ua.handle_datagram(Instant::now(), source, &buf[..n]),
-                // ICMP port unreachable surfaces here on some systems; it is not fatal.
-                Err(error) => tracing::debug!(%error, "SIP socket receive error"),
-            },
+            received = driver.socket.recv_from(&mut buf) => driver.received(received, &buf),
             command = commands.recv() => match command {
                 Some(SipCommand::Shutdown { done }) => {
-                    driver.shutdown().await;
+                    driver.shutdown(&mut buf).await;
                     let _ = done.send(());
                     return;
                 }
@@ -92,6 +88,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 impl Driver {
+    fn received(&mut self, received: std::io::Result<(usize, SocketAddr)>, buf: &[u8]) {
+        match received {
+            Ok((n, source)) => self.ua.handle_datagram(Instant::now(), source, &buf[..n]),
+            // ICMP port unreachable surfaces here on some systems; it is not fatal.
+            Err(error) => tracing::debug!(%error, "SIP socket receive error"),
+        }
+    }
+
     /// Sends what the agent queued and acts on its events, until both are empty.
     async fn pump(&mut self) {
         loop {
@@ -329,7 +333,12 @@ impl Driver {
         Ok(())
     }
 
-    async fn shutdown(&mut self) {
+    /// Hangs up every call, then keeps the agent running until the calls are
+    /// gone or `SHUTDOWN_GRACE` passes: a dial still waiting for its first
+    /// response can only be cancelled once one arrives, and an answer that
+    /// crossed the hangup must be ACKed and then ended with BYE.
+    async fn shutdown(&mut self, buf: &mut [u8]) {
+        const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
         let now = Instant::now();
         let calls: Vec<CallKey> = self.calls.keys().copied().collect();
         for call in calls {
@@ -339,7 +348,16 @@ impl Driver {
             let _ = self.ua.hangup(call, now);
         }
         self.pump().await;
-        // Legs still dialling end with the endpoint.
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.ua.call_count() > 0 && tokio::time::Instant::now() < deadline {
+            let wake = self.ua.poll_timeout().map(tokio::time::Instant::from_std).unwrap_or(deadline).min(deadline);
+            tokio::select! {
+                received = self.socket.recv_from(buf) => self.received(received, buf),
+                _ = tokio::time::sleep_until(wake) => self.ua.handle_timeout(Instant::now()),
+            }
+            self.pump().await;
+        }
+        // Whatever is left ends with the endpoint.
         let remaining: Vec<CallKey> = self.calls.keys().copied().collect();
         for call in remaining {
             if let Some(leg) = self.forget(call) {

@@ -1,0 +1,78 @@
+//! Helpers shared by the integration tests.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use sipbridge::{Endpoint, EndpointConfig, Event, LocalParticipant, FRAME_SAMPLES, SAMPLE_RATE};
+
+/// A distinct RTP range per endpoint, so tests running in parallel rarely collide
+/// (and when they do, the port pool skips ports in use).
+pub fn rtp_range() -> std::ops::RangeInclusive<u16> {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20000 + (std::process::id() % 50) as u16 * 200 + NEXT.fetch_add(1, Ordering::Relaxed) % 10 * 20;
+    base..=base + 19
+}
+
+pub fn endpoint() -> Endpoint {
+    Endpoint::start(EndpointConfig { listen: "127.0.0.1:0".parse().unwrap(), rtp_ports: rtp_range(), ..Default::default() })
+        .expect("endpoint starts")
+}
+
+/// Waits for the first event that `matches` returns `Some` for, skipping others.
+pub fn wait_event<T>(endpoint: &Endpoint, timeout: Duration, mut matches: impl FnMut(&Event) -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match endpoint.next_event(Some(left)) {
+            Ok(event) => {
+                if let Some(v) = matches(&event) {
+                    return v;
+                }
+            }
+            Err(e) => panic!("no matching event within {timeout:?}: {e}"),
+        }
+    }
+}
+
+/// One frame of a sine tone at `freq` Hz, continuing from `phase` samples.
+pub fn tone_frame(freq: f64, amplitude: f64, phase: &mut u64) -> Vec<i16> {
+    (0..FRAME_SAMPLES)
+        .map(|_| {
+            let t = *phase as f64 / SAMPLE_RATE as f64;
+            *phase += 1;
+            (amplitude * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// Power of `freq` in `samples` (Goertzel), normalised by length.
+pub fn tone_power(samples: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / SAMPLE_RATE as f64;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s0 = x as f64 + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (samples.len() as f64).powi(2)
+}
+
+/// Feeds `local` a tone and records what it hears, for `duration`, in real time.
+pub fn play_and_listen(local: &mut LocalParticipant, freq: f64, duration: Duration) -> Vec<i16> {
+    let mut phase = 0;
+    let mut heard = Vec::new();
+    let mut frame = vec![0i16; FRAME_SAMPLES];
+    // Prime two frames so the mixer never runs dry.
+    for _ in 0..2 {
+        local.write(&tone_frame(freq, 8000.0, &mut phase));
+    }
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        local.write_all(&tone_frame(freq, 8000.0, &mut phase), Some(Duration::from_secs(1))).unwrap();
+        if local.read_frame(&mut frame, Some(Duration::from_millis(200))).is_ok() {
+            heard.extend_from_slice(&frame);
+        }
+    }
+    heard
+}

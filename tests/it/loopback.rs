@@ -1,0 +1,184 @@
+//! Two endpoints in one process calling each other over loopback.
+
+use std::time::Duration;
+
+use sipbridge::{CodecKind, Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind};
+
+use crate::common::{endpoint, play_and_listen, rtp_range, tone_power, wait_event};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn joined(kind: ParticipantKind) -> impl FnMut(&Event) -> Option<sipbridge::ParticipantId> {
+    move |e| match e {
+        Event::ParticipantJoined { participant, kind: k, .. } if *k == kind => Some(*participant),
+        _ => None,
+    }
+}
+
+fn left(e: &Event) -> Option<LeaveReason> {
+    match e {
+        Event::ParticipantLeft { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn dial_out_hear_each_other_and_hang_up() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    let bridge_room = bridge.create_conference("room1").unwrap();
+    let mut at_bridge = bridge_room.add_local().unwrap();
+    let out = caller.create_conference("out").unwrap();
+    let mut at_caller = out.add_local().unwrap();
+
+    let leg = out.dial(&bridge.room_uri("room1")).unwrap();
+    wait_event(&caller, WAIT, |e| matches!(e, Event::Ringing { .. }).then_some(()));
+    wait_event(&caller, WAIT, |e| matches!(e, Event::Answered { .. }).then_some(()));
+    let outbound = wait_event(&caller, WAIT, joined(ParticipantKind::Outbound));
+    assert_eq!(outbound, leg.id());
+    let inbound = wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    let info = bridge_room.participant(inbound).unwrap().info().unwrap();
+    assert_eq!(info.kind, ParticipantKind::Inbound);
+    assert!(info.remote.unwrap().contains("sip:out@"), "From carries the dialling conference");
+
+    let listener = std::thread::spawn(move || {
+        let heard = play_and_listen(&mut at_bridge, 1300.0, Duration::from_millis(1500));
+        (heard, at_bridge)
+    });
+    let heard_by_caller = play_and_listen(&mut at_caller, 500.0, Duration::from_millis(1500));
+    let (heard_by_bridge, _at_bridge) = listener.join().unwrap();
+    // The last second: past the jitter buffer's start.
+    let tail = |v: &Vec<i16>| v[v.len().saturating_sub(8000)..].to_vec();
+    let (c, b) = (tail(&heard_by_caller), tail(&heard_by_bridge));
+    assert!(tone_power(&c, 1300.0) > 100.0 * tone_power(&c, 500.0), "the caller hears the bridge's tone, not its own");
+    assert!(tone_power(&b, 500.0) > 100.0 * tone_power(&b, 1300.0), "the bridge hears the caller's tone, not its own");
+    assert!(tone_power(&c, 1300.0) > 1e5, "and loudly: {}", tone_power(&c, 1300.0));
+
+    let stats = out.participant(leg.id()).unwrap().info().unwrap();
+    assert!(stats.packets_received > 50 && stats.packets_sent > 50, "{stats:?}");
+
+    leg.hangup().unwrap();
+    assert_eq!(wait_event(&caller, WAIT, left), LeaveReason::LocalHangup);
+    assert_eq!(wait_event(&bridge, WAIT, left), LeaveReason::RemoteHangup);
+    assert!(leg.info().is_err(), "a handle on a participant that left reports it");
+    assert_eq!(bridge_room.participants().unwrap().len(), 1, "only the local participant is left");
+}
+
+#[test]
+fn unknown_room_is_refused_when_rooms_are_not_created_on_demand() {
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        create_rooms_on_demand: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    out.dial(&bridge.room_uri("nosuchroom")).unwrap();
+    let failure = wait_event(&caller, WAIT, |e| match e {
+        Event::DialFailed { status, reason, .. } => Some((*status, reason.clone())),
+        _ => None,
+    });
+    assert_eq!(failure, (404, "Not Found".to_string()));
+    assert!(out.participants().unwrap().is_empty());
+    assert!(bridge.conferences().is_empty());
+}
+
+#[test]
+fn no_common_codec_is_refused_with_488() {
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        codecs: vec![CodecKind::Pcma],
+        ..Default::default()
+    })
+    .unwrap();
+    let caller = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        codecs: vec![CodecKind::Pcmu],
+        ..Default::default()
+    })
+    .unwrap();
+    let out = caller.create_conference("out").unwrap();
+    out.dial(&bridge.room_uri("room")).unwrap();
+    let status = wait_event(&caller, WAIT, |e| match e {
+        Event::DialFailed { status, .. } => Some(*status),
+        _ => None,
+    });
+    assert_eq!(status, 488);
+}
+
+#[test]
+fn destroying_a_conference_hangs_up_its_legs() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    out.dial(&bridge.room_uri("doomed")).unwrap();
+    wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    wait_event(&caller, WAIT, joined(ParticipantKind::Outbound));
+    bridge.conference("doomed").unwrap().destroy().unwrap();
+    assert_eq!(wait_event(&bridge, WAIT, left), LeaveReason::ConferenceDestroyed);
+    assert_eq!(wait_event(&caller, WAIT, left), LeaveReason::RemoteHangup);
+    assert!(bridge.conference("doomed").is_err());
+    assert!(bridge.conferences().is_empty());
+}
+
+#[test]
+fn stopping_an_endpoint_sends_bye_and_refuses_further_calls() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    out.dial(&bridge.room_uri("room")).unwrap();
+    wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    caller.stop();
+    assert_eq!(wait_event(&bridge, WAIT, left), LeaveReason::RemoteHangup);
+    assert!(matches!(out.dial(&bridge.room_uri("room")), Err(sipbridge::Error::Stopped)));
+    assert!(matches!(caller.create_conference("x"), Err(sipbridge::Error::Stopped)));
+}
+
+#[test]
+fn cancel_while_ringing() {
+    // A UAS that only rings: a bare socket that answers 180 and never 200.
+    let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone.set_read_timeout(Some(WAIT)).unwrap();
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    let leg = out.dial(&format!("sip:bob@{}", phone.local_addr().unwrap())).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, from) = phone.recv_from(&mut buf).unwrap();
+    let invite = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(invite.starts_with("INVITE sip:bob@"));
+    let ringing = response_to(&invite, "180 Ringing", ";tag=phone");
+    phone.send_to(ringing.as_bytes(), from).unwrap();
+    wait_event(&caller, WAIT, |e| matches!(e, Event::Ringing { .. }).then_some(()));
+    leg.hangup().unwrap();
+    let (n, _) = phone.recv_from(&mut buf).unwrap();
+    let cancel = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(cancel.starts_with("CANCEL sip:bob@"), "{cancel}");
+    phone.send_to(response_to(&cancel, "200 OK", ";tag=phone").as_bytes(), from).unwrap();
+    phone.send_to(response_to(&invite, "487 Request Terminated", ";tag=phone").as_bytes(), from).unwrap();
+    let status = wait_event(&caller, WAIT, |e| match e {
+        Event::DialFailed { status, .. } => Some(*status),
+        _ => None,
+    });
+    assert_eq!(status, 487);
+    let (n, _) = phone.recv_from(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("ACK sip:bob@"), "the 487 is ACKed");
+}
+
+/// A response to `request` with its Via, From, To (plus `to_tag`), Call-ID and CSeq.
+fn response_to(request: &str, status: &str, to_tag: &str) -> String {
+    let mut out = format!("SIP/2.0 {status}\r\n");
+    for line in request.split("\r\n").skip(1).take_while(|l| !l.is_empty()) {
+        let name = line.split(':').next().unwrap_or("").to_ascii_lowercase();
+        match name.as_str() {
+            "via" | "from" | "call-id" | "cseq" => out.push_str(&format!("{line}\r\n")),
+            "to" => out.push_str(&format!("{line}{to_tag}\r\n")),
+            _ => {}
+        }
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}

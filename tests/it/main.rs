@@ -1,0 +1,6 @@
+//! Integration tests: real sockets on loopback, real peers. One crate, shared helpers.
+
+mod common;
+mod loopback;
+mod mix;
+mod sipp;
