@@ -84,7 +84,8 @@ pub enum Event {
     ConferenceCreated { conference: String },
     ConferenceDestroyed { conference: String },
     ParticipantJoined { conference: String, participant: ParticipantId, kind: ParticipantKind, remote: String },
-    ParticipantLeft { conference: String, participant: ParticipantId, reason: LeaveReason },
+    /// A participant left; the counters are its totals for the call.
+    ParticipantLeft { conference: String, participant: ParticipantId, reason: LeaveReason, packets_received: u64, packets_sent: u64 },
     Ringing { conference: String, participant: ParticipantId },
     Answered { conference: String, participant: ParticipantId },
     DialFailed { conference: String, participant: ParticipantId, status: u16, reason: String },

@@ -99,9 +99,10 @@ fn log_event(event: &Event) {
         Event::ParticipantJoined { conference, participant, remote, kind } => {
             println!("joined room={conference} participant={} kind={kind:?} remote={remote}", participant.0)
         }
-        Event::ParticipantLeft { conference, participant, reason } => {
-            println!("left room={conference} participant={} reason={reason:?}", participant.0)
-        }
+        Event::ParticipantLeft { conference, participant, reason, packets_received, packets_sent } => println!(
+            "left room={conference} participant={} reason={reason:?} received={packets_received} sent={packets_sent}",
+            participant.0
+        ),
         other => println!("{other:?}"),
     }
 }

@@ -209,21 +209,27 @@ impl Shared {
     }
 
     /// Takes a participant out of the registry and the mixer; returns its
-    /// conference name when it was there.
-    pub fn remove_participant(&self, id: ParticipantId) -> Option<String> {
+    /// entry when it was there.
+    pub fn remove_participant(&self, id: ParticipantId) -> Option<ParticipantEntry> {
         let mut registry = self.registry.lock();
         let entry = registry.participants.remove(&id)?;
         if let Some(conference) = registry.conferences.get_mut(&entry.conference) {
             conference.participants.remove(&id);
             let _ = self.mixer.lock().remove_participant(conference.id, id);
         }
-        Some(entry.conference)
+        Some(entry)
     }
 
     /// Removes a participant and reports that it left.
     pub fn participant_left(&self, id: ParticipantId, reason: LeaveReason) {
-        if let Some(conference) = self.remove_participant(id) {
-            self.emit(Event::ParticipantLeft { conference, participant: id, reason });
+        if let Some(entry) = self.remove_participant(id) {
+            self.emit(Event::ParticipantLeft {
+                conference: entry.conference,
+                participant: id,
+                reason,
+                packets_received: entry.controls.packets_received.load(Ordering::Relaxed),
+                packets_sent: entry.controls.packets_sent.load(Ordering::Relaxed),
+            });
         }
     }
 

@@ -133,8 +133,8 @@ impl Driver {
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
-                    if let Some(conference) = self.shared.remove_participant(participant) {
-                        self.shared.emit(Event::DialFailed { conference, participant, status, reason });
+                    if let Some(entry) = self.shared.remove_participant(participant) {
+                        self.shared.emit(Event::DialFailed { conference: entry.conference, participant, status, reason });
                     }
                 }
             }
