@@ -265,7 +265,7 @@ impl Conference {
     /// ringing, answer and failure arrive as events.
     pub fn dial(&self, uri: &str) -> Result<Participant> {
         self.check()?;
-        rsip::Uri::try_from(uri).map_err(|e| Error::InvalidArgument(format!("bad SIP URI {uri:?}: {e}")))?;
+        validate_sip_uri(uri)?;
         let id = ParticipantId(self.shared.next_id());
         let entry = ParticipantEntry {
             conference: self.name.clone(),
@@ -353,6 +353,23 @@ impl Conference {
         self.check()?;
         self.shared.destroy_conference(&self.name)
     }
+}
+
+/// Accepts `sip:` and `sips:` URIs that rsip parses and that name a host.
+fn validate_sip_uri(uri: &str) -> Result<()> {
+    let bad = |why: &str| Error::InvalidArgument(format!("bad SIP URI {uri:?}: {why}"));
+    let scheme = uri.split(':').next().unwrap_or("");
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return Err(bad("it must start with sip: or sips:"));
+    }
+    if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it contains spaces or control characters"));
+    }
+    let parsed = rsip::Uri::try_from(uri).map_err(|e| bad(&e.to_string()))?;
+    if parsed.host().to_string().is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok(())
 }
 
 fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
@@ -494,6 +511,7 @@ impl LocalParticipant {
     }
 
     pub fn write_all_interruptible(&mut self, mut pcm: &[i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+        self.participant.info()?;
         let deadline = timeout.map(|t| Instant::now() + t);
         while !pcm.is_empty() {
             let n = self.write(pcm);

@@ -1,1 +1,643 @@
+//! The C ABI. `include/sipbridge.h` is generated from this module by cbindgen.
+//!
+//! Conventions (after rustls-ffi):
+//! - opaque handles, created by `_start`/`_create`/`_add`, released by `_free`;
+//!   a `const` handle argument means the call does not change it;
+//! - every call returns an [`sb_status`]; outputs go through pointer
+//!   parameters and are written only on `SB_OK`; `sb_last_error` gives the
+//!   message of the last failure on the calling thread;
+//! - every function body runs inside [`ffi_guard!`], so a Rust panic becomes
+//!   `SB_PANIC` instead of unwinding into C;
+//! - conferences and participants are looked up on every call, so a handle
+//!   or id whose conference or participant is gone yields `SB_NOT_FOUND`,
+//!   never undefined behaviour; only freeing a handle twice, or using it after
+//!   `_free`, is the caller's error.
+#![allow(non_camel_case_types)]
 
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::{Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, ParticipantId, ParticipantKind, ParticipantState};
+
+pub use events::*;
+
+/// The result of every call.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sb_status {
+    SB_OK = 0,
+    /// A required pointer argument was NULL.
+    SB_NULL_PARAMETER = 1,
+    SB_INVALID_ARGUMENT = 2,
+    SB_NOT_FOUND = 3,
+    SB_ALREADY_EXISTS = 4,
+    /// Nothing arrived within the timeout.
+    SB_TIMEOUT = 5,
+    /// The endpoint has stopped.
+    SB_STOPPED = 6,
+    SB_IO = 7,
+    SB_SIP = 8,
+    SB_SDP = 9,
+    SB_NO_RTP_PORT = 10,
+    SB_INTERRUPTED = 11,
+    /// An output buffer is too small; the needed size was written where the call says.
+    SB_BUFFER_TOO_SMALL = 12,
+    /// A bug in sipbridge: the call panicked. The message says where.
+    SB_PANIC = 13,
+    SB_INTERNAL = 14,
+}
+
+/// Wait without a time limit, where a call takes `timeout_ms`.
+pub const SB_WAIT_FOREVER: u32 = u32::MAX;
+/// Samples in one 20 ms frame of application audio.
+pub const SB_FRAME_SAMPLES: usize = 160;
+/// The sample rate of application audio, in Hz.
+pub const SB_SAMPLE_RATE: u32 = 8000;
+
+const _: () = assert!(SB_FRAME_SAMPLES == crate::FRAME_SAMPLES && SB_SAMPLE_RATE == crate::SAMPLE_RATE);
+
+thread_local! {
+    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn set_last_error(message: String) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+}
+
+fn fail(status: sb_status, message: impl Into<String>) -> sb_status {
+    set_last_error(message.into());
+    status
+}
+
+impl From<&Error> for sb_status {
+    fn from(error: &Error) -> Self {
+        match error {
+            Error::Sip(_) => sb_status::SB_SIP,
+            Error::Sdp(_) => sb_status::SB_SDP,
+            Error::Rtp(_) => sb_status::SB_INTERNAL,
+            Error::Io(_) => sb_status::SB_IO,
+            Error::InvalidArgument(_) => sb_status::SB_INVALID_ARGUMENT,
+            Error::NotFound(_) => sb_status::SB_NOT_FOUND,
+            Error::AlreadyExists(_) => sb_status::SB_ALREADY_EXISTS,
+            Error::NoRtpPort => sb_status::SB_NO_RTP_PORT,
+            Error::Stopped => sb_status::SB_STOPPED,
+            Error::Timeout => sb_status::SB_TIMEOUT,
+            Error::Interrupted => sb_status::SB_INTERRUPTED,
+        }
+    }
+}
+
+fn from_result(result: crate::Result<()>) -> sb_status {
+    match result {
+        Ok(()) => sb_status::SB_OK,
+        Err(error) => fail((&error).into(), error.to_string()),
+    }
+}
+
+/// Runs an exported function's body, turning a panic into `SB_PANIC` (or, for
+/// functions without a status, into nothing) with the panic message kept.
+macro_rules! ffi_guard {
+    ($body:block) => {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> sb_status { $body })) {
+            Ok(status) => status,
+            Err(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                fail(sb_status::SB_PANIC, format!("panic: {message}"))
+            }
+        }
+    };
+}
+
+/// Turns a possibly-NULL pointer into a reference, or returns `SB_NULL_PARAMETER`.
+macro_rules! try_ref {
+    ($ptr:expr) => {{
+        let ptr = $ptr;
+        if ptr.is_null() {
+            return fail(sb_status::SB_NULL_PARAMETER, concat!(stringify!($ptr), " is NULL"));
+        }
+        // SAFETY: non-null, and the caller promises it came from this library and is live.
+        unsafe { &*ptr }
+    }};
+}
+
+macro_rules! try_mut {
+    ($ptr:expr) => {{
+        let ptr = $ptr;
+        if ptr.is_null() {
+            return fail(sb_status::SB_NULL_PARAMETER, concat!(stringify!($ptr), " is NULL"));
+        }
+        // SAFETY: non-null, and the caller promises it is live and not shared during the call.
+        unsafe { &mut *ptr }
+    }};
+}
+
+/// Reads a NUL-terminated UTF-8 string argument.
+macro_rules! try_str {
+    ($ptr:expr) => {{
+        let ptr: *const c_char = $ptr;
+        if ptr.is_null() {
+            return fail(sb_status::SB_NULL_PARAMETER, concat!(stringify!($ptr), " is NULL"));
+        }
+        // SAFETY: the caller promises a NUL-terminated string.
+        match unsafe { CStr::from_ptr(ptr) }.to_str() {
+            Ok(s) => s,
+            Err(_) => return fail(sb_status::SB_INVALID_ARGUMENT, concat!(stringify!($ptr), " is not UTF-8")),
+        }
+    }};
+}
+
+/// Propagates an error from a crate call as its status.
+macro_rules! try_call {
+    ($result:expr) => {
+        match $result {
+            Ok(v) => v,
+            Err(error) => return fail((&error).into(), error.to_string()),
+        }
+    };
+}
+
+// Declared after the macros above, which it uses.
+mod events;
+
+fn timeout(ms: u32) -> Option<Duration> {
+    (ms != SB_WAIT_FOREVER).then(|| Duration::from_millis(ms as u64))
+}
+
+/// Copies `text` into a C buffer of `len` bytes, always NUL-terminated, cut if needed.
+fn copy_str(text: &str, out: &mut [c_char]) {
+    let Some(room) = out.len().checked_sub(1) else { return };
+    let n = text.len().min(room);
+    for (o, b) in out.iter_mut().zip(text.as_bytes()[..n].iter()) {
+        *o = *b as c_char;
+    }
+    out[n] = 0;
+}
+
+/// The message of the last failed call on this thread, copied into `buf`
+/// (NUL-terminated, cut to `len`). Returns the message length without NUL.
+#[no_mangle]
+pub extern "C" fn sb_last_error(buf: *mut c_char, len: usize) -> usize {
+    std::panic::catch_unwind(|| {
+        LAST_ERROR.with(|e| {
+            let e = e.borrow();
+            if !buf.is_null() && len > 0 {
+                // SAFETY: the caller gives `len` writable bytes at `buf`.
+                let out = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+                copy_str(&e, out);
+            }
+            e.len()
+        })
+    })
+    .unwrap_or(0)
+}
+
+/// A static name for a status, such as "SB_NOT_FOUND".
+#[no_mangle]
+pub extern "C" fn sb_status_name(status: sb_status) -> *const c_char {
+    let name: &'static CStr = match status {
+        sb_status::SB_OK => c"SB_OK",
+        sb_status::SB_NULL_PARAMETER => c"SB_NULL_PARAMETER",
+        sb_status::SB_INVALID_ARGUMENT => c"SB_INVALID_ARGUMENT",
+        sb_status::SB_NOT_FOUND => c"SB_NOT_FOUND",
+        sb_status::SB_ALREADY_EXISTS => c"SB_ALREADY_EXISTS",
+        sb_status::SB_TIMEOUT => c"SB_TIMEOUT",
+        sb_status::SB_STOPPED => c"SB_STOPPED",
+        sb_status::SB_IO => c"SB_IO",
+        sb_status::SB_SIP => c"SB_SIP",
+        sb_status::SB_SDP => c"SB_SDP",
+        sb_status::SB_NO_RTP_PORT => c"SB_NO_RTP_PORT",
+        sb_status::SB_INTERRUPTED => c"SB_INTERRUPTED",
+        sb_status::SB_BUFFER_TOO_SMALL => c"SB_BUFFER_TOO_SMALL",
+        sb_status::SB_PANIC => c"SB_PANIC",
+        sb_status::SB_INTERNAL => c"SB_INTERNAL",
+    };
+    name.as_ptr()
+}
+
+/// How to start an endpoint. Fill it with `sb_endpoint_config_init`, then change fields.
+#[repr(C)]
+pub struct sb_endpoint_config {
+    /// SIP/UDP listen address, "IP:PORT" (port 0 picks one). Default "0.0.0.0:5060".
+    pub listen: *const c_char,
+    /// Address for SDP and Contact, or NULL for the listen address.
+    pub public_address: *const c_char,
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// Whether INVITEs to unknown rooms create them (else they get 404).
+    pub create_rooms_on_demand: bool,
+}
+
+/// Sets `config` to the defaults.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb_status {
+    ffi_guard!({
+        let config = try_mut!(config);
+        let defaults = EndpointConfig::default();
+        *config = sb_endpoint_config {
+            listen: c"0.0.0.0:5060".as_ptr(),
+            public_address: std::ptr::null(),
+            rtp_port_min: *defaults.rtp_ports.start(),
+            rtp_port_max: *defaults.rtp_ports.end(),
+            create_rooms_on_demand: defaults.create_rooms_on_demand,
+        };
+        sb_status::SB_OK
+    })
+}
+
+/// A running endpoint. Free with `sb_endpoint_free`.
+pub struct sb_endpoint {
+    endpoint: Endpoint,
+    callback: parking_lot::Mutex<Option<events::CallbackThread>>,
+}
+
+/// Starts an endpoint: binds the SIP socket and starts the SIP and mixer threads.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut *mut sb_endpoint) -> sb_status {
+    ffi_guard!({
+        let config = try_ref!(config);
+        let out = try_mut!(out);
+        let listen: SocketAddr = match try_str!(config.listen).parse() {
+            Ok(a) => a,
+            Err(e) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("listen: {e}")),
+        };
+        let public_address: Option<IpAddr> = if config.public_address.is_null() {
+            None
+        } else {
+            match try_str!(config.public_address).parse() {
+                Ok(a) => Some(a),
+                Err(e) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("public_address: {e}")),
+            }
+        };
+        if config.rtp_port_min > config.rtp_port_max {
+            return fail(sb_status::SB_INVALID_ARGUMENT, "rtp_port_min exceeds rtp_port_max");
+        }
+        let endpoint = try_call!(Endpoint::start(EndpointConfig {
+            listen,
+            public_address,
+            rtp_ports: config.rtp_port_min..=config.rtp_port_max,
+            create_rooms_on_demand: config.create_rooms_on_demand,
+            ..Default::default()
+        }));
+        *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));
+        sb_status::SB_OK
+    })
+}
+
+/// Hangs up every leg and stops the endpoint; handles stay valid and return SB_STOPPED.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_stop(endpoint: *const sb_endpoint) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        endpoint.endpoint.stop();
+        if let Some(callback) = endpoint.callback.lock().take() {
+            callback.stop();
+        }
+        sb_status::SB_OK
+    })
+}
+
+/// Stops (as `sb_endpoint_stop`) and frees the endpoint. NULL is allowed.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_free(endpoint: *mut sb_endpoint) {
+    let _ = ffi_guard!({
+        if !endpoint.is_null() {
+            // SAFETY: from sb_endpoint_start, not freed before (the caller's promise).
+            let endpoint = unsafe { Box::from_raw(endpoint) };
+            if let Some(callback) = endpoint.callback.lock().take() {
+                callback.stop();
+            }
+            endpoint.endpoint.stop();
+        }
+        sb_status::SB_OK
+    });
+}
+
+/// The bound SIP port.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_local_port(endpoint: *const sb_endpoint, out: *mut u16) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        *try_mut!(out) = endpoint.endpoint.local_addr().port();
+        sb_status::SB_OK
+    })
+}
+
+/// A conference handle. Free with `sb_conference_free` (which does not end the conference).
+pub struct sb_conference {
+    conference: Conference,
+}
+
+fn new_conference(conference: Conference, out: &mut *mut sb_conference) -> sb_status {
+    *out = Box::into_raw(Box::new(sb_conference { conference }));
+    sb_status::SB_OK
+}
+
+/// Creates a conference called `name`; SB_ALREADY_EXISTS if there is one.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_create_conference(endpoint: *const sb_endpoint, name: *const c_char, out: *mut *mut sb_conference) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let name = try_str!(name);
+        let out = try_mut!(out);
+        new_conference(try_call!(endpoint.endpoint.create_conference(name)), out)
+    })
+}
+
+/// A handle on the existing conference `name` (rooms created by callers included).
+#[no_mangle]
+pub extern "C" fn sb_endpoint_get_conference(endpoint: *const sb_endpoint, name: *const c_char, out: *mut *mut sb_conference) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let name = try_str!(name);
+        let out = try_mut!(out);
+        new_conference(try_call!(endpoint.endpoint.conference(name)), out)
+    })
+}
+
+/// Writes the conference names, one per line, NUL-terminated, into `buf`.
+/// `needed` (optional) receives the size required including the NUL; when
+/// `len` is less, the call returns SB_BUFFER_TOO_SMALL and writes nothing.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_conference_names(endpoint: *const sb_endpoint, buf: *mut c_char, len: usize, needed: *mut usize) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let text = endpoint.endpoint.conferences().join("\n");
+        if !needed.is_null() {
+            // SAFETY: non-null, the caller's writable size_t.
+            unsafe { *needed = text.len() + 1 };
+        }
+        if len < text.len() + 1 {
+            return fail(sb_status::SB_BUFFER_TOO_SMALL, format!("{} bytes needed", text.len() + 1));
+        }
+        let buf = try_mut!(buf as *mut c_char);
+        // SAFETY: the caller gives `len` writable bytes at `buf`.
+        copy_str(&text, unsafe { std::slice::from_raw_parts_mut(buf, len) });
+        sb_status::SB_OK
+    })
+}
+
+/// Frees a conference handle; the conference goes on.
+#[no_mangle]
+pub extern "C" fn sb_conference_free(conference: *mut sb_conference) {
+    let _ = ffi_guard!({
+        if !conference.is_null() {
+            // SAFETY: from this library, not freed before (the caller's promise).
+            drop(unsafe { Box::from_raw(conference) });
+        }
+        sb_status::SB_OK
+    });
+}
+
+/// Hangs up every leg and ends the conference. The handle must still be freed.
+#[no_mangle]
+pub extern "C" fn sb_conference_destroy(conference: *const sb_conference) -> sb_status {
+    ffi_guard!({ from_result(try_ref!(conference).conference.destroy()) })
+}
+
+/// Dials `uri` into the conference; `participant` receives the new
+/// participant's id. Ringing, answer and failure arrive as events.
+#[no_mangle]
+pub extern "C" fn sb_conference_dial(conference: *const sb_conference, uri: *const c_char, participant: *mut u64) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        let uri = try_str!(uri);
+        let out = try_mut!(participant);
+        *out = try_call!(conference.conference.dial(uri)).id().0;
+        sb_status::SB_OK
+    })
+}
+
+/// Hangs up a participant (BYE, or CANCEL while ringing).
+#[no_mangle]
+pub extern "C" fn sb_conference_hangup(conference: *const sb_conference, participant: u64) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.hangup()))
+    })
+}
+
+/// Mutes or unmutes what a participant contributes to the mix.
+#[no_mangle]
+pub extern "C" fn sb_conference_set_muted(conference: *const sb_conference, participant: u64, muted: bool) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.set_muted(muted)))
+    })
+}
+
+/// Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).
+#[no_mangle]
+pub extern "C" fn sb_conference_set_volume_db(conference: *const sb_conference, participant: u64, db: f32) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.set_volume_db(db)))
+    })
+}
+
+/// How a participant is connected.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sb_participant_kind {
+    SB_PARTICIPANT_INBOUND = 0,
+    SB_PARTICIPANT_OUTBOUND = 1,
+    SB_PARTICIPANT_LOCAL = 2,
+}
+
+impl From<ParticipantKind> for sb_participant_kind {
+    fn from(kind: ParticipantKind) -> Self {
+        match kind {
+            ParticipantKind::Inbound => Self::SB_PARTICIPANT_INBOUND,
+            ParticipantKind::Outbound => Self::SB_PARTICIPANT_OUTBOUND,
+            ParticipantKind::Local => Self::SB_PARTICIPANT_LOCAL,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sb_participant_state {
+    SB_STATE_CALLING = 0,
+    SB_STATE_RINGING = 1,
+    SB_STATE_CONNECTED = 2,
+}
+
+/// A snapshot of one participant.
+#[repr(C)]
+pub struct sb_participant_info {
+    pub id: u64,
+    pub kind: sb_participant_kind,
+    pub state: sb_participant_state,
+    pub muted: bool,
+    pub volume_db: f32,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    pub dropped: u64,
+    pub concealed_frames: u64,
+    /// The remote party's SIP URI ("" for local participants), cut to fit.
+    pub remote: [c_char; 256],
+}
+
+/// Fills `out` (room for `capacity`) with the participants; `count` receives
+/// how many there are. With too little room, as many as fit are written and
+/// the call returns SB_BUFFER_TOO_SMALL.
+#[no_mangle]
+pub extern "C" fn sb_conference_participants(
+    conference: *const sb_conference,
+    out: *mut sb_participant_info,
+    capacity: usize,
+    count: *mut usize,
+) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        let count = try_mut!(count);
+        let participants = try_call!(conference.conference.participants());
+        *count = participants.len();
+        if capacity > 0 {
+            let out = try_mut!(out);
+            // SAFETY: the caller gives room for `capacity` entries at `out`.
+            let out = unsafe { std::slice::from_raw_parts_mut(out as *mut sb_participant_info, capacity) };
+            for (slot, p) in out.iter_mut().zip(participants.iter()) {
+                let mut remote = [0; 256];
+                copy_str(p.remote.as_deref().unwrap_or(""), &mut remote);
+                *slot = sb_participant_info {
+                    id: p.id.0,
+                    kind: p.kind.into(),
+                    state: match p.state {
+                        ParticipantState::Calling => sb_participant_state::SB_STATE_CALLING,
+                        ParticipantState::Ringing => sb_participant_state::SB_STATE_RINGING,
+                        ParticipantState::Connected => sb_participant_state::SB_STATE_CONNECTED,
+                    },
+                    muted: p.muted,
+                    volume_db: p.volume_db,
+                    packets_received: p.packets_received,
+                    packets_sent: p.packets_sent,
+                    dropped: p.dropped,
+                    concealed_frames: p.concealed_frames,
+                    remote,
+                };
+            }
+        }
+        if capacity < participants.len() {
+            return fail(sb_status::SB_BUFFER_TOO_SMALL, format!("{} participants", participants.len()));
+        }
+        sb_status::SB_OK
+    })
+}
+
+/// A participant the application feeds with PCM and listens to.
+/// `sb_local_free` makes it leave and frees it.
+pub struct sb_local {
+    local: LocalParticipant,
+}
+
+/// Adds a local participant (8 kHz mono PCM both ways, 160-sample frames).
+#[no_mangle]
+pub extern "C" fn sb_conference_add_local(conference: *const sb_conference, out: *mut *mut sb_local) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        let out = try_mut!(out);
+        let local = try_call!(conference.conference.add_local());
+        *out = Box::into_raw(Box::new(sb_local { local }));
+        sb_status::SB_OK
+    })
+}
+
+/// The local participant's id, as events report it.
+#[no_mangle]
+pub extern "C" fn sb_local_id(local: *const sb_local, out: *mut u64) -> sb_status {
+    ffi_guard!({
+        let local = try_ref!(local);
+        *try_mut!(out) = local.local.id().0;
+        sb_status::SB_OK
+    })
+}
+
+/// Queues `len` samples for the mixer, waiting up to `timeout_ms` for room
+/// (the queue holds one second; the mixer takes 160 samples every 20 ms).
+#[no_mangle]
+pub extern "C" fn sb_local_write(local: *mut sb_local, pcm: *const i16, len: usize, timeout_ms: u32) -> sb_status {
+    ffi_guard!({
+        let local = try_mut!(local);
+        if len == 0 {
+            return sb_status::SB_OK;
+        }
+        let pcm = try_ref!(pcm);
+        // SAFETY: the caller gives `len` readable samples at `pcm`.
+        let pcm = unsafe { std::slice::from_raw_parts(pcm as *const i16, len) };
+        from_result(local.local.write_all(pcm, timeout(timeout_ms)))
+    })
+}
+
+/// Reads the next 20 ms frame of what the participant hears into `out`
+/// (`len` must be 160), waiting up to `timeout_ms`.
+#[no_mangle]
+pub extern "C" fn sb_local_read_frame(local: *mut sb_local, out: *mut i16, len: usize, timeout_ms: u32) -> sb_status {
+    ffi_guard!({
+        let local = try_mut!(local);
+        let out = try_mut!(out);
+        // SAFETY: the caller gives `len` writable samples at `out`.
+        let out = unsafe { std::slice::from_raw_parts_mut(out as *mut i16, len) };
+        from_result(local.local.read_frame(out, timeout(timeout_ms)))
+    })
+}
+
+/// Makes the local participant leave (if it has not) and frees it. NULL is allowed.
+#[no_mangle]
+pub extern "C" fn sb_local_free(local: *mut sb_local) {
+    let _ = ffi_guard!({
+        if !local.is_null() {
+            // SAFETY: from sb_conference_add_local, not freed before.
+            let local = unsafe { Box::from_raw(local) };
+            let _ = local.local.hangup();
+        }
+        sb_status::SB_OK
+    });
+}
+
+/// A feed of a conference's mix.
+pub struct sb_frame_reader {
+    reader: FrameReader,
+}
+
+/// Starts a feed of the conference mix (everyone, 8 kHz, 20 ms frames,
+/// buffered one second). A new feed replaces an older one.
+#[no_mangle]
+pub extern "C" fn sb_conference_mixed_audio(conference: *const sb_conference, out: *mut *mut sb_frame_reader) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        let out = try_mut!(out);
+        let reader = try_call!(conference.conference.mixed_audio());
+        *out = Box::into_raw(Box::new(sb_frame_reader { reader }));
+        sb_status::SB_OK
+    })
+}
+
+/// Reads the next frame (`len` must be 160), waiting up to `timeout_ms`.
+#[no_mangle]
+pub extern "C" fn sb_frame_reader_read(reader: *mut sb_frame_reader, out: *mut i16, len: usize, timeout_ms: u32) -> sb_status {
+    ffi_guard!({
+        let reader = try_mut!(reader);
+        let out = try_mut!(out);
+        // SAFETY: the caller gives `len` writable samples at `out`.
+        let out = unsafe { std::slice::from_raw_parts_mut(out as *mut i16, len) };
+        from_result(reader.reader.read_frame(out, timeout(timeout_ms)))
+    })
+}
+
+/// Frees a mix feed. NULL is allowed.
+#[no_mangle]
+pub extern "C" fn sb_frame_reader_free(reader: *mut sb_frame_reader) {
+    let _ = ffi_guard!({
+        if !reader.is_null() {
+            // SAFETY: from sb_conference_mixed_audio, not freed before.
+            drop(unsafe { Box::from_raw(reader) });
+        }
+        sb_status::SB_OK
+    });
+}

@@ -1,0 +1,227 @@
+/*
+ * End-to-end test of the C ABI: two endpoints on loopback, a dial-out between
+ * them, audio both ways checked by tone power, participant control, error
+ * paths, and the event callback. Built with -Wall -Wextra -Werror and run
+ * under AddressSanitizer (leaks included) by bindings-tests/run-c-tests.
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "sipbridge.h"
+
+static int failures = 0;
+
+#define CHECK(cond, ...)                                                        \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      char msg_[512];                                                           \
+      sb_last_error(msg_, sizeof msg_);                                         \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed (last error: %s): ", __FILE__,   \
+              __LINE__, #cond, msg_);                                           \
+      fprintf(stderr, __VA_ARGS__);                                             \
+      fprintf(stderr, "\n");                                                    \
+      failures++;                                                               \
+    }                                                                           \
+  } while (0)
+
+#define OK(call) CHECK((call) == SB_OK, "%s", #call)
+
+static const double PI = 3.14159265358979323846;
+
+static double tone_power(const int16_t *s, size_t n, double freq) {
+  double w = 2.0 * PI * freq / SB_SAMPLE_RATE, coeff = 2.0 * cos(w);
+  double s1 = 0, s2 = 0;
+  for (size_t i = 0; i < n; i++) {
+    double s0 = s[i] + coeff * s1 - s2;
+    s2 = s1;
+    s1 = s0;
+  }
+  return (s1 * s1 + s2 * s2 - coeff * s1 * s2) / ((double)n * (double)n);
+}
+
+static void tone(int16_t *out, double freq, unsigned long *phase) {
+  for (size_t i = 0; i < SB_FRAME_SAMPLES; i++, (*phase)++)
+    out[i] = (int16_t)(8000.0 * sin(2.0 * PI * freq * (double)*phase / SB_SAMPLE_RATE));
+}
+
+static sb_endpoint *start(uint16_t rtp_min) {
+  sb_endpoint_config config;
+  sb_endpoint *endpoint = NULL;
+  OK(sb_endpoint_config_init(&config));
+  config.listen = "127.0.0.1:0";
+  config.rtp_port_min = rtp_min;
+  config.rtp_port_max = (uint16_t)(rtp_min + 19);
+  OK(sb_endpoint_start(&config, &endpoint));
+  return endpoint;
+}
+
+/* Polls until an event of `kind` arrives; returns 1 and fills `out` if it did. */
+static int wait_for(sb_endpoint *endpoint, sb_event_kind kind, sb_event *out) {
+  for (int i = 0; i < 100; i++) {
+    sb_status status = sb_endpoint_poll_event(endpoint, 100, out);
+    if (status == SB_OK && out->kind == kind) return 1;
+  }
+  return 0;
+}
+
+typedef struct {
+  atomic_int joined;
+  atomic_int left;
+} counters;
+
+static void on_event(void *userdata, const sb_event *event) {
+  counters *c = userdata;
+  if (event->kind == SB_EVENT_PARTICIPANT_JOINED) atomic_fetch_add(&c->joined, 1);
+  if (event->kind == SB_EVENT_PARTICIPANT_LEFT) atomic_fetch_add(&c->left, 1);
+}
+
+int main(void) {
+  sb_endpoint *bridge = start(24000);
+  sb_endpoint *caller = start(24100);
+  if (!bridge || !caller) return 1;
+
+  /* --- argument errors, never crashes --- */
+  CHECK(sb_endpoint_start(NULL, NULL) == SB_NULL_PARAMETER, "NULL config");
+  char err[256];
+  CHECK(sb_last_error(err, sizeof err) > 0 && strstr(err, "NULL") != NULL, "message: %s", err);
+  CHECK(strcmp(sb_status_name(SB_NOT_FOUND), "SB_NOT_FOUND") == 0, "status names");
+  sb_conference *none = NULL;
+  CHECK(sb_endpoint_get_conference(bridge, "nope", &none) == SB_NOT_FOUND && none == NULL, "unknown room");
+  CHECK(sb_endpoint_create_conference(bridge, NULL, &none) == SB_NULL_PARAMETER, "NULL name");
+  sb_endpoint_config bad;
+  sb_endpoint *unused = NULL;
+  OK(sb_endpoint_config_init(&bad));
+  bad.listen = "not an address";
+  CHECK(sb_endpoint_start(&bad, &unused) == SB_INVALID_ARGUMENT && unused == NULL, "bad listen");
+
+  /* --- a room with a local participant on the bridge --- */
+  sb_conference *room = NULL, *out = NULL, *dup = NULL;
+  OK(sb_endpoint_create_conference(bridge, "room1", &room));
+  CHECK(sb_endpoint_create_conference(bridge, "room1", &dup) == SB_ALREADY_EXISTS, "duplicate room");
+  sb_local *at_bridge = NULL, *at_caller = NULL;
+  OK(sb_conference_add_local(room, &at_bridge));
+  OK(sb_endpoint_create_conference(caller, "out", &out));
+  OK(sb_conference_add_local(out, &at_caller));
+  sb_event event;
+  uint64_t local_id = 0;
+  OK(sb_local_id(at_bridge, &local_id));
+  CHECK(wait_for(bridge, SB_EVENT_PARTICIPANT_JOINED, &event) && event.participant_kind == SB_PARTICIPANT_LOCAL &&
+            event.participant == local_id,
+        "the local participant joined first");
+
+  uint16_t port = 0;
+  OK(sb_endpoint_local_port(bridge, &port));
+  char uri[64];
+  snprintf(uri, sizeof uri, "sip:room1@127.0.0.1:%u", port);
+  uint64_t leg = 0;
+  OK(sb_conference_dial(out, uri, &leg));
+  CHECK(sb_conference_dial(out, "not a uri", &leg) == SB_INVALID_ARGUMENT, "bad URI");
+  CHECK(wait_for(caller, SB_EVENT_ANSWERED, &event) && event.participant == leg, "answered");
+  CHECK(wait_for(bridge, SB_EVENT_PARTICIPANT_JOINED, &event) &&
+            event.participant_kind == SB_PARTICIPANT_INBOUND,
+        "joined");
+  CHECK(strcmp(event.conference, "room1") == 0, "conference name in event: %s", event.conference);
+  uint64_t inbound = event.participant;
+
+  /* --- audio both ways: 600 Hz from the caller, 1400 Hz from the bridge --- */
+  static int16_t heard_at_bridge[8000 * 2], heard_at_caller[8000 * 2];
+  int16_t frame[SB_FRAME_SAMPLES];
+  unsigned long pa = 0, pb = 0;
+  size_t n = 0;
+  for (int i = 0; i < 2; i++) {
+    tone(frame, 600, &pa);
+    OK(sb_local_write(at_caller, frame, SB_FRAME_SAMPLES, 1000));
+    tone(frame, 1400, &pb);
+    OK(sb_local_write(at_bridge, frame, SB_FRAME_SAMPLES, 1000));
+  }
+  for (int i = 0; i < 100; i++) { /* two seconds */
+    tone(frame, 600, &pa);
+    OK(sb_local_write(at_caller, frame, SB_FRAME_SAMPLES, 1000));
+    tone(frame, 1400, &pb);
+    OK(sb_local_write(at_bridge, frame, SB_FRAME_SAMPLES, 1000));
+    OK(sb_local_read_frame(at_bridge, heard_at_bridge + n, SB_FRAME_SAMPLES, 1000));
+    OK(sb_local_read_frame(at_caller, heard_at_caller + n, SB_FRAME_SAMPLES, 1000));
+    n += SB_FRAME_SAMPLES;
+  }
+  CHECK(sb_local_read_frame(at_caller, frame, 10, 0) == SB_INVALID_ARGUMENT, "wrong frame size");
+  const int16_t *tail_b = heard_at_bridge + n - 8000, *tail_c = heard_at_caller + n - 8000;
+  double b600 = tone_power(tail_b, 8000, 600), b1400 = tone_power(tail_b, 8000, 1400);
+  double c600 = tone_power(tail_c, 8000, 600), c1400 = tone_power(tail_c, 8000, 1400);
+  CHECK(b600 > 1e5 && b600 > 100 * b1400, "bridge hears the caller only: %g %g", b600, b1400);
+  CHECK(c1400 > 1e5 && c1400 > 100 * c600, "caller hears the bridge only: %g %g", c600, c1400);
+
+  /* --- participant control --- */
+  sb_participant_info infos[4];
+  size_t count = 0;
+  OK(sb_conference_participants(room, infos, 4, &count));
+  CHECK(count == 2, "two participants, got %zu", count);
+  CHECK(sb_conference_participants(room, infos, 1, &count) == SB_BUFFER_TOO_SMALL && count == 2, "too small");
+  OK(sb_conference_set_muted(room, inbound, true));
+  OK(sb_conference_set_volume_db(room, inbound, -6.0f));
+  OK(sb_conference_participants(room, infos, 4, &count));
+  int found = 0;
+  for (size_t i = 0; i < count; i++)
+    if (infos[i].id == inbound) {
+      found = 1;
+      CHECK(infos[i].muted && fabsf(infos[i].volume_db + 6.0f) < 0.01f, "mute and volume stick");
+      CHECK(infos[i].packets_received > 50, "RTP arrived: %llu", (unsigned long long)infos[i].packets_received);
+      CHECK(strstr(infos[i].remote, "sip:out@") != NULL, "remote: %s", infos[i].remote);
+    }
+  CHECK(found, "inbound participant listed");
+  CHECK(sb_conference_set_muted(room, 987654321, true) == SB_NOT_FOUND, "stale participant id");
+  sb_conference *other = NULL;
+  OK(sb_endpoint_create_conference(bridge, "room2", &other));
+  CHECK(sb_conference_set_muted(other, inbound, true) == SB_NOT_FOUND, "participant of another room");
+  sb_conference_free(other);
+
+  /* --- the mix feed --- */
+  sb_frame_reader *mix = NULL;
+  OK(sb_conference_mixed_audio(room, &mix));
+  OK(sb_frame_reader_read(mix, frame, SB_FRAME_SAMPLES, 1000));
+  sb_frame_reader_free(mix);
+
+  /* --- hang up; both sides see it --- */
+  OK(sb_conference_hangup(out, leg));
+  CHECK(wait_for(caller, SB_EVENT_PARTICIPANT_LEFT, &event) && event.reason == SB_LEAVE_LOCAL_HANGUP, "caller left");
+  CHECK(wait_for(bridge, SB_EVENT_PARTICIPANT_LEFT, &event) && event.reason == SB_LEAVE_REMOTE_HANGUP &&
+            event.packets_received > 50,
+        "bridge saw the BYE");
+  CHECK(sb_conference_hangup(out, leg) == SB_NOT_FOUND, "hanging up twice");
+
+  /* --- callback delivery, on its own thread --- */
+  counters c = {0, 0};
+  OK(sb_endpoint_set_event_callback(bridge, on_event, &c));
+  OK(sb_conference_dial(out, uri, &leg));
+  for (int i = 0; i < 100 && atomic_load(&c.joined) == 0; i++) sb_local_read_frame(at_caller, frame, SB_FRAME_SAMPLES, 50);
+  CHECK(atomic_load(&c.joined) == 1, "callback saw the join");
+
+  /* --- destroying the conference hangs up; the stale handle says so --- */
+  OK(sb_conference_destroy(room));
+  for (int i = 0; i < 100 && atomic_load(&c.left) < 2; i++) sb_local_read_frame(at_caller, frame, SB_FRAME_SAMPLES, 50);
+  CHECK(atomic_load(&c.left) == 2, "both bridge participants left, got %d", atomic_load(&c.left));
+  CHECK(sb_conference_set_muted(room, inbound, false) == SB_NOT_FOUND, "destroyed room");
+  CHECK(sb_conference_destroy(room) == SB_NOT_FOUND, "destroying twice");
+  OK(sb_endpoint_set_event_callback(bridge, NULL, NULL));
+
+  /* --- stop: handles stay safe and say STOPPED --- */
+  OK(sb_endpoint_stop(caller));
+  CHECK(sb_conference_dial(out, uri, &leg) == SB_STOPPED, "dial after stop");
+  CHECK(sb_local_write(at_caller, frame, SB_FRAME_SAMPLES, 0) == SB_STOPPED, "write after stop");
+
+  sb_local_free(at_bridge);
+  sb_local_free(at_caller);
+  sb_conference_free(room);
+  sb_conference_free(out);
+  sb_endpoint_free(bridge);
+  sb_endpoint_free(caller);
+  sb_endpoint_free(NULL);
+
+  if (failures) {
+    fprintf(stderr, "%d check(s) failed\n", failures);
+    return 1;
+  }
+  printf("c_api_test: all checks passed\n");
+  return 0;
+}

@@ -1,0 +1,203 @@
+//! Events for C: polled, or pushed to a callback on a thread of their own
+//! (never the mixer thread).
+
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{copy_str, fail, sb_endpoint, sb_participant_kind, sb_status, timeout};
+use crate::{Endpoint, Error, Event, LeaveReason};
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sb_event_kind {
+    SB_EVENT_CONFERENCE_CREATED = 0,
+    SB_EVENT_CONFERENCE_DESTROYED = 1,
+    SB_EVENT_PARTICIPANT_JOINED = 2,
+    SB_EVENT_PARTICIPANT_LEFT = 3,
+    SB_EVENT_RINGING = 4,
+    SB_EVENT_ANSWERED = 5,
+    SB_EVENT_DIAL_FAILED = 6,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sb_leave_reason {
+    SB_LEAVE_NONE = 0,
+    SB_LEAVE_REMOTE_HANGUP = 1,
+    SB_LEAVE_LOCAL_HANGUP = 2,
+    SB_LEAVE_CANCELLED = 3,
+    SB_LEAVE_TIMEOUT = 4,
+    SB_LEAVE_CONFERENCE_DESTROYED = 5,
+    SB_LEAVE_ENDPOINT_STOPPED = 6,
+}
+
+/// One event. Strings are NUL-terminated and cut to fit.
+#[repr(C)]
+pub struct sb_event {
+    pub kind: sb_event_kind,
+    pub conference: [c_char; 257],
+    /// The participant, or 0 for conference events.
+    pub participant: u64,
+    /// For PARTICIPANT_JOINED.
+    pub participant_kind: sb_participant_kind,
+    /// For PARTICIPANT_LEFT.
+    pub reason: sb_leave_reason,
+    /// For DIAL_FAILED: the SIP status (408 when nothing answered).
+    pub status: u16,
+    /// DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+    pub detail: [c_char; 256],
+    /// For PARTICIPANT_LEFT: the call's RTP packet totals.
+    pub packets_received: u64,
+    pub packets_sent: u64,
+}
+
+fn to_c(event: &Event) -> sb_event {
+    let mut out = sb_event {
+        kind: sb_event_kind::SB_EVENT_CONFERENCE_CREATED,
+        conference: [0; 257],
+        participant: 0,
+        participant_kind: sb_participant_kind::SB_PARTICIPANT_INBOUND,
+        reason: sb_leave_reason::SB_LEAVE_NONE,
+        status: 0,
+        detail: [0; 256],
+        packets_received: 0,
+        packets_sent: 0,
+    };
+    let conference = match event {
+        Event::ConferenceCreated { conference } => conference,
+        Event::ConferenceDestroyed { conference } => {
+            out.kind = sb_event_kind::SB_EVENT_CONFERENCE_DESTROYED;
+            conference
+        }
+        Event::ParticipantJoined { conference, participant, kind, remote } => {
+            out.kind = sb_event_kind::SB_EVENT_PARTICIPANT_JOINED;
+            out.participant = participant.0;
+            out.participant_kind = (*kind).into();
+            copy_str(remote, &mut out.detail);
+            conference
+        }
+        Event::ParticipantLeft { conference, participant, reason, packets_received, packets_sent } => {
+            out.kind = sb_event_kind::SB_EVENT_PARTICIPANT_LEFT;
+            out.participant = participant.0;
+            out.reason = match reason {
+                LeaveReason::RemoteHangup => sb_leave_reason::SB_LEAVE_REMOTE_HANGUP,
+                LeaveReason::LocalHangup => sb_leave_reason::SB_LEAVE_LOCAL_HANGUP,
+                LeaveReason::Cancelled => sb_leave_reason::SB_LEAVE_CANCELLED,
+                LeaveReason::Timeout => sb_leave_reason::SB_LEAVE_TIMEOUT,
+                LeaveReason::ConferenceDestroyed => sb_leave_reason::SB_LEAVE_CONFERENCE_DESTROYED,
+                LeaveReason::EndpointStopped => sb_leave_reason::SB_LEAVE_ENDPOINT_STOPPED,
+            };
+            out.packets_received = *packets_received;
+            out.packets_sent = *packets_sent;
+            conference
+        }
+        Event::Ringing { conference, participant } => {
+            out.kind = sb_event_kind::SB_EVENT_RINGING;
+            out.participant = participant.0;
+            conference
+        }
+        Event::Answered { conference, participant } => {
+            out.kind = sb_event_kind::SB_EVENT_ANSWERED;
+            out.participant = participant.0;
+            conference
+        }
+        Event::DialFailed { conference, participant, status, reason } => {
+            out.kind = sb_event_kind::SB_EVENT_DIAL_FAILED;
+            out.participant = participant.0;
+            out.status = *status;
+            copy_str(reason, &mut out.detail);
+            conference
+        }
+    };
+    copy_str(conference, &mut out.conference);
+    out
+}
+
+/// Waits up to `timeout_ms` for the next event and writes it to `out`;
+/// SB_TIMEOUT when none came. Do not mix with `sb_endpoint_set_event_callback`.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_poll_event(endpoint: *const sb_endpoint, timeout_ms: u32, out: *mut sb_event) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let out = try_mut!(out);
+        let event = try_call!(endpoint.endpoint.next_event(timeout(timeout_ms)));
+        *out = to_c(&event);
+        sb_status::SB_OK
+    })
+}
+
+/// Called with each event on sipbridge's event thread. `event` is valid only
+/// during the call.
+pub type sb_event_callback = Option<unsafe extern "C" fn(userdata: *mut c_void, event: *const sb_event)>;
+
+pub(super) struct CallbackThread {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl CallbackThread {
+    pub(super) fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        // A callback may stop the endpoint itself; do not join our own thread.
+        if self.thread.thread().id() != std::thread::current().id() {
+            let _ = self.thread.join();
+        }
+    }
+}
+
+/// The user's pointer, handed to the callback thread; the user promises it
+/// may be used from there.
+struct UserData(*mut c_void);
+// SAFETY: see above; sipbridge never dereferences it.
+unsafe impl Send for UserData {}
+
+/// Delivers every event to `callback` on a dedicated thread (never the mixer
+/// thread), replacing any earlier callback. NULL `callback` turns delivery off.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_set_event_callback(endpoint: *const sb_endpoint, callback: sb_event_callback, userdata: *mut c_void) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let mut slot = endpoint.callback.lock();
+        if let Some(old) = slot.take() {
+            old.stop();
+        }
+        let Some(callback) = callback else { return sb_status::SB_OK };
+        let stop = Arc::new(AtomicBool::new(false));
+        let userdata = UserData(userdata);
+        // The thread needs the endpoint; it lives as long as the sb_endpoint,
+        // whose free stops and joins this thread first.
+        let endpoint_ptr = EndpointRef(&endpoint.endpoint as *const Endpoint);
+        let thread_stop = stop.clone();
+        let thread = std::thread::Builder::new().name("sipbridge-events".into()).spawn(move || {
+            let userdata = userdata;
+            let endpoint_ptr = endpoint_ptr;
+            // SAFETY: sb_endpoint_free stops and joins this thread before freeing.
+            let endpoint = unsafe { &*endpoint_ptr.0 };
+            while !thread_stop.load(Ordering::Acquire) {
+                match endpoint.next_event(Some(Duration::from_millis(50))) {
+                    Ok(event) => {
+                        let event = to_c(&event);
+                        // SAFETY: the caller's function, called as its signature says.
+                        unsafe { callback(userdata.0, &event) };
+                    }
+                    Err(Error::Timeout) => {}
+                    Err(_) => break,
+                }
+            }
+        });
+        match thread {
+            Ok(thread) => {
+                *slot = Some(CallbackThread { stop, thread });
+                sb_status::SB_OK
+            }
+            Err(e) => fail(sb_status::SB_IO, format!("cannot start the event thread: {e}")),
+        }
+    })
+}
+
+struct EndpointRef(*const Endpoint);
+// SAFETY: Endpoint is Sync; the pointer outlives the thread (see above).
+unsafe impl Send for EndpointRef {}
