@@ -81,14 +81,40 @@ pub enum LeaveReason {
 /// What happened, in order, for the application.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    ConferenceCreated { conference: String },
-    ConferenceDestroyed { conference: String },
-    ParticipantJoined { conference: String, participant: ParticipantId, kind: ParticipantKind, remote: String },
+    ConferenceCreated {
+        conference: String,
+    },
+    ConferenceDestroyed {
+        conference: String,
+    },
+    ParticipantJoined {
+        conference: String,
+        participant: ParticipantId,
+        kind: ParticipantKind,
+        remote: String,
+    },
     /// A participant left; the counters are its totals for the call.
-    ParticipantLeft { conference: String, participant: ParticipantId, reason: LeaveReason, packets_received: u64, packets_sent: u64 },
-    Ringing { conference: String, participant: ParticipantId },
-    Answered { conference: String, participant: ParticipantId },
-    DialFailed { conference: String, participant: ParticipantId, status: u16, reason: String },
+    ParticipantLeft {
+        conference: String,
+        participant: ParticipantId,
+        reason: LeaveReason,
+        packets_received: u64,
+        packets_sent: u64,
+    },
+    Ringing {
+        conference: String,
+        participant: ParticipantId,
+    },
+    Answered {
+        conference: String,
+        participant: ParticipantId,
+    },
+    DialFailed {
+        conference: String,
+        participant: ParticipantId,
+        status: u16,
+        reason: String,
+    },
 }
 
 /// A snapshot of one participant.
@@ -328,7 +354,13 @@ impl Conference {
 
     /// Frames of the mix dropped because the feed was not read in time.
     pub fn mixed_audio_dropped(&self) -> u64 {
-        self.shared.registry.lock().conferences.get(&self.name).map(|c| c.controls.tap_dropped.load(Ordering::Relaxed)).unwrap_or(0)
+        self.shared
+            .registry
+            .lock()
+            .conferences
+            .get(&self.name)
+            .map(|c| c.controls.tap_dropped.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// The participants, in the order they were added.
@@ -411,7 +443,11 @@ impl Participant {
     fn with_entry<T>(&self, f: impl FnOnce(&mut ParticipantEntry) -> T) -> Result<T> {
         self.shared.check_running()?;
         let mut registry = self.shared.registry.lock();
-        registry.participants.get_mut(&self.id).map(f).ok_or_else(|| Error::NotFound(format!("participant {}", self.id.0)))
+        registry
+            .participants
+            .get_mut(&self.id)
+            .map(f)
+            .ok_or_else(|| Error::NotFound(format!("participant {}", self.id.0)))
     }
 
     pub fn info(&self) -> Result<ParticipantInfo> {
@@ -454,7 +490,12 @@ impl FrameReader {
         self.read_frame_interruptible(out, timeout, &mut never)
     }
 
-    pub fn read_frame_interruptible(&mut self, out: &mut [i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+    pub fn read_frame_interruptible(
+        &mut self,
+        out: &mut [i16],
+        timeout: Option<Duration>,
+        interrupt: Interrupt<'_>,
+    ) -> Result<()> {
         if out.len() != FRAME {
             return Err(Error::InvalidArgument(format!("a frame is {FRAME} samples, not {}", out.len())));
         }
@@ -510,7 +551,12 @@ impl LocalParticipant {
         self.write_all_interruptible(pcm, timeout, &mut never)
     }
 
-    pub fn write_all_interruptible(&mut self, mut pcm: &[i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+    pub fn write_all_interruptible(
+        &mut self,
+        mut pcm: &[i16],
+        timeout: Option<Duration>,
+        interrupt: Interrupt<'_>,
+    ) -> Result<()> {
         self.participant.info()?;
         let deadline = timeout.map(|t| Instant::now() + t);
         while !pcm.is_empty() {
@@ -532,7 +578,12 @@ impl LocalParticipant {
         self.from_mixer.read_frame(out, timeout)
     }
 
-    pub fn read_frame_interruptible(&mut self, out: &mut [i16], timeout: Option<Duration>, interrupt: Interrupt<'_>) -> Result<()> {
+    pub fn read_frame_interruptible(
+        &mut self,
+        out: &mut [i16],
+        timeout: Option<Duration>,
+        interrupt: Interrupt<'_>,
+    ) -> Result<()> {
         self.from_mixer.read_frame_interruptible(out, timeout, interrupt)
     }
 

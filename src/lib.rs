@@ -25,8 +25,8 @@ pub mod sdp;
 pub mod sip;
 
 pub use api::{
-    Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant, Participant, ParticipantId,
-    ParticipantInfo, ParticipantKind, ParticipantState, FRAME_SAMPLES, SAMPLE_RATE,
+    Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant, Participant,
+    ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, FRAME_SAMPLES, SAMPLE_RATE,
 };
 pub use error::{Error, Result};
 pub use media::codec::CodecKind;

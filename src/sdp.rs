@@ -135,7 +135,9 @@ impl MediaDescription {
     }
 
     fn direction(&self, session: &[Attribute]) -> Direction {
-        Direction::from_attributes(&self.attributes).or_else(|| Direction::from_attributes(session)).unwrap_or(Direction::SendRecv)
+        Direction::from_attributes(&self.attributes)
+            .or_else(|| Direction::from_attributes(session))
+            .unwrap_or(Direction::SendRecv)
     }
 }
 
@@ -188,7 +190,15 @@ impl SessionDescription {
     pub fn print(&self) -> String {
         let mut out = String::new();
         let o = &self.origin;
-        let _ = write!(out, "v=0\r\no={} {} {} IN {} {}\r\n", o.username, o.session_id, o.session_version, ip_kind(o.address), o.address);
+        let _ = write!(
+            out,
+            "v=0\r\no={} {} {} IN {} {}\r\n",
+            o.username,
+            o.session_id,
+            o.session_version,
+            ip_kind(o.address),
+            o.address
+        );
         let _ = write!(out, "s={}\r\n", if self.session_name.is_empty() { "-" } else { &self.session_name });
         if let Some(c) = self.connection {
             let _ = write!(out, "c=IN {} {}\r\n", ip_kind(c), c);
@@ -286,7 +296,12 @@ pub fn offer(local: &LocalMedia) -> SessionDescription {
     description(local, &formats, Some(TELEPHONE_EVENT_PT), Direction::SendRecv)
 }
 
-fn description(local: &LocalMedia, payload_types: &[u8], telephone_event: Option<u8>, direction: Direction) -> SessionDescription {
+fn description(
+    local: &LocalMedia,
+    payload_types: &[u8],
+    telephone_event: Option<u8>,
+    direction: Direction,
+) -> SessionDescription {
     let ip = local.address.ip();
     let mut attributes = Vec::new();
     let mut formats = Vec::new();
@@ -303,7 +318,12 @@ fn description(local: &LocalMedia, payload_types: &[u8], telephone_event: Option
     attributes.push(Attribute::new("ptime", "20"));
     attributes.push(Attribute::flag(direction.name()));
     SessionDescription {
-        origin: Origin { username: "sipbridge".into(), session_id: local.session_id, session_version: local.session_version, address: ip },
+        origin: Origin {
+            username: "sipbridge".into(),
+            session_id: local.session_id,
+            session_version: local.session_version,
+            address: ip,
+        },
         session_name: "sipbridge".into(),
         connection: Some(ip),
         attributes: Vec::new(),
@@ -321,7 +341,10 @@ fn description(local: &LocalMedia, payload_types: &[u8], telephone_event: Option
 /// Answers `offer` (RFC 3264 §6): the first audio stream, our most preferred
 /// codec the offer also has, one codec in the answer; other streams rejected
 /// with port 0.
-pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(SessionDescription, NegotiatedMedia), SdpError> {
+pub fn answer(
+    offer: &SessionDescription,
+    local: &LocalMedia,
+) -> Result<(SessionDescription, NegotiatedMedia), SdpError> {
     let (index, stream) = offer
         .media
         .iter()
@@ -330,12 +353,7 @@ pub fn answer(offer: &SessionDescription, local: &LocalMedia) -> Result<(Session
         .ok_or(SdpError::NoAudio)?;
     let negotiated = negotiate(offer, stream, &local.codecs)?;
     let direction = stream.direction(&offer.attributes).answer();
-    let mut answer = description(
-        local,
-        &[negotiated.payload_type],
-        negotiated.telephone_event,
-        direction,
-    );
+    let mut answer = description(local, &[negotiated.payload_type], negotiated.telephone_event, direction);
     // Keep the offer's order of m= lines (§6): refuse the others with port 0.
     let ours = answer.media.remove(0);
     answer.media = offer
@@ -362,7 +380,11 @@ pub fn accept_answer(answer: &SessionDescription, local: &LocalMedia) -> Result<
 
 /// Picks our most preferred codec that `stream` lists, with its payload type
 /// there, and the peer's RTP address.
-fn negotiate(session: &SessionDescription, stream: &MediaDescription, preferences: &[CodecKind]) -> Result<NegotiatedMedia, SdpError> {
+fn negotiate(
+    session: &SessionDescription,
+    stream: &MediaDescription,
+    preferences: &[CodecKind],
+) -> Result<NegotiatedMedia, SdpError> {
     let offered: Vec<(u8, String, u32)> = stream
         .formats
         .iter()
@@ -433,14 +455,16 @@ mod tests {
 
     #[test]
     fn dynamic_payload_type_is_matched_by_name() {
-        let offer = SIPP_OFFER.replace("RTP/AVP 8 101", "RTP/AVP 96").replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:96 PCMU/8000");
+        let offer =
+            SIPP_OFFER.replace("RTP/AVP 8 101", "RTP/AVP 96").replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:96 PCMU/8000");
         let (_, media) = answer(&SessionDescription::parse(offer.as_bytes()).unwrap(), &local()).unwrap();
         assert_eq!((media.codec, media.payload_type), (CodecKind::Pcmu, 96));
     }
 
     #[test]
     fn no_common_codec_is_an_error() {
-        let offer = SIPP_OFFER.replace("RTP/AVP 8 101", "RTP/AVP 18").replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000");
+        let offer =
+            SIPP_OFFER.replace("RTP/AVP 8 101", "RTP/AVP 18").replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:18 G729/8000");
         let offer = SessionDescription::parse(offer.as_bytes()).unwrap();
         assert_eq!(answer(&offer, &local()).unwrap_err(), SdpError::NoCommonCodec);
     }
@@ -457,8 +481,14 @@ mod tests {
     #[test]
     fn offer_then_answer_agree() {
         let ours = offer(&local());
-        let theirs = LocalMedia { address: "127.0.0.1:40000".parse().unwrap(), codecs: vec![CodecKind::Pcma], session_id: 9, session_version: 1 };
-        let (reply, their_view) = answer(&SessionDescription::parse(ours.print().as_bytes()).unwrap(), &theirs).unwrap();
+        let theirs = LocalMedia {
+            address: "127.0.0.1:40000".parse().unwrap(),
+            codecs: vec![CodecKind::Pcma],
+            session_id: 9,
+            session_version: 1,
+        };
+        let (reply, their_view) =
+            answer(&SessionDescription::parse(ours.print().as_bytes()).unwrap(), &theirs).unwrap();
         let our_view = accept_answer(&SessionDescription::parse(reply.print().as_bytes()).unwrap(), &local()).unwrap();
         assert_eq!(their_view.codec, CodecKind::Pcma);
         assert_eq!(our_view.codec, CodecKind::Pcma);

@@ -49,7 +49,9 @@ fn parse_range(s: &str) -> Result<(u16, u16), String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "sipbridge=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "sipbridge=info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let Command::Serve { listen, public_address, rtp_ports, no_create_rooms, rooms } = Cli::parse().command;

@@ -25,8 +25,8 @@ use parking_lot::Mutex;
 use crate::api::{EndpointConfig, Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::CodecKind;
 use crate::media::mixer::{
-    ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls, ParticipantId,
-    ParticipantMix,
+    ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls,
+    ParticipantId, ParticipantMix,
 };
 use crate::{Error, Result};
 
@@ -180,9 +180,15 @@ impl Shared {
     }
 
     /// Adds a participant to the registry and, with `mix`, to the mixer.
-    pub fn add_participant(&self, id: ParticipantId, entry: ParticipantEntry, mix: Option<Box<ParticipantMix>>) -> Result<()> {
+    pub fn add_participant(
+        &self,
+        id: ParticipantId,
+        entry: ParticipantEntry,
+        mix: Option<Box<ParticipantMix>>,
+    ) -> Result<()> {
         let mut registry = self.registry.lock();
-        let conference = registry.conferences.get_mut(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
+        let conference =
+            registry.conferences.get_mut(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
         if let Some(mix) = mix {
             self.mixer.lock().add_participant(conference.id, mix)?;
         }
@@ -195,8 +201,10 @@ impl Shared {
     pub fn connect_participant(&self, id: ParticipantId, mix: Box<ParticipantMix>) -> Result<()> {
         let mut registry = self.registry.lock();
         let registry = &mut *registry;
-        let entry = registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
-        let conference = registry.conferences.get(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
+        let entry =
+            registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
+        let conference =
+            registry.conferences.get(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
         self.mixer.lock().add_participant(conference.id, mix)?;
         entry.state = ParticipantState::Connected;
         Ok(())
@@ -331,7 +339,12 @@ impl Engine {
         };
         runtime.spawn(sip_driver::run(shared.clone(), socket, sip_rx));
         tracing::info!(%sip_addr, %advertised_ip, "endpoint started");
-        Ok(Self { shared, runtime: Some(runtime), mixer_thread: Some(mixer_thread), reaper_thread: Some(reaper_thread) })
+        Ok(Self {
+            shared,
+            runtime: Some(runtime),
+            mixer_thread: Some(mixer_thread),
+            reaper_thread: Some(reaper_thread),
+        })
     }
 
     /// Hangs up every call, stops the threads. Idempotent.

@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 use super::ports::PortLease;
 use super::{ParticipantEntry, Shared, FRAME};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
-use crate::media::mixer::{Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM};
+use crate::media::mixer::{
+    Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM,
+};
 use crate::media::rtp;
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
@@ -25,10 +27,19 @@ const RTP_RING: usize = 64;
 
 /// What the application asks of the SIP task.
 pub(crate) enum SipCommand {
-    Dial { participant: ParticipantId, target: String, reply: tokio::sync::oneshot::Sender<Result<()>> },
-    Hangup { participant: ParticipantId, reason: LeaveReason },
+    Dial {
+        participant: ParticipantId,
+        target: String,
+        reply: tokio::sync::oneshot::Sender<Result<()>>,
+    },
+    Hangup {
+        participant: ParticipantId,
+        reason: LeaveReason,
+    },
     /// Hang up everything, send what is queued, then stop.
-    Shutdown { done: std::sync::mpsc::Sender<()> },
+    Shutdown {
+        done: std::sync::mpsc::Sender<()>,
+    },
 }
 
 /// An RTP port bound for a call, before its leg joins the mixer.
@@ -121,7 +132,10 @@ impl Driver {
             UaEvent::Ringing { call } => {
                 if let Some(leg) = self.calls.get(&call) {
                     self.shared.set_state(leg.participant, ParticipantState::Ringing);
-                    self.emit_for(leg.participant, |conference, participant| Event::Ringing { conference, participant });
+                    self.emit_for(leg.participant, |conference, participant| Event::Ringing {
+                        conference,
+                        participant,
+                    });
                 }
             }
             UaEvent::Answered { call, answer } => {
@@ -134,7 +148,12 @@ impl Driver {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
                     if let Some(entry) = self.shared.remove_participant(participant) {
-                        self.shared.emit(Event::DialFailed { conference: entry.conference, participant, status, reason });
+                        self.shared.emit(Event::DialFailed {
+                            conference: entry.conference,
+                            participant,
+                            status,
+                            reason,
+                        });
                     }
                 }
             }
@@ -183,7 +202,14 @@ impl Driver {
 
     /// Joins an inbound call to the room its Request-URI names, or says which
     /// status to refuse it with.
-    fn accept_incoming(&mut self, call: CallKey, request_uri: &str, from: &str, offer: &[u8], now: Instant) -> Result<(), (u16, Error)> {
+    fn accept_incoming(
+        &mut self,
+        call: CallKey,
+        request_uri: &str,
+        from: &str,
+        offer: &[u8],
+        now: Instant,
+    ) -> Result<(), (u16, Error)> {
         if self.shared.check_running().is_err() {
             return Err((503, Error::Stopped));
         }
@@ -223,7 +249,12 @@ impl Driver {
         let _ = self.ua.answer(call, answer.print().into_bytes(), now);
         self.calls.insert(call, CallLeg { participant, media: None, receive_task: Some(task), hangup_reason: None });
         self.by_participant.insert(participant, call);
-        self.shared.emit(Event::ParticipantJoined { conference: room, participant, kind: ParticipantKind::Inbound, remote: from.to_string() });
+        self.shared.emit(Event::ParticipantJoined {
+            conference: room,
+            participant,
+            kind: ParticipantKind::Inbound,
+            remote: from.to_string(),
+        });
         Ok(())
     }
 
@@ -250,7 +281,8 @@ impl Driver {
             FRAME,
             Some(Box::new(media.lease)),
         );
-        leg.send = matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly) && !negotiated.remote.ip().is_unspecified();
+        leg.send = matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly)
+            && !negotiated.remote.ip().is_unspecified();
         leg.receive = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
         Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), FRAME)), task))
     }
@@ -274,7 +306,14 @@ impl Driver {
         }
         self.shared.connect_participant(participant, mix)?;
         self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
-        let remote = self.shared.registry.lock().participants.get(&participant).and_then(|p| p.remote.clone()).unwrap_or_default();
+        let remote = self
+            .shared
+            .registry
+            .lock()
+            .participants
+            .get(&participant)
+            .and_then(|p| p.remote.clone())
+            .unwrap_or_default();
         self.emit_for(participant, |conference, participant| Event::ParticipantJoined {
             conference,
             participant,
@@ -307,7 +346,8 @@ impl Driver {
     }
 
     async fn dial(&mut self, participant: ParticipantId, target: &str, now: Instant) -> Result<()> {
-        let uri = rsip::Uri::try_from(target).map_err(|e| Error::InvalidArgument(format!("bad SIP URI {target:?}: {e}")))?;
+        let uri =
+            rsip::Uri::try_from(target).map_err(|e| Error::InvalidArgument(format!("bad SIP URI {target:?}: {e}")))?;
         let destination = match message::uri_socket_addr(&uri) {
             Some(addr) => addr,
             None => {
@@ -368,7 +408,11 @@ impl Driver {
 }
 
 /// Moves datagrams from a leg's socket into its ring to the mixer.
-async fn receive_rtp(socket: UdpSocket, mut ring: rtrb::Producer<ReceivedDatagram>, controls: Arc<ParticipantControls>) {
+async fn receive_rtp(
+    socket: UdpSocket,
+    mut ring: rtrb::Producer<ReceivedDatagram>,
+    controls: Arc<ParticipantControls>,
+) {
     let mut buf = [0u8; MAX_DATAGRAM];
     loop {
         let Ok((n, source)) = socket.recv_from(&mut buf).await else { continue };

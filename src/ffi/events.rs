@@ -119,7 +119,11 @@ fn to_c(event: &Event) -> sb_event {
 /// Waits up to `timeout_ms` for the next event and writes it to `out`;
 /// SB_TIMEOUT when none came. Do not mix with `sb_endpoint_set_event_callback`.
 #[no_mangle]
-pub extern "C" fn sb_endpoint_poll_event(endpoint: *const sb_endpoint, timeout_ms: u32, out: *mut sb_event) -> sb_status {
+pub extern "C" fn sb_endpoint_poll_event(
+    endpoint: *const sb_endpoint,
+    timeout_ms: u32,
+    out: *mut sb_event,
+) -> sb_status {
     ffi_guard!({
         let endpoint = try_ref!(endpoint);
         let out = try_mut!(out);
@@ -157,7 +161,11 @@ unsafe impl Send for UserData {}
 /// Delivers every event to `callback` on a dedicated thread (never the mixer
 /// thread), replacing any earlier callback. NULL `callback` turns delivery off.
 #[no_mangle]
-pub extern "C" fn sb_endpoint_set_event_callback(endpoint: *const sb_endpoint, callback: sb_event_callback, userdata: *mut c_void) -> sb_status {
+pub extern "C" fn sb_endpoint_set_event_callback(
+    endpoint: *const sb_endpoint,
+    callback: sb_event_callback,
+    userdata: *mut c_void,
+) -> sb_status {
     ffi_guard!({
         let endpoint = try_ref!(endpoint);
         let mut slot = endpoint.callback.lock();

@@ -13,13 +13,19 @@
 //!   never undefined behaviour; only freeing a handle twice, or using it after
 //!   `_free`, is the caller's error.
 #![allow(non_camel_case_types)]
+// Exported functions take raw pointers from C and check them for NULL before
+// use; marking them `unsafe` would mean nothing to a C caller (as rustls-ffi).
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::{Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, ParticipantId, ParticipantKind, ParticipantState};
+use crate::{
+    Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, ParticipantId, ParticipantKind,
+    ParticipantState,
+};
 
 pub use events::*;
 
@@ -340,7 +346,11 @@ fn new_conference(conference: Conference, out: &mut *mut sb_conference) -> sb_st
 
 /// Creates a conference called `name`; SB_ALREADY_EXISTS if there is one.
 #[no_mangle]
-pub extern "C" fn sb_endpoint_create_conference(endpoint: *const sb_endpoint, name: *const c_char, out: *mut *mut sb_conference) -> sb_status {
+pub extern "C" fn sb_endpoint_create_conference(
+    endpoint: *const sb_endpoint,
+    name: *const c_char,
+    out: *mut *mut sb_conference,
+) -> sb_status {
     ffi_guard!({
         let endpoint = try_ref!(endpoint);
         let name = try_str!(name);
@@ -351,7 +361,11 @@ pub extern "C" fn sb_endpoint_create_conference(endpoint: *const sb_endpoint, na
 
 /// A handle on the existing conference `name` (rooms created by callers included).
 #[no_mangle]
-pub extern "C" fn sb_endpoint_get_conference(endpoint: *const sb_endpoint, name: *const c_char, out: *mut *mut sb_conference) -> sb_status {
+pub extern "C" fn sb_endpoint_get_conference(
+    endpoint: *const sb_endpoint,
+    name: *const c_char,
+    out: *mut *mut sb_conference,
+) -> sb_status {
     ffi_guard!({
         let endpoint = try_ref!(endpoint);
         let name = try_str!(name);
@@ -364,7 +378,12 @@ pub extern "C" fn sb_endpoint_get_conference(endpoint: *const sb_endpoint, name:
 /// `needed` (optional) receives the size required including the NUL; when
 /// `len` is less, the call returns SB_BUFFER_TOO_SMALL and writes nothing.
 #[no_mangle]
-pub extern "C" fn sb_endpoint_conference_names(endpoint: *const sb_endpoint, buf: *mut c_char, len: usize, needed: *mut usize) -> sb_status {
+pub extern "C" fn sb_endpoint_conference_names(
+    endpoint: *const sb_endpoint,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sb_status {
     ffi_guard!({
         let endpoint = try_ref!(endpoint);
         let text = endpoint.endpoint.conferences().join("\n");
@@ -403,7 +422,11 @@ pub extern "C" fn sb_conference_destroy(conference: *const sb_conference) -> sb_
 /// Dials `uri` into the conference; `participant` receives the new
 /// participant's id. Ringing, answer and failure arrive as events.
 #[no_mangle]
-pub extern "C" fn sb_conference_dial(conference: *const sb_conference, uri: *const c_char, participant: *mut u64) -> sb_status {
+pub extern "C" fn sb_conference_dial(
+    conference: *const sb_conference,
+    uri: *const c_char,
+    participant: *mut u64,
+) -> sb_status {
     ffi_guard!({
         let conference = try_ref!(conference);
         let uri = try_str!(uri);
@@ -424,7 +447,11 @@ pub extern "C" fn sb_conference_hangup(conference: *const sb_conference, partici
 
 /// Mutes or unmutes what a participant contributes to the mix.
 #[no_mangle]
-pub extern "C" fn sb_conference_set_muted(conference: *const sb_conference, participant: u64, muted: bool) -> sb_status {
+pub extern "C" fn sb_conference_set_muted(
+    conference: *const sb_conference,
+    participant: u64,
+    muted: bool,
+) -> sb_status {
     ffi_guard!({
         let conference = try_ref!(conference);
         from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.set_muted(muted)))
@@ -433,7 +460,11 @@ pub extern "C" fn sb_conference_set_muted(conference: *const sb_conference, part
 
 /// Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).
 #[no_mangle]
-pub extern "C" fn sb_conference_set_volume_db(conference: *const sb_conference, participant: u64, db: f32) -> sb_status {
+pub extern "C" fn sb_conference_set_volume_db(
+    conference: *const sb_conference,
+    participant: u64,
+    db: f32,
+) -> sb_status {
     ffi_guard!({
         let conference = try_ref!(conference);
         from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.set_volume_db(db)))
@@ -608,7 +639,10 @@ pub struct sb_frame_reader {
 /// Starts a feed of the conference mix (everyone, 8 kHz, 20 ms frames,
 /// buffered one second). A new feed replaces an older one.
 #[no_mangle]
-pub extern "C" fn sb_conference_mixed_audio(conference: *const sb_conference, out: *mut *mut sb_frame_reader) -> sb_status {
+pub extern "C" fn sb_conference_mixed_audio(
+    conference: *const sb_conference,
+    out: *mut *mut sb_frame_reader,
+) -> sb_status {
     ffi_guard!({
         let conference = try_ref!(conference);
         let out = try_mut!(out);
@@ -620,7 +654,12 @@ pub extern "C" fn sb_conference_mixed_audio(conference: *const sb_conference, ou
 
 /// Reads the next frame (`len` must be 160), waiting up to `timeout_ms`.
 #[no_mangle]
-pub extern "C" fn sb_frame_reader_read(reader: *mut sb_frame_reader, out: *mut i16, len: usize, timeout_ms: u32) -> sb_status {
+pub extern "C" fn sb_frame_reader_read(
+    reader: *mut sb_frame_reader,
+    out: *mut i16,
+    len: usize,
+    timeout_ms: u32,
+) -> sb_status {
     ffi_guard!({
         let reader = try_mut!(reader);
         let out = try_mut!(out);

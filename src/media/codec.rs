@@ -198,7 +198,9 @@ mod tests {
     #[test]
     fn quantisation_error_is_bounded() {
         for s in (i16::MIN..=i16::MAX).step_by(7) {
-            for (encode, decode) in [(linear_to_ulaw as fn(i16) -> u8, ulaw_to_linear as fn(u8) -> i16), (linear_to_alaw, alaw_to_linear)] {
+            for (encode, decode) in
+                [(linear_to_ulaw as fn(i16) -> u8, ulaw_to_linear as fn(u8) -> i16), (linear_to_alaw, alaw_to_linear)]
+            {
                 let back = decode(encode(s)) as i32;
                 let err = (back - s as i32).abs();
                 // Segment step is at most 1024 (half-step error 512) at the top.

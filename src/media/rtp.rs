@@ -70,7 +70,14 @@ impl<'a> RtpPacket<'a> {
 }
 
 /// Writes a 12-byte header with no CSRCs, extension or padding into `out`.
-pub fn write_header(out: &mut [u8; HEADER_LEN], marker: bool, payload_type: u8, sequence: u16, timestamp: u32, ssrc: u32) {
+pub fn write_header(
+    out: &mut [u8; HEADER_LEN],
+    marker: bool,
+    payload_type: u8,
+    sequence: u16,
+    timestamp: u32,
+    ssrc: u32,
+) {
     out[0] = 0x80;
     out[1] = (u8::from(marker) << 7) | (payload_type & 0x7f);
     out[2..4].copy_from_slice(&sequence.to_be_bytes());
@@ -95,7 +102,17 @@ mod tests {
         write_header(header, true, 8, 65535, 0xdead_beef, 42);
         packet[HEADER_LEN..].copy_from_slice(&[1, 2, 3]);
         let p = RtpPacket::parse(&packet).unwrap();
-        assert_eq!(p, RtpPacket { marker: true, payload_type: 8, sequence: 65535, timestamp: 0xdead_beef, ssrc: 42, payload: &[1, 2, 3] });
+        assert_eq!(
+            p,
+            RtpPacket {
+                marker: true,
+                payload_type: 8,
+                sequence: 65535,
+                timestamp: 0xdead_beef,
+                ssrc: 42,
+                payload: &[1, 2, 3]
+            }
+        );
     }
 
     #[test]
@@ -118,7 +135,10 @@ mod tests {
         padded[0] = 0xa0;
         padded[12] = 9;
         assert_eq!(RtpPacket::parse(&padded), Err(RtpError::BadPadding));
-        assert_eq!(RtpPacket::parse(&[0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]), Err(RtpError::TooShort));
+        assert_eq!(
+            RtpPacket::parse(&[0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]),
+            Err(RtpError::TooShort)
+        );
     }
 
     #[test]

@@ -143,10 +143,7 @@ pub fn print(message: impl Into<SipMessage>) -> Vec<u8> {
 pub fn top_branch(headers: &rsip::Headers) -> Result<String, SipError> {
     let via = first_via(headers)?;
     let typed = via.typed().map_err(|e| SipError::BadHeader("Via", e.to_string()))?;
-    typed
-        .branch()
-        .map(|b| b.to_string())
-        .ok_or(SipError::BadHeader("Via", "no branch parameter".into()))
+    typed.branch().map(|b| b.to_string()).ok_or(SipError::BadHeader("Via", "no branch parameter".into()))
 }
 
 fn first_via(headers: &rsip::Headers) -> Result<&rsip::headers::Via, SipError> {

@@ -34,12 +34,23 @@ struct Pair {
 
 fn agent(port: u16) -> Agent {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    Agent { ua: UserAgent::new(UaConfig { advertised: addr, timers: TimerConfig::default() }), addr, events: Vec::new() }
+    Agent {
+        ua: UserAgent::new(UaConfig { advertised: addr, timers: TimerConfig::default() }),
+        addr,
+        events: Vec::new(),
+    }
 }
 
 impl Pair {
     fn new() -> Self {
-        Self { now: Instant::now(), a: agent(5061), b: agent(5062), flight: Vec::new(), drop: Box::new(|_| false), log: Vec::new() }
+        Self {
+            now: Instant::now(),
+            a: agent(5061),
+            b: agent(5062),
+            flight: Vec::new(),
+            drop: Box::new(|_| false),
+            log: Vec::new(),
+        }
     }
 
     fn agent(&mut self, addr: SocketAddr) -> Option<&mut Agent> {
@@ -377,7 +388,12 @@ fn unsupported_unknown_and_misrouted_requests() {
     let mut p = Pair::new();
     p.inject(&OPTIONS.replace("OPTIONS", "REGISTER").replace("opt1", "reg1"));
     p.inject(&OPTIONS.replace("OPTIONS", "FROBNICATE").replace("opt1", "frob"));
-    p.inject(&OPTIONS.replace("OPTIONS", "BYE").replace("opt1", "bye1").replace("To: <sip:room@127.0.0.1>", "To: <sip:room@127.0.0.1>;tag=nope"));
+    p.inject(
+        &OPTIONS
+            .replace("OPTIONS", "BYE")
+            .replace("opt1", "bye1")
+            .replace("To: <sip:room@127.0.0.1>", "To: <sip:room@127.0.0.1>;tag=nope"),
+    );
     p.inject(&OPTIONS.replace("Max-Forwards: 70", "Max-Forwards: 0").replace("opt1", "mf0"));
     let codes: Vec<&str> = p.responses_to_a().iter().map(|r| &r[8..11]).collect();
     assert_eq!(codes, vec!["405", "501", "481", "483"]);
@@ -387,7 +403,15 @@ fn unsupported_unknown_and_misrouted_requests() {
 #[test]
 fn garbage_never_panics_and_broken_requests_get_400() {
     let mut p = Pair::new();
-    for junk in ["", "\r\n\r\n", "hello", "INVITE", "SIP/2.0 200 OK\r\n\r\n", "INVITE sip:x SIP/2.0\r\nVia: broken\r\n\r\n", "\u{0}\u{1}\u{2}"] {
+    for junk in [
+        "",
+        "\r\n\r\n",
+        "hello",
+        "INVITE",
+        "SIP/2.0 200 OK\r\n\r\n",
+        "INVITE sip:x SIP/2.0\r\nVia: broken\r\n\r\n",
+        "\u{0}\u{1}\u{2}",
+    ] {
         p.inject(junk);
     }
     // Parses, but lacks a Call-ID: answered 400 statelessly.

@@ -411,7 +411,15 @@ mod tests {
     fn invite_client_timer_a_doubles_and_timer_b_fires() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(true, b"INVITE".to_vec(), addr(), Reliability::Unreliable, TimerConfig::default(), now, &mut out);
+        let mut tx = ClientTransaction::start(
+            true,
+            b"INVITE".to_vec(),
+            addr(),
+            Reliability::Unreliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
         assert_eq!(out.len(), 1);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(sent, vec![500, 1500, 3500, 7500, 15500, 31500]);
@@ -423,7 +431,15 @@ mod tests {
     fn non_invite_client_timer_e_caps_at_t2() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(false, b"BYE".to_vec(), addr(), Reliability::Unreliable, TimerConfig::default(), now, &mut out);
+        let mut tx = ClientTransaction::start(
+            false,
+            b"BYE".to_vec(),
+            addr(),
+            Reliability::Unreliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(&sent[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
         assert_eq!(*sent.last().unwrap(), 31500);
@@ -434,7 +450,15 @@ mod tests {
     fn provisional_stops_timer_a_but_not_timer_b() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(true, b"INVITE".to_vec(), addr(), Reliability::Unreliable, TimerConfig::default(), now, &mut out);
+        let mut tx = ClientTransaction::start(
+            true,
+            b"INVITE".to_vec(),
+            addr(),
+            Reliability::Unreliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
         let d = tx.handle_response(180, || unreachable!("no ACK for 1xx"), now + Duration::from_millis(100), &mut out);
         assert_eq!(d, ResponseDisposition::Deliver);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
@@ -446,7 +470,15 @@ mod tests {
     fn invite_error_response_is_acked_once_per_retransmission() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(true, b"INVITE".to_vec(), addr(), Reliability::Unreliable, TimerConfig::default(), now, &mut out);
+        let mut tx = ClientTransaction::start(
+            true,
+            b"INVITE".to_vec(),
+            addr(),
+            Reliability::Unreliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
         out.clear();
         assert_eq!(tx.handle_response(486, || b"ACK".to_vec(), now, &mut out), ResponseDisposition::Deliver);
         assert_eq!(out.len(), 1);
@@ -465,7 +497,15 @@ mod tests {
     fn invite_2xx_terminates_client_transaction() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(true, b"INVITE".to_vec(), addr(), Reliability::Unreliable, TimerConfig::default(), now, &mut out);
+        let mut tx = ClientTransaction::start(
+            true,
+            b"INVITE".to_vec(),
+            addr(),
+            Reliability::Unreliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
         tx.handle_response(200, || unreachable!("2xx is ACKed by the TU"), now, &mut out);
         assert!(tx.is_terminated());
         assert_eq!(tx.poll_timeout(), None);
@@ -475,7 +515,15 @@ mod tests {
     fn reliable_transport_never_retransmits() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(false, b"BYE".to_vec(), addr(), Reliability::Reliable, TimerConfig::default(), now, &mut out);
+        let mut tx = ClientTransaction::start(
+            false,
+            b"BYE".to_vec(),
+            addr(),
+            Reliability::Reliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert!(sent.is_empty());
         assert_eq!(result, Some(ClientTimeout::NoResponse));

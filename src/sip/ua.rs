@@ -239,14 +239,14 @@ impl UserAgent {
             self.after_transaction_step(id);
             match outcome {
                 Some((Some((ClientTimeout::NoResponse, Method::Invite)), _, Some(call))) => {
-                    self.finish_outbound(call, 408, "Request Timeout".into());
+                    self.finish_outbound(call, 408, message::reason_phrase(408).into());
                 }
-                Some((_, Some(ServerTimeout::NoAck), Some(call))) => {
-                    if self.calls.get(&call).is_some_and(|c| c.state == CallState::Confirmed) {
-                        // §13.3.1.4: the session is confirmed but unacknowledged; end it with BYE.
-                        self.send_bye(call, now);
-                        self.events.push_back(UaEvent::Ended { call, reason: EndReason::AckTimeout });
-                    }
+                // §13.3.1.4: the session is confirmed but unacknowledged; end it with BYE.
+                Some((_, Some(ServerTimeout::NoAck), Some(call)))
+                    if self.calls.get(&call).is_some_and(|c| c.state == CallState::Confirmed) =>
+                {
+                    self.send_bye(call, now);
+                    self.events.push_back(UaEvent::Ended { call, reason: EndReason::AckTimeout });
                 }
                 _ => {}
             }
@@ -287,7 +287,10 @@ impl UserAgent {
                 return self.reply_stateless(&request, source, 400, None);
             }
         };
-        if message::call_id(&request).is_err() || message::from_tag(&request).is_err() || message::to_tag(&request).is_err() {
+        if message::call_id(&request).is_err()
+            || message::from_tag(&request).is_err()
+            || message::to_tag(&request).is_err()
+        {
             return self.reply_stateless(&request, source, 400, None);
         }
         if cseq_method != request.method && request.method != Method::Ack && request.method != Method::Cancel {
@@ -423,7 +426,10 @@ impl UserAgent {
             }
         }
         // ACK for a 2xx: its own transaction, matched by dialog.
-        let key = (message::call_id(request).unwrap_or_default(), message::to_tag(request).ok().flatten().unwrap_or_default());
+        let key = (
+            message::call_id(request).unwrap_or_default(),
+            message::to_tag(request).ok().flatten().unwrap_or_default(),
+        );
         let Some(call) = self.dialogs.get(&key).copied() else { return };
         let Some(id) = self.calls.get(&call).map(|c| c.invite_tx) else { return };
         if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) {
@@ -552,7 +558,10 @@ impl UserAgent {
     }
 
     fn resend_ack(&mut self, response: &Response) {
-        let key = (message::call_id(response).unwrap_or_default(), message::from_tag(response).ok().flatten().unwrap_or_default());
+        let key = (
+            message::call_id(response).unwrap_or_default(),
+            message::from_tag(response).ok().flatten().unwrap_or_default(),
+        );
         let Some(entry) = self.dialogs.get(&key).and_then(|c| self.calls.get(c)) else { return };
         if let Some(ack) = &entry.ack {
             self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
@@ -611,7 +620,14 @@ impl UserAgent {
 
     /// Starts an outbound call: INVITE `target` (sent to `destination`) as
     /// `from_user`, offering `sdp`.
-    pub fn dial(&mut self, target: &str, destination: SocketAddr, from_user: &str, sdp: Vec<u8>, now: Instant) -> Result<CallKey, SipError> {
+    pub fn dial(
+        &mut self,
+        target: &str,
+        destination: SocketAddr,
+        from_user: &str,
+        sdp: Vec<u8>,
+        now: Instant,
+    ) -> Result<CallKey, SipError> {
         let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
         let call = CallKey(self.next_id());
         let local_tag = random_token();
@@ -630,7 +646,13 @@ impl UserAgent {
             local_cseq: 1,
             remote_cseq: 0,
             invite_tx: TxId(0),
-            invite: Request { method: Method::Invite, uri, version: rsip::Version::V2, headers: Default::default(), body: vec![] },
+            invite: Request {
+                method: Method::Invite,
+                uri,
+                version: rsip::Version::V2,
+                headers: Default::default(),
+                body: vec![],
+            },
             ack: None,
             local_sdp: sdp.clone(),
             cancel_pending: false,
@@ -644,7 +666,15 @@ impl UserAgent {
         let branch = message::top_branch(&invite.headers)?;
         let id = TxId(self.next_id());
         let mut out = Vec::new();
-        let tx = ClientTransaction::start(true, message::print(invite.clone()), destination, Reliability::Unreliable, self.config.timers, now, &mut out);
+        let tx = ClientTransaction::start(
+            true,
+            message::print(invite.clone()),
+            destination,
+            Reliability::Unreliable,
+            self.config.timers,
+            now,
+            &mut out,
+        );
         self.transmits.extend(out);
         self.transactions.insert(id, Transaction::Client { tx, method: Method::Invite, call: Some(call) });
         self.file_transaction(id, (branch, Method::Invite));
@@ -704,17 +734,37 @@ impl UserAgent {
                 _ => {}
             }
         }
-        let cancel = Request { method: Method::Cancel, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] };
+        let cancel = Request {
+            method: Method::Cancel,
+            uri: invite.uri.clone(),
+            version: rsip::Version::V2,
+            headers,
+            body: vec![],
+        };
         let destination = entry.destination;
         self.start_client_transaction(cancel, destination, Some(call), now);
     }
 
-    fn start_client_transaction(&mut self, request: Request, destination: SocketAddr, call: Option<CallKey>, now: Instant) {
+    fn start_client_transaction(
+        &mut self,
+        request: Request,
+        destination: SocketAddr,
+        call: Option<CallKey>,
+        now: Instant,
+    ) {
         let Ok(branch) = message::top_branch(&request.headers) else { return };
         let method = request.method;
         let id = TxId(self.next_id());
         let mut out = Vec::new();
-        let tx = ClientTransaction::start(method == Method::Invite, message::print(request), destination, Reliability::Unreliable, self.config.timers, now, &mut out);
+        let tx = ClientTransaction::start(
+            method == Method::Invite,
+            message::print(request),
+            destination,
+            Reliability::Unreliable,
+            self.config.timers,
+            now,
+            &mut out,
+        );
         self.transmits.extend(out);
         self.transactions.insert(id, Transaction::Client { tx, method, call });
         self.file_transaction(id, (branch, method));
@@ -730,7 +780,15 @@ impl UserAgent {
     }
 
     /// Sends a response through server transaction `id`.
-    fn respond(&mut self, id: TxId, request: &Request, status: u16, contact: Option<String>, body: Vec<u8>, now: Instant) {
+    fn respond(
+        &mut self,
+        id: TxId,
+        request: &Request,
+        status: u16,
+        contact: Option<String>,
+        body: Vec<u8>,
+        now: Instant,
+    ) {
         let call = match self.transactions.get(&id) {
             Some(Transaction::Server { call, .. }) => *call,
             _ => None,
@@ -757,7 +815,13 @@ impl UserAgent {
     }
 
     fn respond_not_allowed(&mut self, id: TxId, request: &Request, now: Instant) {
-        self.respond_with_headers(id, request, 405, now, vec![Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS))]);
+        self.respond_with_headers(
+            id,
+            request,
+            405,
+            now,
+            vec![Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS))],
+        );
     }
 
     fn respond_with_headers(&mut self, id: TxId, request: &Request, status: u16, now: Instant, extra: Vec<Header>) {
@@ -791,7 +855,8 @@ fn capability_headers() -> Vec<Header> {
 fn in_dialog_request(call: &Call, method: Method, cseq: u32, advertised: &str) -> Request {
     let uri = rsip::Uri::try_from(call.remote_target.as_str()).unwrap_or_else(|_| call.invite.uri.clone());
     let mut headers = rsip::Headers::default();
-    headers.push(Header::Via(rsip::headers::Via::new(format!("SIP/2.0/UDP {advertised};branch={};rport", new_branch()))));
+    headers
+        .push(Header::Via(rsip::headers::Via::new(format!("SIP/2.0/UDP {advertised};branch={};rport", new_branch()))));
     headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
     for route in &call.route_set {
         headers.push(Header::Route(rsip::headers::Route::new(route.clone())));
@@ -810,7 +875,9 @@ fn non_2xx_ack(invite: &Request, response: &Response) -> Request {
     for header in invite.headers.iter() {
         match header {
             Header::Via(_) if !headers.iter().any(|h| matches!(h, Header::Via(_))) => headers.push(header.clone()),
-            Header::From(_) | Header::CallId(_) | Header::MaxForwards(_) | Header::Route(_) => headers.push(header.clone()),
+            Header::From(_) | Header::CallId(_) | Header::MaxForwards(_) | Header::Route(_) => {
+                headers.push(header.clone())
+            }
             Header::CSeq(c) => {
                 let seq = c.value().split_whitespace().next().unwrap_or("1");
                 headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{seq} ACK"))));

@@ -14,8 +14,12 @@ pub fn rtp_range() -> std::ops::RangeInclusive<u16> {
 }
 
 pub fn endpoint() -> Endpoint {
-    Endpoint::start(EndpointConfig { listen: "127.0.0.1:0".parse().unwrap(), rtp_ports: rtp_range(), ..Default::default() })
-        .expect("endpoint starts")
+    Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        ..Default::default()
+    })
+    .expect("endpoint starts")
 }
 
 /// Waits for the first event that `matches` returns `Some` for, skipping others.

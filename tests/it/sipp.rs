@@ -56,7 +56,13 @@ impl Server {
         let port = free_udp_port();
         let range = rtp_range();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipbridge"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--rtp-ports", &format!("{}-{}", range.start(), range.end())])
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--rtp-ports",
+                &format!("{}-{}", range.start(), range.end()),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -114,19 +120,39 @@ fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
     let media_port = free_udp_port().to_string();
     let output = run_sipp(
         &[
-            "-sn", "uac_pcap", &format!("127.0.0.1:{}", server.port),
-            "-s", "classroom", "-m", "1", "-i", "127.0.0.1", "-p", &free_udp_port().to_string(),
-            "-mp", &media_port, "-timeout", "30s", "-timeout_error", "-nostdin",
+            "-sn",
+            "uac_pcap",
+            &format!("127.0.0.1:{}", server.port),
+            "-s",
+            "classroom",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            "-mp",
+            &media_port,
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
         ],
         &dir,
     );
-    assert!(output.status.success(), "sipp failed: {}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "sipp failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     let joined = server.expect("joined room=classroom", Duration::from_secs(2));
     assert!(joined.contains("kind=Inbound"));
     let left = server.expect("left room=classroom", Duration::from_secs(2));
     assert!(left.contains("reason=RemoteHangup"), "{left}");
     // sipp plays the package's g711a.pcap: 236 packets of 30 ms A-law. All must arrive on loopback.
-    let received: u64 = left.split("received=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
+    let received: u64 =
+        left.split("received=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
     assert!(received >= 236, "only {received} RTP packets reached the bridge");
     let status = server.terminate();
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
@@ -143,8 +169,24 @@ fn serve_hangs_up_every_leg_on_sigterm() {
     // A uac that would stay 8 s in the call: the server's BYE ends it first.
     let sipp = std::thread::spawn(move || {
         run_sipp(
-            &["-sn", "uac_pcap", &format!("127.0.0.1:{port}"), "-s", "room", "-m", "1", "-i", "127.0.0.1", "-p",
-              &free_udp_port().to_string(), "-mp", &free_udp_port().to_string(), "-timeout", "30s", "-nostdin"],
+            &[
+                "-sn",
+                "uac_pcap",
+                &format!("127.0.0.1:{port}"),
+                "-s",
+                "room",
+                "-m",
+                "1",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &free_udp_port().to_string(),
+                "-mp",
+                &free_udp_port().to_string(),
+                "-timeout",
+                "30s",
+                "-nostdin",
+            ],
             &dir,
         )
     });
@@ -171,7 +213,22 @@ fn sipp_uas_answers_a_dial_out() {
     let sipp = {
         let dir = dir.clone();
         std::thread::spawn(move || {
-            run_sipp(&["-sn", "uas", "-i", "127.0.0.1", "-p", &uas_port.to_string(), "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+            run_sipp(
+                &[
+                    "-sn",
+                    "uas",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    &uas_port.to_string(),
+                    "-m",
+                    "1",
+                    "-timeout",
+                    "30s",
+                    "-nostdin",
+                ],
+                &dir,
+            )
         })
     };
     std::thread::sleep(Duration::from_millis(300)); // let sipp bind its port
@@ -188,5 +245,10 @@ fn sipp_uas_answers_a_dial_out() {
     });
     assert_eq!(reason, LeaveReason::LocalHangup);
     let output = sipp.join().unwrap();
-    assert!(output.status.success(), "sipp uas: {}\n{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "sipp uas: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

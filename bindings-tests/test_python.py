@@ -1,0 +1,182 @@
+"""The Python module against two endpoints on loopback: the same end-to-end
+run as the Rust and C tests, plus Python's own contract (types, exceptions,
+context managers, interruptible waits)."""
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sipbridge
+
+RATE = sipbridge.SAMPLE_RATE
+FRAME = sipbridge.FRAME_SAMPLES
+_ports = itertools.count(0)
+
+
+def endpoint(**kwargs) -> sipbridge.Endpoint:
+    base = 26000 + (os.getpid() % 40) * 100 + next(_ports) % 5 * 20
+    return sipbridge.Endpoint("127.0.0.1:0", rtp_ports=(base, base + 19), **kwargs)
+
+
+def wait_event(ep: sipbridge.Endpoint, kind: str, timeout: float = 5.0, **fields) -> sipbridge.Event:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        event = ep.next_event(timeout=deadline - time.monotonic())
+        if event is not None and event.kind == kind and all(getattr(event, k) == v for k, v in fields.items()):
+            return event
+    raise AssertionError(f"no {kind} event with {fields}")
+
+
+def tone(freq: float, start: int, n: int = FRAME) -> np.ndarray:
+    t = (np.arange(n) + start) / RATE
+    return (8000 * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+
+
+def power(samples: np.ndarray, freq: float) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64))) / len(samples)
+    bin_ = int(round(freq * len(samples) / RATE))
+    return float(spectrum[bin_ - 2 : bin_ + 3].max() ** 2)
+
+
+def play_and_listen(local: sipbridge.LocalParticipant, freq: float, seconds: float) -> np.ndarray:
+    heard = []
+    local.write(tone(freq, 0, 2 * FRAME))
+    for i in range(int(seconds * 50)):
+        local.write(tone(freq, (i + 2) * FRAME), timeout=1.0)
+        heard.append(local.read_frame(timeout=1.0))
+    return np.concatenate(heard)
+
+
+def test_dial_hear_each_other_mute_and_hang_up():
+    with endpoint() as bridge, endpoint() as caller:
+        room = bridge.create_conference("room1")
+        at_bridge = room.add_local()
+        out = caller.create_conference("out")
+        at_caller = out.add_local()
+
+        leg = out.dial(bridge.room_uri("room1"))
+        assert wait_event(caller, "answered").participant == leg.id
+        joined = wait_event(bridge, "participant_joined", participant_kind="inbound")
+        assert joined.conference == "room1" and "sip:out@" in joined.remote
+
+        result = {}
+        listener = threading.Thread(target=lambda: result.update(b=play_and_listen(at_bridge, 1300, 1.5)))
+        listener.start()
+        heard_by_caller = play_and_listen(at_caller, 500, 1.5)
+        listener.join()
+        c, b = heard_by_caller[-RATE:], result["b"][-RATE:]
+        assert heard_by_caller.dtype == np.int16 and len(heard_by_caller) % FRAME == 0
+        assert power(c, 1300) > 100 * power(c, 500), "the caller hears the bridge's tone, not its own"
+        assert power(b, 500) > 100 * power(b, 1300), "the bridge hears the caller's tone, not its own"
+
+        inbound = room.participant(joined.participant)
+        info = inbound.info()
+        assert info.kind == "inbound" and info.state == "connected" and info.packets_received > 50
+        inbound.mute()
+        inbound.set_volume(-3.0)
+        info = inbound.info()
+        assert info.muted and abs(info.volume_db + 3.0) < 1e-6
+        assert {p.id for p in room.participants()} == {at_bridge.id, joined.participant}
+
+        leg.hangup()
+        assert wait_event(caller, "participant_left").reason == "local_hangup"
+        left = wait_event(bridge, "participant_left")
+        assert left.reason == "remote_hangup" and left.packets_received > 50
+        with pytest.raises(sipbridge.NotFoundError):
+            leg.info()
+
+
+def test_conference_mix_feed_holds_everyone():
+    with endpoint() as ep:
+        room = ep.create_conference("mix")
+        mix = room.mixed_audio()
+        a, b = room.add_local(), room.add_local()
+        frames = []
+        for i in range(60):
+            a.write(tone(700, i * FRAME), timeout=1.0)
+            b.write(tone(1900, i * FRAME), timeout=1.0)
+            frames.append(mix.read_frame(timeout=1.0))
+        heard = np.concatenate(frames)[-RATE // 2 :]
+        assert power(heard, 700) > 1e5 and power(heard, 1900) > 1e5
+
+
+def test_context_managers_clean_up():
+    with endpoint() as ep:
+        with ep.create_conference("scoped") as room:
+            with room.add_local() as local:
+                assert local.participant.info().kind == "local"
+            assert room.participants() == []
+        assert ep.conferences() == []
+    assert ep.stopped
+    with pytest.raises(sipbridge.StoppedError):
+        ep.create_conference("late")
+
+
+def test_errors_are_exceptions_of_the_hierarchy():
+    with endpoint() as ep:
+        room = ep.create_conference("r")
+        with pytest.raises(sipbridge.AlreadyExistsError):
+            ep.create_conference("r")
+        with pytest.raises(sipbridge.NotFoundError):
+            ep.conference("missing")
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            room.dial("not a uri")
+        with pytest.raises(sipbridge.NotFoundError):
+            room.participant(10**9)
+        local = room.add_local()
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            local.participant.set_volume(float("nan"))
+        with pytest.raises(TypeError):
+            local.write("not audio")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            local.write(np.zeros(10, dtype=np.float32))  # type: ignore[arg-type]
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            local.read_frame(timeout=-1)
+        with pytest.raises(sipbridge.TimeoutError):
+            room.mixed_audio().read_frame(timeout=0)
+        local.write([0] * FRAME)  # plain sequences work too
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            sipbridge.Endpoint("nonsense")
+        with pytest.raises(TypeError):
+            sipbridge.Endpoint(5060)  # type: ignore[arg-type]
+        assert issubclass(sipbridge.NotFoundError, sipbridge.SipBridgeError)
+
+
+def test_unknown_room_fails_the_dial_with_404():
+    with endpoint(create_rooms_on_demand=False) as bridge, endpoint() as caller:
+        out = caller.create_conference("out")
+        out.dial(bridge.room_uri("nosuch"))
+        failed = wait_event(caller, "dial_failed")
+        assert (failed.status, failed.status_reason) == (404, "Not Found")
+
+
+def test_blocking_waits_release_the_gil_and_stop_on_ctrl_c():
+    with endpoint() as ep:
+        ticks = []
+        ticker = threading.Thread(target=lambda: [ticks.append(time.sleep(0.01)) for _ in range(20)])
+        ticker.start()
+        assert ep.next_event(timeout=0.3) is None, "nothing happened, so the wait timed out"
+        ticker.join()
+        assert len(ticks) == 20, "another Python thread ran while next_event waited"
+
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            while True:
+                ep.next_event(timeout=None)
+        assert time.monotonic() - started < 3
+
+
+def test_python_example_runs_and_hears_the_bot():
+    example = Path(__file__).resolve().parent.parent / "examples" / "quickstart.py"
+    done = subprocess.run([sys.executable, str(example), "--seconds", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the caller heard the bot's 440 Hz tone" in done.stdout

@@ -1,0 +1,555 @@
+//! The Python module `sipbridge._native` (pyo3). `python/sipbridge/` wraps it.
+//!
+//! Every call that can wait goes through [`blocking`], which releases the GIL,
+//! looks for Ctrl-C every 50 ms, and converts errors into the exception
+//! hierarchy below (after polars' `enter_polars`).
+
+use std::time::{Duration, Instant};
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use parking_lot::Mutex;
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+use crate::{
+    CodecKind, EndpointConfig, Error, LeaveReason, ParticipantKind, ParticipantState, FRAME_SAMPLES, SAMPLE_RATE,
+};
+
+create_exception!(_native, SipBridgeError, PyException, "Base class of sipbridge's errors.");
+create_exception!(_native, InvalidArgumentError, SipBridgeError, "An argument was not acceptable.");
+create_exception!(_native, NotFoundError, SipBridgeError, "The conference or participant does not exist (any more).");
+create_exception!(_native, AlreadyExistsError, SipBridgeError, "A conference of that name exists.");
+create_exception!(_native, StoppedError, SipBridgeError, "The endpoint has stopped.");
+create_exception!(_native, TimeoutError, SipBridgeError, "Nothing arrived within the timeout.");
+create_exception!(_native, SipError, SipBridgeError, "A SIP message or state problem.");
+create_exception!(_native, SdpError, SipBridgeError, "A session description problem.");
+create_exception!(_native, NetworkError, SipBridgeError, "A socket or name resolution failure, or no free RTP port.");
+
+fn to_py(error: Error) -> PyErr {
+    let message = error.to_string();
+    match error {
+        Error::InvalidArgument(_) => InvalidArgumentError::new_err(message),
+        Error::NotFound(_) => NotFoundError::new_err(message),
+        Error::AlreadyExists(_) => AlreadyExistsError::new_err(message),
+        Error::Stopped => StoppedError::new_err(message),
+        Error::Timeout => TimeoutError::new_err(message),
+        Error::Sip(_) => SipError::new_err(message),
+        Error::Sdp(_) => SdpError::new_err(message),
+        Error::Io(_) | Error::NoRtpPort => NetworkError::new_err(message),
+        Error::Rtp(_) | Error::Interrupted => SipBridgeError::new_err(message),
+    }
+}
+
+/// Runs `f` without the GIL. `f` gets an interrupt check that reports a
+/// pending signal (Ctrl-C) at most every 50 ms; the signal's exception is
+/// raised when `f` gives up with `Error::Interrupted`.
+fn blocking<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> bool) -> crate::Result<T> + Send,
+) -> PyResult<T> {
+    let mut signal: Option<PyErr> = None;
+    let result = py.detach(|| {
+        let mut last_check = Instant::now();
+        let mut interrupt = || {
+            if last_check.elapsed() < Duration::from_millis(50) {
+                return false;
+            }
+            last_check = Instant::now();
+            match Python::attach(|py| py.check_signals()) {
+                Ok(()) => false,
+                Err(e) => {
+                    signal = Some(e);
+                    true
+                }
+            }
+        };
+        f(&mut interrupt)
+    });
+    match (result, signal) {
+        (Ok(v), _) => Ok(v),
+        (Err(Error::Interrupted), Some(signal)) => Err(signal),
+        (Err(e), _) => Err(to_py(e)),
+    }
+}
+
+fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t))),
+        Some(t) => {
+            Err(InvalidArgumentError::new_err(format!("timeout must be a non-negative number of seconds, not {t}")))
+        }
+    }
+}
+
+fn kind_name(kind: ParticipantKind) -> &'static str {
+    match kind {
+        ParticipantKind::Inbound => "inbound",
+        ParticipantKind::Outbound => "outbound",
+        ParticipantKind::Local => "local",
+    }
+}
+
+fn reason_name(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::RemoteHangup => "remote_hangup",
+        LeaveReason::LocalHangup => "local_hangup",
+        LeaveReason::Cancelled => "cancelled",
+        LeaveReason::Timeout => "timeout",
+        LeaveReason::ConferenceDestroyed => "conference_destroyed",
+        LeaveReason::EndpointStopped => "endpoint_stopped",
+    }
+}
+
+/// A SIP endpoint: the SIP stack, the mixer and the conferences.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct Endpoint {
+    inner: crate::Endpoint,
+}
+
+#[pymethods]
+impl Endpoint {
+    #[new]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None))]
+    fn new(
+        py: Python<'_>,
+        listen: &str,
+        public_address: Option<&str>,
+        rtp_ports: (u16, u16),
+        create_rooms_on_demand: bool,
+        codecs: Option<Vec<String>>,
+    ) -> PyResult<Self> {
+        let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
+        let public_address = public_address
+            .map(|a| a.parse().map_err(|e| InvalidArgumentError::new_err(format!("public_address {a:?}: {e}"))))
+            .transpose()?;
+        if rtp_ports.0 > rtp_ports.1 {
+            return Err(InvalidArgumentError::new_err("rtp_ports must be (first, last) with first <= last"));
+        }
+        let codecs = match codecs {
+            None => EndpointConfig::default().codecs,
+            Some(names) => names
+                .iter()
+                .map(|n| match n.to_ascii_uppercase().as_str() {
+                    "PCMU" => Ok(CodecKind::Pcmu),
+                    "PCMA" => Ok(CodecKind::Pcma),
+                    _ => Err(InvalidArgumentError::new_err(format!("unknown codec {n:?} (PCMU or PCMA)"))),
+                })
+                .collect::<PyResult<_>>()?,
+        };
+        let config = EndpointConfig {
+            listen,
+            public_address,
+            rtp_ports: rtp_ports.0..=rtp_ports.1,
+            create_rooms_on_demand,
+            codecs,
+            ..Default::default()
+        };
+        let inner = blocking(py, |_| crate::Endpoint::start(config))?;
+        Ok(Self { inner })
+    }
+
+    /// The bound SIP address as (host, port).
+    #[getter]
+    fn local_address(&self) -> (String, u16) {
+        let a = self.inner.local_addr();
+        (a.ip().to_string(), a.port())
+    }
+
+    /// The SIP URI that calls into `room` here.
+    fn room_uri(&self, room: &str) -> String {
+        self.inner.room_uri(room)
+    }
+
+    fn create_conference(&self, name: &str) -> PyResult<Conference> {
+        Ok(Conference { inner: self.inner.create_conference(name).map_err(to_py)? })
+    }
+
+    fn conference(&self, name: &str) -> PyResult<Conference> {
+        Ok(Conference { inner: self.inner.conference(name).map_err(to_py)? })
+    }
+
+    fn conferences(&self) -> Vec<String> {
+        self.inner.conferences()
+    }
+
+    /// The next event, waiting up to `timeout` seconds (None: forever); None on timeout.
+    #[pyo3(signature = (timeout = None))]
+    fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
+        let timeout = seconds(timeout)?;
+        match blocking(py, |interrupt| self.inner.next_event_interruptible(timeout, interrupt)) {
+            Ok(event) => Ok(Some(Event::from(event))),
+            Err(e) if e.is_instance_of::<TimeoutError>(py) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hangs up every leg and stops. Idempotent.
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.inner.stop());
+    }
+
+    #[getter]
+    fn stopped(&self) -> bool {
+        self.inner.is_stopped()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.stop(py);
+        false
+    }
+}
+
+/// A conference room.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct Conference {
+    inner: crate::Conference,
+}
+
+#[pymethods]
+impl Conference {
+    #[getter]
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    /// Calls `uri` into the conference. Returns when the INVITE is sent;
+    /// ringing, answer or failure arrive as events.
+    fn dial(&self, py: Python<'_>, uri: &str) -> PyResult<Participant> {
+        let inner = blocking(py, |_| self.inner.dial(uri))?;
+        Ok(Participant { inner })
+    }
+
+    /// Adds a participant the application feeds with PCM and listens to.
+    fn add_local(&self) -> PyResult<LocalParticipant> {
+        let local = self.inner.add_local().map_err(to_py)?;
+        Ok(LocalParticipant { participant: local.participant().clone(), inner: Mutex::new(local) })
+    }
+
+    /// A feed of the conference mix, 20 ms frames at 8 kHz.
+    fn mixed_audio(&self) -> PyResult<FrameReader> {
+        Ok(FrameReader { inner: Mutex::new(self.inner.mixed_audio().map_err(to_py)?) })
+    }
+
+    fn participants(&self) -> PyResult<Vec<Participant>> {
+        let infos = self.inner.participants().map_err(to_py)?;
+        infos.iter().map(|i| Ok(Participant { inner: self.inner.participant(i.id).map_err(to_py)? })).collect()
+    }
+
+    fn participant(&self, id: u64) -> PyResult<Participant> {
+        Ok(Participant { inner: self.inner.participant(crate::ParticipantId(id)).map_err(to_py)? })
+    }
+
+    /// Hangs up every leg and removes the conference.
+    fn destroy(&self) -> PyResult<()> {
+        self.inner.destroy().map_err(to_py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        // Already gone (destroyed, or the endpoint stopped) is fine on exit.
+        let _ = self.inner.destroy();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Conference({:?})", self.inner.name())
+    }
+}
+
+/// A participant of a conference.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct Participant {
+    inner: crate::Participant,
+}
+
+#[pymethods]
+impl Participant {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.inner.id().0
+    }
+
+    fn info(&self) -> PyResult<ParticipantInfo> {
+        let i = self.inner.info().map_err(to_py)?;
+        Ok(ParticipantInfo {
+            id: i.id.0,
+            conference: i.conference,
+            kind: kind_name(i.kind),
+            state: match i.state {
+                ParticipantState::Calling => "calling",
+                ParticipantState::Ringing => "ringing",
+                ParticipantState::Connected => "connected",
+            },
+            remote: i.remote,
+            muted: i.muted,
+            volume_db: i.volume_db,
+            packets_received: i.packets_received,
+            packets_sent: i.packets_sent,
+            dropped: i.dropped,
+            concealed_frames: i.concealed_frames,
+        })
+    }
+
+    #[pyo3(signature = (muted = true))]
+    fn mute(&self, muted: bool) -> PyResult<()> {
+        self.inner.set_muted(muted).map_err(to_py)
+    }
+
+    fn unmute(&self) -> PyResult<()> {
+        self.inner.set_muted(false).map_err(to_py)
+    }
+
+    /// How loud the participant is in the mix, in dB (0 = as received).
+    fn set_volume(&self, db: f32) -> PyResult<()> {
+        self.inner.set_volume_db(db).map_err(to_py)
+    }
+
+    fn hangup(&self) -> PyResult<()> {
+        self.inner.hangup().map_err(to_py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        let _ = self.inner.hangup();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Participant({})", self.inner.id().0)
+    }
+}
+
+/// A snapshot of a participant.
+#[pyclass(frozen, get_all, module = "sipbridge._native")]
+struct ParticipantInfo {
+    id: u64,
+    conference: String,
+    kind: &'static str,
+    state: &'static str,
+    remote: Option<String>,
+    muted: bool,
+    volume_db: f32,
+    packets_received: u64,
+    packets_sent: u64,
+    dropped: u64,
+    concealed_frames: u64,
+}
+
+#[pymethods]
+impl ParticipantInfo {
+    fn __repr__(&self) -> String {
+        format!(
+            "ParticipantInfo(id={}, conference={:?}, kind={:?}, state={:?}, remote={:?}, muted={}, volume_db={}, packets_received={}, packets_sent={})",
+            self.id, self.conference, self.kind, self.state, self.remote, self.muted, self.volume_db, self.packets_received, self.packets_sent
+        )
+    }
+}
+
+/// Samples to send: a 1-D int16 numpy array, or a sequence of ints.
+#[derive(FromPyObject)]
+enum Samples<'py> {
+    Array(PyReadonlyArray1<'py, i16>),
+    Sequence(Vec<i16>),
+}
+
+/// A participant the application feeds with PCM and listens to.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct LocalParticipant {
+    participant: crate::Participant,
+    inner: Mutex<crate::LocalParticipant>,
+}
+
+#[pymethods]
+impl LocalParticipant {
+    #[getter]
+    fn id(&self) -> u64 {
+        self.participant.id().0
+    }
+
+    #[getter]
+    fn participant(&self) -> Participant {
+        Participant { inner: self.participant.clone() }
+    }
+
+    /// Queues samples (8 kHz mono int16) for the mixer, waiting for room as it
+    /// plays them in real time (the queue holds one second).
+    #[pyo3(signature = (samples, timeout = None))]
+    fn write(&self, py: Python<'_>, samples: Samples<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let timeout = seconds(timeout)?;
+        let owned: Vec<i16> = match &samples {
+            Samples::Array(a) => match a.as_slice() {
+                Ok(s) => s.to_vec(),
+                Err(_) => a.as_array().iter().copied().collect(),
+            },
+            Samples::Sequence(v) => v.clone(),
+        };
+        blocking(py, |interrupt| self.inner.lock().write_all_interruptible(&owned, timeout, interrupt))
+    }
+
+    /// The next 20 ms frame of what this participant hears, as int16 numpy array.
+    #[pyo3(signature = (timeout = 1.0))]
+    fn read_frame<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyArray1<i16>>> {
+        let timeout = seconds(timeout)?;
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        blocking(py, |interrupt| self.inner.lock().read_frame_interruptible(&mut frame, timeout, interrupt))?;
+        Ok(PyArray1::from_vec(py, frame))
+    }
+
+    fn hangup(&self) -> PyResult<()> {
+        self.participant.hangup().map_err(to_py)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        let _ = self.participant.hangup();
+        false
+    }
+}
+
+/// A feed of a conference's mix.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct FrameReader {
+    inner: Mutex<crate::FrameReader>,
+}
+
+#[pymethods]
+impl FrameReader {
+    /// The next 20 ms frame of the mix, as an int16 numpy array.
+    #[pyo3(signature = (timeout = 1.0))]
+    fn read_frame<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyArray1<i16>>> {
+        let timeout = seconds(timeout)?;
+        let mut frame = vec![0i16; FRAME_SAMPLES];
+        blocking(py, |interrupt| self.inner.lock().read_frame_interruptible(&mut frame, timeout, interrupt))?;
+        Ok(PyArray1::from_vec(py, frame))
+    }
+}
+
+/// Something that happened. `kind` says what; fields that do not apply are None.
+#[pyclass(frozen, get_all, module = "sipbridge._native")]
+struct Event {
+    kind: &'static str,
+    conference: String,
+    participant: Option<u64>,
+    participant_kind: Option<&'static str>,
+    remote: Option<String>,
+    reason: Option<&'static str>,
+    status: Option<u16>,
+    status_reason: Option<String>,
+    packets_received: Option<u64>,
+    packets_sent: Option<u64>,
+}
+
+impl Event {
+    fn new(kind: &'static str, conference: String, participant: Option<crate::ParticipantId>) -> Self {
+        Self {
+            kind,
+            conference,
+            participant: participant.map(|p| p.0),
+            participant_kind: None,
+            remote: None,
+            reason: None,
+            status: None,
+            status_reason: None,
+            packets_received: None,
+            packets_sent: None,
+        }
+    }
+}
+
+impl From<crate::Event> for Event {
+    fn from(event: crate::Event) -> Self {
+        use crate::Event as E;
+        match event {
+            E::ConferenceCreated { conference } => Event::new("conference_created", conference, None),
+            E::ConferenceDestroyed { conference } => Event::new("conference_destroyed", conference, None),
+            E::ParticipantJoined { conference, participant, kind, remote } => Event {
+                participant_kind: Some(kind_name(kind)),
+                remote: Some(remote),
+                ..Event::new("participant_joined", conference, Some(participant))
+            },
+            E::ParticipantLeft { conference, participant, reason, packets_received, packets_sent } => Event {
+                reason: Some(reason_name(reason)),
+                packets_received: Some(packets_received),
+                packets_sent: Some(packets_sent),
+                ..Event::new("participant_left", conference, Some(participant))
+            },
+            E::Ringing { conference, participant } => Event::new("ringing", conference, Some(participant)),
+            E::Answered { conference, participant } => Event::new("answered", conference, Some(participant)),
+            E::DialFailed { conference, participant, status, reason } => Event {
+                status: Some(status),
+                status_reason: Some(reason),
+                ..Event::new("dial_failed", conference, Some(participant))
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl Event {
+    fn __repr__(&self) -> String {
+        let mut parts = vec![format!("kind={:?}", self.kind), format!("conference={:?}", self.conference)];
+        if let Some(p) = self.participant {
+            parts.push(format!("participant={p}"));
+        }
+        for (name, value) in [("participant_kind", self.participant_kind), ("reason", self.reason)] {
+            if let Some(v) = value {
+                parts.push(format!("{name}={v:?}"));
+            }
+        }
+        if let Some(r) = &self.remote {
+            parts.push(format!("remote={r:?}"));
+        }
+        if let (Some(s), Some(r)) = (self.status, &self.status_reason) {
+            parts.push(format!("status={s}, status_reason={r:?}"));
+        }
+        format!("Event({})", parts.join(", "))
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Endpoint>()?;
+    m.add_class::<Conference>()?;
+    m.add_class::<Participant>()?;
+    m.add_class::<ParticipantInfo>()?;
+    m.add_class::<LocalParticipant>()?;
+    m.add_class::<FrameReader>()?;
+    m.add_class::<Event>()?;
+    for (name, class) in [
+        ("SipBridgeError", py.get_type::<SipBridgeError>()),
+        ("InvalidArgumentError", py.get_type::<InvalidArgumentError>()),
+        ("NotFoundError", py.get_type::<NotFoundError>()),
+        ("AlreadyExistsError", py.get_type::<AlreadyExistsError>()),
+        ("StoppedError", py.get_type::<StoppedError>()),
+        ("TimeoutError", py.get_type::<TimeoutError>()),
+        ("SipError", py.get_type::<SipError>()),
+        ("SdpError", py.get_type::<SdpError>()),
+        ("NetworkError", py.get_type::<NetworkError>()),
+    ] {
+        m.add(name, class)?;
+    }
+    m.add("FRAME_SAMPLES", FRAME_SAMPLES)?;
+    m.add("SAMPLE_RATE", SAMPLE_RATE)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
