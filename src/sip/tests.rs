@@ -444,3 +444,26 @@ fn a_second_call_is_not_disturbed_by_the_first_ending() {
     p.run_for(Duration::from_secs(1));
     assert_eq!(p.b.ua.call_count(), 0);
 }
+
+#[test]
+fn an_answer_crossing_the_cancel_is_acked_and_ended_with_bye() {
+    let mut p = Pair::new();
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    let now = p.now;
+    p.b.ua.ring(b_call, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(15));
+    // Both at once: A cancels while B answers.
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.b.ua.answer(b_call, b"v=0\r\n".to_vec(), p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.count("CANCEL "), 1);
+    assert_eq!(p.count("ACK "), 1);
+    assert_eq!(p.count("BYE "), 1);
+    assert!(p.a.events.contains(&UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() }));
+    assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::RemoteHangup }));
+    assert_eq!(p.a.ua.call_count() + p.b.ua.call_count(), 0);
+}

@@ -96,8 +96,11 @@ struct Call {
     ack: Option<Vec<u8>>,
     /// The session description we gave, for answering re-INVITEs.
     local_sdp: Vec<u8>,
-    /// The app hung up before a provisional response allowed a CANCEL (§9.1).
-    cancel_pending: bool,
+    /// Outbound: the app hung up before the answer. A CANCEL goes out once a
+    /// provisional response allows it (§9.1); an answer that comes anyway is
+    /// ACKed and ended with BYE.
+    hangup_requested: bool,
+    cancel_sent: bool,
     ringing_reported: bool,
 }
 
@@ -358,7 +361,8 @@ impl UserAgent {
                     invite: request.clone(),
                     ack: None,
                     local_sdp: Vec::new(),
-                    cancel_pending: false,
+                    hangup_requested: false,
+                    cancel_sent: false,
                     ringing_reported: false,
                 };
                 self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
@@ -511,8 +515,7 @@ impl UserAgent {
             entry.state = CallState::Early;
         }
         let status = response.status_code.code();
-        if entry.cancel_pending {
-            entry.cancel_pending = false;
+        if entry.hangup_requested {
             return self.send_cancel(call, now);
         }
         if (status == 180 || status == 183) && !entry.ringing_reported {
@@ -548,7 +551,7 @@ impl UserAgent {
         let ack = message::print(ack);
         self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
         entry.ack = Some(ack);
-        if std::mem::take(&mut entry.cancel_pending) {
+        if entry.hangup_requested {
             // Hung up while the INVITE was in flight: the answer came anyway.
             self.send_bye(call, now);
             self.events.push_back(UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() });
@@ -655,7 +658,8 @@ impl UserAgent {
             },
             ack: None,
             local_sdp: sdp.clone(),
-            cancel_pending: false,
+            hangup_requested: false,
+            cancel_sent: false,
             ringing_reported: false,
         };
         let mut invite = in_dialog_request(&entry, Method::Invite, 1, &host);
@@ -696,8 +700,11 @@ impl UserAgent {
                 self.reject(call, 480, now);
                 self.events.push_back(UaEvent::Ended { call, reason: EndReason::LocalHangup });
             }
-            CallState::Calling => entry.cancel_pending = true,
-            CallState::Early => self.send_cancel(call, now),
+            CallState::Calling => entry.hangup_requested = true,
+            CallState::Early => {
+                entry.hangup_requested = true;
+                self.send_cancel(call, now);
+            }
             CallState::Confirmed => {
                 self.send_bye(call, now);
                 self.events.push_back(UaEvent::Ended { call, reason: EndReason::LocalHangup });
@@ -717,7 +724,10 @@ impl UserAgent {
     }
 
     fn send_cancel(&mut self, call: CallKey, now: Instant) {
-        let Some(entry) = self.calls.get(&call) else { return };
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        if std::mem::replace(&mut entry.cancel_sent, true) {
+            return;
+        }
         // §9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via as the INVITE.
         let invite = &entry.invite;
         let mut headers = rsip::Headers::default();
