@@ -28,7 +28,8 @@ struct RtpFeed {
 }
 
 fn datagram(feed: &mut RtpFeed, talking: bool) -> ReceivedDatagram {
-    let mut d = ReceivedDatagram { source: feed.source, len: (rtp::HEADER_LEN + FRAME) as u16, data: [0; MAX_DATAGRAM] };
+    let mut d =
+        ReceivedDatagram { source: feed.source, len: (rtp::HEADER_LEN + FRAME) as u16, data: [0; MAX_DATAGRAM] };
     let header: &mut [u8; rtp::HEADER_LEN] = (&mut d.data[..rtp::HEADER_LEN]).try_into().unwrap();
     rtp::write_header(header, false, 0, feed.seq, feed.seq as u32 * FRAME as u32, 7);
     for (i, b) in d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + FRAME].iter_mut().enumerate() {
@@ -56,7 +57,8 @@ fn rtp_run(participants: usize, size: usize, sink: &UdpSocket) -> (f64, f64) {
             let source = socket.local_addr().unwrap();
             sockets.push(socket.try_clone().unwrap());
             let (ring, consumer) = rtrb::RingBuffer::new(8);
-            let leg = RtpLeg::new(consumer, socket, sink.local_addr().unwrap(), CodecKind::Pcmu.new_coder(), 0, FRAME, None);
+            let leg =
+                RtpLeg::new(consumer, socket, sink.local_addr().unwrap(), CodecKind::Pcmu.new_coder(), 0, FRAME, None);
             let id = ParticipantId((c * size + p) as u64);
             let mix = ParticipantMix::new(id, Arc::default(), Leg::Rtp(leg), FRAME);
             commands.send(MixerCommand::AddParticipant(ConferenceId(c as u64), Box::new(mix))).unwrap();
@@ -96,7 +98,12 @@ fn local_run(participants: usize, size: usize) -> (f64, f64) {
         for p in 0..size.min(participants - c * size) {
             let (to_mixer, from_app) = rtrb::RingBuffer::new(FRAME * 4);
             let (to_app, from_mixer) = rtrb::RingBuffer::new(FRAME * 4);
-            let mix = ParticipantMix::new(ParticipantId((c * size + p) as u64), Arc::default(), Leg::Local(LocalLeg { from_app, to_app }), FRAME);
+            let mix = ParticipantMix::new(
+                ParticipantId((c * size + p) as u64),
+                Arc::default(),
+                Leg::Local(LocalLeg { from_app, to_app }),
+                FRAME,
+            );
             commands.send(MixerCommand::AddParticipant(ConferenceId(c as u64), Box::new(mix))).unwrap();
             ends.push((to_mixer, from_mixer));
         }
@@ -143,7 +150,8 @@ fn main() {
         ("local PCM", 1000, 1000),
     ];
     for &(kind, participants, size) in cases {
-        let (p50, p99) = if kind == "local PCM" { local_run(participants, size) } else { rtp_run(participants, size, &sink) };
+        let (p50, p99) =
+            if kind == "local PCM" { local_run(participants, size) } else { rtp_run(participants, size, &sink) };
         let per_participant_us = p50 / participants as f64 / 1000.0 * 50.0;
         let per_core = 20_000_000.0 / (p50 / participants as f64);
         println!(

@@ -73,6 +73,18 @@ fn blocking<T: Send>(
     }
 }
 
+/// Reads one frame through `read` without the GIL, as a numpy array.
+fn read_frame<'py>(
+    py: Python<'py>,
+    timeout: Option<f64>,
+    read: impl FnOnce(&mut [i16], Option<Duration>, &mut dyn FnMut() -> bool) -> crate::Result<()> + Send,
+) -> PyResult<Bound<'py, PyArray1<i16>>> {
+    let timeout = seconds(timeout)?;
+    let mut frame = vec![0i16; FRAME_SAMPLES];
+    blocking(py, |interrupt| read(&mut frame, timeout, interrupt))?;
+    Ok(PyArray1::from_vec(py, frame))
+}
+
 fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
         None => Ok(None),
@@ -404,10 +416,9 @@ impl LocalParticipant {
     /// The next 20 ms frame of what this participant hears, as int16 numpy array.
     #[pyo3(signature = (timeout = 1.0))]
     fn read_frame<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyArray1<i16>>> {
-        let timeout = seconds(timeout)?;
-        let mut frame = vec![0i16; FRAME_SAMPLES];
-        blocking(py, |interrupt| self.inner.lock().read_frame_interruptible(&mut frame, timeout, interrupt))?;
-        Ok(PyArray1::from_vec(py, frame))
+        read_frame(py, timeout, |frame, timeout, interrupt| {
+            self.inner.lock().read_frame_interruptible(frame, timeout, interrupt)
+        })
     }
 
     fn hangup(&self) -> PyResult<()> {
@@ -436,10 +447,9 @@ impl FrameReader {
     /// The next 20 ms frame of the mix, as an int16 numpy array.
     #[pyo3(signature = (timeout = 1.0))]
     fn read_frame<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyArray1<i16>>> {
-        let timeout = seconds(timeout)?;
-        let mut frame = vec![0i16; FRAME_SAMPLES];
-        blocking(py, |interrupt| self.inner.lock().read_frame_interruptible(&mut frame, timeout, interrupt))?;
-        Ok(PyArray1::from_vec(py, frame))
+        read_frame(py, timeout, |frame, timeout, interrupt| {
+            self.inner.lock().read_frame_interruptible(frame, timeout, interrupt)
+        })
     }
 }
 

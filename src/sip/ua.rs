@@ -667,22 +667,7 @@ impl UserAgent {
         invite.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
         invite.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
         invite.body = sdp;
-        let branch = message::top_branch(&invite.headers)?;
-        let id = TxId(self.next_id());
-        let mut out = Vec::new();
-        let tx = ClientTransaction::start(
-            true,
-            message::print(invite.clone()),
-            destination,
-            Reliability::Unreliable,
-            self.config.timers,
-            now,
-            &mut out,
-        );
-        self.transmits.extend(out);
-        self.transactions.insert(id, Transaction::Client { tx, method: Method::Invite, call: Some(call) });
-        self.file_transaction(id, (branch, Method::Invite));
-        self.after_transaction_step(id);
+        let id = self.start_client_transaction(invite.clone(), destination, Some(call), now)?;
         let entry = Call { invite_tx: id, invite, ..entry };
         self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
         self.calls.insert(call, entry);
@@ -720,7 +705,8 @@ impl UserAgent {
         let bye = in_dialog_request(entry, Method::Bye, entry.local_cseq, &host);
         let destination = entry.destination;
         self.forget_call(call);
-        self.start_client_transaction(bye, destination, None, now);
+        // in_dialog_request always writes a Via with a branch.
+        let _ = self.start_client_transaction(bye, destination, None, now);
     }
 
     fn send_cancel(&mut self, call: CallKey, now: Instant) {
@@ -729,30 +715,10 @@ impl UserAgent {
             return;
         }
         // §9.1: same Request-URI, Call-ID, From, To, CSeq number and top Via as the INVITE.
-        let invite = &entry.invite;
-        let mut headers = rsip::Headers::default();
-        for header in invite.headers.iter() {
-            match header {
-                Header::Via(_) if !headers.iter().any(|h| matches!(h, Header::Via(_))) => headers.push(header.clone()),
-                Header::From(_) | Header::To(_) | Header::CallId(_) | Header::MaxForwards(_) | Header::Route(_) => {
-                    headers.push(header.clone())
-                }
-                Header::CSeq(c) => {
-                    let seq = c.value().split_whitespace().next().unwrap_or("1");
-                    headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{seq} CANCEL"))));
-                }
-                _ => {}
-            }
-        }
-        let cancel = Request {
-            method: Method::Cancel,
-            uri: invite.uri.clone(),
-            version: rsip::Version::V2,
-            headers,
-            body: vec![],
-        };
+        let cancel = same_transaction_request(&entry.invite, Method::Cancel, None);
         let destination = entry.destination;
-        self.start_client_transaction(cancel, destination, Some(call), now);
+        // The branch comes from our own INVITE, so this cannot fail.
+        let _ = self.start_client_transaction(cancel, destination, Some(call), now);
     }
 
     fn start_client_transaction(
@@ -761,8 +727,8 @@ impl UserAgent {
         destination: SocketAddr,
         call: Option<CallKey>,
         now: Instant,
-    ) {
-        let Ok(branch) = message::top_branch(&request.headers) else { return };
+    ) -> Result<TxId, SipError> {
+        let branch = message::top_branch(&request.headers)?;
         let method = request.method;
         let id = TxId(self.next_id());
         let mut out = Vec::new();
@@ -779,6 +745,7 @@ impl UserAgent {
         self.transactions.insert(id, Transaction::Client { tx, method, call });
         self.file_transaction(id, (branch, method));
         self.after_transaction_step(id);
+        Ok(id)
     }
 
     // ----- responses -----
@@ -881,6 +848,13 @@ fn in_dialog_request(call: &Call, method: Method, cseq: u32, advertised: &str) -
 
 /// The ACK for a non-2xx final response (§17.1.1.3).
 fn non_2xx_ack(invite: &Request, response: &Response) -> Request {
+    same_transaction_request(invite, Method::Ack, response.to_header().ok())
+}
+
+/// A request in the INVITE's own transaction (CANCEL, or the ACK for a
+/// non-2xx): the INVITE's Request-URI, top Via, From, Call-ID, Max-Forwards,
+/// Route and CSeq number, with `method`; its To, or `to` when given.
+fn same_transaction_request(invite: &Request, method: Method, to: Option<&rsip::headers::To>) -> Request {
     let mut headers = rsip::Headers::default();
     for header in invite.headers.iter() {
         match header {
@@ -888,17 +862,18 @@ fn non_2xx_ack(invite: &Request, response: &Response) -> Request {
             Header::From(_) | Header::CallId(_) | Header::MaxForwards(_) | Header::Route(_) => {
                 headers.push(header.clone())
             }
+            Header::To(_) if to.is_none() => headers.push(header.clone()),
             Header::CSeq(c) => {
                 let seq = c.value().split_whitespace().next().unwrap_or("1");
-                headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{seq} ACK"))));
+                headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{seq} {method}"))));
             }
             _ => {}
         }
     }
-    if let Ok(to) = response.to_header() {
+    if let Some(to) = to {
         headers.push(Header::To(to.clone()));
     }
-    Request { method: Method::Ack, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] }
+    Request { method, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] }
 }
 
 /// Where requests go when a route set exists: its first entry (loose routing).
