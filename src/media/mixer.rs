@@ -349,6 +349,46 @@ pub struct MixerStats {
     pub leaked: AtomicU64,
 }
 
+/// The mixer's schedule: ticks on absolute 20 ms deadlines of the monotonic
+/// clock, so a late tick is caught up by running the next ones at once instead
+/// of shifting every later tick (no drift). After a stall of more than
+/// `MAX_CATCH_UP` ticks the schedule restarts from now rather than bursting.
+#[derive(Debug, Clone, Copy)]
+pub struct TickClock {
+    deadline: Instant,
+}
+
+/// What the mixer does after a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickWait {
+    /// Early: sleep this long.
+    Sleep(Duration),
+    /// Behind: tick again now. `late` when this tick ended more than a tick past its deadline.
+    CatchUp { late: bool },
+}
+
+const MAX_CATCH_UP: u32 = 5;
+
+impl TickClock {
+    pub fn new(start: Instant) -> Self {
+        Self { deadline: start + TICK }
+    }
+
+    /// Called after each tick with the current time.
+    pub fn after_tick(&mut self, now: Instant) -> TickWait {
+        let deadline = self.deadline;
+        self.deadline += TICK;
+        if now < deadline {
+            return TickWait::Sleep(deadline - now);
+        }
+        let behind = now - deadline;
+        if behind > TICK * MAX_CATCH_UP {
+            self.deadline = now + TICK;
+        }
+        TickWait::CatchUp { late: behind > TICK }
+    }
+}
+
 /// The mixer's state; [`Mixer::run`] is the thread body.
 pub struct Mixer {
     conferences: Vec<Box<ConferenceMix>>,
@@ -458,25 +498,19 @@ impl Mixer {
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The thread body: tick on absolute 20 ms deadlines of the monotonic
-    /// clock, so a late tick is caught up by the next ones instead of shifting
-    /// every later tick. After a stall of more than `MAX_CATCH_UP` ticks the
-    /// schedule restarts from now rather than bursting.
+    /// The thread body: ticks on the schedule of [`TickClock`].
     pub fn run(mut self) {
-        const MAX_CATCH_UP: u32 = 5;
-        let mut deadline = Instant::now() + TICK;
+        let mut clock = TickClock::new(Instant::now());
         while self.apply_commands() {
             self.tick();
-            let now = Instant::now();
-            if now < deadline {
-                std::thread::sleep(deadline - now);
-            } else if now - deadline > TICK {
-                self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
-                if now - deadline > TICK * MAX_CATCH_UP {
-                    deadline = now;
+            match clock.after_tick(Instant::now()) {
+                TickWait::Sleep(d) => std::thread::sleep(d),
+                TickWait::CatchUp { late } => {
+                    if late {
+                        self.stats.late_ticks.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            deadline += TICK;
         }
         // Hand everything back so it is freed off this thread too.
         for c in self.conferences.drain(..) {
@@ -717,6 +751,32 @@ mod tests {
         assert!(peer.recv_from(&mut buf).is_ok());
         assert!(tap_rx.read_chunk(FRAME).is_ok());
         assert!(ends.from_mixer.read_chunk(FRAME).is_ok());
+    }
+
+    #[test]
+    fn tick_clock_keeps_absolute_deadlines() {
+        let start = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut clock = TickClock::new(start);
+        // On time: sleep to the 20 ms marks.
+        assert_eq!(clock.after_tick(start + ms(3)), TickWait::Sleep(ms(17)));
+        assert_eq!(clock.after_tick(start + ms(21)), TickWait::Sleep(ms(19)));
+        // One tick runs 50 ms long (ends at 95 ms, due at 60): two catch-up ticks at once...
+        assert_eq!(clock.after_tick(start + ms(95)), TickWait::CatchUp { late: true });
+        assert_eq!(clock.after_tick(start + ms(96)), TickWait::CatchUp { late: false });
+        // ...then back on the original 20 ms grid: no drift.
+        assert_eq!(clock.after_tick(start + ms(97)), TickWait::Sleep(ms(3)));
+        assert_eq!(clock.after_tick(start + ms(100)), TickWait::Sleep(ms(20)));
+    }
+
+    #[test]
+    fn tick_clock_restarts_after_a_long_stall() {
+        let start = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        let mut clock = TickClock::new(start);
+        // A one-second stall: one late tick, then a fresh schedule from there, not 50 ticks in a burst.
+        assert_eq!(clock.after_tick(start + ms(1000)), TickWait::CatchUp { late: true });
+        assert_eq!(clock.after_tick(start + ms(1001)), TickWait::Sleep(ms(19)));
     }
 
     #[test]

@@ -182,3 +182,35 @@ fn response_to(request: &str, status: &str, to_tag: &str) -> String {
     out.push_str("Content-Length: 0\r\n\r\n");
     out
 }
+
+#[test]
+fn rtp_ports_are_given_back_when_a_leg_ends() {
+    // Room for exactly one RTP port on the bridge.
+    let base = *rtp_range().start();
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: base..=base + 1,
+        ..Default::default()
+    })
+    .unwrap();
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    let first = out.dial(&bridge.room_uri("room")).unwrap();
+    wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    wait_event(&caller, WAIT, joined(ParticipantKind::Outbound));
+
+    // While the port is in use, a second call is refused with 503.
+    out.dial(&bridge.room_uri("room")).unwrap();
+    let status = wait_event(&caller, WAIT, |e| match e {
+        Event::DialFailed { status, .. } => Some(*status),
+        _ => None,
+    });
+    assert_eq!(status, 503);
+
+    first.hangup().unwrap();
+    wait_event(&bridge, WAIT, left);
+    // The leg is freed off the mixer thread within a tick or two.
+    std::thread::sleep(Duration::from_millis(200));
+    out.dial(&bridge.room_uri("room")).unwrap();
+    wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+}
