@@ -23,7 +23,8 @@ enum Command {
         /// SIP/UDP listen address.
         #[arg(long, default_value = "0.0.0.0:5060")]
         listen: SocketAddr,
-        /// Address to advertise in SDP and Contact (default: the listen address).
+        /// Address to advertise in SDP and Contact (default: the listen address;
+        /// 127.0.0.1 when listening on 0.0.0.0, so set it for phones on other hosts).
         #[arg(long)]
         public_address: Option<IpAddr>,
         /// RTP port range, FIRST-LAST.

@@ -467,3 +467,39 @@ fn an_answer_crossing_the_cancel_is_acked_and_ended_with_bye() {
     assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::RemoteHangup }));
     assert_eq!(p.a.ua.call_count() + p.b.ua.call_count(), 0);
 }
+
+/// The value of header `name` in a logged message.
+fn header<'a>(message: &'a str, name: &str) -> &'a str {
+    message
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+        .unwrap_or_else(|| panic!("no {name} in {message}"))
+}
+
+#[test]
+fn re_invite_is_answered_and_its_ack_stops_the_2xx() {
+    let mut p = Pair::new();
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(50));
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let (from, to, call_id) =
+        (header(&ok, "From").to_string(), header(&ok, "To").to_string(), header(&ok, "Call-ID").to_string());
+    let request = |method: &str, cseq: &str, branch: &str| {
+        format!(
+            "{method} sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch={branch}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    p.inject(&request("INVITE", "2 INVITE", "z9hG4bKreinvite"));
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 200"));
+    assert!(p.responses_to_a().last().unwrap().contains("v=0"), "the same session description");
+    p.inject(&request("ACK", "2 ACK", "z9hG4bKreack"));
+    let before = p.count("SIP/2.0 200");
+    p.run_for(Duration::from_secs(40));
+    assert_eq!(p.count("SIP/2.0 200"), before, "no 2xx retransmission after the ACK");
+    assert!(!p.b.events.iter().any(|e| matches!(e, UaEvent::Ended { .. })), "the call goes on");
+    // An older CSeq is out of order (§12.2.2).
+    p.inject(&request("INVITE", "1 INVITE", "z9hG4bKold"));
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 500"));
+}

@@ -408,8 +408,13 @@ impl UserAgent {
             Method::Invite => {
                 // A session refresh or re-offer: answer with the description we
                 // already gave. Hold and codec change come with in-dialog
-                // offer/answer support.
+                // offer/answer support. Its ACK is matched by dialog, so the
+                // call now points at this transaction.
                 let sdp = entry.local_sdp.clone();
+                entry.invite_tx = id;
+                if let Some(Transaction::Server { call: owner, .. }) = self.transactions.get_mut(&id) {
+                    *owner = Some(call);
+                }
                 let contact = self.contact_for(call);
                 self.respond(id, &request, 200, contact, sdp, now);
             }
