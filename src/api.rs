@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Engine, ParticipantEntry, Shared, SipCommand, FRAME};
+use crate::engine::{Creator, Engine, ParticipantEntry, Shared, SipCommand, FRAME};
 use crate::media::codec::CodecKind;
 use crate::media::mixer::{gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix};
 use crate::sip::TimerConfig;
@@ -188,7 +188,7 @@ impl Endpoint {
 
     /// Creates a conference; an existing name is an error.
     pub fn create_conference(&self, name: &str) -> Result<Conference> {
-        let id = self.shared.create_conference(name, true)?;
+        let id = self.shared.create_conference(name, Creator::App)?;
         Ok(Conference { shared: self.shared.clone(), name: name.into(), id })
     }
 
@@ -293,15 +293,14 @@ impl Conference {
         self.check()?;
         validate_sip_uri(uri)?;
         let id = ParticipantId(self.shared.next_id());
-        let entry = ParticipantEntry {
-            conference: self.name.clone(),
-            kind: ParticipantKind::Outbound,
-            remote: Some(uri.to_string()),
-            state: ParticipantState::Calling,
-            controls: Arc::new(ParticipantControls::default()),
-            volume_db: 0.0,
-        };
-        self.shared.add_participant(id, entry, None)?;
+        let controls = Arc::new(ParticipantControls::default());
+        let entry = ParticipantEntry::new(
+            ParticipantKind::Outbound,
+            Some(uri.to_string()),
+            ParticipantState::Calling,
+            controls,
+        );
+        self.shared.add_participant(id, &self.name, entry, None)?;
         let (reply, result) = tokio::sync::oneshot::channel();
         self.shared
             .sip_commands
@@ -321,15 +320,8 @@ impl Conference {
         let id = ParticipantId(self.shared.next_id());
         let controls = Arc::new(ParticipantControls::default());
         let mix = ParticipantMix::new(id, controls.clone(), Leg::Local(LocalLeg { from_app, to_app }), FRAME);
-        let entry = ParticipantEntry {
-            conference: self.name.clone(),
-            kind: ParticipantKind::Local,
-            remote: None,
-            state: ParticipantState::Connected,
-            controls,
-            volume_db: 0.0,
-        };
-        self.shared.add_participant(id, entry, Some(Box::new(mix)))?;
+        let entry = ParticipantEntry::new(ParticipantKind::Local, None, ParticipantState::Connected, controls);
+        self.shared.add_participant(id, &self.name, entry, Some(Box::new(mix)))?;
         self.shared.emit(crate::api::Event::ParticipantJoined {
             conference: self.name.clone(),
             participant: id,
@@ -375,7 +367,7 @@ impl Conference {
     pub fn participant(&self, id: ParticipantId) -> Result<Participant> {
         let registry = self.shared.registry.lock();
         match registry.participants.get(&id) {
-            Some(p) if p.conference == self.name => Ok(Participant { shared: self.shared.clone(), id }),
+            Some(p) if p.conference_id == self.id => Ok(Participant { shared: self.shared.clone(), id }),
             _ => Err(Error::NotFound(format!("participant {}", id.0))),
         }
     }

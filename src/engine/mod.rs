@@ -45,16 +45,53 @@ pub(crate) struct ConferenceEntry {
     pub id: ConferenceId,
     pub controls: Arc<ConferenceControls>,
     pub participants: BTreeSet<ParticipantId>,
+    /// Created by a caller's INVITE rather than the app: it ends when its last
+    /// participant leaves, so callers cannot pile up empty rooms.
+    pub on_demand: bool,
+}
+
+/// Who creates a conference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Creator {
+    /// The application: the name must be new; the room lasts until destroyed.
+    App,
+    /// An INVITE to a room that may exist; a new room ends when it empties.
+    Caller,
 }
 
 /// A participant in the registry.
 pub(crate) struct ParticipantEntry {
     pub conference: String,
+    /// The conference it belongs to, which may be gone and its name reused.
+    pub conference_id: ConferenceId,
     pub kind: ParticipantKind,
     pub remote: Option<String>,
     pub state: ParticipantState,
     pub controls: Arc<ParticipantControls>,
     pub volume_db: f32,
+    /// Whether the mixer has it (a dial in progress does not yet).
+    pub in_mixer: bool,
+}
+
+impl ParticipantEntry {
+    /// A new entry; `Shared::add_participant` fills in where it belongs.
+    pub fn new(
+        kind: ParticipantKind,
+        remote: Option<String>,
+        state: ParticipantState,
+        controls: Arc<ParticipantControls>,
+    ) -> Self {
+        Self {
+            conference: String::new(),
+            conference_id: ConferenceId(0),
+            kind,
+            remote,
+            state,
+            controls,
+            volume_db: 0.0,
+            in_mixer: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -158,40 +195,49 @@ impl Shared {
         }
     }
 
-    /// Creates a conference; with `must_be_new`, an existing one is an error.
-    pub fn create_conference(&self, name: &str, must_be_new: bool) -> Result<ConferenceId> {
+    /// Creates a conference (see [`Creator`] for what an existing name means).
+    pub fn create_conference(&self, name: &str, creator: Creator) -> Result<ConferenceId> {
         self.check_running()?;
         if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
             return Err(Error::InvalidArgument(format!("bad conference name {name:?}")));
         }
         let mut registry = self.registry.lock();
         if let Some(existing) = registry.conferences.get(name) {
-            return if must_be_new { Err(Error::AlreadyExists(name.into())) } else { Ok(existing.id) };
+            return match creator {
+                Creator::App => Err(Error::AlreadyExists(name.into())),
+                Creator::Caller => Ok(existing.id),
+            };
         }
         let id = ConferenceId(self.next_id());
         let controls = Arc::new(ConferenceControls::default());
         const INITIAL_CAPACITY: usize = 8;
         let mix = Box::new(ConferenceMix::new(id, controls.clone(), FRAME, INITIAL_CAPACITY));
         self.mixer.lock().add_conference(mix, INITIAL_CAPACITY)?;
-        registry.conferences.insert(name.into(), ConferenceEntry { id, controls, participants: BTreeSet::new() });
+        let on_demand = creator == Creator::Caller;
+        registry
+            .conferences
+            .insert(name.into(), ConferenceEntry { id, controls, participants: BTreeSet::new(), on_demand });
         drop(registry);
         self.emit(Event::ConferenceCreated { conference: name.into() });
         Ok(id)
     }
 
-    /// Adds a participant to the registry and, with `mix`, to the mixer.
+    /// Adds a participant to conference `name` in the registry and, with `mix`, to the mixer.
     pub fn add_participant(
         &self,
         id: ParticipantId,
-        entry: ParticipantEntry,
+        name: &str,
+        mut entry: ParticipantEntry,
         mix: Option<Box<ParticipantMix>>,
     ) -> Result<()> {
         let mut registry = self.registry.lock();
-        let conference =
-            registry.conferences.get_mut(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
+        let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        entry.in_mixer = mix.is_some();
         if let Some(mix) = mix {
             self.mixer.lock().add_participant(conference.id, mix)?;
         }
+        entry.conference = name.into();
+        entry.conference_id = conference.id;
         conference.participants.insert(id);
         registry.participants.insert(id, entry);
         Ok(())
@@ -203,9 +249,13 @@ impl Shared {
         let registry = &mut *registry;
         let entry =
             registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
-        let conference =
-            registry.conferences.get(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
-        self.mixer.lock().add_participant(conference.id, mix)?;
+        // The conference it dialled for must still be the same one, not a new room of the same name.
+        match registry.conferences.get(&entry.conference) {
+            Some(conference) if conference.id == entry.conference_id => {}
+            _ => return Err(Error::NotFound(entry.conference.clone())),
+        }
+        self.mixer.lock().add_participant(entry.conference_id, mix)?;
+        entry.in_mixer = true;
         entry.state = ParticipantState::Connected;
         Ok(())
     }
@@ -221,9 +271,13 @@ impl Shared {
     pub fn remove_participant(&self, id: ParticipantId) -> Option<ParticipantEntry> {
         let mut registry = self.registry.lock();
         let entry = registry.participants.remove(&id)?;
-        if let Some(conference) = registry.conferences.get_mut(&entry.conference) {
+        if let Some(conference) =
+            registry.conferences.get_mut(&entry.conference).filter(|c| c.id == entry.conference_id)
+        {
             conference.participants.remove(&id);
-            let _ = self.mixer.lock().remove_participant(conference.id, id);
+            if entry.in_mixer {
+                let _ = self.mixer.lock().remove_participant(conference.id, id);
+            }
         }
         Some(entry)
     }
@@ -232,12 +286,22 @@ impl Shared {
     pub fn participant_left(&self, id: ParticipantId, reason: LeaveReason) {
         if let Some(entry) = self.remove_participant(id) {
             self.emit(Event::ParticipantLeft {
-                conference: entry.conference,
+                conference: entry.conference.clone(),
                 participant: id,
                 reason,
                 packets_received: entry.controls.packets_received.load(Ordering::Relaxed),
                 packets_sent: entry.controls.packets_sent.load(Ordering::Relaxed),
             });
+            self.end_if_empty_on_demand(&entry.conference);
+        }
+    }
+
+    /// Ends a room that a caller created once nobody is left in it.
+    pub fn end_if_empty_on_demand(&self, name: &str) {
+        let empty =
+            self.registry.lock().conferences.get(name).is_some_and(|c| c.on_demand && c.participants.is_empty());
+        if empty {
+            let _ = self.destroy_conference(name);
         }
     }
 

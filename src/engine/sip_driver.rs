@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 use super::ports::PortLease;
-use super::{ParticipantEntry, Shared, FRAME};
+use super::{Creator, ParticipantEntry, Shared, FRAME};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::mixer::{
     Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM,
@@ -228,21 +228,22 @@ impl Driver {
         let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
         let media = self.local_media().map_err(|e| (503, e))?;
         let (answer, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
-        self.shared.create_conference(&room, false).map_err(|e| (500, e))?;
-
         let participant = ParticipantId(self.shared.next_id());
         let controls = Arc::new(ParticipantControls::default());
         let (mix, task) = self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
-        let entry = ParticipantEntry {
-            conference: room.clone(),
-            kind: ParticipantKind::Inbound,
-            remote: Some(from.to_string()),
-            state: ParticipantState::Connected,
+        let entry = ParticipantEntry::new(
+            ParticipantKind::Inbound,
+            Some(from.to_string()),
+            ParticipantState::Connected,
             controls,
-            volume_db: 0.0,
-        };
-        if let Err(e) = self.shared.add_participant(participant, entry, Some(mix)) {
+        );
+        let joined = self
+            .shared
+            .create_conference(&room, Creator::Caller)
+            .and_then(|_| self.shared.add_participant(participant, &room, entry, Some(mix)));
+        if let Err(e) = joined {
             task.abort();
+            self.shared.end_if_empty_on_demand(&room);
             return Err((500, e));
         }
         let _ = self.ua.ring(call, now);

@@ -214,3 +214,39 @@ fn rtp_ports_are_given_back_when_a_leg_ends() {
     out.dial(&bridge.room_uri("room")).unwrap();
     wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
 }
+
+#[test]
+fn failed_dials_do_not_upset_the_mixer_s_room_bookkeeping() {
+    // A dial that fails never reached the mixer; forgetting it must not make
+    // the control side think the mixer has room it does not have.
+    let refusing = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        create_rooms_on_demand: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let ep = endpoint();
+    let room = ep.create_conference("busy").unwrap();
+    let mut first = room.add_local().unwrap();
+    for _ in 0..3 {
+        room.dial(&refusing.room_uri("nobody")).unwrap();
+        wait_event(&ep, WAIT, |e| matches!(e, Event::DialFailed { .. }).then_some(()));
+    }
+    // Past the conference's first storage (8): everyone must still be mixed.
+    let mut locals: Vec<_> = (0..9).map(|_| room.add_local().unwrap()).collect();
+    let mut frame = vec![0i16; sipbridge::FRAME_SAMPLES];
+    let tone = vec![1000i16; sipbridge::FRAME_SAMPLES];
+    for _ in 0..5 {
+        first.write_all(&tone, Some(WAIT)).unwrap();
+        for l in locals.iter_mut() {
+            l.write_all(&tone, Some(WAIT)).unwrap();
+        }
+    }
+    let last = locals.last_mut().unwrap();
+    last.read_frame(&mut frame, Some(WAIT)).expect("the last participant is in the mix");
+    first.read_frame(&mut frame, Some(WAIT)).unwrap();
+    // Once the frames carry everyone, it hears the nine others at 1000 each.
+    while first.read_frame(&mut frame, Some(Duration::from_millis(50))).is_ok() && frame[0] == 0 {}
+    assert_eq!(frame[0], 9000, "first hears the other nine");
+}
