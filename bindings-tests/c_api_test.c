@@ -87,6 +87,8 @@ int main(void) {
   char err[256];
   CHECK(sb_last_error(err, sizeof err) > 0 && strstr(err, "NULL") != NULL, "message: %s", err);
   CHECK(strcmp(sb_status_name(SB_NOT_FOUND), "SB_NOT_FOUND") == 0, "status names");
+  CHECK(strcmp(sb_status_name(12345), "SB_UNKNOWN") == 0 && strcmp(sb_status_name(-1), "SB_UNKNOWN") == 0,
+        "any integer is safe");
   sb_conference *none = NULL;
   CHECK(sb_endpoint_get_conference(bridge, "nope", &none) == SB_NOT_FOUND && none == NULL, "unknown room");
   CHECK(sb_endpoint_create_conference(bridge, NULL, &none) == SB_NULL_PARAMETER, "NULL name");

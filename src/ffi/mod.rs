@@ -203,26 +203,29 @@ pub extern "C" fn sb_last_error(buf: *mut c_char, len: usize) -> usize {
     .unwrap_or(0)
 }
 
-/// A static name for a status, such as "SB_NOT_FOUND".
+/// A static name for a status, such as "SB_NOT_FOUND"; "SB_UNKNOWN" for a
+/// number that is no status. Takes a plain integer: a C caller may pass any.
 #[no_mangle]
-pub extern "C" fn sb_status_name(status: sb_status) -> *const c_char {
-    let name: &'static CStr = match status {
-        sb_status::SB_OK => c"SB_OK",
-        sb_status::SB_NULL_PARAMETER => c"SB_NULL_PARAMETER",
-        sb_status::SB_INVALID_ARGUMENT => c"SB_INVALID_ARGUMENT",
-        sb_status::SB_NOT_FOUND => c"SB_NOT_FOUND",
-        sb_status::SB_ALREADY_EXISTS => c"SB_ALREADY_EXISTS",
-        sb_status::SB_TIMEOUT => c"SB_TIMEOUT",
-        sb_status::SB_STOPPED => c"SB_STOPPED",
-        sb_status::SB_IO => c"SB_IO",
-        sb_status::SB_SIP => c"SB_SIP",
-        sb_status::SB_SDP => c"SB_SDP",
-        sb_status::SB_NO_RTP_PORT => c"SB_NO_RTP_PORT",
-        sb_status::SB_INTERRUPTED => c"SB_INTERRUPTED",
-        sb_status::SB_BUFFER_TOO_SMALL => c"SB_BUFFER_TOO_SMALL",
-        sb_status::SB_PANIC => c"SB_PANIC",
-        sb_status::SB_INTERNAL => c"SB_INTERNAL",
-    };
+pub extern "C" fn sb_status_name(status: std::ffi::c_int) -> *const c_char {
+    const NAMES: [&CStr; 15] = [
+        c"SB_OK",
+        c"SB_NULL_PARAMETER",
+        c"SB_INVALID_ARGUMENT",
+        c"SB_NOT_FOUND",
+        c"SB_ALREADY_EXISTS",
+        c"SB_TIMEOUT",
+        c"SB_STOPPED",
+        c"SB_IO",
+        c"SB_SIP",
+        c"SB_SDP",
+        c"SB_NO_RTP_PORT",
+        c"SB_INTERRUPTED",
+        c"SB_BUFFER_TOO_SMALL",
+        c"SB_PANIC",
+        c"SB_INTERNAL",
+    ];
+    const _: () = assert!(sb_status::SB_INTERNAL as usize == NAMES.len() - 1);
+    let name = usize::try_from(status).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or(c"SB_UNKNOWN");
     name.as_ptr()
 }
 

@@ -54,8 +54,10 @@ impl JitterBuffer {
         Self {
             frame,
             prefill,
-            samples: vec![0; frame * capacity].into_boxed_slice(),
-            present: vec![false; frame * capacity].into_boxed_slice(),
+            // A power of two divides 2^32, so the ring index stays continuous when
+            // the 32-bit RTP timestamp wraps.
+            samples: vec![0; (frame * capacity).next_power_of_two()].into_boxed_slice(),
+            present: vec![false; (frame * capacity).next_power_of_two()].into_boxed_slice(),
             last: vec![0; frame].into_boxed_slice(),
             play_ts: None,
             newest_end: 0,
@@ -252,6 +254,24 @@ mod tests {
         play(&mut jb, 20);
         jb.push(1, 90_000, &frame(7));
         assert_eq!(play(&mut jb, 2)[1], (Playout::Audio, 7));
+    }
+
+    #[test]
+    fn the_timestamp_wrapping_around_changes_nothing() {
+        let mut jb = JitterBuffer::new(160, 2, 16);
+        let start = u32::MAX - 160 * 3 + 1;
+        let mut played = Vec::new();
+        for i in 0..8u32 {
+            let frame = [i as i16 + 1; 160];
+            jb.push(1, start.wrapping_add(i * 160), &frame);
+            let mut out = [0i16; 160];
+            if jb.pop(&mut out) == Playout::Audio {
+                assert!(out.iter().all(|s| *s == out[0]), "a frame never mixes two packets");
+                played.push(out[0]);
+            }
+        }
+        assert_eq!(played, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(jb.stats().resyncs, 0);
     }
 
     #[test]

@@ -283,15 +283,17 @@ impl ConferenceMix {
             if p.contributes {
                 let gain = p.controls.gain_q16.load(Ordering::Relaxed) as i64;
                 for ((input, s), sum) in p.input.iter_mut().zip(scratch.iter()).zip(self.sum.iter_mut()) {
-                    *input = ((*s as i64 * gain) >> 16) as i32;
-                    *sum += *input;
+                    // Clamped to 16 bits after gain, so 65,536 loud participants fit the
+                    // 32-bit sum; wrapping arithmetic keeps even more from panicking.
+                    *input = ((*s as i64 * gain) >> 16).clamp(i16::MIN as i64, i16::MAX as i64) as i32;
+                    *sum = sum.wrapping_add(*input);
                 }
             }
         }
         for p in self.participants.iter_mut() {
             let own = p.contributes;
             for ((out, sum), input) in p.output.iter_mut().zip(self.sum.iter()).zip(p.input.iter()) {
-                let v = if own { *sum - *input } else { *sum };
+                let v = if own { sum.wrapping_sub(*input) } else { *sum };
                 *out = v.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
             }
             match &mut p.leg {
@@ -663,6 +665,23 @@ mod tests {
         assert_eq!(take(&mut ec)[0], 500, "a muted, b at -6 dB");
         assert_eq!(take(&mut ea)[0], 500);
         assert_eq!(take(&mut eb)[0], 0, "b does not hear itself");
+    }
+
+    #[test]
+    fn loud_gain_is_clamped_per_participant() {
+        let mut h = harness();
+        conference(&h, 1);
+        let (a, mut ea) = local(1);
+        let (b, mut eb) = local(2);
+        a.controls.gain_q16.store(gain_q16_from_db(40.0), Ordering::Relaxed);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), a)).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), b)).unwrap();
+        h.mixer.apply_commands();
+        feed(&mut ea, -30000);
+        feed(&mut eb, 0);
+        h.mixer.tick();
+        assert_eq!(take(&mut eb)[0], i16::MIN);
+        assert_eq!(take(&mut ea)[0], 0, "a's clamped contribution cancels out of its own mix");
     }
 
     #[test]

@@ -289,8 +289,8 @@ pub fn raw_error_response(data: &[u8], code: u16, reason: &str) -> Option<Vec<u8
     let text = std::str::from_utf8(data).ok()?;
     let mut lines = text.split("\r\n");
     let request_line = lines.next()?;
-    // Responses are never answered.
-    if request_line.starts_with("SIP/") {
+    // Responses and ACKs are never answered.
+    if request_line.starts_with("SIP/") || request_line.starts_with("ACK ") {
         return None;
     }
     let mut echoed = Vec::new();

@@ -503,3 +503,25 @@ fn re_invite_is_answered_and_its_ack_stops_the_2xx() {
     p.inject(&request("INVITE", "1 INVITE", "z9hG4bKold"));
     assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 500"));
 }
+
+#[test]
+fn a_flood_of_provisionals_files_no_extra_timers() {
+    let mut p = Pair::new();
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    let trying = p.log.iter().find(|m| m.starts_with("SIP/2.0 100")).unwrap().clone();
+    let before = p.a.ua.filed_timer_count();
+    for _ in 0..1000 {
+        let (now, from) = (p.now, p.b.addr);
+        p.a.ua.handle_datagram(now, from, trying.as_bytes());
+    }
+    assert!(p.a.ua.filed_timer_count() <= before + 1, "{} timers filed", p.a.ua.filed_timer_count());
+}
+
+#[test]
+fn broken_acks_get_no_response() {
+    let mut p = Pair::new();
+    p.inject(&OPTIONS.replace("OPTIONS", "ACK").replace("Call-ID: opt-1\r\n", ""));
+    p.inject(&OPTIONS.replace("OPTIONS", "ACK").replace("CSeq: 1 ACK", "CSeq: x"));
+    assert!(p.responses_to_a().is_empty());
+}

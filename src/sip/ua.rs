@@ -138,9 +138,11 @@ pub struct UserAgent {
     calls: HashMap<CallKey, Call>,
     /// (Call-ID, local tag) -> call.
     dialogs: HashMap<(String, String), CallKey>,
-    /// Instants at which some transaction wants `handle_timeout`; entries may
-    /// be stale, which costs a look and nothing else.
+    /// Instants at which some transaction wants `handle_timeout`. An entry that
+    /// is not the transaction's current one in `scheduled` is stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, TxId)>>,
+    /// Each transaction's pending wake-up, so a timer is filed once, not on every step.
+    scheduled: HashMap<TxId, Instant>,
     next_id: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<UaEvent>,
@@ -156,6 +158,7 @@ impl UserAgent {
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             timers: BinaryHeap::new(),
+            scheduled: HashMap::new(),
             next_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -183,6 +186,11 @@ impl UserAgent {
     /// Number of live transactions, for tests and statistics.
     pub fn transaction_count(&self) -> usize {
         self.transactions.len()
+    }
+
+    /// Number of filed timer wake-ups, stale ones included, for tests.
+    pub fn filed_timer_count(&self) -> usize {
+        self.timers.len()
     }
 
     fn next_id(&mut self) -> u64 {
@@ -228,6 +236,10 @@ impl UserAgent {
                 break;
             }
             self.timers.pop();
+            if self.scheduled.get(&id) != Some(&at) {
+                continue;
+            }
+            self.scheduled.remove(&id);
             let mut out = Vec::new();
             let outcome = match self.transactions.get_mut(&id) {
                 Some(Transaction::Client { tx, method, call }) if tx.poll_timeout().is_some_and(|t| t <= now) => {
@@ -266,8 +278,13 @@ impl UserAgent {
     fn after_transaction_step(&mut self, id: TxId) {
         let Some(transaction) = self.transactions.get(&id) else { return };
         match transaction.poll_timeout() {
-            Some(at) => self.timers.push(Reverse((at, id))),
+            Some(at) => {
+                if self.scheduled.insert(id, at) != Some(at) {
+                    self.timers.push(Reverse((at, id)));
+                }
+            }
             None => {
+                self.scheduled.remove(&id);
                 let terminated = match transaction {
                     Transaction::Client { tx, .. } => tx.is_terminated(),
                     Transaction::Server { tx, .. } => tx.is_terminated(),
@@ -819,7 +836,11 @@ impl UserAgent {
     }
 
     /// Answers without a transaction: for requests too broken to have one.
+    /// An ACK is never answered (§17.1.1.3), broken or not.
     fn reply_stateless(&mut self, request: &Request, destination: SocketAddr, status: u16, tag: Option<&str>) {
+        if request.method == Method::Ack {
+            return;
+        }
         let response = message::response_to(request, status, tag);
         self.transmits.push_back(Transmit { destination, data: message::print(response) });
     }
