@@ -301,12 +301,13 @@ impl Conference {
             controls,
         );
         self.shared.add_participant(id, &self.name, entry, None)?;
-        let (reply, result) = tokio::sync::oneshot::channel();
+        // A std channel: this may be called from inside an async runtime.
+        let (reply, result) = std::sync::mpsc::channel();
         self.shared
             .sip_commands
             .send(SipCommand::Dial { participant: id, target: uri.to_string(), reply })
             .map_err(|_| Error::Stopped)?;
-        result.blocking_recv().map_err(|_| Error::Stopped)??;
+        result.recv().map_err(|_| Error::Stopped)??;
         Ok(Participant { shared: self.shared.clone(), id })
     }
 

@@ -425,7 +425,13 @@ impl Engine {
             let _ = t.join();
         }
         if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_timeout(Duration::from_secs(1));
+            // Waiting for a runtime to wind down is not allowed from inside
+            // another one (an async application dropping its endpoint).
+            if tokio::runtime::Handle::try_current().is_ok() {
+                runtime.shutdown_background();
+            } else {
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            }
         }
         // The mixer thread has ended, so the reaper's channel is closed once
         // the shared state's last sender goes; it drains and exits on its own.

@@ -27,10 +27,13 @@ const RTP_RING: usize = 64;
 
 /// What the application asks of the SIP task.
 pub(crate) enum SipCommand {
-    Dial {
+    Dial { participant: ParticipantId, target: String, reply: std::sync::mpsc::Sender<Result<()>> },
+    /// A dial whose host name was looked up off the SIP task.
+    Resolved {
         participant: ParticipantId,
         target: String,
-        reply: tokio::sync::oneshot::Sender<Result<()>>,
+        destination: Result<SocketAddr>,
+        reply: std::sync::mpsc::Sender<Result<()>>,
     },
     Hangup {
         participant: ParticipantId,
@@ -328,11 +331,36 @@ impl Driver {
         let now = Instant::now();
         match command {
             SipCommand::Dial { participant, target, reply } => {
-                let result = self.dial(participant, &target, now).await;
-                if result.is_err() {
-                    self.shared.remove_participant(participant);
+                let uri = match rsip::Uri::try_from(target.as_str()) {
+                    Ok(uri) => uri,
+                    Err(e) => {
+                        let error = Error::InvalidArgument(format!("bad SIP URI {target:?}: {e}"));
+                        return self.dial_result(participant, Err(error), reply);
+                    }
+                };
+                match message::uri_socket_addr(&uri) {
+                    Some(destination) => {
+                        let result = self.dial(participant, &target, destination);
+                        self.dial_result(participant, result, reply);
+                    }
+                    // Look the name up without holding up every other call's signalling.
+                    None => {
+                        let commands = self.shared.sip_commands.clone();
+                        self.shared.runtime.spawn(async move {
+                            let host = uri.host().to_string();
+                            let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
+                            let destination = match tokio::net::lookup_host((host.as_str(), port)).await {
+                                Ok(mut found) => found.next().ok_or_else(|| Error::NotFound(format!("no address for {host}"))),
+                                Err(e) => Err(e.into()),
+                            };
+                            let _ = commands.send(SipCommand::Resolved { participant, target, destination, reply });
+                        });
+                    }
                 }
-                let _ = reply.send(result);
+            }
+            SipCommand::Resolved { participant, target, destination, reply } => {
+                let result = destination.and_then(|destination| self.dial(participant, &target, destination));
+                self.dial_result(participant, result, reply);
             }
             SipCommand::Hangup { participant, reason } => {
                 if let Some(call) = self.by_participant.get(&participant).copied() {
@@ -346,18 +374,20 @@ impl Driver {
         }
     }
 
-    async fn dial(&mut self, participant: ParticipantId, target: &str, now: Instant) -> Result<()> {
-        let uri =
-            rsip::Uri::try_from(target).map_err(|e| Error::InvalidArgument(format!("bad SIP URI {target:?}: {e}")))?;
-        let destination = match message::uri_socket_addr(&uri) {
-            Some(addr) => addr,
-            None => {
-                let host = uri.host().to_string();
-                let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
-                let found = tokio::net::lookup_host((host.as_str(), port)).await?.next();
-                found.ok_or_else(|| Error::NotFound(format!("no address for {host}")))?
-            }
-        };
+    fn dial_result(&self, participant: ParticipantId, result: Result<()>, reply: std::sync::mpsc::Sender<Result<()>>) {
+        if result.is_err() {
+            self.shared.remove_participant(participant);
+        }
+        let _ = reply.send(result);
+    }
+
+    /// Sends the INVITE; `now` is read here, after any name lookup, so the
+    /// transaction's timers start when the request really leaves.
+    fn dial(&mut self, participant: ParticipantId, target: &str, destination: SocketAddr) -> Result<()> {
+        if !self.shared.registry.lock().participants.contains_key(&participant) {
+            // Hung up, or its conference destroyed, while the name was looked up.
+            return Err(Error::NotFound(format!("participant {}", participant.0)));
+        }
         let media = self.local_media()?;
         let offer = sdp::offer(&media.local).print().into_bytes();
         let from_user = self
@@ -368,7 +398,7 @@ impl Driver {
             .get(&participant)
             .map(|p| p.conference.clone())
             .unwrap_or_else(|| "sipbridge".into());
-        let call = self.ua.dial(&uri.to_string(), destination, &from_user, offer, now)?;
+        let call = self.ua.dial(target, destination, &from_user, offer, Instant::now())?;
         self.calls.insert(call, CallLeg { participant, media: Some(media), receive_task: None, hangup_reason: None });
         self.by_participant.insert(participant, call);
         Ok(())

@@ -250,3 +250,17 @@ fn failed_dials_do_not_upset_the_mixer_s_room_bookkeeping() {
     while first.read_frame(&mut frame, Some(Duration::from_millis(50))).is_ok() && frame[0] == 0 {}
     assert_eq!(frame[0], 9000, "first hears the other nine");
 }
+
+#[test]
+fn the_api_can_be_used_from_inside_an_async_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let bridge = endpoint();
+        let caller = endpoint();
+        let out = caller.create_conference("out").unwrap();
+        out.dial(&bridge.room_uri("room")).unwrap();
+        wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+        drop(caller);
+        drop(bridge);
+    });
+}
