@@ -183,7 +183,7 @@ impl Endpoint {
     /// A SIP URI that calls into `room` on this endpoint.
     pub fn room_uri(&self, room: &str) -> String {
         let addr = SocketAddr::new(self.shared.advertised_ip, self.shared.sip_addr.port());
-        format!("sip:{room}@{addr}")
+        format!("sip:{}@{addr}", crate::sip::message::escape_user(room))
     }
 
     /// Creates a conference; an existing name is an error.

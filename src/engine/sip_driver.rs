@@ -27,7 +27,11 @@ const RTP_RING: usize = 64;
 
 /// What the application asks of the SIP task.
 pub(crate) enum SipCommand {
-    Dial { participant: ParticipantId, target: String, reply: std::sync::mpsc::Sender<Result<()>> },
+    Dial {
+        participant: ParticipantId,
+        target: String,
+        reply: std::sync::mpsc::Sender<Result<()>>,
+    },
     /// A dial whose host name was looked up off the SIP task.
     Resolved {
         participant: ParticipantId,
@@ -216,7 +220,10 @@ impl Driver {
         if self.shared.check_running().is_err() {
             return Err((503, Error::Stopped));
         }
-        let room = rsip::Uri::try_from(request_uri).ok().and_then(|u| u.user().map(str::to_string)).unwrap_or_default();
+        let room = rsip::Uri::try_from(request_uri)
+            .ok()
+            .and_then(|u| u.user().and_then(message::unescape_user))
+            .unwrap_or_default();
         if room.is_empty() {
             return Err((404, Error::NotFound("no room in the Request-URI".into())));
         }
@@ -350,7 +357,9 @@ impl Driver {
                             let host = uri.host().to_string();
                             let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
                             let destination = match tokio::net::lookup_host((host.as_str(), port)).await {
-                                Ok(mut found) => found.next().ok_or_else(|| Error::NotFound(format!("no address for {host}"))),
+                                Ok(mut found) => {
+                                    found.next().ok_or_else(|| Error::NotFound(format!("no address for {host}")))
+                                }
                                 Err(e) => Err(e.into()),
                             };
                             let _ = commands.send(SipCommand::Resolved { participant, target, destination, reply });

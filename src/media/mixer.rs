@@ -91,9 +91,10 @@ pub struct RtpLeg {
     pub datagrams: rtrb::Consumer<ReceivedDatagram>,
     /// Non-blocking; shares the port with the receive task's socket.
     pub socket: UdpSocket,
-    /// Where to send: from the SDP at first, then wherever the peer's packets
-    /// come from (symmetric RTP).
+    /// Where to send: from the SDP at first, then where the peer's first
+    /// packet came from (symmetric RTP).
     pub remote: SocketAddr,
+    latched: bool,
     pub send: bool,
     pub receive: bool,
     pub codec: Box<dyn AudioCodec>,
@@ -123,6 +124,7 @@ impl RtpLeg {
             datagrams,
             socket,
             remote,
+            latched: false,
             send: true,
             receive: true,
             codec,
@@ -146,8 +148,16 @@ impl RtpLeg {
                 // telephone-event and comfort noise are not mixed.
                 continue;
             }
+            // Symmetric RTP: latch on the first packet's source, then accept only
+            // that source, so nobody else can take over the leg's audio.
+            if !self.latched {
+                self.remote = datagram.source;
+                self.latched = true;
+            } else if datagram.source != self.remote {
+                controls.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             controls.packets_received.fetch_add(1, Ordering::Relaxed);
-            self.remote = datagram.source;
             let n = self.codec.decode(packet.payload, &mut self.decoded);
             self.jitter.push(packet.ssrc, packet.timestamp, &self.decoded[..n]);
         }
@@ -796,6 +806,34 @@ mod tests {
         // A one-second stall: one late tick, then a fresh schedule from there, not 50 ticks in a burst.
         assert_eq!(clock.after_tick(start + ms(1000)), TickWait::CatchUp { late: true });
         assert_eq!(clock.after_tick(start + ms(1001)), TickWait::Sleep(ms(19)));
+    }
+
+    #[test]
+    fn rtp_latches_on_the_first_source_and_ignores_others() {
+        let mut h = harness();
+        conference(&h, 1);
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let intruder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        intruder.set_nonblocking(true).unwrap();
+        let (p, mut ring, _) = rtp_participant(1, "127.0.0.1:9".parse().unwrap());
+        let controls = p.controls.clone();
+        let (listener, mut ears) = local(2);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), listener)).unwrap();
+        h.mixer.apply_commands();
+        let mut buf = [0u8; 2048];
+        for seq in 0..6 {
+            ring.push(datagram(peer.local_addr().unwrap(), seq, 1000)).unwrap();
+            ring.push(datagram(intruder.local_addr().unwrap(), seq + 100, 30000)).unwrap();
+            h.mixer.tick();
+            let heard = take(&mut ears);
+            assert!(heard.iter().all(|s| s.abs() < 2000), "the intruder's audio is never mixed");
+        }
+        assert_eq!(controls.packets_received.load(Ordering::Relaxed), 6);
+        assert_eq!(controls.dropped.load(Ordering::Relaxed), 6);
+        peer.set_nonblocking(true).unwrap();
+        assert!(peer.recv_from(&mut buf).is_ok(), "audio goes to the latched peer");
+        assert!(intruder.recv_from(&mut buf).is_err(), "and never to the intruder");
     }
 
     #[test]

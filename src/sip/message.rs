@@ -332,6 +332,44 @@ pub fn uri_socket_addr(uri: &rsip::Uri) -> Option<SocketAddr> {
     }
 }
 
+/// Escapes text for the user part of a SIP URI (RFC 3261 §25.1 `user`):
+/// unreserved and user-unreserved characters stay, the rest become %XX.
+pub fn escape_user(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Undoes `%XX` escapes in a URI's user part; `None` when the result is not UTF-8.
+pub fn unescape_user(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// A fresh random token for tags, branches and Call-IDs.
 pub fn random_token() -> String {
     use rand::Rng;
@@ -397,6 +435,18 @@ l: 4\r\n\r\nv=0\n";
         let SipMessage::Response(back) = parse(text.as_bytes()).unwrap() else { panic!() };
         assert_eq!(to_tag(&back).unwrap().as_deref(), Some("xyz"));
         assert_eq!(top_branch(&back.headers).unwrap(), "z9hG4bK-1");
+    }
+
+    #[test]
+    fn user_parts_escape_and_unescape() {
+        assert_eq!(escape_user("room 1 <a@b>"), "room%201%20%3Ca%40b%3E");
+        assert_eq!(escape_user("team-7.a"), "team-7.a");
+        assert_eq!(unescape_user("room%201%20%3Ca%40b%3E").as_deref(), Some("room 1 <a@b>"));
+        assert_eq!(unescape_user("caf%C3%A9").as_deref(), Some("café"));
+        assert_eq!(unescape_user("100%").as_deref(), Some("100%"));
+        assert_eq!(unescape_user("%FF"), None);
+        let uri = format!("<sip:{}@127.0.0.1>", escape_user("a room; with <stuff>"));
+        assert!(rsip::Uri::try_from(&uri[1..uri.len() - 1]).is_ok(), "{uri}");
     }
 
     #[test]

@@ -657,6 +657,7 @@ impl UserAgent {
         let call = CallKey(self.next_id());
         let local_tag = random_token();
         let host = self.advertised_host();
+        let from_user = message::escape_user(from_user);
         let local_party = format!("<sip:{from_user}@{host}>;tag={local_tag}");
         let remote_party = format!("<{uri}>");
         let entry = Call {

@@ -264,3 +264,19 @@ fn the_api_can_be_used_from_inside_an_async_runtime() {
         drop(bridge);
     });
 }
+
+#[test]
+fn room_names_with_spaces_and_symbols_travel_escaped() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    let room = bridge.create_conference("Room 7 <math>").unwrap();
+    let out = caller.create_conference("caller one; two").unwrap();
+    out.dial(&bridge.room_uri("Room 7 <math>")).unwrap();
+    let conference = wait_event(&bridge, WAIT, |e| match e {
+        Event::ParticipantJoined { conference, kind: ParticipantKind::Inbound, .. } => Some(conference.clone()),
+        _ => None,
+    });
+    assert_eq!(conference, "Room 7 <math>");
+    assert_eq!(room.participants().unwrap().len(), 1);
+    wait_event(&caller, WAIT, joined(ParticipantKind::Outbound));
+}
