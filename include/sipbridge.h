@@ -212,9 +212,10 @@ extern "C" {
 size_t sb_last_error(char *buf, size_t len);
 
 /**
- * A static name for a status, such as "SB_NOT_FOUND".
+ * A static name for a status, such as "SB_NOT_FOUND"; "SB_UNKNOWN" for a
+ * number that is no status. Takes a plain integer: a C caller may pass any.
  */
-const char *sb_status_name(sb_status status);
+const char *sb_status_name(int status);
 
 /**
  * Sets `config` to the defaults.

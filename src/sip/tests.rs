@@ -525,3 +525,59 @@ fn broken_acks_get_no_response() {
     p.inject(&OPTIONS.replace("OPTIONS", "ACK").replace("CSeq: 1 ACK", "CSeq: x"));
     assert!(p.responses_to_a().is_empty());
 }
+
+#[test]
+fn hanging_up_before_the_ack_waits_for_it_to_send_bye() {
+    let mut p = Pair::new();
+    let mut held = true;
+    // Hold back A's first ACK: B hangs up while its 2xx is unacknowledged.
+    p.drop = Box::new(move |m| {
+        if m.starts_with("ACK ") && held {
+            held = false;
+            return true;
+        }
+        false
+    });
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(30));
+    let b_call = p.incoming().unwrap();
+    p.b.ua.hangup(b_call, p.now).unwrap();
+    p.collect();
+    assert!(p.b.events.contains(&UaEvent::Ended { call: b_call, reason: EndReason::LocalHangup }));
+    assert_eq!(p.count("BYE "), 0, "no BYE before the ACK (§15)");
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.count("BYE "), 1, "the BYE follows the retransmitted 2xx's ACK");
+    assert!(p.a.events.contains(&UaEvent::Ended { call, reason: EndReason::RemoteHangup }));
+    p.run_for(Duration::from_secs(40));
+    assert_eq!(p.b.events.iter().filter(|e| matches!(e, UaEvent::Ended { .. })).count(), 1);
+    assert_eq!(p.a.ua.call_count() + p.b.ua.call_count(), 0);
+}
+
+#[test]
+fn a_callee_bye_during_ringing_ends_the_invite_with_cancel() {
+    let mut p = Pair::new();
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    let now = p.now;
+    p.b.ua.ring(b_call, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    // B (misbehaving) sends BYE in the early dialog, built from its 180.
+    let ringing = p.log.iter().find(|m| m.starts_with("SIP/2.0 180")).unwrap().clone();
+    let bye = format!(
+        "BYE sip:alice@127.0.0.1:5061 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKearlybye\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 9 BYE\r\nContent-Length: 0\r\n\r\n",
+        header(&ringing, "To"),
+        header(&ringing, "From"),
+        header(&ringing, "Call-ID")
+    );
+    let (now, from) = (p.now, p.b.addr);
+    p.a.ua.handle_datagram(now, from, bye.as_bytes());
+    p.collect();
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.count("CANCEL "), 1);
+    assert!(p.a.events.contains(&UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() }));
+    assert!(p.log.iter().all(|m| !m.is_empty()), "no empty datagram is ever sent");
+}

@@ -130,7 +130,7 @@ impl ClientTransaction {
     pub fn handle_response(
         &mut self,
         status: u16,
-        make_ack: impl FnOnce() -> Vec<u8>,
+        make_ack: impl FnOnce() -> Option<Vec<u8>>,
         now: Instant,
         out: &mut Vec<Transmit>,
     ) -> ResponseDisposition {
@@ -155,8 +155,7 @@ impl ClientTransaction {
                     // The 2xx goes to the TU, which ACKs it; the transaction ends.
                     self.state = ClientState::Terminated;
                 } else {
-                    if self.invite {
-                        let ack = make_ack();
+                    if let Some(ack) = make_ack().filter(|_| self.invite) {
                         out.push(Transmit { destination: self.destination, data: ack.clone() });
                         self.ack = Some(ack);
                     }
@@ -480,7 +479,7 @@ mod tests {
             &mut out,
         );
         out.clear();
-        assert_eq!(tx.handle_response(486, || b"ACK".to_vec(), now, &mut out), ResponseDisposition::Deliver);
+        assert_eq!(tx.handle_response(486, || Some(b"ACK".to_vec()), now, &mut out), ResponseDisposition::Deliver);
         assert_eq!(out.len(), 1);
         assert_eq!(tx.handle_response(486, || unreachable!(), now, &mut out), ResponseDisposition::Absorb);
         assert_eq!(out.len(), 2);

@@ -19,7 +19,8 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 
 use super::message::{self, new_branch, random_token};
 use super::transaction::{
-    ClientTimeout, ClientTransaction, Reliability, ResponseDisposition, ServerTimeout, ServerTransaction, TimerConfig,
+    ClientTimeout, ClientTransaction, Reliability, ResponseDisposition, ServerState, ServerTimeout, ServerTransaction,
+    TimerConfig,
 };
 use super::{SipError, Transmit, ALLOWED_METHODS, USER_AGENT};
 
@@ -101,6 +102,8 @@ struct Call {
     /// ACKed and ended with BYE.
     hangup_requested: bool,
     cancel_sent: bool,
+    /// Inbound: the app hung up before our 2xx was ACKed; BYE goes out with the ACK.
+    bye_after_ack: bool,
     ringing_reported: bool,
 }
 
@@ -260,8 +263,12 @@ impl UserAgent {
                 Some((_, Some(ServerTimeout::NoAck), Some(call)))
                     if self.calls.get(&call).is_some_and(|c| c.state == CallState::Confirmed) =>
                 {
+                    // Already reported when the app hung up and the BYE waited for this.
+                    let reported = self.calls.get(&call).is_some_and(|c| c.bye_after_ack);
                     self.send_bye(call, now);
-                    self.events.push_back(UaEvent::Ended { call, reason: EndReason::AckTimeout });
+                    if !reported {
+                        self.events.push_back(UaEvent::Ended { call, reason: EndReason::AckTimeout });
+                    }
                 }
                 _ => {}
             }
@@ -380,6 +387,7 @@ impl UserAgent {
                     local_sdp: Vec::new(),
                     hangup_requested: false,
                     cancel_sent: false,
+                    bye_after_ack: false,
                     ringing_reported: false,
                 };
                 self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
@@ -418,9 +426,27 @@ impl UserAgent {
         entry.remote_cseq = cseq;
         match request.method {
             Method::Bye => {
+                let state = entry.state;
                 self.respond(id, &request, 200, None, Vec::new(), now);
-                self.forget_call(call);
-                self.events.push_back(UaEvent::Ended { call, reason: EndReason::RemoteHangup });
+                match state {
+                    CallState::Confirmed => {
+                        self.forget_call(call);
+                        self.events.push_back(UaEvent::Ended { call, reason: EndReason::RemoteHangup });
+                    }
+                    // The caller ended the early dialog (§15): the INVITE ends with 487.
+                    CallState::Incoming => {
+                        self.reject(call, 487, now);
+                        self.events.push_back(UaEvent::Ended { call, reason: EndReason::RemoteHangup });
+                    }
+                    // A callee may not BYE before its 2xx; end our INVITE cleanly
+                    // with CANCEL, and report when its final response comes.
+                    CallState::Calling | CallState::Early => {
+                        if let Some(entry) = self.calls.get_mut(&call) {
+                            entry.hangup_requested = true;
+                        }
+                        self.send_cancel(call, now);
+                    }
+                }
             }
             Method::Invite => {
                 // A session refresh or re-offer: answer with the description we
@@ -444,7 +470,7 @@ impl UserAgent {
         // ACK for a non-2xx: same branch as the INVITE (§17.2.3).
         if let Some(id) = self.by_branch.get(&(branch.to_string(), Method::Invite as u8)).copied() {
             if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) {
-                if tx.state() == super::transaction::ServerState::Completed {
+                if tx.state() == ServerState::Completed {
                     tx.handle_ack(now);
                     self.after_transaction_step(id);
                     return;
@@ -457,10 +483,13 @@ impl UserAgent {
             message::to_tag(request).ok().flatten().unwrap_or_default(),
         );
         let Some(call) = self.dialogs.get(&key).copied() else { return };
-        let Some(id) = self.calls.get(&call).map(|c| c.invite_tx) else { return };
+        let Some((id, bye_after_ack)) = self.calls.get(&call).map(|c| (c.invite_tx, c.bye_after_ack)) else { return };
         if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) {
             tx.handle_ack(now);
             self.after_transaction_step(id);
+        }
+        if bye_after_ack {
+            self.send_bye(call, now);
         }
     }
 
@@ -512,12 +541,8 @@ impl UserAgent {
         let call = *call;
         let mut out = Vec::new();
         let invite = self.calls.get(&call.unwrap_or(CallKey(0))).map(|c| c.invite.clone());
-        let disposition = tx.handle_response(
-            status,
-            || invite.map(|i| message::print(non_2xx_ack(&i, &response))).unwrap_or_default(),
-            now,
-            &mut out,
-        );
+        let disposition =
+            tx.handle_response(status, || invite.map(|i| message::print(non_2xx_ack(&i, &response))), now, &mut out);
         self.transmits.extend(out);
         self.after_transaction_step(id);
         if disposition == ResponseDisposition::Absorb || method != Method::Invite {
@@ -683,6 +708,7 @@ impl UserAgent {
             local_sdp: sdp.clone(),
             hangup_requested: false,
             cancel_sent: false,
+            bye_after_ack: false,
             ringing_reported: false,
         };
         let mut invite = in_dialog_request(&entry, Method::Invite, 1, &host);
@@ -714,7 +740,16 @@ impl UserAgent {
                 self.send_cancel(call, now);
             }
             CallState::Confirmed => {
-                self.send_bye(call, now);
+                let awaiting_ack = matches!(
+                    self.transactions.get(&entry.invite_tx),
+                    Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
+                );
+                if awaiting_ack {
+                    // §15: no BYE before the ACK (or its timeout) for our 2xx.
+                    entry.bye_after_ack = true;
+                } else {
+                    self.send_bye(call, now);
+                }
                 self.events.push_back(UaEvent::Ended { call, reason: EndReason::LocalHangup });
             }
         }
