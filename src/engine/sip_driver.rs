@@ -145,10 +145,13 @@ impl Driver {
                     });
                 }
             }
-            UaEvent::Answered { call, answer } => {
-                if let Err(error) = self.outbound_answered(call, &answer) {
-                    tracing::warn!(%error, "cannot use the answer; hanging up");
-                    let _ = self.ua.hangup(call, now);
+            UaEvent::Answered { call, answer } | UaEvent::Acknowledged { call, answer } => {
+                let awaiting_answer = self.calls.get(&call).is_some_and(|leg| leg.media.is_some());
+                if awaiting_answer {
+                    if let Err(error) = self.offer_answered(call, &answer) {
+                        tracing::warn!(%error, "cannot use the answer; hanging up");
+                        let _ = self.ua.hangup(call, now);
+                    }
                 }
             }
             UaEvent::Failed { call, status, reason } => {
@@ -231,41 +234,55 @@ impl Driver {
         if !exists && !self.shared.config.create_rooms_on_demand {
             return Err((404, Error::NotFound(room)));
         }
-        if offer.is_empty() {
-            // An INVITE without an offer wants ours in the 2xx and its answer in the ACK.
-            return Err((488, Error::InvalidArgument("INVITE without an SDP offer is not supported".into())));
-        }
-        let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
         let media = self.local_media().map_err(|e| (503, e))?;
-        let (answer, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
         let participant = ParticipantId(self.shared.next_id());
         let controls = Arc::new(ParticipantControls::default());
-        let (mix, task) = self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
-        let entry = ParticipantEntry::new(
-            ParticipantKind::Inbound,
-            Some(from.to_string()),
-            ParticipantState::Connected,
-            controls,
-        );
-        let joined = self
-            .shared
-            .create_conference(&room, Creator::Caller)
-            .and_then(|_| self.shared.add_participant(participant, &room, entry, Some(mix)));
-        if let Err(e) = joined {
-            task.abort();
-            self.shared.end_if_empty_on_demand(&room);
-            return Err((500, e));
-        }
+        let remote = Some(from.to_string());
+        // With an offer, answer it and start the media now. Without one (late
+        // offer, RFC 3264 §4), put our offer in the 2xx and start the media when
+        // the answer comes in the ACK.
+        let (sdp, joined) = if offer.is_empty() {
+            let sdp = sdp::offer(&media.local);
+            let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Calling, controls);
+            let joined = self
+                .shared
+                .create_conference(&room, Creator::Caller)
+                .and_then(|_| self.shared.add_participant(participant, &room, entry, None));
+            (sdp, joined.map(|()| (Some(media), None)))
+        } else {
+            let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
+            let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
+            let (mix, task) = self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
+            let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
+            let joined = self
+                .shared
+                .create_conference(&room, Creator::Caller)
+                .and_then(|_| self.shared.add_participant(participant, &room, entry, Some(mix)));
+            if joined.is_err() {
+                task.abort();
+            }
+            (sdp, joined.map(|()| (None, Some(task))))
+        };
+        let (media, receive_task) = match joined {
+            Ok(parts) => parts,
+            Err(e) => {
+                self.shared.end_if_empty_on_demand(&room);
+                return Err((500, e));
+            }
+        };
         let _ = self.ua.ring(call, now);
-        let _ = self.ua.answer(call, answer.print().into_bytes(), now);
-        self.calls.insert(call, CallLeg { participant, media: None, receive_task: Some(task), hangup_reason: None });
+        let _ = self.ua.answer(call, sdp.print().into_bytes(), now);
+        let started = receive_task.is_some();
+        self.calls.insert(call, CallLeg { participant, media, receive_task, hangup_reason: None });
         self.by_participant.insert(participant, call);
-        self.shared.emit(Event::ParticipantJoined {
-            conference: room,
-            participant,
-            kind: ParticipantKind::Inbound,
-            remote: from.to_string(),
-        });
+        if started {
+            self.shared.emit(Event::ParticipantJoined {
+                conference: room,
+                participant,
+                kind: ParticipantKind::Inbound,
+                remote: from.to_string(),
+            });
+        }
         Ok(())
     }
 
@@ -298,37 +315,33 @@ impl Driver {
         Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), FRAME)), task))
     }
 
-    fn outbound_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
+    /// The peer answered our offer (in a 2xx, or in the ACK of a late-offer
+    /// call): start the media and report the participant as joined.
+    fn offer_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
         let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
         let media = leg.media.take().ok_or(Error::NotFound("media".into()))?;
         let participant = leg.participant;
         let negotiated = sdp::accept_answer(&SessionDescription::parse(answer)?, &media.local)?;
-        let controls = self
+        let (controls, kind, remote) = self
             .shared
             .registry
             .lock()
             .participants
             .get(&participant)
-            .map(|p| p.controls.clone())
+            .map(|p| (p.controls.clone(), p.kind, p.remote.clone().unwrap_or_default()))
             .ok_or(Error::NotFound("participant".into()))?;
         let (mix, task) = self.rtp_leg(participant, controls, media, negotiated)?;
         if let Some(leg) = self.calls.get_mut(&call) {
             leg.receive_task = Some(task);
         }
         self.shared.connect_participant(participant, mix)?;
-        self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
-        let remote = self
-            .shared
-            .registry
-            .lock()
-            .participants
-            .get(&participant)
-            .and_then(|p| p.remote.clone())
-            .unwrap_or_default();
+        if kind == ParticipantKind::Outbound {
+            self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
+        }
         self.emit_for(participant, |conference, participant| Event::ParticipantJoined {
             conference,
             participant,
-            kind: ParticipantKind::Outbound,
+            kind,
             remote,
         });
         Ok(())

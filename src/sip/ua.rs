@@ -50,6 +50,9 @@ pub enum UaEvent {
     Ringing { call: CallKey },
     /// The callee answered; `answer` is the SDP body of the 2xx.
     Answered { call: CallKey, answer: Vec<u8> },
+    /// The ACK for our 2xx to an incoming call arrived; `answer` is its body,
+    /// the SDP answer when the INVITE had no offer (RFC 3264 §4), else empty.
+    Acknowledged { call: CallKey, answer: Vec<u8> },
     /// The INVITE failed with a final response, or timed out (408).
     Failed { call: CallKey, status: u16, reason: String },
     /// An established or incoming call is over.
@@ -485,8 +488,12 @@ impl UserAgent {
         let Some(call) = self.dialogs.get(&key).copied() else { return };
         let Some((id, bye_after_ack)) = self.calls.get(&call).map(|c| (c.invite_tx, c.bye_after_ack)) else { return };
         if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&id) {
+            let first = tx.state() == ServerState::Accepted;
             tx.handle_ack(now);
             self.after_transaction_step(id);
+            if first && !bye_after_ack {
+                self.events.push_back(UaEvent::Acknowledged { call, answer: request.body.clone() });
+            }
         }
         if bye_after_ack {
             self.send_bye(call, now);

@@ -159,6 +159,52 @@ fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
 }
 
 #[test]
+fn sipp_late_offer_gets_our_offer_and_answers_in_the_ack() {
+    if !sipp_available() {
+        return;
+    }
+    let dir = pcap_dir();
+    let mut server = Server::start();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_late_offer.xml");
+    let output = run_sipp(
+        &[
+            "-sf",
+            scenario,
+            &format!("127.0.0.1:{}", server.port),
+            "-s",
+            "late",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &free_udp_port().to_string(),
+            "-mp",
+            &free_udp_port().to_string(),
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+        ],
+        &dir,
+    );
+    assert!(
+        output.status.success(),
+        "sipp failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let joined = server.expect("joined room=late", Duration::from_secs(2));
+    assert!(joined.contains("kind=Inbound"));
+    let left = server.expect("left room=late", Duration::from_secs(2));
+    assert!(left.contains("reason=RemoteHangup"), "{left}");
+    // The bridge sent its audio to the port the ACK's answer named.
+    let sent: u64 = left.split("sent=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
+    assert!(sent > 20, "the bridge sent {sent} RTP packets after the ACK");
+    assert!(server.terminate().success());
+}
+
+#[test]
 fn serve_hangs_up_every_leg_on_sigterm() {
     if !sipp_available() {
         return;
