@@ -581,3 +581,57 @@ fn a_callee_bye_during_ringing_ends_the_invite_with_cancel() {
     assert!(p.a.events.contains(&UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() }));
     assert!(p.log.iter().all(|m| !m.is_empty()), "no empty datagram is ever sent");
 }
+
+#[test]
+fn a_re_invite_before_the_first_ack_is_asked_to_retry() {
+    let mut p = Pair::new();
+    p.drop = Box::new(|m| m.starts_with("ACK "));
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(30));
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let reinvite = format!(
+        "INVITE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKearlyre\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n",
+        header(&ok, "From"),
+        header(&ok, "To"),
+        header(&ok, "Call-ID")
+    );
+    p.inject(&reinvite);
+    let last = p.responses_to_a().last().unwrap().to_string();
+    assert!(last.starts_with("SIP/2.0 500") && last.contains("Retry-After: "), "{last}");
+}
+
+#[test]
+fn a_bye_stops_our_2xx_even_when_its_ack_was_lost() {
+    let mut p = Pair::new();
+    p.drop = Box::new(|m| m.starts_with("ACK "));
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(30));
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(100));
+    let before = p.count("SIP/2.0 200");
+    p.run_for(Duration::from_secs(40));
+    assert_eq!(p.count("SIP/2.0 200"), before, "no 2xx retransmissions after the BYE");
+}
+
+#[test]
+fn a_long_ringing_call_does_not_time_out() {
+    let mut p = Pair::new();
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    let now = p.now;
+    p.b.ua.ring(b_call, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_secs(60));
+    assert!(!p.a.events.iter().any(|e| matches!(e, UaEvent::Failed { .. })), "{:?}", p.a.events);
+    let now = p.now;
+    p.b.ua.answer(b_call, b"v=0\r\n".to_vec(), now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    assert!(p.a.events.iter().any(|e| matches!(e, UaEvent::Answered { call: c, .. } if *c == call)));
+}

@@ -139,8 +139,10 @@ impl ClientTransaction {
             (ClientState::Calling | ClientState::Proceeding, true) => {
                 self.state = ClientState::Proceeding;
                 if self.invite {
-                    // Timer A stops on any provisional response; Timer B keeps running.
+                    // Timers A and B only run in Calling (§17.1.1.2): once the callee
+                    // rings, how long to wait is the TU's choice (it may CANCEL).
                     self.retransmit_at = None;
+                    self.timeout_at = None;
                 } else if let Some(at) = self.retransmit_at.as_mut() {
                     // Non-INVITE retransmits at T2 once proceeding (§17.1.2.2).
                     self.retransmit_interval = self.timers.t2;
@@ -446,7 +448,7 @@ mod tests {
     }
 
     #[test]
-    fn provisional_stops_timer_a_but_not_timer_b() {
+    fn provisional_stops_timers_a_and_b() {
         let now = Instant::now();
         let mut out = Vec::new();
         let mut tx = ClientTransaction::start(
@@ -460,8 +462,25 @@ mod tests {
         );
         let d = tx.handle_response(180, || unreachable!("no ACK for 1xx"), now + Duration::from_millis(100), &mut out);
         assert_eq!(d, ResponseDisposition::Deliver);
-        let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
-        assert!(sent.is_empty());
+        assert_eq!(tx.poll_timeout(), None, "a ringing callee may take as long as it likes");
+        assert_eq!(tx.state(), ClientState::Proceeding);
+    }
+
+    #[test]
+    fn non_invite_keeps_timer_f_after_a_provisional() {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut tx = ClientTransaction::start(
+            false,
+            b"BYE".to_vec(),
+            addr(),
+            Reliability::Unreliable,
+            TimerConfig::default(),
+            now,
+            &mut out,
+        );
+        tx.handle_response(100, || None, now, &mut out);
+        let (_, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(result, Some(ClientTimeout::NoResponse));
     }
 

@@ -264,7 +264,7 @@ impl UserAgent {
                 }
                 // §13.3.1.4: the session is confirmed but unacknowledged; end it with BYE.
                 Some((_, Some(ServerTimeout::NoAck), Some(call)))
-                    if self.calls.get(&call).is_some_and(|c| c.state == CallState::Confirmed) =>
+                    if self.calls.get(&call).is_some_and(|c| c.state == CallState::Confirmed && c.invite_tx == id) =>
                 {
                     // Already reported when the app hung up and the BYE waited for this.
                     let reported = self.calls.get(&call).is_some_and(|c| c.bye_after_ack);
@@ -429,10 +429,15 @@ impl UserAgent {
         entry.remote_cseq = cseq;
         match request.method {
             Method::Bye => {
-                let state = entry.state;
+                let (state, invite_tx) = (entry.state, entry.invite_tx);
                 self.respond(id, &request, 200, None, Vec::new(), now);
                 match state {
                     CallState::Confirmed => {
+                        // A BYE implies the peer has the 2xx: stop sending it, even if its ACK was lost.
+                        if let Some(Transaction::Server { tx, .. }) = self.transactions.get_mut(&invite_tx) {
+                            tx.handle_ack(now);
+                        }
+                        self.after_transaction_step(invite_tx);
                         self.forget_call(call);
                         self.events.push_back(UaEvent::Ended { call, reason: EndReason::RemoteHangup });
                     }
@@ -447,7 +452,10 @@ impl UserAgent {
                         if let Some(entry) = self.calls.get_mut(&call) {
                             entry.hangup_requested = true;
                         }
-                        self.send_cancel(call, now);
+                        // In Calling, the CANCEL waits for a provisional response (§9.1).
+                        if state == CallState::Early {
+                            self.send_cancel(call, now);
+                        }
                     }
                 }
             }
@@ -456,6 +464,16 @@ impl UserAgent {
                 // already gave. Hold and codec change come with in-dialog
                 // offer/answer support. Its ACK is matched by dialog, so the
                 // call now points at this transaction.
+                let previous_unacked = matches!(
+                    self.transactions.get(&entry.invite_tx),
+                    Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
+                );
+                if previous_unacked {
+                    // §14.2: the last INVITE's 2xx is not ACKed yet; ask for a retry.
+                    let seconds = (rand::random::<u8>() % 10 + 1).to_string();
+                    let retry = Header::RetryAfter(rsip::headers::RetryAfter::new(seconds));
+                    return self.respond_with_headers(id, &request, 500, now, vec![retry]);
+                }
                 let sdp = entry.local_sdp.clone();
                 entry.invite_tx = id;
                 if let Some(Transaction::Server { call: owner, .. }) = self.transactions.get_mut(&id) {
