@@ -390,10 +390,8 @@ fn validate_sip_uri(uri: &str) -> Result<()> {
     if uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it contains spaces or control characters"));
     }
-    let parsed = rsip::Uri::try_from(uri).map_err(|e| bad(&e.to_string()))?;
-    if parsed.host().to_string().is_empty() {
-        return Err(bad("no host"));
-    }
+    rsip::Uri::try_from(uri).map_err(|e| bad(&e.to_string()))?;
+    crate::sip::message::uri_parts(uri).ok_or_else(|| bad("no host, or a bad port"))?;
     Ok(())
 }
 

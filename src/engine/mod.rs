@@ -197,15 +197,25 @@ impl Shared {
 
     /// Creates a conference (see [`Creator`] for what an existing name means).
     pub fn create_conference(&self, name: &str, creator: Creator) -> Result<ConferenceId> {
+        let mut registry = self.registry.lock();
+        let (id, created) = self.create_locked(&mut registry, name, creator)?;
+        drop(registry);
+        if created {
+            self.emit(Event::ConferenceCreated { conference: name.into() });
+        }
+        Ok(id)
+    }
+
+    /// Creates a conference in a locked registry; says whether it is new.
+    fn create_locked(&self, registry: &mut Registry, name: &str, creator: Creator) -> Result<(ConferenceId, bool)> {
         self.check_running()?;
         if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
             return Err(Error::InvalidArgument(format!("bad conference name {name:?}")));
         }
-        let mut registry = self.registry.lock();
         if let Some(existing) = registry.conferences.get(name) {
             return match creator {
                 Creator::App => Err(Error::AlreadyExists(name.into())),
-                Creator::Caller => Ok(existing.id),
+                Creator::Caller => Ok((existing.id, false)),
             };
         }
         let id = ConferenceId(self.next_id());
@@ -214,12 +224,9 @@ impl Shared {
         let mix = Box::new(ConferenceMix::new(id, controls.clone(), FRAME, INITIAL_CAPACITY));
         self.mixer.lock().add_conference(mix, INITIAL_CAPACITY)?;
         let on_demand = creator == Creator::Caller;
-        registry
-            .conferences
-            .insert(name.into(), ConferenceEntry { id, controls, participants: BTreeSet::new(), on_demand });
-        drop(registry);
-        self.emit(Event::ConferenceCreated { conference: name.into() });
-        Ok(id)
+        let entry = ConferenceEntry { id, controls, participants: BTreeSet::new(), on_demand };
+        registry.conferences.insert(name.into(), entry);
+        Ok((id, true))
     }
 
     /// Adds a participant to conference `name` in the registry and, with `mix`, to the mixer.
@@ -227,10 +234,44 @@ impl Shared {
         &self,
         id: ParticipantId,
         name: &str,
-        mut entry: ParticipantEntry,
+        entry: ParticipantEntry,
         mix: Option<Box<ParticipantMix>>,
     ) -> Result<()> {
         let mut registry = self.registry.lock();
+        self.add_locked(&mut registry, id, name, entry, mix)
+    }
+
+    /// Adds a caller to room `name`, creating the room if needed, in one step
+    /// so an emptying room cannot end between the two.
+    pub fn join_room(
+        &self,
+        id: ParticipantId,
+        name: &str,
+        entry: ParticipantEntry,
+        mix: Option<Box<ParticipantMix>>,
+    ) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let (_, created) = self.create_locked(&mut registry, name, Creator::Caller)?;
+        let added = self.add_locked(&mut registry, id, name, entry, mix);
+        if created {
+            if added.is_ok() {
+                drop(registry);
+                self.emit(Event::ConferenceCreated { conference: name.into() });
+            } else if let Some(room) = registry.conferences.remove(name) {
+                let _ = self.mixer.lock().remove_conference(room.id);
+            }
+        }
+        added
+    }
+
+    fn add_locked(
+        &self,
+        registry: &mut Registry,
+        id: ParticipantId,
+        name: &str,
+        mut entry: ParticipantEntry,
+        mix: Option<Box<ParticipantMix>>,
+    ) -> Result<()> {
         let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
         entry.in_mixer = mix.is_some();
         if let Some(mix) = mix {
@@ -284,25 +325,41 @@ impl Shared {
 
     /// Removes a participant and reports that it left.
     pub fn participant_left(&self, id: ParticipantId, reason: LeaveReason) {
-        if let Some(entry) = self.remove_participant(id) {
-            self.emit(Event::ParticipantLeft {
+        self.participant_gone(id, |entry| {
+            Some(Event::ParticipantLeft {
                 conference: entry.conference.clone(),
                 participant: id,
                 reason,
                 packets_received: entry.controls.packets_received.load(Ordering::Relaxed),
                 packets_sent: entry.controls.packets_sent.load(Ordering::Relaxed),
-            });
-            self.end_if_empty_on_demand(&entry.conference);
+            })
+        });
+    }
+
+    /// Removes a participant, reports what `event` makes of it, then ends its
+    /// room if a caller created it and nobody is left.
+    pub fn participant_gone(&self, id: ParticipantId, event: impl FnOnce(&ParticipantEntry) -> Option<Event>) {
+        if let Some(entry) = self.remove_participant(id) {
+            if let Some(event) = event(&entry) {
+                self.emit(event);
+            }
+            self.end_if_empty_on_demand(&entry.conference, entry.conference_id);
         }
     }
 
-    /// Ends a room that a caller created once nobody is left in it.
-    pub fn end_if_empty_on_demand(&self, name: &str) {
+    /// Ends room `name` if it is still conference `id`, a caller created it,
+    /// and nobody is left in it; checked and removed under one lock.
+    pub fn end_if_empty_on_demand(&self, name: &str, id: ConferenceId) {
+        let mut registry = self.registry.lock();
         let empty =
-            self.registry.lock().conferences.get(name).is_some_and(|c| c.on_demand && c.participants.is_empty());
-        if empty {
-            let _ = self.destroy_conference(name);
+            registry.conferences.get(name).is_some_and(|c| c.id == id && c.on_demand && c.participants.is_empty());
+        if !empty {
+            return;
         }
+        registry.conferences.remove(name);
+        let _ = self.mixer.lock().remove_conference(id);
+        drop(registry);
+        self.emit(Event::ConferenceDestroyed { conference: name.into() });
     }
 
     /// Hangs up every participant of a conference and removes it.

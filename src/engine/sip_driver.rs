@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 use super::ports::PortLease;
-use super::{Creator, ParticipantEntry, Shared, FRAME};
+use super::{ParticipantEntry, Shared, FRAME};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::mixer::{
     Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM,
@@ -157,14 +157,9 @@ impl Driver {
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
-                    if let Some(entry) = self.shared.remove_participant(participant) {
-                        self.shared.emit(Event::DialFailed {
-                            conference: entry.conference,
-                            participant,
-                            status,
-                            reason,
-                        });
-                    }
+                    self.shared.participant_gone(participant, |entry| {
+                        Some(Event::DialFailed { conference: entry.conference.clone(), participant, status, reason })
+                    });
                 }
             }
             UaEvent::Ended { call, reason } => {
@@ -175,7 +170,14 @@ impl Driver {
                         EndReason::Cancelled => LeaveReason::Cancelled,
                         EndReason::AckTimeout => LeaveReason::Timeout,
                     });
-                    self.shared.participant_left(leg.participant, reason);
+                    if leg.media.is_none() {
+                        self.shared.participant_left(leg.participant, reason);
+                    } else {
+                        // A late-offer call whose media never started never joined,
+                        // so it does not leave either.
+                        tracing::info!(participant = leg.participant.0, ?reason, "call ended before its media started");
+                        self.shared.participant_gone(leg.participant, |_| None);
+                    }
                 }
             }
         }
@@ -223,9 +225,9 @@ impl Driver {
         if self.shared.check_running().is_err() {
             return Err((503, Error::Stopped));
         }
-        let room = rsip::Uri::try_from(request_uri)
-            .ok()
-            .and_then(|u| u.user().and_then(message::unescape_user))
+        let room = message::uri_parts(request_uri)
+            .and_then(|u| u.user)
+            .and_then(|u| message::unescape_user(&u))
             .unwrap_or_default();
         if room.is_empty() {
             return Err((404, Error::NotFound("no room in the Request-URI".into())));
@@ -244,32 +246,20 @@ impl Driver {
         let (sdp, joined) = if offer.is_empty() {
             let sdp = sdp::offer(&media.local);
             let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Calling, controls);
-            let joined = self
-                .shared
-                .create_conference(&room, Creator::Caller)
-                .and_then(|_| self.shared.add_participant(participant, &room, entry, None));
+            let joined = self.shared.join_room(participant, &room, entry, None);
             (sdp, joined.map(|()| (Some(media), None)))
         } else {
             let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
             let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
             let (mix, task) = self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
             let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
-            let joined = self
-                .shared
-                .create_conference(&room, Creator::Caller)
-                .and_then(|_| self.shared.add_participant(participant, &room, entry, Some(mix)));
+            let joined = self.shared.join_room(participant, &room, entry, Some(mix));
             if joined.is_err() {
                 task.abort();
             }
             (sdp, joined.map(|()| (None, Some(task))))
         };
-        let (media, receive_task) = match joined {
-            Ok(parts) => parts,
-            Err(e) => {
-                self.shared.end_if_empty_on_demand(&room);
-                return Err((500, e));
-            }
-        };
+        let (media, receive_task) = joined.map_err(|e| (500, e))?;
         let _ = self.ua.ring(call, now);
         let _ = self.ua.answer(call, sdp.print().into_bytes(), now);
         let started = receive_task.is_some();
@@ -351,14 +341,11 @@ impl Driver {
         let now = Instant::now();
         match command {
             SipCommand::Dial { participant, target, reply } => {
-                let uri = match rsip::Uri::try_from(target.as_str()) {
-                    Ok(uri) => uri,
-                    Err(e) => {
-                        let error = Error::InvalidArgument(format!("bad SIP URI {target:?}: {e}"));
-                        return self.dial_result(participant, Err(error), reply);
-                    }
+                let Some(parts) = message::uri_parts(&target) else {
+                    let error = Error::InvalidArgument(format!("bad SIP URI {target:?}"));
+                    return self.dial_result(participant, Err(error), reply);
                 };
-                match message::uri_socket_addr(&uri) {
+                match message::uri_socket_addr(&target) {
                     Some(destination) => {
                         let result = self.dial(participant, &target, destination);
                         self.dial_result(participant, result, reply);
@@ -367,8 +354,7 @@ impl Driver {
                     None => {
                         let commands = self.shared.sip_commands.clone();
                         self.shared.runtime.spawn(async move {
-                            let host = uri.host().to_string();
-                            let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
+                            let (host, port) = (parts.host, parts.port.unwrap_or(5060));
                             let destination = match tokio::net::lookup_host((host.as_str(), port)).await {
                                 Ok(mut found) => {
                                     found.next().ok_or_else(|| Error::NotFound(format!("no address for {host}")))
@@ -384,21 +370,24 @@ impl Driver {
                 let result = destination.and_then(|destination| self.dial(participant, &target, destination));
                 self.dial_result(participant, result, reply);
             }
-            SipCommand::Hangup { participant, reason } => {
-                if let Some(call) = self.by_participant.get(&participant).copied() {
+            SipCommand::Hangup { participant, reason } => match self.by_participant.get(&participant).copied() {
+                Some(call) => {
                     if let Some(leg) = self.calls.get_mut(&call) {
                         leg.hangup_reason = Some(reason);
                     }
                     let _ = self.ua.hangup(call, now);
                 }
-            }
+                // A dial still looking up its host name: it ends here, and the
+                // lookup's result finds it gone.
+                None => self.shared.participant_left(participant, reason),
+            },
             SipCommand::Shutdown { .. } => unreachable!("handled by the task loop"),
         }
     }
 
     fn dial_result(&self, participant: ParticipantId, result: Result<()>, reply: std::sync::mpsc::Sender<Result<()>>) {
         if result.is_err() {
-            self.shared.remove_participant(participant);
+            self.shared.participant_gone(participant, |_| None);
         }
         let _ = reply.send(result);
     }

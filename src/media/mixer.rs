@@ -34,6 +34,9 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// Largest datagram a leg's receive ring carries.
 pub const MAX_DATAGRAM: usize = 1500;
 
+/// Ticks (200 ms) the latched RTP source must be quiet before another may take over.
+const RELATCH_AFTER_TICKS: u32 = 10;
+
 /// Frames of delay before a leg's audio plays (40 ms) and frames the jitter
 /// buffer holds (320 ms).
 const JITTER_PREFILL: u32 = 2;
@@ -95,6 +98,8 @@ pub struct RtpLeg {
     /// packet came from (symmetric RTP).
     pub remote: SocketAddr,
     latched: bool,
+    /// Ticks since the latched source last sent.
+    quiet_ticks: u32,
     pub send: bool,
     pub receive: bool,
     pub codec: Box<dyn AudioCodec>,
@@ -125,6 +130,7 @@ impl RtpLeg {
             socket,
             remote,
             latched: false,
+            quiet_ticks: 0,
             send: true,
             receive: true,
             codec,
@@ -141,6 +147,7 @@ impl RtpLeg {
 
     /// Drains received datagrams into the jitter buffer, then plays one frame.
     fn read_frame(&mut self, controls: &ParticipantControls, out: &mut [i16]) -> bool {
+        self.quiet_ticks = self.quiet_ticks.saturating_add(1);
         while let Ok(datagram) = self.datagrams.pop() {
             let data = &datagram.data[..datagram.len as usize];
             let Ok(packet) = RtpPacket::parse(data) else { continue };
@@ -148,15 +155,18 @@ impl RtpLeg {
                 // telephone-event and comfort noise are not mixed.
                 continue;
             }
-            // Symmetric RTP: latch on the first packet's source, then accept only
-            // that source, so nobody else can take over the leg's audio.
-            if !self.latched {
+            // Symmetric RTP: latch on the first packet's source and accept only
+            // that source while it keeps sending, so nobody else can take over a
+            // live leg; a peer whose NAT mapping changed re-latches once the old
+            // source has been quiet for RELATCH_AFTER_TICKS.
+            if !self.latched || (datagram.source != self.remote && self.quiet_ticks >= RELATCH_AFTER_TICKS) {
                 self.remote = datagram.source;
                 self.latched = true;
             } else if datagram.source != self.remote {
                 controls.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            self.quiet_ticks = 0;
             controls.packets_received.fetch_add(1, Ordering::Relaxed);
             let n = self.codec.decode(packet.payload, &mut self.decoded);
             self.jitter.push(packet.ssrc, packet.timestamp, &self.decoded[..n]);
@@ -834,6 +844,17 @@ mod tests {
         peer.set_nonblocking(true).unwrap();
         assert!(peer.recv_from(&mut buf).is_ok(), "audio goes to the latched peer");
         assert!(intruder.recv_from(&mut buf).is_err(), "and never to the intruder");
+
+        // The peer falls silent (its NAT mapping moved): after 200 ms a new source takes over.
+        for _ in 0..RELATCH_AFTER_TICKS {
+            h.mixer.tick();
+        }
+        let moved = UdpSocket::bind("127.0.0.1:0").unwrap();
+        moved.set_nonblocking(true).unwrap();
+        ring.push(datagram(moved.local_addr().unwrap(), 50, 1000)).unwrap();
+        h.mixer.tick();
+        assert_eq!(controls.packets_received.load(Ordering::Relaxed), 7);
+        assert!(moved.recv_from(&mut buf).is_ok(), "audio follows the re-latched source");
     }
 
     #[test]

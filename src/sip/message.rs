@@ -319,17 +319,60 @@ pub fn raw_error_response(data: &[u8], code: u16, reason: &str) -> Option<Vec<u8
     Some(out.into_bytes())
 }
 
+/// The user, host and port of a `sip:`/`sips:` URI.
+///
+/// Read by hand because rsip 0.4 stops a URI's user part at the first '.', so
+/// `sip:john.doe@pbx` comes back with no user and the host `john.doe@pbx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriParts {
+    /// As written (still %-escaped); without any `:password`.
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+pub fn uri_parts(uri: &str) -> Option<UriParts> {
+    let uri = uri.trim();
+    let uri = uri.strip_prefix('<').and_then(|u| u.split('>').next()).unwrap_or(uri);
+    let (scheme, rest) = uri.split_once(':')?;
+    if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+        return None;
+    }
+    // The host part holds no '@', so the last one ends the user part (which may hold ';' and '?').
+    let (user, hostport) = match rest.rfind('@') {
+        Some(at) => (Some(rest[..at].split(':').next().unwrap_or("").to_string()), &rest[at + 1..]),
+        None => (None, rest),
+    };
+    let hostport = hostport.split([';', '?']).next().unwrap_or("");
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        },
+    };
+    let port = match port {
+        Some(p) => Some(p.parse().ok()?),
+        None => None,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(UriParts { user: user.filter(|u| !u.is_empty()), host: host.to_string(), port })
+}
+
 /// The address a request to `uri` goes to, when the URI holds an IP literal or
 /// `localhost`. Host names are resolved by the driver before it calls the core.
-pub fn uri_socket_addr(uri: &rsip::Uri) -> Option<SocketAddr> {
-    let port = uri.port().map(|p| *p.value()).unwrap_or(5060);
-    match uri.host() {
-        rsip::Host::IpAddr(ip) => Some(SocketAddr::new(*ip, port)),
-        rsip::Host::Domain(d) if d.to_string().eq_ignore_ascii_case("localhost") => {
-            Some(SocketAddr::new([127, 0, 0, 1].into(), port))
-        }
-        rsip::Host::Domain(_) => None,
+pub fn uri_socket_addr(uri: &str) -> Option<SocketAddr> {
+    let parts = uri_parts(uri)?;
+    let port = parts.port.unwrap_or(5060);
+    if parts.host.eq_ignore_ascii_case("localhost") {
+        return Some(SocketAddr::new([127, 0, 0, 1].into(), port));
     }
+    parts.host.parse().ok().map(|ip| SocketAddr::new(ip, port))
 }
 
 /// Escapes text for the user part of a SIP URI (RFC 3261 §25.1 `user`):
@@ -447,6 +490,26 @@ l: 4\r\n\r\nv=0\n";
         assert_eq!(unescape_user("%FF"), None);
         let uri = format!("<sip:{}@127.0.0.1>", escape_user("a room; with <stuff>"));
         assert!(rsip::Uri::try_from(&uri[1..uri.len() - 1]).is_ok(), "{uri}");
+    }
+
+    #[test]
+    fn uri_parts_keep_dotted_users_and_ipv6_hosts() {
+        let parts = uri_parts("sip:john.doe@pbx.example.com:5070;transport=udp").unwrap();
+        assert_eq!(parts, UriParts { user: Some("john.doe".into()), host: "pbx.example.com".into(), port: Some(5070) });
+        let parts = uri_parts("<sips:sales.eu%20team:secret@[::1]:5061>").unwrap();
+        assert_eq!(parts, UriParts { user: Some("sales.eu%20team".into()), host: "::1".into(), port: Some(5061) });
+        assert_eq!(uri_parts("sip:127.0.0.1").unwrap().user, None);
+        assert_eq!(uri_socket_addr("sip:a.b@127.0.0.1:5080"), Some("127.0.0.1:5080".parse().unwrap()));
+        assert_eq!(uri_socket_addr("sip:x@localhost"), Some("127.0.0.1:5060".parse().unwrap()));
+        assert_eq!(uri_socket_addr("sip:x@example.com"), None);
+        for bad in ["", "tel:+123", "sip:", "sip:user@", "sip:host:notaport"] {
+            assert!(uri_parts(bad).is_none() || uri_socket_addr(bad).is_none(), "{bad}");
+        }
+        // rsip still prints such a URI back as it was written.
+        assert_eq!(
+            rsip::Uri::try_from("sip:john.doe@127.0.0.1:5070").unwrap().to_string(),
+            "sip:john.doe@127.0.0.1:5070"
+        );
     }
 
     #[test]

@@ -365,11 +365,7 @@ impl UserAgent {
                 let to = request.to_header().map(|h| h.value().to_string()).unwrap_or_default();
                 let from = request.from_header().map(|h| h.value().to_string()).unwrap_or_default();
                 let remote_target = message::contact_uri(&request).map(|u| u.to_string());
-                let destination = remote_target
-                    .as_ref()
-                    .and_then(|t| rsip::Uri::try_from(t.as_str()).ok())
-                    .and_then(|u| message::uri_socket_addr(&u))
-                    .unwrap_or(source);
+                let destination = remote_target.as_deref().and_then(message::uri_socket_addr).unwrap_or(source);
                 let mut route_set = message::record_routes(&request.headers);
                 let destination = route_destination(&route_set).unwrap_or(destination);
                 route_set.shrink_to_fit();
@@ -606,7 +602,7 @@ impl UserAgent {
         entry.remote_party = response.to_header().map(|t| t.value().to_string()).unwrap_or_default();
         if let Some(target) = message::contact_uri(response) {
             entry.remote_target = target.to_string();
-            if let Some(addr) = message::uri_socket_addr(&target) {
+            if let Some(addr) = message::uri_socket_addr(&entry.remote_target) {
                 entry.destination = addr;
             }
         }
@@ -835,7 +831,9 @@ impl UserAgent {
 
     fn contact_for(&self, call: CallKey) -> Option<String> {
         let entry = self.calls.get(&call)?;
-        let user = entry.invite.uri.user().unwrap_or("sipbridge").to_string();
+        let user = message::uri_parts(&entry.invite.uri.to_string())
+            .and_then(|p| p.user)
+            .unwrap_or_else(|| "sipbridge".into());
         Some(format!("<sip:{user}@{}>", self.advertised_host()))
     }
 
@@ -966,8 +964,7 @@ fn same_transaction_request(invite: &Request, method: Method, to: Option<&rsip::
 /// Where requests go when a route set exists: its first entry (loose routing).
 fn route_destination(route_set: &[String]) -> Option<SocketAddr> {
     let first = route_set.first()?;
-    let uri = first.trim().trim_start_matches('<').split('>').next()?;
-    message::uri_socket_addr(&rsip::Uri::try_from(uri).ok()?)
+    message::uri_socket_addr(first)
 }
 
 /// Whether a request that rsip rejected has a well-formed but unknown method,

@@ -269,14 +269,37 @@ fn the_api_can_be_used_from_inside_an_async_runtime() {
 fn room_names_with_spaces_and_symbols_travel_escaped() {
     let bridge = endpoint();
     let caller = endpoint();
-    let room = bridge.create_conference("Room 7 <math>").unwrap();
-    let out = caller.create_conference("caller one; two").unwrap();
-    out.dial(&bridge.room_uri("Room 7 <math>")).unwrap();
+    let room = bridge.create_conference("math.room 7 <b>").unwrap();
+    let out = caller.create_conference("caller.one; two").unwrap();
+    out.dial(&bridge.room_uri("math.room 7 <b>")).unwrap();
     let conference = wait_event(&bridge, WAIT, |e| match e {
         Event::ParticipantJoined { conference, kind: ParticipantKind::Inbound, .. } => Some(conference.clone()),
         _ => None,
     });
-    assert_eq!(conference, "Room 7 <math>");
+    assert_eq!(conference, "math.room 7 <b>");
     assert_eq!(room.participants().unwrap().len(), 1);
     wait_event(&caller, WAIT, joined(ParticipantKind::Outbound));
+}
+
+#[test]
+fn a_room_a_caller_created_ends_when_it_empties_but_an_app_room_stays() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    bridge.create_conference("kept").unwrap();
+    let out = caller.create_conference("out").unwrap();
+    let a = out.dial(&bridge.room_uri("made-by-caller")).unwrap();
+    let b = out.dial(&bridge.room_uri("kept")).unwrap();
+    for _ in 0..2 {
+        wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    }
+    assert_eq!(bridge.conferences(), vec!["kept".to_string(), "made-by-caller".to_string()]);
+    a.hangup().unwrap();
+    b.hangup().unwrap();
+    let gone = wait_event(&bridge, WAIT, |e| match e {
+        Event::ConferenceDestroyed { conference } => Some(conference.clone()),
+        _ => None,
+    });
+    assert_eq!(gone, "made-by-caller");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(bridge.conferences(), vec!["kept".to_string()]);
 }
