@@ -110,49 +110,43 @@ fn run_sipp(args: &[&str], dir: &PathBuf) -> std::process::Output {
     Command::new("sipp").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("sipp runs")
 }
 
-#[test]
-fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
-    if !sipp_available() {
-        return;
-    }
-    let dir = pcap_dir();
-    let mut server = Server::start();
-    let media_port = free_udp_port().to_string();
-    let output = run_sipp(
-        &[
-            "-sn",
-            "uac_pcap",
-            &format!("127.0.0.1:{}", server.port),
-            "-s",
-            "classroom",
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_udp_port().to_string(),
-            "-mp",
-            &media_port,
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-nostdin",
-        ],
-        &dir,
-    );
+/// Runs one sipp UAC call into `room` of `server` with `scenario` (`-sn NAME`
+/// or `-sf FILE`), checks that sipp succeeded and that the server logged the
+/// caller joining and hanging up, and returns the server's "left" line.
+fn uac_call(server: &Server, scenario: [&str; 2], room: &str) -> String {
+    let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut args = vec![scenario[0], scenario[1], &target, "-s", room, "-m", "1", "-i", "127.0.0.1", "-p", &port];
+    args.extend(["-mp", &media_port, "-timeout", "30s", "-timeout_error", "-nostdin"]);
+    let output = run_sipp(&args, &pcap_dir());
     assert!(
         output.status.success(),
         "sipp failed: {}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let joined = server.expect("joined room=classroom", Duration::from_secs(2));
+    let joined = server.expect(&format!("joined room={room}"), Duration::from_secs(2));
     assert!(joined.contains("kind=Inbound"));
-    let left = server.expect("left room=classroom", Duration::from_secs(2));
+    let left = server.expect(&format!("left room={room}"), Duration::from_secs(2));
     assert!(left.contains("reason=RemoteHangup"), "{left}");
+    left
+}
+
+/// A counter from a "left" log line, such as `received=236`.
+fn count(line: &str, name: &str) -> u64 {
+    let value = line.split(&format!("{name}=")).nth(1).and_then(|v| v.split_whitespace().next());
+    value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name}= in {line}"))
+}
+
+#[test]
+fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
+    if !sipp_available() {
+        return;
+    }
+    let mut server = Server::start();
+    let left = uac_call(&server, ["-sn", "uac_pcap"], "classroom");
     // sipp plays the package's g711a.pcap: 236 packets of 30 ms A-law. All must arrive on loopback.
-    let received: u64 =
-        left.split("received=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
+    let received = count(&left, "received");
     assert!(received >= 236, "only {received} RTP packets reached the bridge");
     let status = server.terminate();
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
@@ -163,43 +157,11 @@ fn sipp_late_offer_gets_our_offer_and_answers_in_the_ack() {
     if !sipp_available() {
         return;
     }
-    let dir = pcap_dir();
     let mut server = Server::start();
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_late_offer.xml");
-    let output = run_sipp(
-        &[
-            "-sf",
-            scenario,
-            &format!("127.0.0.1:{}", server.port),
-            "-s",
-            "late",
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &free_udp_port().to_string(),
-            "-mp",
-            &free_udp_port().to_string(),
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-nostdin",
-        ],
-        &dir,
-    );
-    assert!(
-        output.status.success(),
-        "sipp failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let joined = server.expect("joined room=late", Duration::from_secs(2));
-    assert!(joined.contains("kind=Inbound"));
-    let left = server.expect("left room=late", Duration::from_secs(2));
-    assert!(left.contains("reason=RemoteHangup"), "{left}");
+    let left = uac_call(&server, ["-sf", scenario], "late");
     // The bridge sent its audio to the port the ACK's answer named.
-    let sent: u64 = left.split("sent=").nth(1).and_then(|v| v.split_whitespace().next()).unwrap().parse().unwrap();
+    let sent = count(&left, "sent");
     assert!(sent > 20, "the bridge sent {sent} RTP packets after the ACK");
     assert!(server.terminate().success());
 }
