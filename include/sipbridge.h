@@ -90,6 +90,10 @@ typedef enum {
   SB_EVENT_RINGING = 4,
   SB_EVENT_ANSWERED = 5,
   SB_EVENT_DIAL_FAILED = 6,
+  /**
+   * A participant pressed a key: `digit`, `duration_ms`.
+   */
+  SB_EVENT_DTMF = 7,
 } sb_event_kind;
 
 typedef enum {
@@ -193,6 +197,14 @@ typedef struct {
    */
   uint64_t packets_received;
   uint64_t packets_sent;
+  /**
+   * For DTMF: '0'–'9', '*', '#', 'A'–'D'.
+   */
+  char digit;
+  /**
+   * For DTMF: how long the key was held.
+   */
+  uint32_t duration_ms;
 } sb_event;
 
 /**

@@ -115,6 +115,13 @@ pub enum Event {
         status: u16,
         reason: String,
     },
+    /// A participant pressed a key (RFC 4733 telephone-event): '0'–'9', '*', '#', 'A'–'D'.
+    Dtmf {
+        conference: String,
+        participant: ParticipantId,
+        digit: char,
+        duration_ms: u32,
+    },
 }
 
 /// A snapshot of one participant.

@@ -466,6 +466,8 @@ struct Event {
     status_reason: Option<String>,
     packets_received: Option<u64>,
     packets_sent: Option<u64>,
+    digit: Option<char>,
+    duration_ms: Option<u32>,
 }
 
 impl Event {
@@ -481,6 +483,8 @@ impl Event {
             status_reason: None,
             packets_received: None,
             packets_sent: None,
+            digit: None,
+            duration_ms: None,
         }
     }
 }
@@ -504,6 +508,11 @@ impl From<crate::Event> for Event {
             },
             E::Ringing { conference, participant } => Event::new("ringing", conference, Some(participant)),
             E::Answered { conference, participant } => Event::new("answered", conference, Some(participant)),
+            E::Dtmf { conference, participant, digit, duration_ms } => Event {
+                digit: Some(digit),
+                duration_ms: Some(duration_ms),
+                ..Event::new("dtmf", conference, Some(participant))
+            },
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -527,6 +536,9 @@ impl Event {
         }
         if let Some(r) = &self.remote {
             parts.push(format!("remote={r:?}"));
+        }
+        if let (Some(d), Some(ms)) = (self.digit, self.duration_ms) {
+            parts.push(format!("digit={d:?}, duration_ms={ms}"));
         }
         if let (Some(s), Some(r)) = (self.status, &self.status_reason) {
             parts.push(format!("status={s}, status_reason={r:?}"));

@@ -106,6 +106,9 @@ fn log_event(event: &Event) {
             "left room={conference} participant={} reason={reason:?} received={packets_received} sent={packets_sent}",
             participant.0
         ),
+        Event::Dtmf { conference, participant, digit, duration_ms } => {
+            println!("dtmf room={conference} participant={} digit={digit} duration_ms={duration_ms}", participant.0)
+        }
         other => println!("{other:?}"),
     }
 }

@@ -14,10 +14,11 @@ use tokio::task::JoinHandle;
 use super::ports::PortLease;
 use super::{ParticipantEntry, Shared, FRAME};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
+use crate::media::dtmf::{DtmfDigit, DtmfReceiver};
 use crate::media::mixer::{
     Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM,
 };
-use crate::media::rtp;
+use crate::media::rtp::{self, RtpPacket};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
@@ -289,7 +290,8 @@ impl Driver {
             let _guard = self.shared.runtime.enter();
             UdpSocket::from_std(media.socket.try_clone()?)?
         };
-        let task = self.shared.runtime.spawn(receive_rtp(receive_socket, producer, controls.clone()));
+        let dtmf = negotiated.telephone_event.map(|pt| (pt, participant, self.shared.clone()));
+        let task = self.shared.runtime.spawn(receive_rtp(receive_socket, producer, controls.clone(), dtmf));
         let mut leg = RtpLeg::new(
             consumer,
             media.socket,
@@ -450,16 +452,31 @@ impl Driver {
 }
 
 /// Moves datagrams from a leg's socket into its ring to the mixer.
+/// Moves datagrams from a leg's socket into its ring to the mixer, and turns
+/// telephone-event packets into DTMF events here, off the mixer thread.
 async fn receive_rtp(
     socket: UdpSocket,
     mut ring: rtrb::Producer<ReceivedDatagram>,
     controls: Arc<ParticipantControls>,
+    dtmf: Option<(u8, ParticipantId, Arc<Shared>)>,
 ) {
     let mut buf = [0u8; MAX_DATAGRAM];
+    let mut digits = DtmfReceiver::new(8000);
     loop {
         let Ok((n, source)) = socket.recv_from(&mut buf).await else { continue };
         if n < rtp::HEADER_LEN || rtp::is_rtcp(&buf[..n]) {
             continue;
+        }
+        if let Some((payload_type, participant, shared)) = &dtmf {
+            if let Some(packet) = RtpPacket::parse(&buf[..n]).ok().filter(|p| p.payload_type == *payload_type) {
+                for DtmfDigit { digit, duration_ms } in digits.handle(packet.timestamp, packet.payload) {
+                    let conference = shared.registry.lock().participants.get(participant).map(|p| p.conference.clone());
+                    if let Some(conference) = conference {
+                        shared.emit(Event::Dtmf { conference, participant: *participant, digit, duration_ms });
+                    }
+                }
+                continue;
+            }
         }
         let mut datagram = ReceivedDatagram { source, len: n as u16, data: [0; MAX_DATAGRAM] };
         datagram.data[..n].copy_from_slice(&buf[..n]);

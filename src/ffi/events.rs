@@ -20,6 +20,8 @@ pub enum sb_event_kind {
     SB_EVENT_RINGING = 4,
     SB_EVENT_ANSWERED = 5,
     SB_EVENT_DIAL_FAILED = 6,
+    /// A participant pressed a key: `digit`, `duration_ms`.
+    SB_EVENT_DTMF = 7,
 }
 
 #[repr(C)]
@@ -52,6 +54,10 @@ pub struct sb_event {
     /// For PARTICIPANT_LEFT: the call's RTP packet totals.
     pub packets_received: u64,
     pub packets_sent: u64,
+    /// For DTMF: '0'–'9', '*', '#', 'A'–'D'.
+    pub digit: c_char,
+    /// For DTMF: how long the key was held.
+    pub duration_ms: u32,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -65,6 +71,8 @@ fn to_c(event: &Event) -> sb_event {
         detail: [0; 256],
         packets_received: 0,
         packets_sent: 0,
+        digit: 0,
+        duration_ms: 0,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -102,6 +110,14 @@ fn to_c(event: &Event) -> sb_event {
         Event::Answered { conference, participant } => {
             out.kind = sb_event_kind::SB_EVENT_ANSWERED;
             out.participant = participant.0;
+            conference
+        }
+        Event::Dtmf { conference, participant, digit, duration_ms } => {
+            out.kind = sb_event_kind::SB_EVENT_DTMF;
+            out.participant = participant.0;
+            // Digits are ASCII by construction.
+            out.digit = *digit as u8 as c_char;
+            out.duration_ms = *duration_ms;
             conference
         }
         Event::DialFailed { conference, participant, status, reason } => {

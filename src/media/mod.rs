@@ -1,6 +1,7 @@
 //! Media: RTP, codecs, jitter buffering and the mixer.
 
 pub mod codec;
+pub mod dtmf;
 pub mod jitter;
 pub mod mixer;
 pub mod rtp;

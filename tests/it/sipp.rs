@@ -48,6 +48,8 @@ fn pcap_dir() -> PathBuf {
 struct Server {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every line read so far, in order.
+    seen: std::cell::RefCell<Vec<String>>,
     port: u16,
 }
 
@@ -74,7 +76,7 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let server = Self { child, lines, port };
+        let server = Self { child, lines, seen: Default::default(), port };
         server.expect("listening on", Duration::from_secs(5));
         server
     }
@@ -85,8 +87,12 @@ impl Server {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    self.seen.borrow_mut().push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
                 Err(_) => panic!("sipbridge serve never printed {text:?}"),
             }
         }
@@ -148,6 +154,10 @@ fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
     // sipp plays the package's g711a.pcap: 236 packets of 30 ms A-law. All must arrive on loopback.
     let received = count(&left, "received");
     assert!(received >= 236, "only {received} RTP packets reached the bridge");
+    // Then dtmf_2833_1.pcap: one key press, '1' for 280 ms, in ten packets (three of them end packets).
+    let digits: Vec<String> = server.seen.borrow().iter().filter(|l| l.starts_with("dtmf ")).cloned().collect();
+    assert_eq!(digits.len(), 1, "{digits:?}");
+    assert!(digits[0].contains("digit=1 duration_ms=280"), "{digits:?}");
     let status = server.terminate();
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
 }
