@@ -137,6 +137,16 @@ impl Driver {
                     self.ua.reject(call, status, now);
                 }
             }
+            UaEvent::Dtmf { call, digit, duration_ms } => {
+                if let Some(leg) = self.calls.get(&call) {
+                    self.emit_for(leg.participant, |conference, participant| Event::Dtmf {
+                        conference,
+                        participant,
+                        digit,
+                        duration_ms,
+                    });
+                }
+            }
             UaEvent::Ringing { call } => {
                 if let Some(leg) = self.calls.get(&call) {
                     self.shared.set_state(leg.participant, ParticipantState::Ringing);

@@ -413,6 +413,22 @@ pub fn unescape_user(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Reads an application/dtmf-relay body (`Signal=5`, `Duration=160` lines,
+/// duration in ms): the digit and its duration (250 ms when not given).
+pub fn dtmf_relay(body: &str) -> Option<(char, u32)> {
+    let mut signal = None;
+    let mut duration = 250;
+    for line in body.lines() {
+        let Some((name, value)) = line.split_once('=') else { continue };
+        match name.trim().to_ascii_lowercase().as_str() {
+            "signal" => signal = value.trim().chars().next().map(|c| c.to_ascii_uppercase()),
+            "duration" => duration = value.trim().parse().unwrap_or(duration),
+            _ => {}
+        }
+    }
+    signal.filter(|c| c.is_ascii_digit() || matches!(c, '*' | '#' | 'A'..='D')).map(|c| (c, duration))
+}
+
 /// A fresh random token for tags, branches and Call-IDs.
 pub fn random_token() -> String {
     use rand::Rng;
@@ -510,6 +526,15 @@ l: 4\r\n\r\nv=0\n";
             rsip::Uri::try_from("sip:john.doe@127.0.0.1:5070").unwrap().to_string(),
             "sip:john.doe@127.0.0.1:5070"
         );
+    }
+
+    #[test]
+    fn dtmf_relay_bodies() {
+        assert_eq!(dtmf_relay("Signal=5\r\nDuration=160\r\n"), Some(('5', 160)));
+        assert_eq!(dtmf_relay("signal= #\nduration = 90"), Some(('#', 90)));
+        assert_eq!(dtmf_relay("Signal=a"), Some(('A', 250)));
+        assert_eq!(dtmf_relay("Signal=x"), None);
+        assert_eq!(dtmf_relay("Duration=100"), None);
     }
 
     #[test]

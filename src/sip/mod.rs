@@ -13,7 +13,7 @@ pub use ua::{CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 pub const USER_AGENT: &str = concat!("sipbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The methods sipbridge handles, for Allow headers and 405 answers.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
 
 /// Bytes the driver must send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -379,7 +379,7 @@ fn options_gets_200_with_allow_and_accept() {
     let responses = p.responses_to_a();
     assert_eq!(responses.len(), 1);
     assert!(responses[0].starts_with("SIP/2.0 200"));
-    assert!(responses[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS"));
+    assert!(responses[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"));
     assert!(responses[0].contains("Accept: application/sdp"));
 }
 
@@ -634,4 +634,38 @@ fn a_long_ringing_call_does_not_time_out() {
     p.collect();
     p.run_for(Duration::from_millis(50));
     assert!(p.a.events.iter().any(|e| matches!(e, UaEvent::Answered { call: c, .. } if *c == call)));
+}
+
+#[test]
+fn sip_info_dtmf_relay_becomes_a_digit() {
+    let mut p = Pair::new();
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(50));
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let info = |cseq: u32, content_type: &str, body: &str| {
+        format!(
+            "INFO sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKinfo{cseq}\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {cseq} INFO\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            header(&ok, "From"),
+            header(&ok, "To"),
+            header(&ok, "Call-ID"),
+            body.len()
+        )
+    };
+    p.inject(&info(2, "application/dtmf-relay", "Signal=7\r\nDuration=120\r\n"));
+    p.inject(&info(3, "application/dtmf", "#"));
+    p.inject(&info(4, "text/plain", "hello"));
+    let codes: Vec<&str> = p.responses_to_a().iter().rev().take(3).map(|r| &r[8..11]).collect();
+    assert_eq!(codes, vec!["415", "200", "200"]);
+    let b_call = p.incoming().unwrap();
+    let digits: Vec<(char, u32)> =
+        p.b.events
+            .iter()
+            .filter_map(|e| match e {
+                UaEvent::Dtmf { call, digit, duration_ms } if *call == b_call => Some((*digit, *duration_ms)),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(digits, vec![('7', 120), ('#', 250)]);
 }

@@ -55,6 +55,8 @@ pub enum UaEvent {
     Acknowledged { call: CallKey, answer: Vec<u8> },
     /// The INVITE failed with a final response, or timed out (408).
     Failed { call: CallKey, status: u16, reason: String },
+    /// The peer sent a key press in a SIP INFO (application/dtmf-relay).
+    Dtmf { call: CallKey, digit: char, duration_ms: u32 },
     /// An established or incoming call is over.
     Ended { call: CallKey, reason: EndReason },
 }
@@ -478,8 +480,29 @@ impl UserAgent {
                 let contact = self.contact_for(call);
                 self.respond(id, &request, 200, contact, sdp, now);
             }
+            Method::Info => self.handle_info(id, call, &request, now),
             Method::Options => self.respond_with_capabilities(id, &request, now),
             _ => self.respond_not_allowed(id, &request, now),
+        }
+    }
+
+    /// INFO in a dialog: DTMF relayed in SIP (application/dtmf-relay, or
+    /// application/dtmf) becomes a `Dtmf` event; an empty INFO is a keep-alive.
+    fn handle_info(&mut self, id: TxId, call: CallKey, request: &Request, now: Instant) {
+        let content_type = request.headers.iter().find_map(|h| match h {
+            Header::ContentType(c) => Some(c.value().split(';').next().unwrap_or("").trim().to_ascii_lowercase()),
+            _ => None,
+        });
+        let body = String::from_utf8_lossy(&request.body);
+        let digit = match content_type.as_deref() {
+            _ if request.body.is_empty() => None,
+            Some("application/dtmf-relay") => message::dtmf_relay(&body),
+            Some("application/dtmf") => message::dtmf_relay(&format!("Signal={}", body.trim())),
+            _ => return self.respond(id, request, 415, None, Vec::new(), now),
+        };
+        self.respond(id, request, 200, None, Vec::new(), now);
+        if let Some((digit, duration_ms)) = digit {
+            self.events.push_back(UaEvent::Dtmf { call, digit, duration_ms });
         }
     }
 
