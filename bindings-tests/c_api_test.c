@@ -184,6 +184,13 @@ int main(void) {
   OK(sb_frame_reader_read(mix, frame, SB_FRAME_SAMPLES, 1000));
   sb_frame_reader_free(mix);
 
+  /* --- DTMF both ways: the caller presses 5, the bridge hears it --- */
+  OK(sb_conference_send_dtmf(out, leg, "5"));
+  CHECK(sb_conference_send_dtmf(out, leg, "5x") == SB_INVALID_ARGUMENT, "not a digit");
+  CHECK(wait_for(bridge, SB_EVENT_DTMF, &event) && event.digit == '5' && event.duration_ms == 100 &&
+            event.participant == inbound,
+        "dtmf event");
+
   /* --- hang up; both sides see it --- */
   OK(sb_conference_hangup(out, leg));
   CHECK(wait_for(caller, SB_EVENT_PARTICIPANT_LEFT, &event) && event.reason == SB_LEAVE_LOCAL_HANGUP, "caller left");

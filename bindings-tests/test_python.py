@@ -86,6 +86,12 @@ def test_dial_hear_each_other_mute_and_hang_up():
         assert info.muted and abs(info.volume_db + 3.0) < 1e-6
         assert {p.id for p in room.participants()} == {at_bridge.id, joined.participant}
 
+        leg.send_dtmf("7#")
+        assert wait_event(bridge, "dtmf", participant=joined.participant).digit == "7"
+        assert wait_event(bridge, "dtmf").digit == "#"
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            leg.send_dtmf("x")
+
         leg.hangup()
         assert wait_event(caller, "participant_left").reason == "local_hangup"
         left = wait_event(bridge, "participant_left")

@@ -302,6 +302,15 @@ sb_status sb_conference_dial(const sb_conference *conference,
 sb_status sb_conference_hangup(const sb_conference *conference, uint64_t participant);
 
 /**
+ * Sends key presses ('0'-'9', '*', '#', 'A'-'D') to a participant as RFC 4733
+ * telephone-events, 100 ms each; SB_INVALID_ARGUMENT when the peer did not
+ * offer telephone-event or a character is no digit.
+ */
+sb_status sb_conference_send_dtmf(const sb_conference *conference,
+                                  uint64_t participant,
+                                  const char *digits);
+
+/**
  * Mutes or unmutes what a participant contributes to the mix.
  */
 sb_status sb_conference_set_muted(const sb_conference *conference,

@@ -468,6 +468,35 @@ impl Participant {
         })
     }
 
+    /// Sends key presses to the participant as RFC 4733 telephone-events
+    /// ('0'–'9', '*', '#', 'A'–'D'; 100 ms each, 60 ms apart), after any
+    /// digits already queued. Fails when the peer did not offer telephone-event.
+    pub fn send_dtmf(&self, digits: &str) -> Result<()> {
+        let codes: Vec<u8> = digits
+            .chars()
+            .map(|c| {
+                crate::media::dtmf::event_code(c)
+                    .ok_or_else(|| Error::InvalidArgument(format!("{c:?} is not a DTMF digit")))
+            })
+            .collect::<Result<_>>()?;
+        self.with_entry(|p| {
+            let queue = p.dtmf.as_mut().ok_or_else(|| {
+                Error::InvalidArgument("this participant has no telephone-event to send digits with".into())
+            })?;
+            if queue.slots() < codes.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} digits are queued already",
+                    queue.buffer().capacity() - queue.slots()
+                )));
+            }
+            for code in codes {
+                // Room was checked above, and only this lock's holder pushes.
+                let _ = queue.push(code);
+            }
+            Ok(())
+        })?
+    }
+
     /// Ends the participant: BYE when connected, CANCEL when ringing.
     pub fn hangup(&self) -> Result<()> {
         self.with_entry(|_| ())?;

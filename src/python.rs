@@ -327,6 +327,11 @@ impl Participant {
         self.inner.set_volume_db(db).map_err(to_py)
     }
 
+    /// Sends key presses ('0'-'9', '*', '#', 'A'-'D') as RFC 4733 telephone-events.
+    fn send_dtmf(&self, digits: &str) -> PyResult<()> {
+        self.inner.send_dtmf(digits).map_err(to_py)
+    }
+
     fn hangup(&self) -> PyResult<()> {
         self.inner.hangup().map_err(to_py)
     }

@@ -71,6 +71,8 @@ pub(crate) struct ParticipantEntry {
     pub volume_db: f32,
     /// Whether the mixer has it (a dial in progress does not yet).
     pub in_mixer: bool,
+    /// Digits for the mixer to send, when the peer takes telephone-events.
+    pub dtmf: Option<rtrb::Producer<u8>>,
 }
 
 impl ParticipantEntry {
@@ -90,6 +92,7 @@ impl ParticipantEntry {
             controls,
             volume_db: 0.0,
             in_mixer: false,
+            dtmf: None,
         }
     }
 }
@@ -285,7 +288,12 @@ impl Shared {
     }
 
     /// Puts a participant that was only registered (a dial in progress) into the mix.
-    pub fn connect_participant(&self, id: ParticipantId, mix: Box<ParticipantMix>) -> Result<()> {
+    pub fn connect_participant(
+        &self,
+        id: ParticipantId,
+        mix: Box<ParticipantMix>,
+        dtmf: Option<rtrb::Producer<u8>>,
+    ) -> Result<()> {
         let mut registry = self.registry.lock();
         let registry = &mut *registry;
         let entry =
@@ -297,6 +305,7 @@ impl Shared {
         }
         self.mixer.lock().add_participant(entry.conference_id, mix)?;
         entry.in_mixer = true;
+        entry.dtmf = dtmf;
         entry.state = ParticipantState::Connected;
         Ok(())
     }

@@ -25,6 +25,8 @@ use crate::{Error, Result};
 
 /// Datagrams a leg may have waiting for the mixer (over 1 s of 20 ms packets).
 const RTP_RING: usize = 64;
+/// Digits the app may queue for one leg ahead of the mixer sending them.
+const DTMF_QUEUE: usize = 64;
 
 /// What the application asks of the SIP task.
 pub(crate) enum SipCommand {
@@ -262,8 +264,11 @@ impl Driver {
         } else {
             let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
             let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
-            let (mix, task) = self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
-            let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
+            let (mix, task, dtmf) =
+                self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
+            let mut entry =
+                ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
+            entry.dtmf = dtmf;
             let joined = self.shared.join_room(participant, &room, entry, Some(mix));
             if joined.is_err() {
                 task.abort();
@@ -288,13 +293,14 @@ impl Driver {
     }
 
     /// Builds the mixer's side of an RTP leg and starts its receive task.
+    #[allow(clippy::type_complexity)] // three parts that go three ways; a struct would only name them again
     fn rtp_leg(
         &self,
         participant: ParticipantId,
         controls: Arc<ParticipantControls>,
         media: MediaPort,
         negotiated: NegotiatedMedia,
-    ) -> Result<(Box<ParticipantMix>, JoinHandle<()>)> {
+    ) -> Result<(Box<ParticipantMix>, JoinHandle<()>, Option<rtrb::Producer<u8>>)> {
         let (producer, consumer) = rtrb::RingBuffer::new(RTP_RING);
         let receive_socket = {
             let _guard = self.shared.runtime.enter();
@@ -311,10 +317,16 @@ impl Driver {
             FRAME,
             Some(Box::new(media.lease)),
         );
+        let mut dtmf = None;
+        if let Some(pt) = negotiated.telephone_event {
+            let (digits, queue) = rtrb::RingBuffer::new(DTMF_QUEUE);
+            leg = leg.with_dtmf(pt, queue);
+            dtmf = Some(digits);
+        }
         leg.send = matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly)
             && !negotiated.remote.ip().is_unspecified();
         leg.receive = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
-        Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), FRAME)), task))
+        Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), FRAME)), task, dtmf))
     }
 
     /// The peer answered our offer (in a 2xx, or in the ACK of a late-offer
@@ -332,11 +344,11 @@ impl Driver {
             .get(&participant)
             .map(|p| (p.controls.clone(), p.kind, p.remote.clone().unwrap_or_default()))
             .ok_or(Error::NotFound("participant".into()))?;
-        let (mix, task) = self.rtp_leg(participant, controls, media, negotiated)?;
+        let (mix, task, dtmf) = self.rtp_leg(participant, controls, media, negotiated)?;
         if let Some(leg) = self.calls.get_mut(&call) {
             leg.receive_task = Some(task);
         }
-        self.shared.connect_participant(participant, mix)?;
+        self.shared.connect_participant(participant, mix, dtmf)?;
         if kind == ParticipantKind::Outbound {
             self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
         }

@@ -439,12 +439,36 @@ pub extern "C" fn sb_conference_dial(
     })
 }
 
+/// Looks up participant `id` of `conference` and applies `action` to it.
+fn with_participant(
+    conference: *const sb_conference,
+    id: u64,
+    action: impl FnOnce(&crate::Participant) -> crate::Result<()>,
+) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        from_result(conference.conference.participant(ParticipantId(id)).and_then(|p| action(&p)))
+    })
+}
+
 /// Hangs up a participant (BYE, or CANCEL while ringing).
 #[no_mangle]
 pub extern "C" fn sb_conference_hangup(conference: *const sb_conference, participant: u64) -> sb_status {
+    with_participant(conference, participant, |p| p.hangup())
+}
+
+/// Sends key presses ('0'-'9', '*', '#', 'A'-'D') to a participant as RFC 4733
+/// telephone-events, 100 ms each; SB_INVALID_ARGUMENT when the peer did not
+/// offer telephone-event or a character is no digit.
+#[no_mangle]
+pub extern "C" fn sb_conference_send_dtmf(
+    conference: *const sb_conference,
+    participant: u64,
+    digits: *const c_char,
+) -> sb_status {
     ffi_guard!({
-        let conference = try_ref!(conference);
-        from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.hangup()))
+        let digits = try_str!(digits);
+        with_participant(conference, participant, |p| p.send_dtmf(digits))
     })
 }
 
@@ -455,10 +479,7 @@ pub extern "C" fn sb_conference_set_muted(
     participant: u64,
     muted: bool,
 ) -> sb_status {
-    ffi_guard!({
-        let conference = try_ref!(conference);
-        from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.set_muted(muted)))
-    })
+    with_participant(conference, participant, |p| p.set_muted(muted))
 }
 
 /// Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).
@@ -468,10 +489,7 @@ pub extern "C" fn sb_conference_set_volume_db(
     participant: u64,
     db: f32,
 ) -> sb_status {
-    ffi_guard!({
-        let conference = try_ref!(conference);
-        from_result(conference.conference.participant(ParticipantId(participant)).and_then(|p| p.set_volume_db(db)))
-    })
+    with_participant(conference, participant, |p| p.set_volume_db(db))
 }
 
 /// How a participant is connected.

@@ -118,3 +118,130 @@ mod tests {
         assert_eq!(keys, "55D");
     }
 }
+
+/// The RFC 4733 event code of a digit.
+pub fn event_code(digit: char) -> Option<u8> {
+    match digit.to_ascii_uppercase() {
+        c @ '0'..='9' => Some(c as u8 - b'0'),
+        '*' => Some(10),
+        '#' => Some(11),
+        c @ 'A'..='D' => Some(c as u8 - b'A' + 12),
+        _ => None,
+    }
+}
+
+/// Ticks (of 20 ms) a sent digit lasts, and the audio ticks left between digits.
+const TONE_TICKS: u32 = 5;
+const GAP_TICKS: u32 = 3;
+/// End packets are sent three times (RFC 4733 §2.5.1.4).
+const END_COPIES: u8 = 3;
+
+/// What a leg sends in one tick while digits are queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DtmfTick {
+    /// Ordinary audio.
+    Audio,
+    /// A telephone-event packet, `copies` times; `start` on the first of an event.
+    Event { event: u8, duration: u16, end: bool, start: bool, copies: u8 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendState {
+    Idle,
+    Tone { event: u8, ticks: u32 },
+    Gap(u32),
+}
+
+/// Paces queued digits onto a leg: 100 ms events in 20 ms packets, the end
+/// packet three times, 60 ms of audio between digits. Runs in the mixer tick,
+/// so it only counts.
+#[derive(Debug)]
+pub struct DtmfSender {
+    state: SendState,
+}
+
+impl Default for DtmfSender {
+    fn default() -> Self {
+        Self { state: SendState::Idle }
+    }
+}
+
+impl DtmfSender {
+    /// What to send this tick of `frame` samples; `next_digit` is asked for an
+    /// event code only when nothing is being sent.
+    pub fn tick(&mut self, frame: u32, next_digit: impl FnOnce() -> Option<u8>) -> DtmfTick {
+        self.state = match self.state {
+            SendState::Idle => match next_digit() {
+                Some(event) => SendState::Tone { event, ticks: 0 },
+                None => return DtmfTick::Audio,
+            },
+            SendState::Gap(0) => {
+                self.state = SendState::Idle;
+                return self.tick(frame, next_digit);
+            }
+            other => other,
+        };
+        match self.state {
+            SendState::Tone { event, ticks } => {
+                let ticks = ticks + 1;
+                let end = ticks == TONE_TICKS;
+                let duration = (ticks * frame).min(u16::MAX as u32) as u16;
+                self.state = if end { SendState::Gap(GAP_TICKS) } else { SendState::Tone { event, ticks } };
+                DtmfTick::Event { event, duration, end, start: ticks == 1, copies: if end { END_COPIES } else { 1 } }
+            }
+            SendState::Gap(left) => {
+                self.state = SendState::Gap(left - 1);
+                DtmfTick::Audio
+            }
+            SendState::Idle => DtmfTick::Audio,
+        }
+    }
+}
+
+#[cfg(test)]
+mod sender_tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_paced_and_end_three_times_and_a_receiver_reads_them_back() {
+        let mut queue: std::collections::VecDeque<u8> = "1#".chars().filter_map(event_code).collect();
+        let mut sender = DtmfSender::default();
+        let mut receiver = DtmfReceiver::new(8000);
+        let (mut timestamp, mut event_start) = (1000u32, 0u32);
+        let mut ticks = Vec::new();
+        let mut heard = Vec::new();
+        for _ in 0..20 {
+            let tick = sender.tick(160, || queue.pop_front());
+            if let DtmfTick::Event { event, duration, end, start, copies } = tick {
+                if start {
+                    event_start = timestamp;
+                }
+                let d = duration.to_be_bytes();
+                for _ in 0..copies {
+                    heard.extend(receiver.handle(event_start, &[event, if end { 0x80 } else { 0 }, d[0], d[1]]));
+                }
+            }
+            ticks.push(tick);
+            timestamp += 160;
+        }
+        let events: Vec<(u16, bool, u8)> = ticks
+            .iter()
+            .filter_map(|t| match t {
+                DtmfTick::Event { duration, end, copies, .. } => Some((*duration, *end, *copies)),
+                DtmfTick::Audio => None,
+            })
+            .take(5)
+            .collect();
+        assert_eq!(events, vec![(160, false, 1), (320, false, 1), (480, false, 1), (640, false, 1), (800, true, 3)]);
+        assert_eq!(&ticks[5..8], &[DtmfTick::Audio; 3], "a gap between digits");
+        assert_eq!(heard, vec![DtmfDigit { digit: '1', duration_ms: 100 }, DtmfDigit { digit: '#', duration_ms: 100 }]);
+        assert!(ticks[16..].iter().all(|t| *t == DtmfTick::Audio));
+    }
+
+    #[test]
+    fn digit_codes() {
+        let codes: Vec<u8> = "09*#aD".chars().filter_map(event_code).collect();
+        assert_eq!(codes, vec![0, 9, 10, 11, 12, 15]);
+        assert_eq!(event_code('x'), None);
+    }
+}

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::codec::AudioCodec;
+use super::dtmf::{DtmfSender, DtmfTick};
 use super::jitter::{JitterBuffer, Playout};
 use super::rtp::{self, RtpPacket};
 
@@ -110,6 +111,12 @@ pub struct RtpLeg {
     pub jitter: JitterBuffer,
     decoded: Box<[i16]>,
     packet: Box<[u8]>,
+    /// Digits the app queued (event codes) and the telephone-event payload type
+    /// to send them with, when the peer offered it.
+    dtmf: Option<(u8, rtrb::Consumer<u8>)>,
+    dtmf_sender: DtmfSender,
+    /// RTP timestamp of the event being sent: all its packets carry it.
+    event_timestamp: u32,
     /// Held until the leg is dropped, which gives the port back.
     pub _port: Option<Box<dyn Send>>,
 }
@@ -141,8 +148,17 @@ impl RtpLeg {
             jitter: JitterBuffer::new(frame, JITTER_PREFILL, JITTER_CAPACITY),
             decoded: vec![0; MAX_DATAGRAM].into_boxed_slice(),
             packet: vec![0; rtp::HEADER_LEN + MAX_DATAGRAM].into_boxed_slice(),
+            dtmf: None,
+            dtmf_sender: DtmfSender::default(),
+            event_timestamp: 0,
             _port: port,
         }
+    }
+
+    /// Lets the leg send digits from `digits` as RFC 4733 events with `payload_type`.
+    pub fn with_dtmf(mut self, payload_type: u8, digits: rtrb::Consumer<u8>) -> Self {
+        self.dtmf = Some((payload_type, digits));
+        self
     }
 
     /// Drains received datagrams into the jitter buffer, then plays one frame.
@@ -183,19 +199,52 @@ impl RtpLeg {
 
     fn write_frame(&mut self, controls: &ParticipantControls, pcm: &[i16]) {
         let frame = pcm.len() as u32;
+        let tick = match &mut self.dtmf {
+            Some((_, digits)) => self.dtmf_sender.tick(frame, || digits.pop().ok()),
+            None => DtmfTick::Audio,
+        };
         if self.send {
-            let (header, payload) = self.packet.split_at_mut(rtp::HEADER_LEN);
-            let n = self.codec.encode(pcm, payload);
-            // split_at_mut gave exactly HEADER_LEN bytes.
-            let header: &mut [u8; rtp::HEADER_LEN] = header.try_into().expect("header length");
-            rtp::write_header(header, false, self.payload_type, self.sequence, self.timestamp, self.ssrc);
-            match self.socket.send_to(&self.packet[..rtp::HEADER_LEN + n], self.remote) {
-                Ok(_) => controls.packets_sent.fetch_add(1, Ordering::Relaxed),
-                Err(_) => controls.dropped.fetch_add(1, Ordering::Relaxed),
-            };
-            self.sequence = self.sequence.wrapping_add(1);
+            match tick {
+                DtmfTick::Audio => {
+                    let n = self.codec.encode(pcm, &mut self.packet[rtp::HEADER_LEN..]);
+                    self.send_packet(controls, false, self.payload_type, self.timestamp, n);
+                }
+                DtmfTick::Event { event, duration, end, start, copies } => {
+                    if start {
+                        self.event_timestamp = self.timestamp;
+                    }
+                    let payload_type = self.dtmf.as_ref().map_or(self.payload_type, |(pt, _)| *pt);
+                    let d = duration.to_be_bytes();
+                    // Volume 10 (-10 dBm0); the E bit on the end packets.
+                    let body = [event, if end { 0x80 | 10 } else { 10 }, d[0], d[1]];
+                    for _ in 0..copies {
+                        self.packet[rtp::HEADER_LEN..rtp::HEADER_LEN + 4].copy_from_slice(&body);
+                        self.send_packet(controls, start, payload_type, self.event_timestamp, 4);
+                    }
+                }
+            }
         }
         self.timestamp = self.timestamp.wrapping_add(frame);
+    }
+
+    /// Sends the packet buffer's first `payload` bytes after a fresh header.
+    fn send_packet(
+        &mut self,
+        controls: &ParticipantControls,
+        marker: bool,
+        payload_type: u8,
+        timestamp: u32,
+        payload: usize,
+    ) {
+        // The buffer is longer than a header, so this slice has exactly HEADER_LEN bytes.
+        let header: &mut [u8; rtp::HEADER_LEN] =
+            (&mut self.packet[..rtp::HEADER_LEN]).try_into().expect("header length");
+        rtp::write_header(header, marker, payload_type, self.sequence, timestamp, self.ssrc);
+        match self.socket.send_to(&self.packet[..rtp::HEADER_LEN + payload], self.remote) {
+            Ok(_) => controls.packets_sent.fetch_add(1, Ordering::Relaxed),
+            Err(_) => controls.dropped.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sequence = self.sequence.wrapping_add(1);
     }
 }
 
@@ -722,13 +771,13 @@ mod tests {
     fn rtp_participant(
         id: u64,
         peer: SocketAddr,
-    ) -> (Box<ParticipantMix>, rtrb::Producer<ReceivedDatagram>, SocketAddr) {
+    ) -> (Box<ParticipantMix>, rtrb::Producer<ReceivedDatagram>, rtrb::Producer<u8>) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
-        let local = socket.local_addr().unwrap();
         let (tx, rx) = rtrb::RingBuffer::new(16);
-        let leg = RtpLeg::new(rx, socket, peer, CodecKind::Pcmu.new_coder(), 0, FRAME, None);
-        (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), tx, local)
+        let (digits, queue) = rtrb::RingBuffer::new(8);
+        let leg = RtpLeg::new(rx, socket, peer, CodecKind::Pcmu.new_coder(), 0, FRAME, None).with_dtmf(101, queue);
+        (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), tx, digits)
     }
 
     fn datagram(source: SocketAddr, seq: u16, value: i16) -> ReceivedDatagram {
@@ -753,7 +802,7 @@ mod tests {
 
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_nonblocking(true).unwrap();
-        let (rtp_a, mut ring_a, _) = rtp_participant(10, peer.local_addr().unwrap());
+        let (rtp_a, mut ring_a, mut digits_a) = rtp_participant(10, peer.local_addr().unwrap());
         let (rtp_b, mut ring_b, _) = rtp_participant(11, peer.local_addr().unwrap());
         let (loc, mut ends) = local(12);
         let (tap_tx, mut tap_rx) = rtrb::RingBuffer::new(FRAME * 4);
@@ -773,6 +822,8 @@ mod tests {
         let mut packets: Vec<ReceivedDatagram> = (0..8).map(|i| datagram(source, i, 1000)).collect();
         let count = allocations_in(|| {
             h.mixer.apply_commands();
+            // A digit goes out as telephone-events in the ticks below.
+            let _ = digits_a.push(5);
             for seq in 0..4u16 {
                 // Pushing into the rings is the receive task's work, but it does not allocate either.
                 let _ = ring_a.push(packets.remove(0));

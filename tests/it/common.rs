@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use sipbridge::{Endpoint, EndpointConfig, Event, LocalParticipant, FRAME_SAMPLES, SAMPLE_RATE};
 
-/// A distinct RTP range per endpoint, so tests running in parallel rarely collide
-/// (and when they do, the port pool skips ports in use).
+/// A distinct RTP range for each of the first 50 endpoints of a test run, below
+/// the kernel's ephemeral ports (32768 and up) that port-0 sockets take, so a
+/// test that needs its range to itself gets it.
 pub fn rtp_range() -> std::ops::RangeInclusive<u16> {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 50) as u16 * 200 + NEXT.fetch_add(1, Ordering::Relaxed) % 10 * 20;
+    let base = 10000 + (std::process::id() % 20) as u16 * 1000 + NEXT.fetch_add(1, Ordering::Relaxed) % 50 * 20;
     base..=base + 19
 }
 

@@ -303,3 +303,29 @@ fn a_room_a_caller_created_ends_when_it_empties_but_an_app_room_stays() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(bridge.conferences(), vec!["kept".to_string()]);
 }
+
+#[test]
+fn digits_sent_to_a_participant_arrive_as_dtmf_events() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    let leg = out.dial(&bridge.room_uri("ivr")).unwrap();
+    wait_event(&caller, WAIT, joined(ParticipantKind::Outbound));
+    let inbound = wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    leg.send_dtmf("12#").unwrap();
+    assert!(matches!(leg.send_dtmf("1x"), Err(sipbridge::Error::InvalidArgument(_))));
+    let mut digits = String::new();
+    while digits.len() < 3 {
+        let (participant, digit, duration_ms) = wait_event(&bridge, WAIT, |e| match e {
+            Event::Dtmf { participant, digit, duration_ms, .. } => Some((*participant, *digit, *duration_ms)),
+            _ => None,
+        });
+        assert_eq!(participant, inbound);
+        assert_eq!(duration_ms, 100);
+        digits.push(digit);
+    }
+    assert_eq!(digits, "12#");
+    // A local participant has no RTP to carry digits.
+    let local = out.add_local().unwrap();
+    assert!(matches!(local.participant().send_dtmf("1"), Err(sipbridge::Error::InvalidArgument(_))));
+}
