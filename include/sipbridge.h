@@ -94,6 +94,10 @@ typedef enum {
    * A participant pressed a key: `digit`, `duration_ms`.
    */
   SB_EVENT_DTMF = 7,
+  /**
+   * No RTP from a participant for the media timeout.
+   */
+  SB_EVENT_MEDIA_TIMEOUT = 8,
 } sb_event_kind;
 
 typedef enum {
@@ -145,6 +149,14 @@ typedef struct {
    * Whether INVITEs to unknown rooms create them (else they get 404).
    */
   bool create_rooms_on_demand;
+  /**
+   * No RTP from a leg for this many ms raises SB_EVENT_MEDIA_TIMEOUT; 0 turns it off. Default 30000.
+   */
+  uint32_t media_timeout_ms;
+  /**
+   * Whether a media timeout also hangs the leg up.
+   */
+  bool hang_up_on_media_timeout;
 } sb_endpoint_config;
 
 /**

@@ -34,6 +34,11 @@ pub struct EndpointConfig {
     /// Codecs in order of preference.
     pub codecs: Vec<CodecKind>,
     pub timers: TimerConfig,
+    /// No RTP from a leg for this long (while it should be sending, not on
+    /// hold) raises [`Event::MediaTimeout`]; `None` turns the check off.
+    pub media_timeout: Option<Duration>,
+    /// Whether a media timeout also hangs the leg up (BYE).
+    pub hang_up_on_media_timeout: bool,
 }
 
 impl Default for EndpointConfig {
@@ -45,6 +50,8 @@ impl Default for EndpointConfig {
             create_rooms_on_demand: true,
             codecs: vec![CodecKind::Pcmu, CodecKind::Pcma],
             timers: TimerConfig::default(),
+            media_timeout: Some(Duration::from_secs(30)),
+            hang_up_on_media_timeout: false,
         }
     }
 }
@@ -114,6 +121,12 @@ pub enum Event {
         participant: ParticipantId,
         status: u16,
         reason: String,
+    },
+    /// No RTP arrived from a participant for the configured media timeout
+    /// (reported once per silence; the leg is hung up if the endpoint says so).
+    MediaTimeout {
+        conference: String,
+        participant: ParticipantId,
     },
     /// A participant pressed a key (RFC 4733 telephone-event): '0'–'9', '*', '#', 'A'–'D'.
     Dtmf {

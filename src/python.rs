@@ -123,7 +123,9 @@ struct Endpoint {
 #[pymethods]
 impl Endpoint {
     #[new]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None))]
+    // Python keyword arguments, one per EndpointConfig field.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, media_timeout = Some(30.0), hang_up_on_media_timeout = false))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -131,7 +133,10 @@ impl Endpoint {
         rtp_ports: (u16, u16),
         create_rooms_on_demand: bool,
         codecs: Option<Vec<String>>,
+        media_timeout: Option<f64>,
+        hang_up_on_media_timeout: bool,
     ) -> PyResult<Self> {
+        let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
         let public_address = public_address
             .map(|a| a.parse().map_err(|e| InvalidArgumentError::new_err(format!("public_address {a:?}: {e}"))))
@@ -156,6 +161,8 @@ impl Endpoint {
             rtp_ports: rtp_ports.0..=rtp_ports.1,
             create_rooms_on_demand,
             codecs,
+            media_timeout,
+            hang_up_on_media_timeout,
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;
@@ -513,6 +520,7 @@ impl From<crate::Event> for Event {
             },
             E::Ringing { conference, participant } => Event::new("ringing", conference, Some(participant)),
             E::Answered { conference, participant } => Event::new("answered", conference, Some(participant)),
+            E::MediaTimeout { conference, participant } => Event::new("media_timeout", conference, Some(participant)),
             E::Dtmf { conference, participant, digit, duration_ms } => Event {
                 digit: Some(digit),
                 duration_ms: Some(duration_ms),

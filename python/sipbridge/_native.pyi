@@ -58,6 +58,7 @@ class Event:
         "answered",
         "dial_failed",
         "dtmf",
+        "media_timeout",
     ]: ...
     @property
     def conference(self) -> str: ...
@@ -179,6 +180,8 @@ class Endpoint:
         rtp_ports: Tuple[int, int] = ...,  # (30000, 30999)
         create_rooms_on_demand: bool = True,
         codecs: Optional[Sequence[str]] = None,
+        media_timeout: Optional[float] = ...,  # 30.0 seconds; None turns it off
+        hang_up_on_media_timeout: bool = False,
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...

@@ -36,6 +36,12 @@ enum Command {
         /// Rooms to create at start (comma-separated).
         #[arg(long, value_delimiter = ',')]
         rooms: Vec<String>,
+        /// Seconds without RTP from a leg before it is reported (0: never).
+        #[arg(long, default_value_t = 30)]
+        media_timeout: u64,
+        /// Hang up legs that hit the media timeout, so dead calls leave their rooms.
+        #[arg(long)]
+        hang_up_silent: bool,
     },
 }
 
@@ -55,12 +61,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve { listen, public_address, rtp_ports, no_create_rooms, rooms } = Cli::parse().command;
+    let Command::Serve { listen, public_address, rtp_ports, no_create_rooms, rooms, media_timeout, hang_up_silent } =
+        Cli::parse().command;
     let config = EndpointConfig {
         listen,
         public_address,
         rtp_ports: rtp_ports.0..=rtp_ports.1,
         create_rooms_on_demand: !no_create_rooms,
+        media_timeout: (media_timeout > 0).then(|| std::time::Duration::from_secs(media_timeout)),
+        hang_up_on_media_timeout: hang_up_silent,
         ..Default::default()
     };
     match serve(config, &rooms) {
@@ -106,6 +115,9 @@ fn log_event(event: &Event) {
             "left room={conference} participant={} reason={reason:?} received={packets_received} sent={packets_sent}",
             participant.0
         ),
+        Event::MediaTimeout { conference, participant } => {
+            println!("media-timeout room={conference} participant={}", participant.0)
+        }
         Event::Dtmf { conference, participant, digit, duration_ms } => {
             println!("dtmf room={conference} participant={} digit={digit} duration_ms={duration_ms}", participant.0)
         }

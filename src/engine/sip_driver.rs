@@ -306,8 +306,16 @@ impl Driver {
             let _guard = self.shared.runtime.enter();
             UdpSocket::from_std(media.socket.try_clone()?)?
         };
-        let dtmf = negotiated.telephone_event.map(|pt| (pt, participant, self.shared.clone()));
-        let task = self.shared.runtime.spawn(receive_rtp(receive_socket, producer, controls.clone(), dtmf));
+        // A peer on hold (we only send, or nothing flows) is not expected to send.
+        let peer_sends = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
+        let context = ReceiveContext {
+            participant,
+            shared: self.shared.clone(),
+            controls: controls.clone(),
+            telephone_event: negotiated.telephone_event,
+            media_timeout: self.shared.config.media_timeout.filter(|_| peer_sends),
+        };
+        let task = self.shared.runtime.spawn(receive_rtp(receive_socket, producer, context));
         let mut leg = RtpLeg::new(
             consumer,
             media.socket,
@@ -473,29 +481,63 @@ impl Driver {
     }
 }
 
-/// Moves datagrams from a leg's socket into its ring to the mixer.
-/// Moves datagrams from a leg's socket into its ring to the mixer, and turns
-/// telephone-event packets into DTMF events here, off the mixer thread.
-async fn receive_rtp(
-    socket: UdpSocket,
-    mut ring: rtrb::Producer<ReceivedDatagram>,
+/// What a leg's receive task needs to know besides its socket and ring.
+struct ReceiveContext {
+    participant: ParticipantId,
+    shared: Arc<Shared>,
     controls: Arc<ParticipantControls>,
-    dtmf: Option<(u8, ParticipantId, Arc<Shared>)>,
-) {
+    /// The negotiated telephone-event payload type, if any.
+    telephone_event: Option<u8>,
+    /// How long the peer may stay silent, when it is expected to send.
+    media_timeout: Option<std::time::Duration>,
+}
+
+impl ReceiveContext {
+    fn emit(&self, make: impl FnOnce(String) -> Event) {
+        let conference = self.shared.registry.lock().participants.get(&self.participant).map(|p| p.conference.clone());
+        if let Some(conference) = conference {
+            self.shared.emit(make(conference));
+        }
+    }
+}
+
+/// Moves datagrams from a leg's socket into its ring to the mixer; turns
+/// telephone-event packets into DTMF events and a silent peer into a media
+/// timeout here, off the mixer thread.
+async fn receive_rtp(socket: UdpSocket, mut ring: rtrb::Producer<ReceivedDatagram>, leg: ReceiveContext) {
     let mut buf = [0u8; MAX_DATAGRAM];
     let mut digits = DtmfReceiver::new(8000);
+    let participant = leg.participant;
+    let mut timed_out = false;
     loop {
-        let Ok((n, source)) = socket.recv_from(&mut buf).await else { continue };
+        let received = match leg.media_timeout {
+            Some(limit) => tokio::time::timeout(limit, socket.recv_from(&mut buf)).await,
+            None => Ok(socket.recv_from(&mut buf).await),
+        };
+        let (n, source) = match received {
+            Ok(Ok(received)) => received,
+            Ok(Err(_)) => continue,
+            Err(_elapsed) => {
+                if !timed_out {
+                    timed_out = true;
+                    tracing::info!(participant = participant.0, "no RTP for the media timeout");
+                    leg.emit(|conference| Event::MediaTimeout { conference, participant });
+                    if leg.shared.config.hang_up_on_media_timeout {
+                        let hangup = SipCommand::Hangup { participant, reason: LeaveReason::Timeout };
+                        let _ = leg.shared.sip_commands.send(hangup);
+                    }
+                }
+                continue;
+            }
+        };
+        timed_out = false;
         if n < rtp::HEADER_LEN || rtp::is_rtcp(&buf[..n]) {
             continue;
         }
-        if let Some((payload_type, participant, shared)) = &dtmf {
-            if let Some(packet) = RtpPacket::parse(&buf[..n]).ok().filter(|p| p.payload_type == *payload_type) {
+        if let Some(payload_type) = leg.telephone_event {
+            if let Some(packet) = RtpPacket::parse(&buf[..n]).ok().filter(|p| p.payload_type == payload_type) {
                 for DtmfDigit { digit, duration_ms } in digits.handle(packet.timestamp, packet.payload) {
-                    let conference = shared.registry.lock().participants.get(participant).map(|p| p.conference.clone());
-                    if let Some(conference) = conference {
-                        shared.emit(Event::Dtmf { conference, participant: *participant, digit, duration_ms });
-                    }
+                    leg.emit(|conference| Event::Dtmf { conference, participant, digit, duration_ms });
                 }
                 continue;
             }
@@ -503,7 +545,7 @@ async fn receive_rtp(
         let mut datagram = ReceivedDatagram { source, len: n as u16, data: [0; MAX_DATAGRAM] };
         datagram.data[..n].copy_from_slice(&buf[..n]);
         if ring.push(datagram).is_err() {
-            controls.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            leg.controls.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

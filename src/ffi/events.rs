@@ -22,6 +22,8 @@ pub enum sb_event_kind {
     SB_EVENT_DIAL_FAILED = 6,
     /// A participant pressed a key: `digit`, `duration_ms`.
     SB_EVENT_DTMF = 7,
+    /// No RTP from a participant for the media timeout.
+    SB_EVENT_MEDIA_TIMEOUT = 8,
 }
 
 #[repr(C)]
@@ -109,6 +111,11 @@ fn to_c(event: &Event) -> sb_event {
         }
         Event::Answered { conference, participant } => {
             out.kind = sb_event_kind::SB_EVENT_ANSWERED;
+            out.participant = participant.0;
+            conference
+        }
+        Event::MediaTimeout { conference, participant } => {
+            out.kind = sb_event_kind::SB_EVENT_MEDIA_TIMEOUT;
             out.participant = participant.0;
             conference
         }

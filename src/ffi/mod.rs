@@ -240,6 +240,10 @@ pub struct sb_endpoint_config {
     pub rtp_port_max: u16,
     /// Whether INVITEs to unknown rooms create them (else they get 404).
     pub create_rooms_on_demand: bool,
+    /// No RTP from a leg for this many ms raises SB_EVENT_MEDIA_TIMEOUT; 0 turns it off. Default 30000.
+    pub media_timeout_ms: u32,
+    /// Whether a media timeout also hangs the leg up.
+    pub hang_up_on_media_timeout: bool,
 }
 
 /// Sets `config` to the defaults.
@@ -254,6 +258,8 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             rtp_port_min: *defaults.rtp_ports.start(),
             rtp_port_max: *defaults.rtp_ports.end(),
             create_rooms_on_demand: defaults.create_rooms_on_demand,
+            media_timeout_ms: defaults.media_timeout.map_or(0, |t| t.as_millis() as u32),
+            hang_up_on_media_timeout: defaults.hang_up_on_media_timeout,
         };
         sb_status::SB_OK
     })
@@ -291,6 +297,8 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             public_address,
             rtp_ports: config.rtp_port_min..=config.rtp_port_max,
             create_rooms_on_demand: config.create_rooms_on_demand,
+            media_timeout: (config.media_timeout_ms > 0).then(|| Duration::from_millis(config.media_timeout_ms as u64)),
+            hang_up_on_media_timeout: config.hang_up_on_media_timeout,
             ..Default::default()
         }));
         *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));

@@ -329,3 +329,58 @@ fn digits_sent_to_a_participant_arrive_as_dtmf_events() {
     let local = out.add_local().unwrap();
     assert!(matches!(local.participant().send_dtmf("1"), Err(sipbridge::Error::InvalidArgument(_))));
 }
+
+#[test]
+fn a_leg_that_sends_no_rtp_times_out_and_is_hung_up() {
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        media_timeout: Some(Duration::from_millis(300)),
+        hang_up_on_media_timeout: true,
+        ..Default::default()
+    })
+    .unwrap();
+    // A bare SIP client whose SDP names a port that never sends.
+    let phone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone.set_read_timeout(Some(WAIT)).unwrap();
+    let me = phone.local_addr().unwrap();
+    let sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0\r\n",
+        me.port() + 1
+    );
+    let invite = format!(
+        "INVITE sip:quiet@{bridge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKquiet\r\nFrom: <sip:phone@{me}>;tag=p1\r\nTo: <sip:quiet@{bridge}>\r\nCall-ID: quiet-1\r\nCSeq: 1 INVITE\r\nContact: <sip:phone@{me}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        bridge = bridge.local_addr()
+    );
+    phone.send_to(invite.as_bytes(), bridge.local_addr()).unwrap();
+    let mut buf = [0u8; 4096];
+    let ok = loop {
+        let (n, _) = phone.recv_from(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.starts_with("SIP/2.0 200") {
+            break text;
+        }
+    };
+    let to = ok.split("\r\n").find(|l| l.starts_with("To: ")).unwrap().to_string();
+    let ack = format!(
+        "ACK sip:quiet@{bridge} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKquietack\r\nFrom: <sip:phone@{me}>;tag=p1\r\n{to}\r\nCall-ID: quiet-1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        bridge = bridge.local_addr()
+    );
+    phone.send_to(ack.as_bytes(), bridge.local_addr()).unwrap();
+    let participant = wait_event(&bridge, WAIT, joined(ParticipantKind::Inbound));
+    let timed_out = wait_event(&bridge, WAIT, |e| match e {
+        Event::MediaTimeout { participant, .. } => Some(*participant),
+        _ => None,
+    });
+    assert_eq!(timed_out, participant);
+    assert_eq!(wait_event(&bridge, WAIT, left), LeaveReason::Timeout);
+    let bye = loop {
+        let (n, _) = phone.recv_from(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if !text.starts_with("SIP/2.0") {
+            break text;
+        }
+    };
+    assert!(bye.starts_with("BYE sip:phone@"), "{bye}");
+}
