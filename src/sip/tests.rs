@@ -175,6 +175,15 @@ fn answer_all(pair: &mut Pair) {
     pair.collect();
 }
 
+/// Dials from A, answers on B, and lets the 200 and ACK cross.
+fn established(p: &mut Pair) -> CallKey {
+    let call = p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(p);
+    p.run_for(Duration::from_millis(50));
+    call
+}
+
 #[test]
 fn call_setup_and_teardown() {
     let mut p = Pair::new();
@@ -350,10 +359,7 @@ fn rejection_is_acked_and_a_retransmitted_final_is_acked_again() {
 #[test]
 fn lost_bye_is_retransmitted() {
     let mut p = Pair::new();
-    let call = p.dial();
-    p.run_for(Duration::from_millis(50));
-    answer_all(&mut p);
-    p.run_for(Duration::from_millis(50));
+    let call = established(&mut p);
     let mut byes = 0;
     p.drop = Box::new(move |m| {
         if m.starts_with("BYE ") {
@@ -479,10 +485,7 @@ fn header<'a>(message: &'a str, name: &str) -> &'a str {
 #[test]
 fn re_invite_is_answered_and_its_ack_stops_the_2xx() {
     let mut p = Pair::new();
-    p.dial();
-    p.run_for(Duration::from_millis(50));
-    answer_all(&mut p);
-    p.run_for(Duration::from_millis(50));
+    established(&mut p);
     let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
     let (from, to, call_id) =
         (header(&ok, "From").to_string(), header(&ok, "To").to_string(), header(&ok, "Call-ID").to_string());
@@ -639,10 +642,7 @@ fn a_long_ringing_call_does_not_time_out() {
 #[test]
 fn sip_info_dtmf_relay_becomes_a_digit() {
     let mut p = Pair::new();
-    p.dial();
-    p.run_for(Duration::from_millis(50));
-    answer_all(&mut p);
-    p.run_for(Duration::from_millis(50));
+    established(&mut p);
     let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
     let info = |cseq: u32, content_type: &str, body: &str| {
         format!(

@@ -390,6 +390,12 @@ mod tests {
         "127.0.0.1:5060".parse().unwrap()
     }
 
+    /// A client transaction (INVITE or BYE) to `addr()` with the default timers.
+    fn client(invite: bool, reliability: Reliability, now: Instant, out: &mut Vec<Transmit>) -> ClientTransaction {
+        let request = if invite { b"INVITE".to_vec() } else { b"BYE".to_vec() };
+        ClientTransaction::start(invite, request, addr(), reliability, TimerConfig::default(), now, out)
+    }
+
     /// Runs the timers of `tx` until `until`, returning the offsets (ms from
     /// `start`) at which something was sent and the timeout result, if any.
     fn run_client(tx: &mut ClientTransaction, start: Instant, until: Duration) -> (Vec<u128>, Option<ClientTimeout>) {
@@ -412,15 +418,7 @@ mod tests {
     fn invite_client_timer_a_doubles_and_timer_b_fires() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            true,
-            b"INVITE".to_vec(),
-            addr(),
-            Reliability::Unreliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
         assert_eq!(out.len(), 1);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(sent, vec![500, 1500, 3500, 7500, 15500, 31500]);
@@ -432,15 +430,7 @@ mod tests {
     fn non_invite_client_timer_e_caps_at_t2() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            false,
-            b"BYE".to_vec(),
-            addr(),
-            Reliability::Unreliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(false, Reliability::Unreliable, now, &mut out);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(&sent[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
         assert_eq!(*sent.last().unwrap(), 31500);
@@ -451,15 +441,7 @@ mod tests {
     fn provisional_stops_timers_a_and_b() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            true,
-            b"INVITE".to_vec(),
-            addr(),
-            Reliability::Unreliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
         let d = tx.handle_response(180, || unreachable!("no ACK for 1xx"), now + Duration::from_millis(100), &mut out);
         assert_eq!(d, ResponseDisposition::Deliver);
         assert_eq!(tx.poll_timeout(), None, "a ringing callee may take as long as it likes");
@@ -470,15 +452,7 @@ mod tests {
     fn non_invite_keeps_timer_f_after_a_provisional() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            false,
-            b"BYE".to_vec(),
-            addr(),
-            Reliability::Unreliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(false, Reliability::Unreliable, now, &mut out);
         tx.handle_response(100, || None, now, &mut out);
         let (_, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(result, Some(ClientTimeout::NoResponse));
@@ -488,15 +462,7 @@ mod tests {
     fn invite_error_response_is_acked_once_per_retransmission() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            true,
-            b"INVITE".to_vec(),
-            addr(),
-            Reliability::Unreliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
         out.clear();
         assert_eq!(tx.handle_response(486, || Some(b"ACK".to_vec()), now, &mut out), ResponseDisposition::Deliver);
         assert_eq!(out.len(), 1);
@@ -515,15 +481,7 @@ mod tests {
     fn invite_2xx_terminates_client_transaction() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            true,
-            b"INVITE".to_vec(),
-            addr(),
-            Reliability::Unreliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
         tx.handle_response(200, || unreachable!("2xx is ACKed by the TU"), now, &mut out);
         assert!(tx.is_terminated());
         assert_eq!(tx.poll_timeout(), None);
@@ -533,15 +491,7 @@ mod tests {
     fn reliable_transport_never_retransmits() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ClientTransaction::start(
-            false,
-            b"BYE".to_vec(),
-            addr(),
-            Reliability::Reliable,
-            TimerConfig::default(),
-            now,
-            &mut out,
-        );
+        let mut tx = client(false, Reliability::Reliable, now, &mut out);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert!(sent.is_empty());
         assert_eq!(result, Some(ClientTimeout::NoResponse));
