@@ -156,6 +156,38 @@ fn first_via(headers: &rsip::Headers) -> Result<&rsip::headers::Via, SipError> {
         .ok_or(SipError::MissingHeader("Via"))
 }
 
+/// Notes where a request really came from in its top Via (RFC 3261 §18.2.1,
+/// RFC 3581): `received` when the sent-by host is not the source address, and
+/// `rport` filled with the source port when the client asked for it. The
+/// responses built from the request then carry both.
+pub fn stamp_top_via(headers: &mut rsip::Headers, source: SocketAddr) {
+    let Some(via) = headers.iter_mut().find_map(|h| match h {
+        Header::Via(v) => Some(v),
+        _ => None,
+    }) else {
+        return;
+    };
+    let value = via.value().to_string();
+    let (sent_by, params) = value.split_once(';').unwrap_or((value.as_str(), ""));
+    let host = sent_by.split_whitespace().nth(1).unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.split(']').next())
+        .unwrap_or_else(|| host.split(':').next().unwrap_or(""));
+    let wants_rport = params.split(';').any(|p| p.trim().eq_ignore_ascii_case("rport"));
+    let mut stamped: Vec<String> = params
+        .split(';')
+        .filter(|p| !p.is_empty() && !p.trim().to_ascii_lowercase().starts_with("received="))
+        .map(
+            |p| if p.trim().eq_ignore_ascii_case("rport") { format!("rport={}", source.port()) } else { p.to_string() },
+        )
+        .collect();
+    if wants_rport || host.parse::<std::net::IpAddr>().ok() != Some(source.ip()) {
+        stamped.push(format!("received={}", source.ip()));
+    }
+    via.replace(format!("{};{}", sent_by.trim_end(), stamped.join(";")));
+}
+
 /// CSeq number and method.
 pub fn cseq(headers: &impl HeadersExt) -> Result<(u32, Method), SipError> {
     let cseq = headers.cseq_header().map_err(|_| SipError::MissingHeader("CSeq"))?;
@@ -535,6 +567,25 @@ l: 4\r\n\r\nv=0\n";
         assert_eq!(dtmf_relay("Signal=a"), Some(('A', 250)));
         assert_eq!(dtmf_relay("Signal=x"), None);
         assert_eq!(dtmf_relay("Duration=100"), None);
+    }
+
+    #[test]
+    fn top_via_is_stamped_with_received_and_rport() {
+        let via = |value: &str| {
+            let mut headers = rsip::Headers::default();
+            headers.push(Header::Via(rsip::headers::Via::new(value)));
+            headers.push(Header::Via(rsip::headers::Via::new("SIP/2.0/UDP 10.9.9.9;branch=z9hG4bKdeep")));
+            stamp_top_via(&mut headers, "203.0.113.7:40123".parse().unwrap());
+            let top = first_via(&headers).unwrap().value().to_string();
+            (top, top_branch(&headers).unwrap())
+        };
+        let (top, branch) = via("SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKnat;rport");
+        assert_eq!(top, "SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKnat;rport=40123;received=203.0.113.7");
+        assert_eq!(branch, "z9hG4bKnat");
+        let (top, _) = via("SIP/2.0/UDP 203.0.113.7:40123;branch=z9hG4bKdirect");
+        assert_eq!(top, "SIP/2.0/UDP 203.0.113.7:40123;branch=z9hG4bKdirect", "nothing to note");
+        let (top, _) = via("SIP/2.0/UDP phone.example.com;branch=z9hG4bKname");
+        assert!(top.ends_with(";received=203.0.113.7"), "{top}");
     }
 
     #[test]

@@ -311,7 +311,8 @@ impl UserAgent {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, source: SocketAddr, request: Request) {
+    fn handle_request(&mut self, now: Instant, source: SocketAddr, mut request: Request) {
+        message::stamp_top_via(&mut request.headers, source);
         let (branch, (cseq, cseq_method)) = match (message::top_branch(&request.headers), message::cseq(&request)) {
             (Ok(b), Ok(c)) => (b, c),
             (Err(error), _) | (_, Err(error)) => {
