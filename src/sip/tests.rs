@@ -669,3 +669,17 @@ fn sip_info_dtmf_relay_becomes_a_digit() {
             .collect();
     assert_eq!(digits, vec![('7', 120), ('#', 250)]);
 }
+
+#[test]
+fn the_same_invite_on_a_second_branch_gets_482() {
+    let mut p = Pair::new();
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    let invite = p.log.iter().find(|m| m.starts_with("INVITE ")).unwrap().clone();
+    let branch = header(&invite, "Via").split("branch=").nth(1).unwrap().split(';').next().unwrap().to_string();
+    // The same INVITE, as a forking proxy would deliver it a second time.
+    p.inject(&invite.replace(&branch, "z9hG4bKsecondpath"));
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 482"));
+    assert_eq!(p.b.events.iter().filter(|e| matches!(e, UaEvent::IncomingCall { .. })).count(), 1);
+    assert_eq!(p.b.ua.call_count(), 1);
+}

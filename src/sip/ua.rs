@@ -115,6 +115,15 @@ struct Call {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct TxId(u64);
 
+/// From tag, Call-ID, CSeq number and method of a request.
+type MergeKey = (String, String, u32, u8);
+
+fn merge_key(request: &Request) -> Option<MergeKey> {
+    let from_tag = message::from_tag(request).ok()??;
+    let (cseq, method) = message::cseq(request).ok()?;
+    Some((from_tag, message::call_id(request).ok()?, cseq, method as u8))
+}
+
 /// A transaction's Via branch and its method (rsip's `Method` is not `Hash`,
 /// but it is a plain enum, so its discriminant stands in).
 type BranchKey = (String, u8);
@@ -143,6 +152,10 @@ pub struct UserAgent {
     by_branch: HashMap<BranchKey, TxId>,
     /// The inverse of `by_branch`, to forget a transaction in O(1).
     branch_of: HashMap<TxId, BranchKey>,
+    /// Live out-of-dialog server transactions by (From tag, Call-ID, CSeq), to
+    /// spot a request that arrives twice on different branches (§8.2.2.2).
+    merged: HashMap<MergeKey, TxId>,
+    merge_key_of: HashMap<TxId, MergeKey>,
     calls: HashMap<CallKey, Call>,
     /// (Call-ID, local tag) -> call.
     dialogs: HashMap<(String, String), CallKey>,
@@ -163,6 +176,8 @@ impl UserAgent {
             transactions: HashMap::new(),
             by_branch: HashMap::new(),
             branch_of: HashMap::new(),
+            merged: HashMap::new(),
+            merge_key_of: HashMap::new(),
             calls: HashMap::new(),
             dialogs: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -306,6 +321,9 @@ impl UserAgent {
                     if let Some(key) = self.branch_of.remove(&id) {
                         self.by_branch.remove(&key);
                     }
+                    if let Some(key) = self.merge_key_of.remove(&id) {
+                        self.merged.remove(&key);
+                    }
                 }
             }
         }
@@ -355,7 +373,20 @@ impl UserAgent {
 
         match message::to_tag(&request) {
             Ok(Some(tag)) => self.handle_in_dialog(now, id, tag, request),
-            _ => self.handle_out_of_dialog(now, id, source, request),
+            _ => {
+                // §8.2.2.2: the same request (From tag, Call-ID, CSeq) on another
+                // branch is a copy that reached us by a second path (a forking
+                // proxy, a loop): answer it 482, not with a second call.
+                let key = merge_key(&request);
+                if key.as_ref().is_some_and(|k| self.merged.contains_key(k)) {
+                    return self.respond(id, &request, 482, None, Vec::new(), now);
+                }
+                if let Some(key) = key {
+                    self.merged.insert(key.clone(), id);
+                    self.merge_key_of.insert(id, key);
+                }
+                self.handle_out_of_dialog(now, id, source, request)
+            }
         }
     }
 
