@@ -92,7 +92,7 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: Un
                     let _ = done.send(());
                     return;
                 }
-                Some(command) => driver.handle_command(command).await,
+                Some(command) => driver.handle_command(command),
                 None => return,
             },
             _ = sleep_until(wake) => driver.ua.handle_timeout(Instant::now()),
@@ -369,7 +369,7 @@ impl Driver {
         Ok(())
     }
 
-    async fn handle_command(&mut self, command: SipCommand) {
+    fn handle_command(&mut self, command: SipCommand) {
         let now = Instant::now();
         match command {
             SipCommand::Dial { participant, target, reply } => {

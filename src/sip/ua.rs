@@ -331,7 +331,7 @@ impl UserAgent {
 
     fn handle_request(&mut self, now: Instant, source: SocketAddr, mut request: Request) {
         message::stamp_top_via(&mut request.headers, source);
-        let (branch, (cseq, cseq_method)) = match (message::top_branch(&request.headers), message::cseq(&request)) {
+        let (branch, (_, cseq_method)) = match (message::top_branch(&request.headers), message::cseq(&request)) {
             (Ok(b), Ok(c)) => (b, c),
             (Err(error), _) | (_, Err(error)) => {
                 tracing::warn!(%source, %error, "bad request");
@@ -347,7 +347,6 @@ impl UserAgent {
         if cseq_method != request.method && request.method != Method::Ack && request.method != Method::Cancel {
             return self.reply_stateless(&request, source, 400, None);
         }
-        let _ = cseq;
         match request.method {
             Method::Ack => return self.handle_ack(now, &branch, &request),
             Method::Cancel => return self.handle_cancel(now, source, &branch, &request),
@@ -653,7 +652,6 @@ impl UserAgent {
         if entry.state == CallState::Confirmed {
             return;
         }
-        let remote_tag = message::to_tag(response).ok().flatten().unwrap_or_default();
         entry.remote_party = response.to_header().map(|t| t.value().to_string()).unwrap_or_default();
         if let Some(target) = message::contact_uri(response) {
             entry.remote_target = target.to_string();
@@ -668,7 +666,6 @@ impl UserAgent {
         }
         entry.route_set = routes;
         entry.state = CallState::Confirmed;
-        let _ = remote_tag;
         let (cseq, _) = message::cseq(&entry.invite).unwrap_or((1, Method::Invite));
         let ack = in_dialog_request(entry, Method::Ack, cseq, &advertised);
         let ack = message::print(ack);
