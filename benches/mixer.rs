@@ -28,8 +28,12 @@ struct RtpFeed {
 }
 
 fn datagram(feed: &mut RtpFeed, talking: bool) -> ReceivedDatagram {
-    let mut d =
-        ReceivedDatagram { source: feed.source, len: (rtp::HEADER_LEN + FRAME) as u16, data: [0; MAX_DATAGRAM] };
+    let mut d = ReceivedDatagram {
+        source: feed.source,
+        arrival: std::time::Instant::now(),
+        len: (rtp::HEADER_LEN + FRAME) as u16,
+        data: [0; MAX_DATAGRAM],
+    };
     let header: &mut [u8; rtp::HEADER_LEN] = (&mut d.data[..rtp::HEADER_LEN]).try_into().unwrap();
     rtp::write_header(header, false, 0, feed.seq, feed.seq as u32 * FRAME as u32, 7);
     for (i, b) in d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + FRAME].iter_mut().enumerate() {
@@ -57,8 +61,8 @@ fn rtp_run(participants: usize, size: usize, sink: &UdpSocket) -> (f64, f64) {
             let source = socket.local_addr().unwrap();
             sockets.push(socket.try_clone().unwrap());
             let (ring, consumer) = rtrb::RingBuffer::new(8);
-            let leg =
-                RtpLeg::new(consumer, socket, sink.local_addr().unwrap(), CodecKind::Pcmu.new_coder(), 0, FRAME, None);
+            let coder = CodecKind::Pcmu.new_coder(&Default::default()).unwrap();
+            let leg = RtpLeg::new(consumer, socket, sink.local_addr().unwrap(), coder, 0, 8000, None).unwrap();
             let id = ParticipantId((c * size + p) as u64);
             let mix = ParticipantMix::new(id, Arc::default(), Leg::Rtp(leg), FRAME);
             commands.send(MixerCommand::AddParticipant(ConferenceId(c as u64), Box::new(mix))).unwrap();

@@ -11,6 +11,10 @@
 
 #include "sipbridge.h"
 
+/* The tests' conferences mix at 16 kHz (calls between endpoints negotiate Opus). */
+#define SAMPLE_RATE 16000
+#define FRAME_SAMPLES (SAMPLE_RATE / 50)
+
 static int failures = 0;
 
 #define CHECK(cond, ...)                                                        \
@@ -31,7 +35,7 @@ static int failures = 0;
 static const double PI = 3.14159265358979323846;
 
 static double tone_power(const int16_t *s, size_t n, double freq) {
-  double w = 2.0 * PI * freq / SB_SAMPLE_RATE, coeff = 2.0 * cos(w);
+  double w = 2.0 * PI * freq / SAMPLE_RATE, coeff = 2.0 * cos(w);
   double s1 = 0, s2 = 0;
   for (size_t i = 0; i < n; i++) {
     double s0 = s[i] + coeff * s1 - s2;
@@ -42,8 +46,8 @@ static double tone_power(const int16_t *s, size_t n, double freq) {
 }
 
 static void tone(int16_t *out, double freq, unsigned long *phase) {
-  for (size_t i = 0; i < SB_FRAME_SAMPLES; i++, (*phase)++)
-    out[i] = (int16_t)(8000.0 * sin(2.0 * PI * freq * (double)*phase / SB_SAMPLE_RATE));
+  for (size_t i = 0; i < FRAME_SAMPLES; i++, (*phase)++)
+    out[i] = (int16_t)(8000.0 * sin(2.0 * PI * freq * (double)*phase / SAMPLE_RATE));
 }
 
 static sb_endpoint *start(uint16_t rtp_min) {
@@ -53,6 +57,7 @@ static sb_endpoint *start(uint16_t rtp_min) {
   config.listen = "127.0.0.1:0";
   config.rtp_port_min = rtp_min;
   config.rtp_port_max = (uint16_t)(rtp_min + 19);
+  config.sample_rate = SAMPLE_RATE;
   OK(sb_endpoint_start(&config, &endpoint));
   return endpoint;
 }
@@ -128,29 +133,29 @@ int main(void) {
   uint64_t inbound = event.participant;
 
   /* --- audio both ways: 600 Hz from the caller, 1400 Hz from the bridge --- */
-  static int16_t heard_at_bridge[8000 * 2], heard_at_caller[8000 * 2];
-  int16_t frame[SB_FRAME_SAMPLES];
+  static int16_t heard_at_bridge[SAMPLE_RATE * 2], heard_at_caller[SAMPLE_RATE * 2];
+  int16_t frame[FRAME_SAMPLES];
   unsigned long pa = 0, pb = 0;
   size_t n = 0;
   for (int i = 0; i < 2; i++) {
     tone(frame, 600, &pa);
-    OK(sb_local_write(at_caller, frame, SB_FRAME_SAMPLES, 1000));
+    OK(sb_local_write(at_caller, frame, FRAME_SAMPLES, 1000));
     tone(frame, 1400, &pb);
-    OK(sb_local_write(at_bridge, frame, SB_FRAME_SAMPLES, 1000));
+    OK(sb_local_write(at_bridge, frame, FRAME_SAMPLES, 1000));
   }
   for (int i = 0; i < 100; i++) { /* two seconds */
     tone(frame, 600, &pa);
-    OK(sb_local_write(at_caller, frame, SB_FRAME_SAMPLES, 1000));
+    OK(sb_local_write(at_caller, frame, FRAME_SAMPLES, 1000));
     tone(frame, 1400, &pb);
-    OK(sb_local_write(at_bridge, frame, SB_FRAME_SAMPLES, 1000));
-    OK(sb_local_read_frame(at_bridge, heard_at_bridge + n, SB_FRAME_SAMPLES, 1000));
-    OK(sb_local_read_frame(at_caller, heard_at_caller + n, SB_FRAME_SAMPLES, 1000));
-    n += SB_FRAME_SAMPLES;
+    OK(sb_local_write(at_bridge, frame, FRAME_SAMPLES, 1000));
+    OK(sb_local_read_frame(at_bridge, heard_at_bridge + n, FRAME_SAMPLES, 1000));
+    OK(sb_local_read_frame(at_caller, heard_at_caller + n, FRAME_SAMPLES, 1000));
+    n += FRAME_SAMPLES;
   }
   CHECK(sb_local_read_frame(at_caller, frame, 10, 0) == SB_INVALID_ARGUMENT, "wrong frame size");
-  const int16_t *tail_b = heard_at_bridge + n - 8000, *tail_c = heard_at_caller + n - 8000;
-  double b600 = tone_power(tail_b, 8000, 600), b1400 = tone_power(tail_b, 8000, 1400);
-  double c600 = tone_power(tail_c, 8000, 600), c1400 = tone_power(tail_c, 8000, 1400);
+  const int16_t *tail_b = heard_at_bridge + n - SAMPLE_RATE, *tail_c = heard_at_caller + n - SAMPLE_RATE;
+  double b600 = tone_power(tail_b, SAMPLE_RATE, 600), b1400 = tone_power(tail_b, SAMPLE_RATE, 1400);
+  double c600 = tone_power(tail_c, SAMPLE_RATE, 600), c1400 = tone_power(tail_c, SAMPLE_RATE, 1400);
   CHECK(b600 > 1e5 && b600 > 100 * b1400, "bridge hears the caller only: %g %g", b600, b1400);
   CHECK(c1400 > 1e5 && c1400 > 100 * c600, "caller hears the bridge only: %g %g", c600, c1400);
 
@@ -181,7 +186,7 @@ int main(void) {
   /* --- the mix feed --- */
   sb_frame_reader *mix = NULL;
   OK(sb_conference_mixed_audio(room, &mix));
-  OK(sb_frame_reader_read(mix, frame, SB_FRAME_SAMPLES, 1000));
+  OK(sb_frame_reader_read(mix, frame, FRAME_SAMPLES, 1000));
   sb_frame_reader_free(mix);
 
   /* --- DTMF both ways: the caller presses 5, the bridge hears it --- */
@@ -203,12 +208,12 @@ int main(void) {
   counters c = {0, 0};
   OK(sb_endpoint_set_event_callback(bridge, on_event, &c));
   OK(sb_conference_dial(out, uri, &leg));
-  for (int i = 0; i < 100 && atomic_load(&c.joined) == 0; i++) sb_local_read_frame(at_caller, frame, SB_FRAME_SAMPLES, 50);
+  for (int i = 0; i < 100 && atomic_load(&c.joined) == 0; i++) sb_local_read_frame(at_caller, frame, FRAME_SAMPLES, 50);
   CHECK(atomic_load(&c.joined) == 1, "callback saw the join");
 
   /* --- destroying the conference hangs up; the stale handle says so --- */
   OK(sb_conference_destroy(room));
-  for (int i = 0; i < 100 && atomic_load(&c.left) < 2; i++) sb_local_read_frame(at_caller, frame, SB_FRAME_SAMPLES, 50);
+  for (int i = 0; i < 100 && atomic_load(&c.left) < 2; i++) sb_local_read_frame(at_caller, frame, FRAME_SAMPLES, 50);
   CHECK(atomic_load(&c.left) == 2, "both bridge participants left, got %d", atomic_load(&c.left));
   CHECK(sb_conference_set_muted(room, inbound, false) == SB_NOT_FOUND, "destroyed room");
   CHECK(sb_conference_destroy(room) == SB_NOT_FOUND, "destroying twice");
@@ -217,7 +222,7 @@ int main(void) {
   /* --- stop: handles stay safe and say STOPPED --- */
   OK(sb_endpoint_stop(caller));
   CHECK(sb_conference_dial(out, uri, &leg) == SB_STOPPED, "dial after stop");
-  CHECK(sb_local_write(at_caller, frame, SB_FRAME_SAMPLES, 0) == SB_STOPPED, "write after stop");
+  CHECK(sb_local_write(at_caller, frame, FRAME_SAMPLES, 0) == SB_STOPPED, "write after stop");
 
   sb_local_free(at_bridge);
   sb_local_free(at_caller);

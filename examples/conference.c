@@ -14,6 +14,9 @@
 
 #include "sipbridge.h"
 
+/* Conferences mix at the default rate (48 kHz): 960-sample frames. */
+#define FRAME_SAMPLES (SB_DEFAULT_SAMPLE_RATE / 50)
+
 static const double PI = 3.14159265358979323846;
 
 static int fail(const char *what, sb_status status) {
@@ -85,19 +88,19 @@ int main(int argc, char **argv) {
     if ((status = sb_conference_dial(home, uri, &id)) != SB_OK) return fail("dial", status);
   }
 
-  static int16_t heard[8000];
+  static int16_t heard[SB_DEFAULT_SAMPLE_RATE];
   size_t heard_n = 0;
   unsigned long phase = 0;
-  int16_t frame[SB_FRAME_SAMPLES];
+  int16_t frame[FRAME_SAMPLES];
   for (int tick = 0; tick < seconds * 50; tick++) {
-    for (size_t i = 0; i < SB_FRAME_SAMPLES; i++, phase++)
-      frame[i] = (int16_t)(6000.0 * sin(2.0 * PI * 440.0 * (double)phase / SB_SAMPLE_RATE));
+    for (size_t i = 0; i < FRAME_SAMPLES; i++, phase++)
+      frame[i] = (int16_t)(6000.0 * sin(2.0 * PI * 440.0 * (double)phase / SB_DEFAULT_SAMPLE_RATE));
     /* Blocks while the queue is full: this paces the bot in real time. */
-    if ((status = sb_local_write(bot, frame, SB_FRAME_SAMPLES, 1000)) != SB_OK) return fail("write", status);
-    sb_local_read_frame(bot, frame, SB_FRAME_SAMPLES, 0); /* the bot does not listen */
-    if (ear && sb_local_read_frame(ear, frame, SB_FRAME_SAMPLES, 0) == SB_OK) {
+    if ((status = sb_local_write(bot, frame, FRAME_SAMPLES, 1000)) != SB_OK) return fail("write", status);
+    sb_local_read_frame(bot, frame, FRAME_SAMPLES, 0); /* the bot does not listen */
+    if (ear && sb_local_read_frame(ear, frame, FRAME_SAMPLES, 0) == SB_OK) {
       memcpy(heard + heard_n, frame, sizeof frame);
-      heard_n = (heard_n + SB_FRAME_SAMPLES) % 8000;
+      heard_n = (heard_n + FRAME_SAMPLES) % SB_DEFAULT_SAMPLE_RATE;
     }
     sb_event event;
     while (sb_endpoint_poll_event(server, 0, &event) == SB_OK) print_event(&event);
@@ -105,13 +108,13 @@ int main(int argc, char **argv) {
 
   int result = 0;
   if (self_test) {
-    double w = 2.0 * PI * 440.0 / SB_SAMPLE_RATE, coeff = 2.0 * cos(w), s1 = 0, s2 = 0;
-    for (size_t i = 0; i < 8000; i++) {
+    double w = 2.0 * PI * 440.0 / SB_DEFAULT_SAMPLE_RATE, coeff = 2.0 * cos(w), s1 = 0, s2 = 0;
+    for (size_t i = 0; i < SB_DEFAULT_SAMPLE_RATE; i++) {
       double s0 = heard[i] + coeff * s1 - s2;
       s2 = s1;
       s1 = s0;
     }
-    double power = (s1 * s1 + s2 * s2 - coeff * s1 * s2) / (8000.0 * 8000.0);
+    double power = (s1 * s1 + s2 * s2 - coeff * s1 * s2) / ((double)SB_DEFAULT_SAMPLE_RATE * SB_DEFAULT_SAMPLE_RATE);
     printf("caller heard 440 Hz at power %.0f\n", power);
     result = power > 1e5 ? 0 : 1;
     sb_local_free(ear);

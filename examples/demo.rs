@@ -8,7 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use sipbridge::{Endpoint, EndpointConfig, Event, ParticipantKind, FRAME_SAMPLES, SAMPLE_RATE};
+use sipbridge::{frame_samples, Endpoint, EndpointConfig, Event, ParticipantKind, DEFAULT_SAMPLE_RATE};
+
+/// The demo's conferences mix at the default rate (48 kHz); calls between
+/// its endpoints negotiate Opus.
+const SAMPLE_RATE: u32 = DEFAULT_SAMPLE_RATE;
+const FRAME_SAMPLES: usize = frame_samples(SAMPLE_RATE);
 
 const TONES: [f64; 3] = [440.0, 1000.0, 1780.0];
 

@@ -14,8 +14,8 @@ import numpy as np
 
 import sipbridge
 
-RATE = sipbridge.SAMPLE_RATE
-FRAME = sipbridge.FRAME_SAMPLES
+RATE = sipbridge.DEFAULT_SAMPLE_RATE  # conferences mix at 48 kHz
+FRAME = RATE // 50
 
 
 def main() -> int:

@@ -17,19 +17,34 @@
 #include <stdlib.h>
 
 /**
+ * The rate conferences mix at unless the app picks another (8000, 16000
+ * or 48000); application audio of a conference is at its rate.
+ */
+#define DEFAULT_SAMPLE_RATE 48000
+
+/**
  * Wait without a time limit, where a call takes `timeout_ms`.
  */
 #define SB_WAIT_FOREVER UINT32_MAX
 
 /**
- * Samples in one 20 ms frame of application audio.
+ * The rate conferences mix at unless configured (application audio of a
+ * conference is at its rate, in 20 ms frames of rate / 50 samples).
  */
-#define SB_FRAME_SAMPLES 160
+#define SB_DEFAULT_SAMPLE_RATE 48000
 
 /**
- * The sample rate of application audio, in Hz.
+ * The most reflection coefficients kept from a CN payload; RFC 3389 §3 lets a
+ * receiver drop the higher orders.
  */
-#define SB_SAMPLE_RATE 8000
+#define CN_MAX_ORDER 10
+
+#define TELEPHONE_EVENT_48K_PT 110
+
+/**
+ * The static payload type of comfort noise at 8 kHz (RFC 3551).
+ */
+#define COMFORT_NOISE_PT 13
 
 /**
  * The result of every call.
@@ -111,6 +126,11 @@ typedef enum {
 } sb_leave_reason;
 
 /**
+ * The codecs sipbridge negotiates.
+ */
+typedef struct CodecKind CodecKind;
+
+/**
  * A conference handle. Free with `sb_conference_free` (which does not end the conference).
  */
 typedef struct sb_conference sb_conference;
@@ -157,6 +177,17 @@ typedef struct {
    * Whether a media timeout also hangs the leg up.
    */
   bool hang_up_on_media_timeout;
+  /**
+   * The rate conferences mix at: 8000, 16000 or 48000. Default SB_DEFAULT_SAMPLE_RATE.
+   */
+  uint32_t sample_rate;
+  /**
+   * Opus encoding: bit rate in bit/s, complexity 0-10, in-band FEC, DTX.
+   */
+  uint32_t opus_bitrate;
+  uint8_t opus_complexity;
+  bool opus_fec;
+  bool opus_dtx;
 } sb_endpoint_config;
 
 /**
@@ -171,7 +202,32 @@ typedef struct {
   uint64_t packets_received;
   uint64_t packets_sent;
   uint64_t dropped;
+  uint64_t bytes_received;
+  uint64_t bytes_sent;
   uint64_t concealed_frames;
+  uint64_t fec_recovered;
+  /**
+   * Packets the peer sent that never arrived, and that as a percentage.
+   */
+  uint64_t packets_lost;
+  float loss_percent;
+  /**
+   * Interarrival jitter (RFC 3550) and the jitter buffer's target delay.
+   */
+  float jitter_ms;
+  uint32_t jitter_buffer_ms;
+  /**
+   * Round-trip time from RTCP, or -1 until measured.
+   */
+  float round_trip_ms;
+  /**
+   * Estimated MOS (E-model, G.107), or 0 when there is no media.
+   */
+  float mos;
+  /**
+   * The codec's SDP name ("" before media runs).
+   */
+  char codec[16];
   /**
    * The remote party's SIP URI ("" for local participants), cut to fit.
    */
@@ -225,6 +281,13 @@ typedef struct {
  */
 typedef void (*sb_event_callback)(void *userdata, const sb_event *event);
 
+
+
+/**
+ * The rates a conference can mix at, and codecs run at.
+ */
+#define SUPPORTED_RATES { 8000, 16000, 48000, }
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -272,6 +335,19 @@ sb_status sb_endpoint_local_port(const sb_endpoint *endpoint, uint16_t *out);
 sb_status sb_endpoint_create_conference(const sb_endpoint *endpoint,
                                         const char *name,
                                         sb_conference **out);
+
+/**
+ * Creates a conference called `name` that mixes at `sample_rate` (8000, 16000 or 48000).
+ */
+sb_status sb_endpoint_create_conference_with_rate(const sb_endpoint *endpoint,
+                                                  const char *name,
+                                                  uint32_t sample_rate,
+                                                  sb_conference **out);
+
+/**
+ * The rate `conference` mixes at; its application audio is at this rate.
+ */
+sb_status sb_conference_sample_rate(const sb_conference *conference, uint32_t *out);
 
 /**
  * A handle on the existing conference `name` (rooms created by callers included).
@@ -347,7 +423,7 @@ sb_status sb_conference_participants(const sb_conference *conference,
                                      size_t *count);
 
 /**
- * Adds a local participant (8 kHz mono PCM both ways, 160-sample frames).
+ * Adds a local participant (mono PCM both ways at the conference's rate, 20 ms frames).
  */
 sb_status sb_conference_add_local(const sb_conference *conference, sb_local **out);
 

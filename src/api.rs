@@ -7,18 +7,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::engine::{Creator, Engine, ParticipantEntry, Shared, SipCommand, FRAME};
-use crate::media::codec::CodecKind;
+use crate::engine::{Creator, Engine, ParticipantEntry, Shared, SipCommand};
+use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix};
 use crate::sip::TimerConfig;
 use crate::{Error, Result};
 
 pub use crate::media::mixer::ParticipantId;
 
-/// Samples per 20 ms frame of application audio (8 kHz mono).
-pub const FRAME_SAMPLES: usize = FRAME;
-/// The sample rate of application audio.
-pub const SAMPLE_RATE: u32 = 8000;
+/// The rate conferences mix at unless the app picks another (8000, 16000
+/// or 48000); application audio of a conference is at its rate.
+pub const DEFAULT_SAMPLE_RATE: u32 = 48000;
+
+/// Samples in one 20 ms frame at `sample_rate`.
+pub const fn frame_samples(sample_rate: u32) -> usize {
+    sample_rate as usize / 50
+}
 
 /// How an endpoint listens and behaves.
 #[derive(Debug, Clone)]
@@ -31,8 +35,13 @@ pub struct EndpointConfig {
     pub rtp_ports: RangeInclusive<u16>,
     /// Whether an INVITE to an unknown room creates it (else 404).
     pub create_rooms_on_demand: bool,
-    /// Codecs in order of preference.
+    /// Codecs in order of preference; an answer carries the first one the offer also has.
     pub codecs: Vec<CodecKind>,
+    /// How Opus legs encode.
+    pub opus: OpusSettings,
+    /// The rate conferences mix at: rooms callers create, and
+    /// [`Endpoint::create_conference`]'s.
+    pub sample_rate: u32,
     pub timers: TimerConfig,
     /// No RTP from a leg for this long (while it should be sending, not on
     /// hold) raises [`Event::MediaTimeout`]; `None` turns the check off.
@@ -48,7 +57,9 @@ impl Default for EndpointConfig {
             public_address: None,
             rtp_ports: 30000..=30999,
             create_rooms_on_demand: true,
-            codecs: vec![CodecKind::Pcmu, CodecKind::Pcma],
+            codecs: vec![CodecKind::Opus, CodecKind::G722, CodecKind::Pcmu, CodecKind::Pcma],
+            opus: OpusSettings::default(),
+            sample_rate: DEFAULT_SAMPLE_RATE,
             timers: TimerConfig::default(),
             media_timeout: Some(Duration::from_secs(30)),
             hang_up_on_media_timeout: false,
@@ -150,7 +161,26 @@ pub struct ParticipantInfo {
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
+    /// The negotiated codec, once media runs.
+    pub codec: Option<CodecKind>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Frames played without received audio (concealed, or stretching the jitter buffer).
     pub concealed_frames: u64,
+    /// Lost packets rebuilt from Opus in-band FEC.
+    pub fec_recovered: u64,
+    /// The jitter buffer's target delay.
+    pub jitter_buffer_ms: u32,
+    /// Packets the peer sent that never arrived (RTCP receiver statistics), and that as a percentage.
+    pub packets_lost: u64,
+    pub loss_percent: f32,
+    /// Interarrival jitter of the peer's RTP (RFC 3550 §6.4.1).
+    pub jitter_ms: f32,
+    /// Round-trip time from the peer's RTCP reports, once measured.
+    pub round_trip_ms: Option<f32>,
+    /// Estimated listening quality (E-model R-factor as MOS, ITU-T G.107)
+    /// from the codec, loss and delay, once media runs.
+    pub mos: Option<f32>,
 }
 
 /// Lets a blocking call give up early, e.g. when Python has a pending Ctrl-C.
@@ -206,16 +236,21 @@ impl Endpoint {
         format!("sip:{}@{addr}", crate::sip::message::escape_user(room))
     }
 
-    /// Creates a conference; an existing name is an error.
+    /// Creates a conference mixing at the endpoint's sample rate; an existing name is an error.
     pub fn create_conference(&self, name: &str) -> Result<Conference> {
-        let id = self.shared.create_conference(name, Creator::App)?;
-        Ok(Conference { shared: self.shared.clone(), name: name.into(), id })
+        self.create_conference_with_rate(name, self.shared.config.sample_rate)
+    }
+
+    /// Creates a conference mixing at `sample_rate` (8000, 16000 or 48000 Hz).
+    pub fn create_conference_with_rate(&self, name: &str, sample_rate: u32) -> Result<Conference> {
+        let id = self.shared.create_conference(name, Creator::App, sample_rate)?;
+        Ok(Conference { shared: self.shared.clone(), name: name.into(), id, sample_rate })
     }
 
     /// The conference called `name`, if it exists.
     pub fn conference(&self, name: &str) -> Result<Conference> {
-        let id = self.shared.conference_id(name)?;
-        Ok(Conference { shared: self.shared.clone(), name: name.into(), id })
+        let (id, sample_rate) = self.shared.conference_id(name)?;
+        Ok(Conference { shared: self.shared.clone(), name: name.into(), id, sample_rate })
     }
 
     /// Names of all conferences, sorted.
@@ -286,6 +321,7 @@ pub struct Conference {
     shared: Arc<Shared>,
     name: String,
     id: crate::media::mixer::ConferenceId,
+    sample_rate: u32,
 }
 
 impl std::fmt::Debug for Conference {
@@ -297,6 +333,16 @@ impl std::fmt::Debug for Conference {
 impl Conference {
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The rate the conference mixes at; its application audio is at this rate.
+    pub fn sample_rate(&self) -> u32 {
+        self.sample_rate
+    }
+
+    /// Samples in one 20 ms frame of the conference's audio.
+    pub fn frame_samples(&self) -> usize {
+        frame_samples(self.sample_rate)
     }
 
     fn check(&self) -> Result<()> {
@@ -336,11 +382,12 @@ impl Conference {
     pub fn add_local(&self) -> Result<LocalParticipant> {
         self.check()?;
         // One second of audio each way.
-        let (to_mixer, from_app) = rtrb::RingBuffer::new(FRAME * 50);
-        let (to_app, from_mixer) = rtrb::RingBuffer::new(FRAME * 50);
+        let frame = self.frame_samples();
+        let (to_mixer, from_app) = rtrb::RingBuffer::new(frame * 50);
+        let (to_app, from_mixer) = rtrb::RingBuffer::new(frame * 50);
         let id = ParticipantId(self.shared.next_id());
         let controls = Arc::new(ParticipantControls::default());
-        let mix = ParticipantMix::new(id, controls.clone(), Leg::Local(LocalLeg { from_app, to_app }), FRAME);
+        let mix = ParticipantMix::new(id, controls.clone(), Leg::Local(LocalLeg { from_app, to_app }), frame);
         let entry = ParticipantEntry::new(ParticipantKind::Local, None, ParticipantState::Connected, controls);
         self.shared.add_participant(id, &self.name, entry, Some(Box::new(mix)))?;
         self.shared.emit(crate::api::Event::ParticipantJoined {
@@ -352,17 +399,18 @@ impl Conference {
         Ok(LocalParticipant {
             participant: Participant { shared: self.shared.clone(), id },
             to_mixer,
-            from_mixer: FrameReader { ring: from_mixer },
+            from_mixer: FrameReader { ring: from_mixer, frame },
         })
     }
 
-    /// Starts a feed of the conference mix (everyone, 20 ms frames, 8 kHz),
-    /// buffered for one second. A new feed replaces the previous one.
+    /// Starts a feed of the conference mix (everyone, 20 ms frames at the
+    /// conference's rate), buffered for one second. A new feed replaces the previous one.
     pub fn mixed_audio(&self) -> Result<FrameReader> {
         self.check()?;
-        let (producer, ring) = rtrb::RingBuffer::new(FRAME * 50);
+        let frame = self.frame_samples();
+        let (producer, ring) = rtrb::RingBuffer::new(frame * 50);
         self.shared.set_tap(self.id, Some(producer))?;
-        Ok(FrameReader { ring })
+        Ok(FrameReader { ring, frame })
     }
 
     /// Frames of the mix dropped because the feed was not read in time.
@@ -417,6 +465,21 @@ fn validate_sip_uri(uri: &str) -> Result<()> {
 
 fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
     let c = &p.controls;
+    let expected = c.packets_expected.load(Ordering::Relaxed);
+    let lost = c.packets_lost.load(Ordering::Relaxed);
+    let loss_percent = if expected > 0 { (lost as f64 * 100.0 / expected as f64).min(100.0) } else { 0.0 };
+    let jitter_ms = c.jitter_us.load(Ordering::Relaxed) as f64 / 1000.0;
+    let round_trip_ms = match c.round_trip_us.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(us as f64 / 1000.0),
+    };
+    let jitter_buffer_ms = c.jitter_delay_ms.load(Ordering::Relaxed);
+    let mos = p.codec.and_then(|codec| crate::media::rtcp::codec_impairment(codec.encoding_name())).map(|codec| {
+        // One-way delay: half the round trip (or a LAN's 20 ms before it is
+        // known), plus what the jitter buffer and a packet add here.
+        let one_way = round_trip_ms.map_or(20.0, |rtt| rtt / 2.0) + jitter_buffer_ms as f64 + 20.0;
+        crate::media::rtcp::estimated_mos(codec.ie, codec.bpl, loss_percent, one_way) as f32
+    });
     ParticipantInfo {
         id,
         conference: p.conference.clone(),
@@ -428,7 +491,17 @@ fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
         packets_received: c.packets_received.load(Ordering::Relaxed),
         packets_sent: c.packets_sent.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),
+        codec: p.codec,
+        bytes_received: c.bytes_received.load(Ordering::Relaxed),
+        bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
         concealed_frames: c.concealed_frames.load(Ordering::Relaxed),
+        fec_recovered: c.fec_recovered.load(Ordering::Relaxed),
+        jitter_buffer_ms,
+        packets_lost: lost,
+        loss_percent: loss_percent as f32,
+        jitter_ms: jitter_ms as f32,
+        round_trip_ms: round_trip_ms.map(|r| r as f32),
+        mos,
     }
 }
 
@@ -521,10 +594,16 @@ impl Participant {
 /// Reads 20 ms frames from a sample ring the mixer fills.
 pub struct FrameReader {
     ring: rtrb::Consumer<i16>,
+    frame: usize,
 }
 
 impl FrameReader {
-    /// Fills `out` (one frame, [`FRAME_SAMPLES`] long) with the next frame,
+    /// Samples in one frame (20 ms at the conference's rate).
+    pub fn frame_samples(&self) -> usize {
+        self.frame
+    }
+
+    /// Fills `out` (one frame, [`FrameReader::frame_samples`] long) with the next frame,
     /// waiting up to `timeout`.
     pub fn read_frame(&mut self, out: &mut [i16], timeout: Option<Duration>) -> Result<()> {
         self.read_frame_interruptible(out, timeout, &mut never)
@@ -536,13 +615,14 @@ impl FrameReader {
         timeout: Option<Duration>,
         interrupt: Interrupt<'_>,
     ) -> Result<()> {
-        if out.len() != FRAME {
-            return Err(Error::InvalidArgument(format!("a frame is {FRAME} samples, not {}", out.len())));
+        let frame = self.frame;
+        if out.len() != frame {
+            return Err(Error::InvalidArgument(format!("a frame is {frame} samples, not {}", out.len())));
         }
         let ring = &self.ring;
-        wait_for(timeout, interrupt, || (ring.slots() >= FRAME).then_some(()))?;
+        wait_for(timeout, interrupt, || (ring.slots() >= frame).then_some(()))?;
         // Only this reader consumes, so the frame that was there still is.
-        let chunk = self.ring.read_chunk(FRAME).map_err(|_| Error::Timeout)?;
+        let chunk = self.ring.read_chunk(frame).map_err(|_| Error::Timeout)?;
         let (a, b) = chunk.as_slices();
         out[..a.len()].copy_from_slice(a);
         out[a.len()..].copy_from_slice(b);
@@ -552,7 +632,7 @@ impl FrameReader {
 
     /// Frames ready to read without waiting.
     pub fn frames_available(&self) -> usize {
-        self.ring.slots() / FRAME
+        self.ring.slots() / self.frame
     }
 }
 
@@ -572,7 +652,12 @@ impl LocalParticipant {
         self.participant.id
     }
 
-    /// Queues PCM (8 kHz mono) for the mixer without waiting; returns how
+    /// Samples in one frame (20 ms at the conference's rate).
+    pub fn frame_samples(&self) -> usize {
+        self.from_mixer.frame
+    }
+
+    /// Queues PCM (mono, at the conference's rate) for the mixer without waiting; returns how
     /// many samples fitted (the queue holds one second).
     pub fn write(&mut self, pcm: &[i16]) -> usize {
         let n = pcm.len().min(self.to_mixer.slots());
@@ -608,7 +693,8 @@ impl LocalParticipant {
             self.participant.info()?;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let to_mixer = &self.to_mixer;
-            wait_for(remaining, interrupt, || (to_mixer.slots() >= FRAME.min(pcm.len())).then_some(()))?;
+            let frame = self.from_mixer.frame;
+            wait_for(remaining, interrupt, || (to_mixer.slots() >= frame.min(pcm.len())).then_some(()))?;
         }
         Ok(())
     }

@@ -25,8 +25,8 @@ pub mod sdp;
 pub mod sip;
 
 pub use api::{
-    Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant, Participant,
-    ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, FRAME_SAMPLES, SAMPLE_RATE,
+    frame_samples, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant,
+    Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
 };
 pub use error::{Error, Result};
-pub use media::codec::CodecKind;
+pub use media::codec::{CodecKind, OpusSettings};

@@ -13,7 +13,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 use crate::{
-    CodecKind, EndpointConfig, Error, LeaveReason, ParticipantKind, ParticipantState, FRAME_SAMPLES, SAMPLE_RATE,
+    CodecKind, EndpointConfig, Error, LeaveReason, OpusSettings, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
 };
 
 create_exception!(_native, SipBridgeError, PyException, "Base class of sipbridge's errors.");
@@ -77,10 +77,11 @@ fn blocking<T: Send>(
 fn read_frame<'py>(
     py: Python<'py>,
     timeout: Option<f64>,
+    frame_samples: usize,
     read: impl FnOnce(&mut [i16], Option<Duration>, &mut dyn FnMut() -> bool) -> crate::Result<()> + Send,
 ) -> PyResult<Bound<'py, PyArray1<i16>>> {
     let timeout = seconds(timeout)?;
-    let mut frame = vec![0i16; FRAME_SAMPLES];
+    let mut frame = vec![0i16; frame_samples];
     blocking(py, |interrupt| read(&mut frame, timeout, interrupt))?;
     Ok(PyArray1::from_vec(py, frame))
 }
@@ -115,6 +116,9 @@ fn reason_name(reason: LeaveReason) -> &'static str {
 }
 
 /// A SIP endpoint: the SIP stack, the mixer and the conferences.
+// The keyword default below spells the rate out, for Python to show.
+const _: () = assert!(DEFAULT_SAMPLE_RATE == 48000);
+
 #[pyclass(frozen, module = "sipbridge._native")]
 struct Endpoint {
     inner: crate::Endpoint,
@@ -125,7 +129,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, media_timeout = Some(30.0), hang_up_on_media_timeout = false))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -133,6 +137,11 @@ impl Endpoint {
         rtp_ports: (u16, u16),
         create_rooms_on_demand: bool,
         codecs: Option<Vec<String>>,
+        sample_rate: u32,
+        opus_bitrate: u32,
+        opus_complexity: u8,
+        opus_fec: bool,
+        opus_dtx: bool,
         media_timeout: Option<f64>,
         hang_up_on_media_timeout: bool,
     ) -> PyResult<Self> {
@@ -148,10 +157,10 @@ impl Endpoint {
             None => EndpointConfig::default().codecs,
             Some(names) => names
                 .iter()
-                .map(|n| match n.to_ascii_uppercase().as_str() {
-                    "PCMU" => Ok(CodecKind::Pcmu),
-                    "PCMA" => Ok(CodecKind::Pcma),
-                    _ => Err(InvalidArgumentError::new_err(format!("unknown codec {n:?} (PCMU or PCMA)"))),
+                .map(|n| {
+                    CodecKind::from_encoding_name(n).ok_or_else(|| {
+                        InvalidArgumentError::new_err(format!("unknown codec {n:?} (opus, G722, PCMU or PCMA)"))
+                    })
                 })
                 .collect::<PyResult<_>>()?,
         };
@@ -161,6 +170,14 @@ impl Endpoint {
             rtp_ports: rtp_ports.0..=rtp_ports.1,
             create_rooms_on_demand,
             codecs,
+            sample_rate,
+            opus: OpusSettings {
+                bitrate: opus_bitrate,
+                complexity: opus_complexity,
+                fec: opus_fec,
+                dtx: opus_dtx,
+                ..Default::default()
+            },
             media_timeout,
             hang_up_on_media_timeout,
             ..Default::default()
@@ -181,8 +198,15 @@ impl Endpoint {
         self.inner.room_uri(room)
     }
 
-    fn create_conference(&self, name: &str) -> PyResult<Conference> {
-        Ok(Conference { inner: self.inner.create_conference(name).map_err(to_py)? })
+    /// Creates a conference mixing at `sample_rate` (8000, 16000 or 48000;
+    /// None: the endpoint's rate).
+    #[pyo3(signature = (name, sample_rate = None))]
+    fn create_conference(&self, name: &str, sample_rate: Option<u32>) -> PyResult<Conference> {
+        let created = match sample_rate {
+            Some(rate) => self.inner.create_conference_with_rate(name, rate),
+            None => self.inner.create_conference(name),
+        };
+        Ok(Conference { inner: created.map_err(to_py)? })
     }
 
     fn conference(&self, name: &str) -> PyResult<Conference> {
@@ -238,6 +262,18 @@ impl Conference {
         self.inner.name()
     }
 
+    /// The rate the conference mixes at; its application audio is at this rate.
+    #[getter]
+    fn sample_rate(&self) -> u32 {
+        self.inner.sample_rate()
+    }
+
+    /// Samples in one 20 ms frame of the conference's audio.
+    #[getter]
+    fn frame_samples(&self) -> usize {
+        self.inner.frame_samples()
+    }
+
     /// Calls `uri` into the conference. Returns when the INVITE is sent;
     /// ringing, answer or failure arrive as events.
     fn dial(&self, py: Python<'_>, uri: &str) -> PyResult<Participant> {
@@ -251,7 +287,7 @@ impl Conference {
         Ok(LocalParticipant { participant: local.participant().clone(), inner: Mutex::new(local) })
     }
 
-    /// A feed of the conference mix, 20 ms frames at 8 kHz.
+    /// A feed of the conference mix, 20 ms frames at the conference's rate.
     fn mixed_audio(&self) -> PyResult<FrameReader> {
         Ok(FrameReader { inner: Mutex::new(self.inner.mixed_audio().map_err(to_py)?) })
     }
@@ -316,7 +352,17 @@ impl Participant {
             packets_received: i.packets_received,
             packets_sent: i.packets_sent,
             dropped: i.dropped,
+            codec: i.codec.map(|c| c.encoding_name()),
+            bytes_received: i.bytes_received,
+            bytes_sent: i.bytes_sent,
             concealed_frames: i.concealed_frames,
+            fec_recovered: i.fec_recovered,
+            jitter_buffer_ms: i.jitter_buffer_ms,
+            packets_lost: i.packets_lost,
+            loss_percent: i.loss_percent,
+            jitter_ms: i.jitter_ms,
+            round_trip_ms: i.round_trip_ms,
+            mos: i.mos,
         })
     }
 
@@ -371,15 +417,25 @@ struct ParticipantInfo {
     packets_received: u64,
     packets_sent: u64,
     dropped: u64,
+    codec: Option<&'static str>,
+    bytes_received: u64,
+    bytes_sent: u64,
     concealed_frames: u64,
+    fec_recovered: u64,
+    jitter_buffer_ms: u32,
+    packets_lost: u64,
+    loss_percent: f32,
+    jitter_ms: f32,
+    round_trip_ms: Option<f32>,
+    mos: Option<f32>,
 }
 
 #[pymethods]
 impl ParticipantInfo {
     fn __repr__(&self) -> String {
         format!(
-            "ParticipantInfo(id={}, conference={:?}, kind={:?}, state={:?}, remote={:?}, muted={}, volume_db={}, packets_received={}, packets_sent={})",
-            self.id, self.conference, self.kind, self.state, self.remote, self.muted, self.volume_db, self.packets_received, self.packets_sent
+            "ParticipantInfo(id={}, conference={:?}, kind={:?}, state={:?}, remote={:?}, codec={:?}, muted={}, volume_db={}, packets_received={}, packets_sent={}, loss_percent={}, mos={:?})",
+            self.id, self.conference, self.kind, self.state, self.remote, self.codec, self.muted, self.volume_db, self.packets_received, self.packets_sent, self.loss_percent, self.mos
         )
     }
 }
@@ -410,7 +466,13 @@ impl LocalParticipant {
         Participant { inner: self.participant.clone() }
     }
 
-    /// Queues samples (8 kHz mono int16) for the mixer, waiting for room as it
+    /// Samples in one 20 ms frame (the conference's rate / 50).
+    #[getter]
+    fn frame_samples(&self) -> usize {
+        self.inner.lock().frame_samples()
+    }
+
+    /// Queues samples (mono int16 at the conference's rate) for the mixer, waiting for room as it
     /// plays them in real time (the queue holds one second).
     #[pyo3(signature = (samples, timeout = None))]
     fn write(&self, py: Python<'_>, samples: Samples<'_>, timeout: Option<f64>) -> PyResult<()> {
@@ -428,7 +490,8 @@ impl LocalParticipant {
     /// The next 20 ms frame of what this participant hears, as int16 numpy array.
     #[pyo3(signature = (timeout = 1.0))]
     fn read_frame<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyArray1<i16>>> {
-        read_frame(py, timeout, |frame, timeout, interrupt| {
+        let frame_samples = self.inner.lock().frame_samples();
+        read_frame(py, timeout, frame_samples, |frame, timeout, interrupt| {
             self.inner.lock().read_frame_interruptible(frame, timeout, interrupt)
         })
     }
@@ -456,10 +519,17 @@ struct FrameReader {
 
 #[pymethods]
 impl FrameReader {
+    /// Samples in one 20 ms frame (the conference's rate / 50).
+    #[getter]
+    fn frame_samples(&self) -> usize {
+        self.inner.lock().frame_samples()
+    }
+
     /// The next 20 ms frame of the mix, as an int16 numpy array.
     #[pyo3(signature = (timeout = 1.0))]
     fn read_frame<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyArray1<i16>>> {
-        read_frame(py, timeout, |frame, timeout, interrupt| {
+        let frame_samples = self.inner.lock().frame_samples();
+        read_frame(py, timeout, frame_samples, |frame, timeout, interrupt| {
             self.inner.lock().read_frame_interruptible(frame, timeout, interrupt)
         })
     }
@@ -583,8 +653,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     ] {
         m.add(name, class)?;
     }
-    m.add("FRAME_SAMPLES", FRAME_SAMPLES)?;
-    m.add("SAMPLE_RATE", SAMPLE_RATE)?;
+    m.add("DEFAULT_SAMPLE_RATE", DEFAULT_SAMPLE_RATE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

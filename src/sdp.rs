@@ -128,9 +128,8 @@ impl MediaDescription {
             Some((name, rate))
         });
         mapped.or_else(|| match payload_type {
-            0 => Some(("PCMU".into(), 8000)),
-            8 => Some(("PCMA".into(), 8000)),
-            _ => None,
+            13 => Some(("CN".into(), 8000)),
+            pt => CodecKind::from_static_payload_type(pt).map(|c| (c.encoding_name().into(), c.clock_rate())),
         })
     }
 
@@ -268,9 +267,29 @@ pub struct LocalMedia {
     pub address: SocketAddr,
     /// Codecs in order of preference.
     pub codecs: Vec<CodecKind>,
+    /// Whether we ask Opus peers for DTX (our usedtx).
+    pub opus_dtx: bool,
     /// Origin session id, stable for the life of a call.
     pub session_id: u64,
     pub session_version: u64,
+}
+
+/// What the peer's Opus fmtp asks of our encoder (RFC 7587 §6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusPeer {
+    /// The peer can use in-band FEC (useinbandfec=1).
+    pub fec: bool,
+    /// The peer prefers DTX (usedtx=1).
+    pub dtx: bool,
+    /// The highest audio rate the peer wants to receive (maxplaybackrate).
+    pub max_playback_rate: u32,
+}
+
+impl Default for OpusPeer {
+    fn default() -> Self {
+        // RFC 7587 §6.1 defaults.
+        Self { fec: false, dtx: false, max_playback_rate: 48000 }
+    }
 }
 
 /// The media both sides agreed on.
@@ -279,43 +298,86 @@ pub struct NegotiatedMedia {
     pub codec: CodecKind,
     /// The payload type to send and expect for the codec.
     pub payload_type: u8,
-    /// The payload type of telephone-event (RFC 4733), when both sides have it.
+    /// The payload type of telephone-event (RFC 4733) at the codec's clock rate, when both sides have it.
     pub telephone_event: Option<u8>,
+    /// The payload type of comfort noise (RFC 3389) at the codec's clock rate, when both sides have it.
+    pub comfort_noise: Option<u8>,
+    /// The peer's Opus parameters (defaults for other codecs).
+    pub opus: OpusPeer,
+    /// RTCP shares the RTP port (RFC 5761), else it goes to the port above.
+    pub rtcp_mux: bool,
     /// Where to send RTP, from the peer's description (0.0.0.0 or port 0 means hold).
     pub remote: SocketAddr,
     /// Our direction.
     pub direction: Direction,
 }
 
-/// The payload type advertised for telephone-event.
+/// The payload types we offer telephone-event with, at 8 and 48 kHz: the
+/// events share the RTP clock of the audio they go with (RFC 4733 §2.1).
 pub const TELEPHONE_EVENT_PT: u8 = 101;
+pub const TELEPHONE_EVENT_48K_PT: u8 = 110;
+/// The static payload type of comfort noise at 8 kHz (RFC 3551).
+pub const COMFORT_NOISE_PT: u8 = 13;
 
-/// Builds an offer for `local` (RFC 3264 §5).
-pub fn offer(local: &LocalMedia) -> SessionDescription {
-    let formats: Vec<u8> = local.codecs.iter().map(|c| c.static_payload_type()).collect();
-    description(local, &formats, Some(TELEPHONE_EVENT_PT), Direction::SendRecv)
+/// One payload type of a description we build.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Audio(CodecKind, u8),
+    TelephoneEvent(u32, u8),
+    ComfortNoise(u8),
 }
 
-fn description(
-    local: &LocalMedia,
-    payload_types: &[u8],
-    telephone_event: Option<u8>,
-    direction: Direction,
-) -> SessionDescription {
+/// Builds an offer for `local` (RFC 3264 §5): every codec, telephone-event at
+/// each clock rate used, and comfort noise for the 8 kHz clock.
+pub fn offer(local: &LocalMedia) -> SessionDescription {
+    let mut formats: Vec<Format> = local.codecs.iter().map(|c| Format::Audio(*c, c.default_payload_type())).collect();
+    if local.codecs.iter().any(|c| c.clock_rate() == 8000) {
+        formats.push(Format::TelephoneEvent(8000, TELEPHONE_EVENT_PT));
+        formats.push(Format::ComfortNoise(COMFORT_NOISE_PT));
+    }
+    if local.codecs.iter().any(|c| c.clock_rate() == 48000) {
+        formats.push(Format::TelephoneEvent(48000, TELEPHONE_EVENT_48K_PT));
+    }
+    description(local, &formats, Direction::SendRecv, true)
+}
+
+fn description(local: &LocalMedia, formats: &[Format], direction: Direction, rtcp_mux: bool) -> SessionDescription {
     let ip = local.address.ip();
     let mut attributes = Vec::new();
-    let mut formats = Vec::new();
-    for (&pt, codec) in payload_types.iter().zip(local.codecs.iter().cycle()) {
-        let codec = CodecKind::from_static_payload_type(pt).unwrap_or(*codec);
-        formats.push(pt.to_string());
-        attributes.push(Attribute::new("rtpmap", format!("{pt} {}/{}", codec.encoding_name(), codec.clock_rate())));
+    let mut numbers = Vec::new();
+    for format in formats {
+        match *format {
+            Format::Audio(codec, pt) => {
+                numbers.push(pt.to_string());
+                let channels = codec.rtpmap_channels().map(|c| format!("/{c}")).unwrap_or_default();
+                let rtpmap = format!("{pt} {}/{}{channels}", codec.encoding_name(), codec.clock_rate());
+                attributes.push(Attribute::new("rtpmap", rtpmap));
+                if codec == CodecKind::Opus {
+                    // What we receive: mono, full band, FEC welcome (RFC 7587 §6.1).
+                    let dtx = u8::from(local.opus_dtx);
+                    let fmtp = format!(
+                        "{pt} minptime=10;useinbandfec=1;usedtx={dtx};stereo=0;sprop-stereo=0;\
+                         maxplaybackrate=48000;sprop-maxcapturerate=48000"
+                    );
+                    attributes.push(Attribute::new("fmtp", fmtp));
+                }
+            }
+            Format::TelephoneEvent(rate, pt) => {
+                numbers.push(pt.to_string());
+                attributes.push(Attribute::new("rtpmap", format!("{pt} telephone-event/{rate}")));
+                attributes.push(Attribute::new("fmtp", format!("{pt} 0-16")));
+            }
+            Format::ComfortNoise(pt) => {
+                numbers.push(pt.to_string());
+                attributes.push(Attribute::new("rtpmap", format!("{pt} CN/8000")));
+            }
+        }
     }
-    if let Some(pt) = telephone_event {
-        formats.push(pt.to_string());
-        attributes.push(Attribute::new("rtpmap", format!("{pt} telephone-event/8000")));
-        attributes.push(Attribute::new("fmtp", format!("{pt} 0-16")));
-    }
+    let formats = numbers;
     attributes.push(Attribute::new("ptime", "20"));
+    if rtcp_mux {
+        attributes.push(Attribute::flag("rtcp-mux"));
+    }
     attributes.push(Attribute::flag(direction.name()));
     SessionDescription {
         origin: Origin {
@@ -353,7 +415,11 @@ pub fn answer(
         .ok_or(SdpError::NoAudio)?;
     let negotiated = negotiate(offer, stream, &local.codecs)?;
     let direction = stream.direction(&offer.attributes).answer();
-    let mut answer = description(local, &[negotiated.payload_type], negotiated.telephone_event, direction);
+    let mut formats = vec![Format::Audio(negotiated.codec, negotiated.payload_type)];
+    let rate = negotiated.codec.clock_rate();
+    formats.extend(negotiated.telephone_event.map(|pt| Format::TelephoneEvent(rate, pt)));
+    formats.extend(negotiated.comfort_noise.map(Format::ComfortNoise));
+    let mut answer = description(local, &formats, direction, negotiated.rtcp_mux);
     // Keep the offer's order of m= lines (§6): refuse the others with port 0.
     let ours = answer.media.remove(0);
     answer.media = offer
@@ -378,6 +444,27 @@ pub fn accept_answer(answer: &SessionDescription, local: &LocalMedia) -> Result<
     Ok(NegotiatedMedia { direction: stream.direction(&answer.attributes).answer(), ..negotiated })
 }
 
+/// Reads the Opus fmtp parameters of `payload_type` in `stream`.
+fn opus_peer(stream: &MediaDescription, payload_type: u8) -> OpusPeer {
+    let prefix = format!("{payload_type} ");
+    let mut peer = OpusPeer::default();
+    let Some(params) = stream.attribute("fmtp").find_map(|v| v.strip_prefix(&prefix)) else { return peer };
+    for param in params.split(';') {
+        let (key, value) = param.trim().split_once('=').unwrap_or((param.trim(), ""));
+        match key.to_ascii_lowercase().as_str() {
+            "useinbandfec" => peer.fec = value.trim() == "1",
+            "usedtx" => peer.dtx = value.trim() == "1",
+            "maxplaybackrate" => {
+                if let Ok(rate) = value.trim().parse::<u32>() {
+                    peer.max_playback_rate = rate.clamp(8000, 48000);
+                }
+            }
+            _ => {}
+        }
+    }
+    peer
+}
+
 /// Picks our most preferred codec that `stream` lists, with its payload type
 /// there, and the peer's RTP address.
 fn negotiate(
@@ -400,15 +487,25 @@ fn negotiate(
                 .map(|(pt, _, _)| (*codec, *pt))
         })
         .ok_or(SdpError::NoCommonCodec)?;
-    let telephone_event = offered
-        .iter()
-        .find(|(_, name, rate)| name.eq_ignore_ascii_case("telephone-event") && *rate == 8000)
-        .map(|(pt, _, _)| *pt);
+    let with_codec_clock = |wanted: &str| {
+        offered
+            .iter()
+            .find(|(_, name, rate)| name.eq_ignore_ascii_case(wanted) && *rate == codec.clock_rate())
+            .map(|(pt, _, _)| *pt)
+    };
+    let opus = match codec {
+        CodecKind::Opus => opus_peer(stream, payload_type),
+        _ => OpusPeer::default(),
+    };
     let ip = stream.connection.or(session.connection).ok_or(SdpError::Missing("c= line"))?;
     Ok(NegotiatedMedia {
         codec,
         payload_type,
-        telephone_event,
+        telephone_event: with_codec_clock("telephone-event"),
+        // Opus has DTX for silence; CN goes with the 8 kHz codecs.
+        comfort_noise: if codec.clock_rate() == 8000 { with_codec_clock("CN") } else { None },
+        opus,
+        rtcp_mux: stream.attributes.iter().any(|a| a.name == "rtcp-mux"),
         remote: SocketAddr::new(ip, stream.port),
         direction: Direction::SendRecv,
     })
@@ -425,6 +522,7 @@ mod tests {
         LocalMedia {
             address: "127.0.0.1:30000".parse().unwrap(),
             codecs: vec![CodecKind::Pcmu, CodecKind::Pcma],
+            opus_dtx: false,
             session_id: 7,
             session_version: 1,
         }
@@ -484,6 +582,7 @@ mod tests {
         let theirs = LocalMedia {
             address: "127.0.0.1:40000".parse().unwrap(),
             codecs: vec![CodecKind::Pcma],
+            opus_dtx: false,
             session_id: 9,
             session_version: 1,
         };
@@ -501,5 +600,45 @@ mod tests {
         for bad in ["", "v=1\n", "o=x\n", "garbage", "v=0\no=a 1 2 IN IP4 1.2.3.4\nm=audio notaport RTP/AVP 0\n"] {
             assert!(SessionDescription::parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
+    }
+
+    /// An offer as baresip makes it with its opus, G722 and G.711 modules.
+    const WIDEBAND_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=audio 7000 RTP/AVP 96 9 0 8 101\r\na=rtpmap:96 opus/48000/2\r\n\
+        a=fmtp:96 stereo=1;sprop-stereo=1;useinbandfec=1;maxplaybackrate=16000\r\n\
+        a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\n";
+
+    #[test]
+    fn the_preferred_codec_wins_and_opus_fmtp_is_read() {
+        let offer = SessionDescription::parse(WIDEBAND_OFFER.as_bytes()).unwrap();
+        let mut ours = local();
+        ours.codecs = vec![CodecKind::Opus, CodecKind::G722, CodecKind::Pcmu];
+        let (reply, media) = answer(&offer, &ours).unwrap();
+        assert_eq!((media.codec, media.payload_type), (CodecKind::Opus, 96));
+        assert_eq!(media.opus, OpusPeer { fec: true, dtx: false, max_playback_rate: 16000 });
+        // The events in this offer run on an 8 kHz clock: not usable beside 48 kHz Opus.
+        assert_eq!(media.telephone_event, None);
+        let text = reply.print();
+        assert!(text.contains("m=audio 30000 RTP/AVP 96\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:96 opus/48000/2\r\n"), "{text}");
+        assert!(text.contains("a=fmtp:96 minptime=10;useinbandfec=1;usedtx=0;stereo=0"), "{text}");
+
+        ours.codecs = vec![CodecKind::G722, CodecKind::Opus];
+        let (reply, media) = answer(&offer, &ours).unwrap();
+        assert_eq!((media.codec, media.payload_type, media.telephone_event), (CodecKind::G722, 9, Some(101)));
+        assert!(reply.print().contains("a=rtpmap:9 G722/8000\r\n"));
+    }
+
+    #[test]
+    fn our_offer_lists_every_codec_with_events_and_comfort_noise_per_clock() {
+        let mut ours = local();
+        ours.codecs = vec![CodecKind::Opus, CodecKind::G722, CodecKind::Pcmu];
+        let text = offer(&ours).print();
+        assert!(text.contains("m=audio 30000 RTP/AVP 111 9 0 101 13 110\r\n"), "{text}");
+        assert!(text.contains("a=rtpmap:110 telephone-event/48000\r\n"));
+        assert!(text.contains("a=rtpmap:13 CN/8000\r\n"));
+        let theirs = SessionDescription::parse(text.as_bytes()).unwrap();
+        let (_, media) = answer(&theirs, &local()).unwrap();
+        assert_eq!((media.codec, media.telephone_event, media.comfort_noise), (CodecKind::Pcmu, Some(101), Some(13)));
     }
 }

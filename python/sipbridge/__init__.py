@@ -6,13 +6,13 @@
 ...     alice = room.dial("sip:alice@127.0.0.1:5070")
 ...     event = endpoint.next_event(timeout=5.0)
 
-Application audio is 8 kHz mono int16 in 20 ms frames of ``FRAME_SAMPLES``
-samples, as numpy arrays. Calls that wait release the GIL and stop on Ctrl-C.
+Application audio is mono int16 at the conference's rate (48 kHz unless
+chosen, see ``Conference.sample_rate``) in 20 ms frames of
+``Conference.frame_samples`` samples, as numpy arrays. Calls that wait release the GIL and stop on Ctrl-C.
 """
 
 from ._native import (
-    FRAME_SAMPLES,
-    SAMPLE_RATE,
+    DEFAULT_SAMPLE_RATE,
     AlreadyExistsError,
     Conference,
     Endpoint,
@@ -33,8 +33,7 @@ from ._native import (
 )
 
 __all__ = [
-    "FRAME_SAMPLES",
-    "SAMPLE_RATE",
+    "DEFAULT_SAMPLE_RATE",
     "AlreadyExistsError",
     "Conference",
     "Endpoint",

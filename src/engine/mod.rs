@@ -9,6 +9,7 @@
 //!
 //! [`UserAgent`]: crate::sip::UserAgent
 
+mod media_task;
 mod ports;
 mod sip_driver;
 
@@ -33,8 +34,6 @@ use crate::{Error, Result};
 pub(crate) use ports::PortPool;
 pub(crate) use sip_driver::SipCommand;
 
-/// Samples per 20 ms frame in the mixer (8 kHz).
-pub(crate) const FRAME: usize = 160;
 /// Events kept for an application that does not read them, before dropping.
 const EVENT_QUEUE: usize = 10_000;
 /// Commands in flight to the mixer.
@@ -45,6 +44,8 @@ pub(crate) struct ConferenceEntry {
     pub id: ConferenceId,
     pub controls: Arc<ConferenceControls>,
     pub participants: BTreeSet<ParticipantId>,
+    /// The rate the conference mixes at.
+    pub sample_rate: u32,
     /// Created by a caller's INVITE rather than the app: it ends when its last
     /// participant leaves, so callers cannot pile up empty rooms.
     pub on_demand: bool,
@@ -73,6 +74,8 @@ pub(crate) struct ParticipantEntry {
     pub in_mixer: bool,
     /// Digits for the mixer to send, when the peer takes telephone-events.
     pub dtmf: Option<rtrb::Producer<u8>>,
+    /// The negotiated codec, once media runs.
+    pub codec: Option<CodecKind>,
 }
 
 impl ParticipantEntry {
@@ -93,6 +96,7 @@ impl ParticipantEntry {
             volume_db: 0.0,
             in_mixer: false,
             dtmf: None,
+            codec: None,
         }
     }
 }
@@ -183,6 +187,11 @@ impl Shared {
         &self.config.codecs
     }
 
+    /// The rate room `name` mixes at, or will when a caller creates it.
+    pub fn room_sample_rate(&self, name: &str) -> u32 {
+        self.registry.lock().conferences.get(name).map_or(self.config.sample_rate, |c| c.sample_rate)
+    }
+
     pub fn emit(&self, event: Event) {
         tracing::info!(?event, "event");
         if self.events_tx.try_send(event).is_err() {
@@ -199,9 +208,9 @@ impl Shared {
     }
 
     /// Creates a conference (see [`Creator`] for what an existing name means).
-    pub fn create_conference(&self, name: &str, creator: Creator) -> Result<ConferenceId> {
+    pub fn create_conference(&self, name: &str, creator: Creator, sample_rate: u32) -> Result<ConferenceId> {
         let mut registry = self.registry.lock();
-        let (id, created) = self.create_locked(&mut registry, name, creator)?;
+        let (id, created) = self.create_locked(&mut registry, name, creator, sample_rate)?;
         drop(registry);
         if created {
             self.emit(Event::ConferenceCreated { conference: name.into() });
@@ -210,11 +219,18 @@ impl Shared {
     }
 
     /// Creates a conference in a locked registry; says whether it is new.
-    fn create_locked(&self, registry: &mut Registry, name: &str, creator: Creator) -> Result<(ConferenceId, bool)> {
+    fn create_locked(
+        &self,
+        registry: &mut Registry,
+        name: &str,
+        creator: Creator,
+        sample_rate: u32,
+    ) -> Result<(ConferenceId, bool)> {
         self.check_running()?;
         if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
             return Err(Error::InvalidArgument(format!("bad conference name {name:?}")));
         }
+        check_sample_rate(sample_rate)?;
         if let Some(existing) = registry.conferences.get(name) {
             return match creator {
                 Creator::App => Err(Error::AlreadyExists(name.into())),
@@ -224,10 +240,11 @@ impl Shared {
         let id = ConferenceId(self.next_id());
         let controls = Arc::new(ConferenceControls::default());
         const INITIAL_CAPACITY: usize = 8;
-        let mix = Box::new(ConferenceMix::new(id, controls.clone(), FRAME, INITIAL_CAPACITY));
+        let frame = sample_rate as usize / 50;
+        let mix = Box::new(ConferenceMix::new(id, controls.clone(), frame, INITIAL_CAPACITY));
         self.mixer.lock().add_conference(mix, INITIAL_CAPACITY)?;
         let on_demand = creator == Creator::Caller;
-        let entry = ConferenceEntry { id, controls, participants: BTreeSet::new(), on_demand };
+        let entry = ConferenceEntry { id, controls, participants: BTreeSet::new(), sample_rate, on_demand };
         registry.conferences.insert(name.into(), entry);
         Ok((id, true))
     }
@@ -254,7 +271,7 @@ impl Shared {
         mix: Option<Box<ParticipantMix>>,
     ) -> Result<()> {
         let mut registry = self.registry.lock();
-        let (_, created) = self.create_locked(&mut registry, name, Creator::Caller)?;
+        let (_, created) = self.create_locked(&mut registry, name, Creator::Caller, self.config.sample_rate)?;
         let added = self.add_locked(&mut registry, id, name, entry, mix);
         if created {
             if added.is_ok() {
@@ -278,6 +295,11 @@ impl Shared {
         let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
         entry.in_mixer = mix.is_some();
         if let Some(mix) = mix {
+            // Built for another rate (the room was made between the leg's setup
+            // and now): mixing it would misread its buffers.
+            if mix.frame_samples() != conference.sample_rate as usize / 50 {
+                return Err(Error::InvalidArgument(format!("participant not built for {} Hz", conference.sample_rate)));
+            }
             self.mixer.lock().add_participant(conference.id, mix)?;
         }
         entry.conference = name.into();
@@ -293,6 +315,7 @@ impl Shared {
         id: ParticipantId,
         mix: Box<ParticipantMix>,
         dtmf: Option<rtrb::Producer<u8>>,
+        codec: CodecKind,
     ) -> Result<()> {
         let mut registry = self.registry.lock();
         let registry = &mut *registry;
@@ -306,6 +329,7 @@ impl Shared {
         self.mixer.lock().add_participant(entry.conference_id, mix)?;
         entry.in_mixer = true;
         entry.dtmf = dtmf;
+        entry.codec = Some(codec);
         entry.state = ParticipantState::Connected;
         Ok(())
     }
@@ -398,8 +422,10 @@ impl Shared {
         self.mixer.lock().send(MixerCommand::SetTap(conference, tap))
     }
 
-    pub fn conference_id(&self, name: &str) -> Result<ConferenceId> {
-        self.registry.lock().conferences.get(name).map(|c| c.id).ok_or_else(|| Error::NotFound(name.into()))
+    /// The id and mixing rate of conference `name`.
+    pub fn conference_id(&self, name: &str) -> Result<(ConferenceId, u32)> {
+        let registry = self.registry.lock();
+        registry.conferences.get(name).map(|c| (c.id, c.sample_rate)).ok_or_else(|| Error::NotFound(name.into()))
     }
 }
 
@@ -511,5 +537,14 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Conferences mix at 8, 16 or 48 kHz.
+pub(crate) fn check_sample_rate(rate: u32) -> Result<()> {
+    if crate::media::resample::SUPPORTED_RATES.contains(&rate) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("a conference mixes at 8000, 16000 or 48000 Hz, not {rate}")))
     }
 }

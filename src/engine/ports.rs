@@ -39,20 +39,19 @@ impl PortPool {
         Ok(Self { free: Arc::new(Mutex::new(free)) })
     }
 
-    /// Binds a non-blocking UDP socket on `ip` at the next free port that binds.
-    pub fn bind(&self, ip: IpAddr) -> Result<(UdpSocket, PortLease)> {
+    /// Binds a free even port on `ip` for RTP and the odd port above it for
+    /// RTCP (RFC 3550 §11), both non-blocking.
+    pub fn bind(&self, ip: IpAddr) -> Result<(UdpSocket, UdpSocket, PortLease)> {
         let tries = self.free.lock().len();
         for _ in 0..tries {
             let Some(port) = self.free.lock().pop_front() else { break };
             let lease = PortLease { port, free: self.free.clone() };
-            match UdpSocket::bind(SocketAddr::new(ip, port)) {
-                Ok(socket) => {
-                    socket.set_nonblocking(true)?;
-                    return Ok((socket, lease));
-                }
-                // Taken by another program: it goes back to the end of the queue.
-                Err(_) => continue,
-            }
+            let bound = (UdpSocket::bind(SocketAddr::new(ip, port)), UdpSocket::bind(SocketAddr::new(ip, port + 1)));
+            // Taken by another program: it goes back to the end of the queue.
+            let (Ok(rtp), Ok(rtcp)) = bound else { continue };
+            rtp.set_nonblocking(true)?;
+            rtcp.set_nonblocking(true)?;
+            return Ok((rtp, rtcp, lease));
         }
         Err(Error::NoRtpPort)
     }
@@ -73,8 +72,8 @@ mod tests {
         let pool = PortPool::new(base..=base + 3).unwrap();
         assert_eq!(pool.free_count(), 2);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let (a, la) = pool.bind(ip).unwrap();
-        let (b, lb) = pool.bind(ip).unwrap();
+        let (a, _, la) = pool.bind(ip).unwrap();
+        let (b, _, lb) = pool.bind(ip).unwrap();
         assert_eq!(a.local_addr().unwrap().port() % 2, 0);
         assert_ne!(a.local_addr().unwrap().port(), b.local_addr().unwrap().port());
         assert!(matches!(pool.bind(ip), Err(Error::NoRtpPort)));

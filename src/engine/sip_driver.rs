@@ -11,14 +11,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
+use super::media_task::{receive_media, LegSockets, ReceiveContext};
 use super::ports::PortLease;
-use super::{ParticipantEntry, Shared, FRAME};
+use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
-use crate::media::dtmf::{DtmfDigit, DtmfReceiver};
-use crate::media::mixer::{
-    Leg, ParticipantControls, ParticipantId, ParticipantMix, ReceivedDatagram, RtpLeg, MAX_DATAGRAM,
-};
-use crate::media::rtp::{self, RtpPacket};
+use crate::media::codec::OpusSettings;
+use crate::media::mixer::{Leg, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
@@ -55,6 +53,7 @@ pub(crate) enum SipCommand {
 /// An RTP port bound for a call, before its leg joins the mixer.
 struct MediaPort {
     socket: std::net::UdpSocket,
+    rtcp_socket: std::net::UdpSocket,
     lease: PortLease,
     local: LocalMedia,
 }
@@ -214,15 +213,16 @@ impl Driver {
 
     fn local_media(&self) -> Result<MediaPort> {
         let bind_ip = self.shared.sip_addr.ip();
-        let (socket, lease) = self.shared.ports.bind(bind_ip)?;
+        let (socket, rtcp_socket, lease) = self.shared.ports.bind(bind_ip)?;
         let port = socket.local_addr()?.port();
         let local = LocalMedia {
             address: SocketAddr::new(self.shared.advertised_ip, port),
             codecs: self.shared.codecs().to_vec(),
+            opus_dtx: self.shared.config.opus.dtx,
             session_id: rand::random::<u32>() as u64,
             session_version: 1,
         };
-        Ok(MediaPort { socket, lease, local })
+        Ok(MediaPort { socket, rtcp_socket, lease, local })
     }
 
     /// Joins an inbound call to the room its Request-URI names, or says which
@@ -264,11 +264,13 @@ impl Driver {
         } else {
             let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
             let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
+            let mix_rate = self.shared.room_sample_rate(&room);
             let (mix, task, dtmf) =
-                self.rtp_leg(participant, controls.clone(), media, negotiated).map_err(|e| (500, e))?;
+                self.rtp_leg(participant, controls.clone(), media, negotiated, mix_rate).map_err(|e| (500, e))?;
             let mut entry =
                 ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
             entry.dtmf = dtmf;
+            entry.codec = Some(negotiated.codec);
             let joined = self.shared.join_room(participant, &room, entry, Some(mix));
             if joined.is_err() {
                 task.abort();
@@ -300,31 +302,54 @@ impl Driver {
         controls: Arc<ParticipantControls>,
         media: MediaPort,
         negotiated: NegotiatedMedia,
+        mix_rate: u32,
     ) -> Result<(Box<ParticipantMix>, JoinHandle<()>, Option<rtrb::Producer<u8>>)> {
+        // The app's Opus settings, narrowed by what the peer's fmtp asks for.
+        let app = self.shared.config.opus;
+        let opus = OpusSettings {
+            fec: app.fec && negotiated.opus.fec,
+            dtx: app.dtx && negotiated.opus.dtx,
+            max_playback_rate: negotiated.opus.max_playback_rate,
+            ..app
+        };
+        let codec = negotiated.codec.new_coder(&opus).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let (producer, consumer) = rtrb::RingBuffer::new(RTP_RING);
-        let receive_socket = {
+        let (receive_socket, rtcp_socket) = {
             let _guard = self.shared.runtime.enter();
-            UdpSocket::from_std(media.socket.try_clone()?)?
+            // With RTCP on the RTP port, the RTCP port stays bound (so nobody
+            // else takes it) but unread.
+            let rtcp = if negotiated.rtcp_mux { None } else { Some(UdpSocket::from_std(media.rtcp_socket)?) };
+            (UdpSocket::from_std(media.socket.try_clone()?)?, rtcp)
         };
         // A peer on hold (we only send, or nothing flows) is not expected to send.
         let peer_sends = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
+        let ssrc = rand::random();
         let context = ReceiveContext {
             participant,
             shared: self.shared.clone(),
             controls: controls.clone(),
             telephone_event: negotiated.telephone_event,
+            clock_rate: negotiated.codec.clock_rate(),
             media_timeout: self.shared.config.media_timeout.filter(|_| peer_sends),
+            ssrc,
+            remote: negotiated.remote,
         };
-        let task = self.shared.runtime.spawn(receive_rtp(receive_socket, producer, context));
+        let sockets = LegSockets { rtp: receive_socket, rtcp: rtcp_socket };
+        let task = self.shared.runtime.spawn(receive_media(sockets, producer, context));
         let mut leg = RtpLeg::new(
             consumer,
             media.socket,
             negotiated.remote,
-            negotiated.codec.new_coder(),
+            codec,
             negotiated.payload_type,
-            FRAME,
+            mix_rate,
             Some(Box::new(media.lease)),
-        );
+        )
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        leg.ssrc = ssrc;
+        if let Some(pt) = negotiated.comfort_noise {
+            leg = leg.with_comfort_noise(pt);
+        }
         let mut dtmf = None;
         if let Some(pt) = negotiated.telephone_event {
             let (digits, queue) = rtrb::RingBuffer::new(DTMF_QUEUE);
@@ -334,7 +359,8 @@ impl Driver {
         leg.send = matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly)
             && !negotiated.remote.ip().is_unspecified();
         leg.receive = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
-        Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), FRAME)), task, dtmf))
+        let frame = mix_rate as usize / 50;
+        Ok((Box::new(ParticipantMix::new(participant, controls, Leg::Rtp(leg), frame)), task, dtmf))
     }
 
     /// The peer answered our offer (in a 2xx, or in the ACK of a late-offer
@@ -344,19 +370,20 @@ impl Driver {
         let media = leg.media.take().ok_or(Error::NotFound("media".into()))?;
         let participant = leg.participant;
         let negotiated = sdp::accept_answer(&SessionDescription::parse(answer)?, &media.local)?;
-        let (controls, kind, remote) = self
+        let (controls, kind, remote, conference) = self
             .shared
             .registry
             .lock()
             .participants
             .get(&participant)
-            .map(|p| (p.controls.clone(), p.kind, p.remote.clone().unwrap_or_default()))
+            .map(|p| (p.controls.clone(), p.kind, p.remote.clone().unwrap_or_default(), p.conference.clone()))
             .ok_or(Error::NotFound("participant".into()))?;
-        let (mix, task, dtmf) = self.rtp_leg(participant, controls, media, negotiated)?;
+        let mix_rate = self.shared.room_sample_rate(&conference);
+        let (mix, task, dtmf) = self.rtp_leg(participant, controls, media, negotiated, mix_rate)?;
         if let Some(leg) = self.calls.get_mut(&call) {
             leg.receive_task = Some(task);
         }
-        self.shared.connect_participant(participant, mix, dtmf)?;
+        self.shared.connect_participant(participant, mix, dtmf, negotiated.codec)?;
         if kind == ParticipantKind::Outbound {
             self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
         }
@@ -477,75 +504,6 @@ impl Driver {
             if let Some(leg) = self.forget(call) {
                 self.shared.participant_left(leg.participant, LeaveReason::EndpointStopped);
             }
-        }
-    }
-}
-
-/// What a leg's receive task needs to know besides its socket and ring.
-struct ReceiveContext {
-    participant: ParticipantId,
-    shared: Arc<Shared>,
-    controls: Arc<ParticipantControls>,
-    /// The negotiated telephone-event payload type, if any.
-    telephone_event: Option<u8>,
-    /// How long the peer may stay silent, when it is expected to send.
-    media_timeout: Option<std::time::Duration>,
-}
-
-impl ReceiveContext {
-    fn emit(&self, make: impl FnOnce(String) -> Event) {
-        let conference = self.shared.registry.lock().participants.get(&self.participant).map(|p| p.conference.clone());
-        if let Some(conference) = conference {
-            self.shared.emit(make(conference));
-        }
-    }
-}
-
-/// Moves datagrams from a leg's socket into its ring to the mixer; turns
-/// telephone-event packets into DTMF events and a silent peer into a media
-/// timeout here, off the mixer thread.
-async fn receive_rtp(socket: UdpSocket, mut ring: rtrb::Producer<ReceivedDatagram>, leg: ReceiveContext) {
-    let mut buf = [0u8; MAX_DATAGRAM];
-    let mut digits = DtmfReceiver::new(8000);
-    let participant = leg.participant;
-    let mut timed_out = false;
-    loop {
-        let received = match leg.media_timeout {
-            Some(limit) => tokio::time::timeout(limit, socket.recv_from(&mut buf)).await,
-            None => Ok(socket.recv_from(&mut buf).await),
-        };
-        let (n, source) = match received {
-            Ok(Ok(received)) => received,
-            Ok(Err(_)) => continue,
-            Err(_elapsed) => {
-                if !timed_out {
-                    timed_out = true;
-                    tracing::info!(participant = participant.0, "no RTP for the media timeout");
-                    leg.emit(|conference| Event::MediaTimeout { conference, participant });
-                    if leg.shared.config.hang_up_on_media_timeout {
-                        let hangup = SipCommand::Hangup { participant, reason: LeaveReason::Timeout };
-                        let _ = leg.shared.sip_commands.send(hangup);
-                    }
-                }
-                continue;
-            }
-        };
-        timed_out = false;
-        if n < rtp::HEADER_LEN || rtp::is_rtcp(&buf[..n]) {
-            continue;
-        }
-        if let Some(payload_type) = leg.telephone_event {
-            if let Some(packet) = RtpPacket::parse(&buf[..n]).ok().filter(|p| p.payload_type == payload_type) {
-                for DtmfDigit { digit, duration_ms } in digits.handle(packet.timestamp, packet.payload) {
-                    leg.emit(|conference| Event::Dtmf { conference, participant, digit, duration_ms });
-                }
-                continue;
-            }
-        }
-        let mut datagram = ReceivedDatagram { source, len: n as u16, data: [0; MAX_DATAGRAM] };
-        datagram.data[..n].copy_from_slice(&buf[..n]);
-        if ring.push(datagram).is_err() {
-            leg.controls.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -23,8 +23,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::{
-    Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, ParticipantId, ParticipantKind,
-    ParticipantState,
+    Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, OpusSettings, ParticipantId,
+    ParticipantKind, ParticipantState,
 };
 
 pub use events::*;
@@ -57,12 +57,11 @@ pub enum sb_status {
 
 /// Wait without a time limit, where a call takes `timeout_ms`.
 pub const SB_WAIT_FOREVER: u32 = u32::MAX;
-/// Samples in one 20 ms frame of application audio.
-pub const SB_FRAME_SAMPLES: usize = 160;
-/// The sample rate of application audio, in Hz.
-pub const SB_SAMPLE_RATE: u32 = 8000;
+/// The rate conferences mix at unless configured (application audio of a
+/// conference is at its rate, in 20 ms frames of rate / 50 samples).
+pub const SB_DEFAULT_SAMPLE_RATE: u32 = 48000;
 
-const _: () = assert!(SB_FRAME_SAMPLES == crate::FRAME_SAMPLES && SB_SAMPLE_RATE == crate::SAMPLE_RATE);
+const _: () = assert!(SB_DEFAULT_SAMPLE_RATE == crate::DEFAULT_SAMPLE_RATE);
 
 thread_local! {
     static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
@@ -244,6 +243,13 @@ pub struct sb_endpoint_config {
     pub media_timeout_ms: u32,
     /// Whether a media timeout also hangs the leg up.
     pub hang_up_on_media_timeout: bool,
+    /// The rate conferences mix at: 8000, 16000 or 48000. Default SB_DEFAULT_SAMPLE_RATE.
+    pub sample_rate: u32,
+    /// Opus encoding: bit rate in bit/s, complexity 0-10, in-band FEC, DTX.
+    pub opus_bitrate: u32,
+    pub opus_complexity: u8,
+    pub opus_fec: bool,
+    pub opus_dtx: bool,
 }
 
 /// Sets `config` to the defaults.
@@ -260,6 +266,11 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             create_rooms_on_demand: defaults.create_rooms_on_demand,
             media_timeout_ms: defaults.media_timeout.map_or(0, |t| t.as_millis() as u32),
             hang_up_on_media_timeout: defaults.hang_up_on_media_timeout,
+            sample_rate: defaults.sample_rate,
+            opus_bitrate: defaults.opus.bitrate,
+            opus_complexity: defaults.opus.complexity,
+            opus_fec: defaults.opus.fec,
+            opus_dtx: defaults.opus.dtx,
         };
         sb_status::SB_OK
     })
@@ -299,6 +310,14 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             create_rooms_on_demand: config.create_rooms_on_demand,
             media_timeout: (config.media_timeout_ms > 0).then(|| Duration::from_millis(config.media_timeout_ms as u64)),
             hang_up_on_media_timeout: config.hang_up_on_media_timeout,
+            sample_rate: config.sample_rate,
+            opus: OpusSettings {
+                bitrate: config.opus_bitrate,
+                complexity: config.opus_complexity,
+                fec: config.opus_fec,
+                dtx: config.opus_dtx,
+                ..Default::default()
+            },
             ..Default::default()
         }));
         *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));
@@ -367,6 +386,32 @@ pub extern "C" fn sb_endpoint_create_conference(
         let name = try_str!(name);
         let out = try_mut!(out);
         new_conference(try_call!(endpoint.endpoint.create_conference(name)), out)
+    })
+}
+
+/// Creates a conference called `name` that mixes at `sample_rate` (8000, 16000 or 48000).
+#[no_mangle]
+pub extern "C" fn sb_endpoint_create_conference_with_rate(
+    endpoint: *const sb_endpoint,
+    name: *const c_char,
+    sample_rate: u32,
+    out: *mut *mut sb_conference,
+) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let name = try_str!(name);
+        let out = try_mut!(out);
+        new_conference(try_call!(endpoint.endpoint.create_conference_with_rate(name, sample_rate)), out)
+    })
+}
+
+/// The rate `conference` mixes at; its application audio is at this rate.
+#[no_mangle]
+pub extern "C" fn sb_conference_sample_rate(conference: *const sb_conference, out: *mut u32) -> sb_status {
+    ffi_guard!({
+        let conference = try_ref!(conference);
+        *try_mut!(out) = conference.conference.sample_rate();
+        sb_status::SB_OK
     })
 }
 
@@ -538,7 +583,22 @@ pub struct sb_participant_info {
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
     pub concealed_frames: u64,
+    pub fec_recovered: u64,
+    /// Packets the peer sent that never arrived, and that as a percentage.
+    pub packets_lost: u64,
+    pub loss_percent: f32,
+    /// Interarrival jitter (RFC 3550) and the jitter buffer's target delay.
+    pub jitter_ms: f32,
+    pub jitter_buffer_ms: u32,
+    /// Round-trip time from RTCP, or -1 until measured.
+    pub round_trip_ms: f32,
+    /// Estimated MOS (E-model, G.107), or 0 when there is no media.
+    pub mos: f32,
+    /// The codec's SDP name ("" before media runs).
+    pub codec: [c_char; 16],
     /// The remote party's SIP URI ("" for local participants), cut to fit.
     pub remote: [c_char; 256],
 }
@@ -565,6 +625,8 @@ pub extern "C" fn sb_conference_participants(
             for (slot, p) in out.iter_mut().zip(participants.iter()) {
                 let mut remote = [0; 256];
                 copy_str(p.remote.as_deref().unwrap_or(""), &mut remote);
+                let mut codec = [0; 16];
+                copy_str(p.codec.map_or("", |c| c.encoding_name()), &mut codec);
                 *slot = sb_participant_info {
                     id: p.id.0,
                     kind: p.kind.into(),
@@ -578,7 +640,17 @@ pub extern "C" fn sb_conference_participants(
                     packets_received: p.packets_received,
                     packets_sent: p.packets_sent,
                     dropped: p.dropped,
+                    bytes_received: p.bytes_received,
+                    bytes_sent: p.bytes_sent,
                     concealed_frames: p.concealed_frames,
+                    fec_recovered: p.fec_recovered,
+                    packets_lost: p.packets_lost,
+                    loss_percent: p.loss_percent,
+                    jitter_ms: p.jitter_ms,
+                    jitter_buffer_ms: p.jitter_buffer_ms,
+                    round_trip_ms: p.round_trip_ms.unwrap_or(-1.0),
+                    mos: p.mos.unwrap_or(0.0),
+                    codec,
                     remote,
                 };
             }
@@ -596,7 +668,7 @@ pub struct sb_local {
     local: LocalParticipant,
 }
 
-/// Adds a local participant (8 kHz mono PCM both ways, 160-sample frames).
+/// Adds a local participant (mono PCM both ways at the conference's rate, 20 ms frames).
 #[no_mangle]
 pub extern "C" fn sb_conference_add_local(conference: *const sb_conference, out: *mut *mut sb_local) -> sb_status {
     ffi_guard!({

@@ -8,25 +8,60 @@
 pub enum CodecKind {
     Pcmu,
     Pcma,
+    /// G.722 at 64 kbit/s: 16 kHz audio on an 8 kHz RTP clock (RFC 3551 §4.5.2).
+    G722,
+    /// Opus (RFC 7587), mono at 48 kHz.
+    Opus,
 }
 
 impl CodecKind {
+    pub const ALL: [CodecKind; 4] = [CodecKind::Opus, CodecKind::G722, CodecKind::Pcmu, CodecKind::Pcma];
+
+    /// The name in SDP's rtpmap.
     pub fn encoding_name(self) -> &'static str {
         match self {
             CodecKind::Pcmu => "PCMU",
             CodecKind::Pcma => "PCMA",
+            CodecKind::G722 => "G722",
+            CodecKind::Opus => "opus",
         }
     }
 
-    pub fn clock_rate(self) -> u32 {
-        8000
+    /// Looks a codec up by its SDP name (case-insensitive).
+    pub fn from_encoding_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.encoding_name().eq_ignore_ascii_case(name))
     }
 
-    /// The RFC 3551 static payload type.
-    pub fn static_payload_type(self) -> u8 {
+    /// The RTP timestamp rate.
+    pub fn clock_rate(self) -> u32 {
+        match self {
+            CodecKind::Opus => 48000,
+            _ => 8000,
+        }
+    }
+
+    /// The rate of the audio the codec carries.
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            CodecKind::G722 => 16000,
+            CodecKind::Opus => 48000,
+            _ => 8000,
+        }
+    }
+
+    /// The channel count SDP's rtpmap names: Opus is always signalled as
+    /// stereo (RFC 7587 §7), even when both sides send mono.
+    pub fn rtpmap_channels(self) -> Option<u8> {
+        (self == CodecKind::Opus).then_some(2)
+    }
+
+    /// The RFC 3551 static payload type, or a dynamic one for Opus.
+    pub fn default_payload_type(self) -> u8 {
         match self {
             CodecKind::Pcmu => 0,
             CodecKind::Pcma => 8,
+            CodecKind::G722 => 9,
+            CodecKind::Opus => 111,
         }
     }
 
@@ -34,31 +69,88 @@ impl CodecKind {
         match pt {
             0 => Some(CodecKind::Pcmu),
             8 => Some(CodecKind::Pcma),
+            9 => Some(CodecKind::G722),
             _ => None,
         }
     }
 
-    /// Samples in one 20 ms frame at the codec's clock rate.
+    /// Samples in one 20 ms frame at the codec's audio rate.
     pub fn frame_samples(self) -> usize {
-        self.clock_rate() as usize / 50
+        self.sample_rate() as usize / 50
+    }
+
+    /// Whether the codec conceals loss itself (else the jitter buffer's
+    /// waveform PLC does).
+    pub fn has_native_plc(self) -> bool {
+        self == CodecKind::Opus
     }
 
     /// A fresh coder for one leg. Called when a leg joins, never in the tick.
-    pub fn new_coder(self) -> Box<dyn AudioCodec> {
-        match self {
+    pub fn new_coder(self, opus: &OpusSettings) -> Result<Box<dyn AudioCodec>, CodecError> {
+        Ok(match self {
             CodecKind::Pcmu => Box::new(G711::<true>),
             CodecKind::Pcma => Box::new(G711::<false>),
+            CodecKind::G722 => Box::new(G722::new()),
+            CodecKind::Opus => Box::new(Opus::new(opus)?),
+        })
+    }
+}
+
+/// A codec could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("codec setup failed: {0}")]
+pub struct CodecError(String);
+
+/// How Opus legs encode; the app sets it, the peer's fmtp narrows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpusSettings {
+    /// Target bit rate in bit/s (6000..=510000).
+    pub bitrate: u32,
+    /// Encoder complexity, 0 (cheapest) to 10 (best).
+    pub complexity: u8,
+    /// In-band FEC, sent when the peer also says useinbandfec=1.
+    pub fec: bool,
+    /// Discontinuous transmission in silence, used when the peer says usedtx=1.
+    pub dtx: bool,
+    /// The highest audio rate the peer wants (its maxplaybackrate); the
+    /// encoder's bandwidth stays under half of it.
+    pub max_playback_rate: u32,
+    /// Loss the encoder plans its FEC for, in percent.
+    pub expected_loss_percent: u8,
+}
+
+impl Default for OpusSettings {
+    fn default() -> Self {
+        Self {
+            bitrate: 32000,
+            complexity: 5,
+            fec: true,
+            dtx: false,
+            max_playback_rate: 48000,
+            expected_loss_percent: 10,
         }
     }
 }
 
-/// One leg's encoder and decoder. Implementations must not allocate in
-/// `encode` or `decode`: the mixer calls them in its tick.
+/// One leg's encoder and decoder. Implementations must not allocate in any
+/// method: the mixer calls them in its tick.
 pub trait AudioCodec: Send {
     fn kind(&self) -> CodecKind;
-    /// Decodes `payload` into `out`, returning the samples written.
+    /// Decodes `payload` into `out`, returning the samples written (0 when
+    /// the payload is not valid for the codec).
     fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize;
-    /// Encodes `pcm` into `out`, returning the bytes written.
+    /// Fills `out` in place of lost audio, when the codec has its own
+    /// concealment; false leaves it to the caller.
+    fn conceal(&mut self, _out: &mut [i16]) -> bool {
+        false
+    }
+    /// Rebuilds the lost audio just before `next_payload` from the in-band
+    /// FEC that payload carries; false when it carries none.
+    fn recover(&mut self, _next_payload: &[u8], _out: &mut [i16]) -> bool {
+        false
+    }
+    /// Encodes `pcm` into `out`, returning the bytes written; 0 means send
+    /// nothing this time (Opus DTX, or an encoder error).
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize;
 }
 
@@ -90,6 +182,113 @@ impl<const ULAW: bool> AudioCodec for G711<ULAW> {
             *o = if ULAW { linear_to_ulaw(*s) } else { linear_to_alaw(*s) };
         }
         n
+    }
+}
+
+/// G.722 at 64 kbit/s, through the audio-codec crate's slice API (no allocation).
+pub struct G722 {
+    encoder: audio_codec::g722::G722Encoder,
+    decoder: audio_codec::g722::G722Decoder,
+}
+
+impl G722 {
+    pub fn new() -> Self {
+        Self { encoder: audio_codec::g722::G722Encoder::new(), decoder: audio_codec::g722::G722Decoder::new() }
+    }
+}
+
+impl Default for G722 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AudioCodec for G722 {
+    fn kind(&self) -> CodecKind {
+        CodecKind::G722
+    }
+
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
+        use audio_codec::Decoder;
+        // Each byte holds two 16 kHz samples; a payload too big for `out` is cut.
+        let payload = &payload[..payload.len().min(out.len() / 2)];
+        self.decoder.decode_into(payload, out).unwrap_or(0)
+    }
+
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize {
+        use audio_codec::Encoder;
+        let pcm = &pcm[..pcm.len().min(out.len() * 2)];
+        self.encoder.encode_into(pcm, out).unwrap_or(0)
+    }
+}
+
+/// Opus, mono at 48 kHz, through libopus (audiopus).
+pub struct Opus {
+    encoder: audiopus::coder::Encoder,
+    decoder: audiopus::coder::Decoder,
+}
+
+impl Opus {
+    pub fn new(settings: &OpusSettings) -> Result<Self, CodecError> {
+        use audiopus::{Application, Bandwidth, Bitrate, Channels, SampleRate};
+        let error = |e: audiopus::Error| CodecError(e.to_string());
+        let mut encoder =
+            audiopus::coder::Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).map_err(error)?;
+        encoder.set_bitrate(Bitrate::BitsPerSecond(settings.bitrate.clamp(6000, 510_000) as i32)).map_err(error)?;
+        encoder.set_complexity(settings.complexity.min(10)).map_err(error)?;
+        encoder.set_inband_fec(settings.fec).map_err(error)?;
+        if settings.fec {
+            encoder.set_packet_loss_perc(settings.expected_loss_percent.min(100)).map_err(error)?;
+        }
+        encoder.set_dtx(settings.dtx).map_err(error)?;
+        let bandwidth = match settings.max_playback_rate {
+            0..=8000 => Bandwidth::Narrowband,
+            8001..=12000 => Bandwidth::Mediumband,
+            12001..=16000 => Bandwidth::Wideband,
+            16001..=24000 => Bandwidth::Superwideband,
+            _ => Bandwidth::Fullband,
+        };
+        encoder.set_max_bandwidth(bandwidth).map_err(error)?;
+        let decoder = audiopus::coder::Decoder::new(SampleRate::Hz48000, Channels::Mono).map_err(error)?;
+        Ok(Self { encoder, decoder })
+    }
+
+    fn decode_packet(&mut self, payload: Option<&[u8]>, out: &mut [i16], fec: bool) -> Option<usize> {
+        let packet = match payload {
+            Some(p) => Some(audiopus::packet::Packet::try_from(p).ok()?),
+            None => None,
+        };
+        let signals = audiopus::MutSignals::try_from(out).ok()?;
+        self.decoder.decode(packet, signals, fec).ok()
+    }
+}
+
+impl AudioCodec for Opus {
+    fn kind(&self) -> CodecKind {
+        CodecKind::Opus
+    }
+
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
+        self.decode_packet(Some(payload), out, false).unwrap_or(0)
+    }
+
+    fn conceal(&mut self, out: &mut [i16]) -> bool {
+        // libopus wants whole 2.5 ms units for concealment.
+        let n = out.len() / 120 * 120;
+        n > 0 && self.decode_packet(None, &mut out[..n], false).is_some()
+    }
+
+    fn recover(&mut self, next_payload: &[u8], out: &mut [i16]) -> bool {
+        let n = out.len() / 120 * 120;
+        n > 0 && self.decode_packet(Some(next_payload), &mut out[..n], true).is_some()
+    }
+
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize {
+        match self.encoder.encode(pcm, out) {
+            // One or two bytes is a DTX frame: nothing worth sending.
+            Ok(n) if n > 2 => n,
+            _ => 0,
+        }
     }
 }
 
@@ -212,7 +411,7 @@ mod tests {
     #[test]
     fn trait_codec_round_trip() {
         for kind in [CodecKind::Pcmu, CodecKind::Pcma] {
-            let mut coder = kind.new_coder();
+            let mut coder = kind.new_coder(&OpusSettings::default()).unwrap();
             let pcm: Vec<i16> = (0..160).map(|i| ((i as f32 * 0.3).sin() * 10000.0) as i16).collect();
             let mut bytes = [0u8; 160];
             assert_eq!(coder.encode(&pcm, &mut bytes), 160);

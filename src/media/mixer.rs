@@ -18,7 +18,7 @@
 #![allow(clippy::vec_box)]
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use super::codec::AudioCodec;
 use super::dtmf::{DtmfSender, DtmfTick};
 use super::jitter::{JitterBuffer, Playout};
+use super::plc::{self, ComfortNoiseGenerator};
+use super::resample::{FrameResampler, ResampleError};
 use super::rtp::{self, RtpPacket};
 
 /// The mixer's tick, and the packet time of every leg.
@@ -38,10 +40,21 @@ pub const MAX_DATAGRAM: usize = 1500;
 /// Ticks (200 ms) the latched RTP source must be quiet before another may take over.
 const RELATCH_AFTER_TICKS: u32 = 10;
 
-/// Frames of delay before a leg's audio plays (40 ms) and frames the jitter
-/// buffer holds (320 ms).
-const JITTER_PREFILL: u32 = 2;
-const JITTER_CAPACITY: usize = 16;
+/// The most delay a leg's jitter buffer may add.
+pub const MAX_JITTER_DELAY: Duration = Duration::from_millis(200);
+
+/// While a leg hears only silence and its peer negotiated comfort noise, a
+/// CN packet goes out every this many ticks (200 ms) instead of audio.
+const COMFORT_NOISE_EVERY_TICKS: u32 = 10;
+
+/// The largest packet a leg's jitter buffer keeps: a whole Opus packet
+/// (RFC 6716 §3.4), or 60 ms of the 64 kbit/s codecs.
+fn max_payload(codec: &dyn AudioCodec) -> usize {
+    match codec.kind() {
+        super::codec::CodecKind::Opus => 1275,
+        _ => 480,
+    }
+}
 
 /// Identifies a conference for the life of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,6 +67,8 @@ pub struct ParticipantId(pub u64);
 /// A datagram received on a leg's RTP port, as the receive task hands it over.
 pub struct ReceivedDatagram {
     pub source: SocketAddr,
+    /// When it arrived, for the jitter estimate.
+    pub arrival: Instant,
     pub len: u16,
     pub data: [u8; MAX_DATAGRAM],
 }
@@ -69,6 +84,22 @@ pub struct ParticipantControls {
     /// Datagrams dropped because the mixer's ring was full, or sends that failed.
     pub dropped: AtomicU64,
     pub concealed_frames: AtomicU64,
+    pub fec_recovered: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    /// RTP timestamp of the last packet sent, for RTCP sender reports.
+    pub last_sent_timestamp: AtomicU32,
+    /// The jitter buffer's current target delay, in milliseconds.
+    pub jitter_delay_ms: AtomicU32,
+    /// From the receive task's RTCP statistics (RFC 3550 A.1–A.8): packets
+    /// the peer sent that never arrived, packets expected, interarrival
+    /// jitter, round-trip time (0 until measured), and the loss the peer
+    /// reports for what we send.
+    pub packets_lost: AtomicU64,
+    pub packets_expected: AtomicU64,
+    pub jitter_us: AtomicU32,
+    pub round_trip_us: AtomicU32,
+    pub remote_packets_lost: AtomicU64,
 }
 
 impl Default for ParticipantControls {
@@ -80,6 +111,16 @@ impl Default for ParticipantControls {
             packets_sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             concealed_frames: AtomicU64::new(0),
+            fec_recovered: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            last_sent_timestamp: AtomicU32::new(0),
+            jitter_delay_ms: AtomicU32::new(0),
+            packets_lost: AtomicU64::new(0),
+            packets_expected: AtomicU64::new(0),
+            jitter_us: AtomicU32::new(0),
+            round_trip_us: AtomicU32::new(0),
+            remote_packets_lost: AtomicU64::new(0),
         }
     }
 }
@@ -108,31 +149,66 @@ pub struct RtpLeg {
     pub ssrc: u32,
     pub sequence: u16,
     pub timestamp: u32,
+    /// RTP timestamp units per tick, and the RTP clock rate.
+    frame_ts: u32,
+    clock_rate: u32,
+    /// Arrival times are counted in RTP clock units from here.
+    epoch: Instant,
     pub jitter: JitterBuffer,
-    decoded: Box<[i16]>,
+    /// One tick of audio at the codec's rate, and converters to and from the
+    /// conference's rate when the two differ.
+    codec_frame: Box<[i16]>,
+    to_mix: Option<FrameResampler>,
+    from_mix: Option<FrameResampler>,
     packet: Box<[u8]>,
+    /// Comfort noise (RFC 3389) when negotiated: its payload type, the noise
+    /// the peer described last, whether the peer is in a silence period, and
+    /// ticks since we last sent a CN packet.
+    comfort_noise: Option<u8>,
+    noise: ComfortNoiseGenerator,
+    peer_silent: bool,
+    ticks_since_cn: u32,
     /// Digits the app queued (event codes) and the telephone-event payload type
     /// to send them with, when the peer offered it.
     dtmf: Option<(u8, rtrb::Consumer<u8>)>,
     dtmf_sender: DtmfSender,
     /// RTP timestamp of the event being sent: all its packets carry it.
     event_timestamp: u32,
+    /// The next packet starts a talkspurt (RFC 3551 §4.1 marker bit).
+    marker: bool,
     /// Held until the leg is dropped, which gives the port back.
     pub _port: Option<Box<dyn Send>>,
 }
 
 impl RtpLeg {
-    #[allow(clippy::too_many_arguments)]
+    /// A leg sending and receiving `codec` with `payload_type`, in a
+    /// conference that mixes at `mix_rate`.
     pub fn new(
         datagrams: rtrb::Consumer<ReceivedDatagram>,
         socket: UdpSocket,
         remote: SocketAddr,
         codec: Box<dyn AudioCodec>,
         payload_type: u8,
-        frame: usize,
+        mix_rate: u32,
         port: Option<Box<dyn Send>>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, ResampleError> {
+        let kind = codec.kind();
+        let (rate, clock_rate) = (kind.sample_rate(), kind.clock_rate());
+        let frame_ts = clock_rate / 50;
+        let converters = if rate == mix_rate {
+            (None, None)
+        } else {
+            (Some(FrameResampler::new(rate, mix_rate)?), Some(FrameResampler::new(mix_rate, rate)?))
+        };
+        let max_delay_ts = (MAX_JITTER_DELAY.as_millis() as u32) * clock_rate / 1000;
+        let jitter = JitterBuffer::new(
+            frame_ts,
+            rate / clock_rate,
+            max_delay_ts,
+            max_payload(codec.as_ref()),
+            !kind.has_native_plc(),
+        );
+        Ok(Self {
             datagrams,
             socket,
             remote,
@@ -145,14 +221,24 @@ impl RtpLeg {
             ssrc: rand::random(),
             sequence: rand::random(),
             timestamp: rand::random(),
-            jitter: JitterBuffer::new(frame, JITTER_PREFILL, JITTER_CAPACITY),
-            decoded: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            frame_ts,
+            clock_rate,
+            epoch: Instant::now(),
+            jitter,
+            codec_frame: vec![0; kind.frame_samples()].into_boxed_slice(),
+            to_mix: converters.0,
+            from_mix: converters.1,
             packet: vec![0; rtp::HEADER_LEN + MAX_DATAGRAM].into_boxed_slice(),
+            comfort_noise: None,
+            noise: ComfortNoiseGenerator::new(rand::random()),
+            peer_silent: false,
+            ticks_since_cn: 0,
             dtmf: None,
             dtmf_sender: DtmfSender::default(),
             event_timestamp: 0,
+            marker: true,
             _port: port,
-        }
+        })
     }
 
     /// Lets the leg send digits from `digits` as RFC 4733 events with `payload_type`.
@@ -161,14 +247,22 @@ impl RtpLeg {
         self
     }
 
-    /// Drains received datagrams into the jitter buffer, then plays one frame.
+    /// Lets the leg receive and send comfort noise (RFC 3389) with `payload_type`.
+    pub fn with_comfort_noise(mut self, payload_type: u8) -> Self {
+        self.comfort_noise = Some(payload_type);
+        self
+    }
+
+    /// Drains received datagrams into the jitter buffer, then plays one frame
+    /// into `out`, at the conference's rate.
     fn read_frame(&mut self, controls: &ParticipantControls, out: &mut [i16]) -> bool {
         self.quiet_ticks = self.quiet_ticks.saturating_add(1);
         while let Ok(datagram) = self.datagrams.pop() {
             let data = &datagram.data[..datagram.len as usize];
             let Ok(packet) = RtpPacket::parse(data) else { continue };
-            if packet.payload_type != self.payload_type {
-                // telephone-event and comfort noise are not mixed.
+            let comfort_noise = self.comfort_noise == Some(packet.payload_type);
+            if packet.payload_type != self.payload_type && !comfort_noise {
+                // telephone-event is the receive task's.
                 continue;
             }
             // Symmetric RTP: latch on the first packet's source and accept only
@@ -184,21 +278,43 @@ impl RtpLeg {
             }
             self.quiet_ticks = 0;
             controls.packets_received.fetch_add(1, Ordering::Relaxed);
-            let n = self.codec.decode(packet.payload, &mut self.decoded);
-            self.jitter.push(packet.ssrc, packet.timestamp, &self.decoded[..n]);
+            controls.bytes_received.fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
+            if comfort_noise {
+                if let Some(params) = plc::parse_cn(packet.payload) {
+                    self.noise.set(params);
+                    self.peer_silent = true;
+                }
+                continue;
+            }
+            self.peer_silent = false;
+            let elapsed = datagram.arrival.saturating_duration_since(self.epoch);
+            let arrival = (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000) as u32;
+            self.jitter.push(packet.ssrc, packet.timestamp, arrival, packet.payload);
         }
-        match self.jitter.pop(out) {
-            Playout::Audio => true,
-            Playout::Concealed => {
-                controls.concealed_frames.fetch_add(1, Ordering::Relaxed);
+        let playout = self.jitter.pop(self.codec.as_mut(), &mut self.codec_frame);
+        let stats = self.jitter.stats();
+        controls.concealed_frames.store(stats.concealed, Ordering::Relaxed);
+        controls.fec_recovered.store(stats.recovered, Ordering::Relaxed);
+        controls.jitter_delay_ms.store(self.jitter.target_delay() * 1000 / self.clock_rate, Ordering::Relaxed);
+        let heard = match playout {
+            Playout::Audio | Playout::Concealed => true,
+            Playout::Silence if self.peer_silent => {
+                self.noise.generate(&mut self.codec_frame);
                 true
             }
             Playout::Silence => false,
+        };
+        if heard {
+            match self.to_mix.as_mut() {
+                Some(converter) => converter.process(&self.codec_frame, out),
+                None => out.copy_from_slice(&self.codec_frame),
+            }
         }
+        heard
     }
 
     fn write_frame(&mut self, controls: &ParticipantControls, pcm: &[i16]) {
-        let frame = pcm.len() as u32;
+        let frame = self.frame_ts;
         let tick = match &mut self.dtmf {
             Some((_, digits)) => self.dtmf_sender.tick(frame, || digits.pop().ok()),
             None => DtmfTick::Audio,
@@ -206,8 +322,37 @@ impl RtpLeg {
         if self.send {
             match tick {
                 DtmfTick::Audio => {
-                    let n = self.codec.encode(pcm, &mut self.packet[rtp::HEADER_LEN..]);
-                    self.send_packet(controls, false, self.payload_type, self.timestamp, n);
+                    let codec_pcm: &[i16] = match self.from_mix.as_mut() {
+                        Some(converter) => {
+                            converter.process(pcm, &mut self.codec_frame);
+                            &self.codec_frame
+                        }
+                        None => pcm,
+                    };
+                    let silent = codec_pcm.iter().all(|s| *s == 0);
+                    match self.comfort_noise {
+                        // Silence to a peer that takes comfort noise: a CN
+                        // packet now and then instead of a stream of zeros.
+                        Some(cn) if silent => {
+                            if self.ticks_since_cn % COMFORT_NOISE_EVERY_TICKS == 0 {
+                                let n = plc::write_cn(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]);
+                                self.send_packet(controls, false, cn, self.timestamp, n);
+                            }
+                            self.ticks_since_cn += 1;
+                            self.marker = true;
+                        }
+                        _ => {
+                            self.ticks_since_cn = 0;
+                            let n = self.codec.encode(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]);
+                            if n > 0 {
+                                let marker = std::mem::take(&mut self.marker);
+                                self.send_packet(controls, marker, self.payload_type, self.timestamp, n);
+                            } else {
+                                // Opus DTX: nothing sent; the next packet starts a talkspurt.
+                                self.marker = true;
+                            }
+                        }
+                    }
                 }
                 DtmfTick::Event { event, duration, end, start, copies } => {
                     if start {
@@ -241,9 +386,15 @@ impl RtpLeg {
             (&mut self.packet[..rtp::HEADER_LEN]).try_into().expect("header length");
         rtp::write_header(header, marker, payload_type, self.sequence, timestamp, self.ssrc);
         match self.socket.send_to(&self.packet[..rtp::HEADER_LEN + payload], self.remote) {
-            Ok(_) => controls.packets_sent.fetch_add(1, Ordering::Relaxed),
-            Err(_) => controls.dropped.fetch_add(1, Ordering::Relaxed),
-        };
+            Ok(_) => {
+                controls.packets_sent.fetch_add(1, Ordering::Relaxed);
+                controls.bytes_sent.fetch_add(payload as u64, Ordering::Relaxed);
+                controls.last_sent_timestamp.store(timestamp, Ordering::Relaxed);
+            }
+            Err(_) => {
+                controls.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.sequence = self.sequence.wrapping_add(1);
     }
 }
@@ -306,6 +457,11 @@ impl ParticipantMix {
             contributes: false,
         }
     }
+
+    /// Samples per tick this participant mixes.
+    pub fn frame_samples(&self) -> usize {
+        self.output.len()
+    }
 }
 
 /// What the control side and the mixer share about one conference.
@@ -337,6 +493,11 @@ impl ConferenceMix {
             scratch: vec![0; frame].into_boxed_slice(),
             tap: None,
         }
+    }
+
+    /// Samples per tick the conference mixes.
+    pub fn frame_samples(&self) -> usize {
+        self.sum.len()
     }
 
     fn mix(&mut self) {
@@ -772,19 +933,46 @@ mod tests {
         id: u64,
         peer: SocketAddr,
     ) -> (Box<ParticipantMix>, rtrb::Producer<ReceivedDatagram>, rtrb::Producer<u8>) {
+        codec_participant(id, peer, CodecKind::Pcmu)
+    }
+
+    /// A leg with `codec` (its default payload type) in an 8 kHz conference.
+    fn codec_participant(
+        id: u64,
+        peer: SocketAddr,
+        codec: CodecKind,
+    ) -> (Box<ParticipantMix>, rtrb::Producer<ReceivedDatagram>, rtrb::Producer<u8>) {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         let (tx, rx) = rtrb::RingBuffer::new(16);
         let (digits, queue) = rtrb::RingBuffer::new(8);
-        let leg = RtpLeg::new(rx, socket, peer, CodecKind::Pcmu.new_coder(), 0, FRAME, None).with_dtmf(101, queue);
+        let coder = codec.new_coder(&Default::default()).unwrap();
+        let pt = codec.default_payload_type();
+        let leg = RtpLeg::new(rx, socket, peer, coder, pt, 8000, None).unwrap().with_dtmf(101, queue);
         (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), tx, digits)
     }
 
     fn datagram(source: SocketAddr, seq: u16, value: i16) -> ReceivedDatagram {
-        let mut d = ReceivedDatagram { source, len: (rtp::HEADER_LEN + FRAME) as u16, data: [0; MAX_DATAGRAM] };
+        let len = (rtp::HEADER_LEN + FRAME) as u16;
+        let mut d = ReceivedDatagram { source, arrival: Instant::now(), len, data: [0; MAX_DATAGRAM] };
         let header: &mut [u8; rtp::HEADER_LEN] = (&mut d.data[..rtp::HEADER_LEN]).try_into().unwrap();
         rtp::write_header(header, false, 0, seq, seq as u32 * FRAME as u32, 99);
         d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + FRAME].fill(crate::media::codec::linear_to_ulaw(value));
+        d
+    }
+
+    /// A packet of a 1 kHz tone in `codec`, number `seq` of its stream.
+    fn encoded_datagram(source: SocketAddr, codec: CodecKind, seq: u16) -> ReceivedDatagram {
+        let mut coder = codec.new_coder(&Default::default()).unwrap();
+        let rate = codec.sample_rate() as f32;
+        let pcm: Vec<i16> =
+            (0..codec.frame_samples()).map(|n| ((n as f32 * 6283.2 / rate).sin() * 8000.0) as i16).collect();
+        let mut d = ReceivedDatagram { source, arrival: Instant::now(), len: 0, data: [0; MAX_DATAGRAM] };
+        let n = coder.encode(&pcm, &mut d.data[rtp::HEADER_LEN..]);
+        let header: &mut [u8; rtp::HEADER_LEN] = (&mut d.data[..rtp::HEADER_LEN]).try_into().unwrap();
+        let timestamp = seq as u32 * codec.clock_rate() / 50;
+        rtp::write_header(header, false, codec.default_payload_type(), seq, timestamp, 7);
+        d.len = (rtp::HEADER_LEN + n) as u16;
         d
     }
 
@@ -804,6 +992,9 @@ mod tests {
         peer.set_nonblocking(true).unwrap();
         let (rtp_a, mut ring_a, mut digits_a) = rtp_participant(10, peer.local_addr().unwrap());
         let (rtp_b, mut ring_b, _) = rtp_participant(11, peer.local_addr().unwrap());
+        // Wideband legs: their codecs, concealment and resampling run in the tick too.
+        let (opus, mut opus_ring, _) = codec_participant(13, peer.local_addr().unwrap(), CodecKind::Opus);
+        let (g722, mut g722_ring, _) = codec_participant(14, peer.local_addr().unwrap(), CodecKind::G722);
         let (loc, mut ends) = local(12);
         let (tap_tx, mut tap_rx) = rtrb::RingBuffer::new(FRAME * 4);
         let bigger: Vec<Box<ParticipantMix>> = Vec::with_capacity(32);
@@ -812,6 +1003,8 @@ mod tests {
             MixerCommand::AddParticipant(ConferenceId(1), rtp_a),
             MixerCommand::AddParticipant(ConferenceId(1), rtp_b),
             MixerCommand::AddParticipant(ConferenceId(1), loc),
+            MixerCommand::AddParticipant(ConferenceId(1), opus),
+            MixerCommand::AddParticipant(ConferenceId(1), g722),
             MixerCommand::ParticipantStorage(ConferenceId(1), bigger),
             MixerCommand::SetTap(ConferenceId(1), Some(tap_tx)),
         ];
@@ -820,6 +1013,11 @@ mod tests {
         }
         let source = peer.local_addr().unwrap();
         let mut packets: Vec<ReceivedDatagram> = (0..8).map(|i| datagram(source, i, 1000)).collect();
+        // Every other wideband packet is lost, so concealment and FEC run too.
+        let mut opus_packets: Vec<ReceivedDatagram> =
+            (0..4).map(|i| encoded_datagram(source, CodecKind::Opus, i * 2)).collect();
+        let mut g722_packets: Vec<ReceivedDatagram> =
+            (0..4).map(|i| encoded_datagram(source, CodecKind::G722, i * 2)).collect();
         let count = allocations_in(|| {
             h.mixer.apply_commands();
             // A digit goes out as telephone-events in the ticks below.
@@ -828,6 +1026,8 @@ mod tests {
                 // Pushing into the rings is the receive task's work, but it does not allocate either.
                 let _ = ring_a.push(packets.remove(0));
                 let _ = ring_b.push(datagram(source, seq, 2000));
+                let _ = opus_ring.push(opus_packets.remove(0));
+                let _ = g722_ring.push(g722_packets.remove(0));
                 let _ = ends.to_mixer.write_chunk(FRAME).map(|c| c.commit_all());
                 h.mixer.tick();
             }

@@ -4,4 +4,7 @@ pub mod codec;
 pub mod dtmf;
 pub mod jitter;
 pub mod mixer;
+pub mod plc;
+pub mod resample;
+pub mod rtcp;
 pub mod rtp;

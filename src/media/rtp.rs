@@ -85,12 +85,6 @@ pub fn write_header(
     out[8..12].copy_from_slice(&ssrc.to_be_bytes());
 }
 
-/// Whether a datagram on an RTP port is RTCP rather than RTP (RFC 5761 §4):
-/// RTCP packet types 192–223 fall where RTP's marker bit and payload type are.
-pub fn is_rtcp(data: &[u8]) -> bool {
-    data.len() >= 2 && (192..=223).contains(&data[1])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,12 +133,5 @@ mod tests {
             RtpPacket::parse(&[0x90, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]),
             Err(RtpError::TooShort)
         );
-    }
-
-    #[test]
-    fn rtcp_is_told_apart() {
-        assert!(is_rtcp(&[0x80, 200, 0, 6]));
-        assert!(!is_rtcp(&[0x80, 8, 0, 6]));
-        assert!(!is_rtcp(&[0x80, 0x80 | 8, 0, 6]));
     }
 }

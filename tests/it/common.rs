@@ -3,7 +3,12 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use sipbridge::{Endpoint, EndpointConfig, Event, LocalParticipant, FRAME_SAMPLES, SAMPLE_RATE};
+use sipbridge::{Endpoint, EndpointConfig, Event, LocalParticipant};
+
+/// The tests' conferences mix at 8 kHz (legs between endpoints still
+/// negotiate Opus, the first codec, so its resampling path runs too).
+pub const RATE: u32 = 8000;
+pub const FRAME: usize = sipbridge::frame_samples(RATE);
 
 /// A distinct RTP range for each of the first 50 endpoints of a test run, below
 /// the kernel's ephemeral ports (32768 and up) that port-0 sockets take, so a
@@ -17,6 +22,7 @@ pub fn rtp_range() -> std::ops::RangeInclusive<u16> {
 pub fn endpoint() -> Endpoint {
     Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: rtp_range(),
         ..Default::default()
     })
@@ -41,18 +47,23 @@ pub fn wait_event<T>(endpoint: &Endpoint, timeout: Duration, mut matches: impl F
 
 /// One frame of a sine tone at `freq` Hz, continuing from `phase` samples.
 pub fn tone_frame(freq: f64, amplitude: f64, phase: &mut u64) -> Vec<i16> {
-    (0..FRAME_SAMPLES)
+    (0..FRAME)
         .map(|_| {
-            let t = *phase as f64 / SAMPLE_RATE as f64;
+            let t = *phase as f64 / RATE as f64;
             *phase += 1;
             (amplitude * (2.0 * std::f64::consts::PI * freq * t).sin()) as i16
         })
         .collect()
 }
 
-/// Power of `freq` in `samples` (Goertzel), normalised by length.
+/// Power of `freq` in `samples` at the tests' rate (Goertzel), normalised by length.
 pub fn tone_power(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / SAMPLE_RATE as f64;
+    tone_power_at(samples, freq, RATE)
+}
+
+/// Power of `freq` in `samples` taken at `rate`, normalised by length.
+pub fn tone_power_at(samples: &[i16], freq: f64, rate: u32) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / rate as f64;
     let coeff = 2.0 * w.cos();
     let (mut s1, mut s2) = (0.0, 0.0);
     for &x in samples {
@@ -67,7 +78,7 @@ pub fn tone_power(samples: &[i16], freq: f64) -> f64 {
 pub fn play_and_listen(local: &mut LocalParticipant, freq: f64, duration: Duration) -> Vec<i16> {
     let mut phase = 0;
     let mut heard = Vec::new();
-    let mut frame = vec![0i16; FRAME_SAMPLES];
+    let mut frame = vec![0i16; FRAME];
     // Prime two frames so the mixer never runs dry.
     for _ in 0..2 {
         local.write(&tone_frame(freq, 8000.0, &mut phase));

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sipbridge::{CodecKind, Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind};
 
-use crate::common::{endpoint, play_and_listen, rtp_range, tone_power, wait_event};
+use crate::common::{endpoint, play_and_listen, rtp_range, tone_power, wait_event, FRAME, RATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -68,6 +68,7 @@ fn dial_out_hear_each_other_and_hang_up() {
 fn unknown_room_is_refused_when_rooms_are_not_created_on_demand() {
     let bridge = Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: rtp_range(),
         create_rooms_on_demand: false,
         ..Default::default()
@@ -89,6 +90,7 @@ fn unknown_room_is_refused_when_rooms_are_not_created_on_demand() {
 fn no_common_codec_is_refused_with_488() {
     let bridge = Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: rtp_range(),
         codecs: vec![CodecKind::Pcma],
         ..Default::default()
@@ -96,6 +98,7 @@ fn no_common_codec_is_refused_with_488() {
     .unwrap();
     let caller = Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: rtp_range(),
         codecs: vec![CodecKind::Pcmu],
         ..Default::default()
@@ -189,6 +192,7 @@ fn rtp_ports_are_given_back_when_a_leg_ends() {
     let base = *rtp_range().start();
     let bridge = Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: base..=base + 1,
         ..Default::default()
     })
@@ -221,6 +225,7 @@ fn failed_dials_do_not_upset_the_mixer_s_room_bookkeeping() {
     // the control side think the mixer has room it does not have.
     let refusing = Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: rtp_range(),
         create_rooms_on_demand: false,
         ..Default::default()
@@ -235,8 +240,8 @@ fn failed_dials_do_not_upset_the_mixer_s_room_bookkeeping() {
     }
     // Past the conference's first storage (8): everyone must still be mixed.
     let mut locals: Vec<_> = (0..9).map(|_| room.add_local().unwrap()).collect();
-    let mut frame = vec![0i16; sipbridge::FRAME_SAMPLES];
-    let tone = vec![1000i16; sipbridge::FRAME_SAMPLES];
+    let mut frame = vec![0i16; FRAME];
+    let tone = vec![1000i16; FRAME];
     for _ in 0..5 {
         first.write_all(&tone, Some(WAIT)).unwrap();
         for l in locals.iter_mut() {
@@ -334,6 +339,7 @@ fn digits_sent_to_a_participant_arrive_as_dtmf_events() {
 fn a_leg_that_sends_no_rtp_times_out_and_is_hung_up() {
     let bridge = Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: RATE,
         rtp_ports: rtp_range(),
         media_timeout: Some(Duration::from_millis(300)),
         hang_up_on_media_timeout: true,

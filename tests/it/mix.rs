@@ -2,22 +2,51 @@
 
 use std::time::Duration;
 
-use sipbridge::{Event, ParticipantKind, FRAME_SAMPLES};
+use sipbridge::{CodecKind, Endpoint, EndpointConfig, Event, ParticipantKind};
 
-use crate::common::{endpoint, play_and_listen, tone_power, wait_event};
+use crate::common::{endpoint, play_and_listen, rtp_range, tone_power, tone_power_at, wait_event, RATE};
 
 const TONES: [f64; 3] = [440.0, 1000.0, 1780.0];
 
 #[test]
 fn three_callers_hear_the_other_two_and_the_app_hears_all() {
-    let bridge = endpoint();
+    three_callers(&[None, None, None], 8000);
+}
+
+/// An Opus, a G.722 and a PCMU caller in a 48 kHz room: the bridge decodes,
+/// resamples, mixes and re-encodes each, and RTCP measures every leg.
+#[test]
+fn callers_with_opus_g722_and_pcmu_hear_each_other_in_a_wideband_room() {
+    three_callers(&[Some(CodecKind::Opus), Some(CodecKind::G722), Some(CodecKind::Pcmu)], 48000);
+}
+
+/// Runs three callers (each with only `codecs[i]`, or the default list) into
+/// a room on a bridge mixing at `bridge_rate`; the callers' own rooms mix at 8 kHz.
+fn three_callers(codecs: &[Option<CodecKind>; 3], bridge_rate: u32) {
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        sample_rate: bridge_rate,
+        rtp_ports: rtp_range(),
+        ..Default::default()
+    })
+    .unwrap();
     let room = bridge.create_conference("mix").unwrap();
     let mut mixed = room.mixed_audio().unwrap();
     let uri = bridge.room_uri("mix");
 
     let mut callers = Vec::new();
-    for i in 0..3 {
-        let caller = endpoint();
+    for (i, codec) in codecs.iter().enumerate() {
+        let caller = match codec {
+            None => endpoint(),
+            Some(codec) => Endpoint::start(EndpointConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                sample_rate: RATE,
+                rtp_ports: rtp_range(),
+                codecs: vec![*codec],
+                ..Default::default()
+            })
+            .unwrap(),
+        };
         let home = caller.create_conference(&format!("caller{i}")).unwrap();
         let local = home.add_local().unwrap();
         home.dial(&uri).unwrap();
@@ -41,8 +70,8 @@ fn three_callers_hear_the_other_two_and_the_app_hears_all() {
         .collect();
     // Meanwhile the app reads the conference mix.
     let mut mix = Vec::new();
-    let mut frame = vec![0i16; FRAME_SAMPLES];
-    while mix.len() < 8000 * 2 {
+    let mut frame = vec![0i16; mixed.frame_samples()];
+    while mix.len() < bridge_rate as usize * 2 {
         mixed.read_frame(&mut frame, Some(Duration::from_secs(1))).unwrap();
         mix.extend_from_slice(&frame);
     }
@@ -58,8 +87,16 @@ fn three_callers_hear_the_other_two_and_the_app_hears_all() {
             assert!(*other > 1000.0 * powers[i], "caller {i} does not hear itself: {powers:?}");
         }
     }
-    let tail = &mix[mix.len() - 8000..];
+    let tail = &mix[mix.len() - bridge_rate as usize..];
     for f in TONES {
-        assert!(tone_power(tail, f) > 1e5, "the app's mix holds {f} Hz");
+        assert!(tone_power_at(tail, f, bridge_rate) > 1e5, "the app's mix holds {f} Hz");
+    }
+    for (i, p) in room.participants().unwrap().iter().enumerate() {
+        if let Some(codec) = codecs[i] {
+            assert_eq!(p.codec, Some(codec));
+        }
+        assert!(p.packets_received > 50 && p.bytes_received > 0, "{p:?}");
+        assert_eq!(p.loss_percent, 0.0, "{p:?}");
+        assert!(p.mos.is_some_and(|m| m > 4.0), "{p:?}");
     }
 }
