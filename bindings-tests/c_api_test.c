@@ -178,6 +178,22 @@ int main(void) {
     }
   CHECK(found, "inbound participant listed");
   CHECK(sb_conference_set_muted(room, 987654321, true) == SB_NOT_FOUND, "stale participant id");
+  /* RNNoise works at 48 kHz only; this room mixes at SAMPLE_RATE. */
+  CHECK(sb_conference_set_noise_suppression(room, true) == SB_INVALID_ARGUMENT, "noise suppression at 16 kHz");
+  CHECK(sb_participant_set_noise_suppression(room, inbound, true) == SB_INVALID_ARGUMENT, "per participant too");
+  sb_conference *wide = NULL;
+  OK(sb_endpoint_create_conference_with_rate(bridge, "wide", 48000, &wide));
+  OK(sb_conference_set_noise_suppression(wide, true));
+  sb_local *wide_local = NULL;
+  OK(sb_conference_add_local(wide, &wide_local));
+  OK(sb_conference_participants(wide, infos, 4, &count));
+  CHECK(count == 1 && infos[0].noise_suppression, "a new participant inherits noise suppression");
+  OK(sb_participant_set_noise_suppression(wide, infos[0].id, false));
+  OK(sb_conference_participants(wide, infos, 4, &count));
+  CHECK(!infos[0].noise_suppression, "and it can be switched off for one participant");
+  sb_local_free(wide_local);
+  OK(sb_conference_destroy(wide));
+  sb_conference_free(wide);
   sb_conference *other = NULL;
   OK(sb_endpoint_create_conference(bridge, "room2", &other));
   CHECK(sb_conference_set_muted(other, inbound, true) == SB_NOT_FOUND, "participant of another room");

@@ -115,6 +115,31 @@ def test_conference_mix_feed_holds_everyone():
         assert power(heard, 700) > 1e5 and power(heard, 1900) > 1e5
 
 
+def test_noise_suppression_quiets_a_noisy_talker():
+    with endpoint() as ep:
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            ep.create_conference("narrow").set_noise_suppression()
+        room = ep.create_conference("wide", sample_rate=48000)
+        talker, listener = room.add_local(), room.add_local()
+        noise = np.random.default_rng(5).integers(-1024, 1024, size=48000 * 4).astype(np.int16)
+
+        def heard_power(offset: int) -> float:
+            frames = []
+            for i in range(100):
+                talker.write(noise[(offset + i) * 960 : (offset + i + 1) * 960], timeout=1.0)
+                frames.append(listener.read_frame(timeout=1.0))
+            tail = np.concatenate(frames[50:]).astype(np.float64)
+            return float(np.mean(tail**2))
+
+        plain = heard_power(0)
+        talker.participant.set_noise_suppression(True)
+        assert talker.participant.info().noise_suppression
+        cleaned = heard_power(100)
+        assert 10 * np.log10(plain / cleaned) > 6, (plain, cleaned)
+        room.set_noise_suppression(False)
+        assert not talker.participant.info().noise_suppression
+
+
 def test_context_managers_clean_up():
     with endpoint() as ep:
         with ep.create_conference("scoped") as room:

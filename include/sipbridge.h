@@ -34,6 +34,11 @@
 #define SB_DEFAULT_SAMPLE_RATE 48000
 
 /**
+ * The one sample rate RNNoise works at.
+ */
+#define DENOISE_SAMPLE_RATE 48000
+
+/**
  * The most reflection coefficients kept from a CN payload; RFC 3389 §3 lets a
  * receiver drop the higher orders.
  */
@@ -199,6 +204,7 @@ typedef struct {
   sb_participant_state state;
   bool muted;
   float volume_db;
+  bool noise_suppression;
   uint64_t packets_received;
   uint64_t packets_sent;
   uint64_t dropped;
@@ -411,6 +417,21 @@ sb_status sb_conference_set_muted(const sb_conference *conference,
 sb_status sb_conference_set_volume_db(const sb_conference *conference,
                                       uint64_t participant,
                                       float db);
+
+/**
+ * Switches noise suppression (RNNoise) for everyone in the conference now
+ * and for whoever joins later. Needs a 48 kHz conference
+ * (`SB_ERR_INVALID_ARGUMENT` otherwise).
+ */
+sb_status sb_conference_set_noise_suppression(const sb_conference *conference, bool on);
+
+/**
+ * Switches noise suppression of what one participant says, before it is
+ * mixed. Needs a 48 kHz conference.
+ */
+sb_status sb_participant_set_noise_suppression(const sb_conference *conference,
+                                               uint64_t participant,
+                                               bool on);
 
 /**
  * Fills `out` (room for `capacity`) with the participants; `count` receives

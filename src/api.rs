@@ -158,6 +158,8 @@ pub struct ParticipantInfo {
     pub remote: Option<String>,
     pub muted: bool,
     pub volume_db: f32,
+    /// Whether its audio is cleaned of noise before it is mixed.
+    pub noise_suppression: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -441,6 +443,14 @@ impl Conference {
         }
     }
 
+    /// Switches noise suppression (RNNoise) on or off for everyone in the
+    /// conference now and for whoever joins later; a participant's own
+    /// setting then overrides it. Needs a 48 kHz conference.
+    pub fn set_noise_suppression(&self, on: bool) -> Result<()> {
+        self.check()?;
+        self.shared.set_conference_noise_suppression(&self.name, on)
+    }
+
     /// Hangs up every leg and removes the conference.
     pub fn destroy(&self) -> Result<()> {
         self.check()?;
@@ -488,6 +498,7 @@ fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
         remote: p.remote.clone(),
         muted: c.muted.load(Ordering::Relaxed),
         volume_db: p.volume_db,
+        noise_suppression: p.noise_suppression,
         packets_received: c.packets_received.load(Ordering::Relaxed),
         packets_sent: c.packets_sent.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),
@@ -552,6 +563,13 @@ impl Participant {
             p.volume_db = db.clamp(-40.0, 40.0);
             p.controls.gain_q16.store(gain_q16_from_db(db), Ordering::Relaxed)
         })
+    }
+
+    /// Switches noise suppression (RNNoise) of what this participant says
+    /// before it is mixed. Needs a 48 kHz conference.
+    pub fn set_noise_suppression(&self, on: bool) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.set_participant_noise_suppression(self.id, on)
     }
 
     /// Sends key presses to the participant as RFC 4733 telephone-events

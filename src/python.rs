@@ -301,6 +301,13 @@ impl Conference {
         Ok(Participant { inner: self.inner.participant(crate::ParticipantId(id)).map_err(to_py)? })
     }
 
+    /// Noise suppression (RNNoise) for everyone now and whoever joins later;
+    /// needs a 48 kHz conference.
+    #[pyo3(signature = (on = true))]
+    fn set_noise_suppression(&self, on: bool) -> PyResult<()> {
+        self.inner.set_noise_suppression(on).map_err(to_py)
+    }
+
     /// Hangs up every leg and removes the conference.
     fn destroy(&self) -> PyResult<()> {
         self.inner.destroy().map_err(to_py)
@@ -349,6 +356,7 @@ impl Participant {
             remote: i.remote,
             muted: i.muted,
             volume_db: i.volume_db,
+            noise_suppression: i.noise_suppression,
             packets_received: i.packets_received,
             packets_sent: i.packets_sent,
             dropped: i.dropped,
@@ -378,6 +386,12 @@ impl Participant {
     /// How loud the participant is in the mix, in dB (0 = as received).
     fn set_volume(&self, db: f32) -> PyResult<()> {
         self.inner.set_volume_db(db).map_err(to_py)
+    }
+
+    /// Noise suppression (RNNoise) of what this participant says; needs a 48 kHz conference.
+    #[pyo3(signature = (on = true))]
+    fn set_noise_suppression(&self, on: bool) -> PyResult<()> {
+        self.inner.set_noise_suppression(on).map_err(to_py)
     }
 
     /// Sends key presses ('0'-'9', '*', '#', 'A'-'D') as RFC 4733 telephone-events.
@@ -414,6 +428,7 @@ struct ParticipantInfo {
     remote: Option<String>,
     muted: bool,
     volume_db: f32,
+    noise_suppression: bool,
     packets_received: u64,
     packets_sent: u64,
     dropped: u64,

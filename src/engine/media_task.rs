@@ -93,6 +93,11 @@ impl RtcpState {
                 _ => None,
             };
             for block in blocks.into_iter().flatten() {
+                if self.rtt.is_about_us(&block) {
+                    // The loss the peer saw since its last report: the encoder plans its FEC for it.
+                    let percent = (block.fraction_lost as u32 * 100 + 128) / 256;
+                    controls.remote_loss_percent.store(percent, Ordering::Relaxed);
+                }
                 if let Some(rtt) = self.rtt.on_report_block(&block, now_ntp) {
                     controls.round_trip_us.store(rtt.as_micros().min(u32::MAX as u128) as u32, Ordering::Relaxed);
                     controls.remote_packets_lost.store(block.cumulative_lost.max(0) as u64, Ordering::Relaxed);

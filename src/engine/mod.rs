@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 
 use crate::api::{EndpointConfig, Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::CodecKind;
+use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls,
     ParticipantId, ParticipantMix,
@@ -46,6 +47,8 @@ pub(crate) struct ConferenceEntry {
     pub participants: BTreeSet<ParticipantId>,
     /// The rate the conference mixes at.
     pub sample_rate: u32,
+    /// Whether participants who join get noise suppression.
+    pub noise_suppression: bool,
     /// Created by a caller's INVITE rather than the app: it ends when its last
     /// participant leaves, so callers cannot pile up empty rooms.
     pub on_demand: bool,
@@ -76,6 +79,8 @@ pub(crate) struct ParticipantEntry {
     pub dtmf: Option<rtrb::Producer<u8>>,
     /// The negotiated codec, once media runs.
     pub codec: Option<CodecKind>,
+    /// Whether its audio is cleaned of noise before it is mixed.
+    pub noise_suppression: bool,
 }
 
 impl ParticipantEntry {
@@ -97,6 +102,7 @@ impl ParticipantEntry {
             in_mixer: false,
             dtmf: None,
             codec: None,
+            noise_suppression: false,
         }
     }
 }
@@ -244,7 +250,14 @@ impl Shared {
         let mix = Box::new(ConferenceMix::new(id, controls.clone(), frame, INITIAL_CAPACITY));
         self.mixer.lock().add_conference(mix, INITIAL_CAPACITY)?;
         let on_demand = creator == Creator::Caller;
-        let entry = ConferenceEntry { id, controls, participants: BTreeSet::new(), sample_rate, on_demand };
+        let entry = ConferenceEntry {
+            id,
+            controls,
+            participants: BTreeSet::new(),
+            sample_rate,
+            noise_suppression: false,
+            on_demand,
+        };
         registry.conferences.insert(name.into(), entry);
         Ok((id, true))
     }
@@ -294,11 +307,15 @@ impl Shared {
     ) -> Result<()> {
         let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
         entry.in_mixer = mix.is_some();
-        if let Some(mix) = mix {
+        entry.noise_suppression = conference.noise_suppression;
+        if let Some(mut mix) = mix {
             // Built for another rate (the room was made between the leg's setup
             // and now): mixing it would misread its buffers.
             if mix.frame_samples() != conference.sample_rate as usize / 50 {
                 return Err(Error::InvalidArgument(format!("participant not built for {} Hz", conference.sample_rate)));
+            }
+            if entry.noise_suppression {
+                mix.set_noise_suppressor(NoiseSuppressor::new(conference.sample_rate, mix.frame_samples()));
             }
             self.mixer.lock().add_participant(conference.id, mix)?;
         }
@@ -313,7 +330,7 @@ impl Shared {
     pub fn connect_participant(
         &self,
         id: ParticipantId,
-        mix: Box<ParticipantMix>,
+        mut mix: Box<ParticipantMix>,
         dtmf: Option<rtrb::Producer<u8>>,
         codec: CodecKind,
     ) -> Result<()> {
@@ -323,7 +340,11 @@ impl Shared {
             registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
         // The conference it dialled for must still be the same one, not a new room of the same name.
         match registry.conferences.get(&entry.conference) {
-            Some(conference) if conference.id == entry.conference_id => {}
+            Some(conference) if conference.id == entry.conference_id => {
+                if entry.noise_suppression {
+                    mix.set_noise_suppressor(NoiseSuppressor::new(conference.sample_rate, mix.frame_samples()));
+                }
+            }
             _ => return Err(Error::NotFound(entry.conference.clone())),
         }
         self.mixer.lock().add_participant(entry.conference_id, mix)?;
@@ -420,6 +441,51 @@ impl Shared {
 
     pub fn set_tap(&self, conference: ConferenceId, tap: Option<rtrb::Producer<i16>>) -> Result<()> {
         self.mixer.lock().send(MixerCommand::SetTap(conference, tap))
+    }
+
+    /// Switches noise suppression for everyone in conference `name`, and for
+    /// whoever joins it later.
+    pub fn set_conference_noise_suppression(&self, name: &str, on: bool) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let registry = &mut *registry;
+        let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        check_noise_suppression(conference, on)?;
+        conference.noise_suppression = on;
+        for id in &conference.participants {
+            if let Some(entry) = registry.participants.get_mut(id) {
+                self.switch_noise_suppression(conference, *id, entry, on)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Switches noise suppression for one participant.
+    pub fn set_participant_noise_suppression(&self, id: ParticipantId, on: bool) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let registry = &mut *registry;
+        let entry =
+            registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
+        let conference =
+            registry.conferences.get(&entry.conference).ok_or_else(|| Error::NotFound(entry.conference.clone()))?;
+        check_noise_suppression(conference, on)?;
+        self.switch_noise_suppression(conference, id, entry, on)
+    }
+
+    fn switch_noise_suppression(
+        &self,
+        conference: &ConferenceEntry,
+        id: ParticipantId,
+        entry: &mut ParticipantEntry,
+        on: bool,
+    ) -> Result<()> {
+        entry.noise_suppression = on;
+        if !entry.in_mixer {
+            // It gets one when it joins the mixer.
+            return Ok(());
+        }
+        let suppressor =
+            if on { NoiseSuppressor::new(conference.sample_rate, conference.sample_rate as usize / 50) } else { None };
+        self.mixer.lock().send(MixerCommand::SetNoiseSuppressor(conference.id, id, suppressor))
     }
 
     /// The id and mixing rate of conference `name`.
@@ -541,6 +607,18 @@ impl Drop for Engine {
 }
 
 /// Conferences mix at 8, 16 or 48 kHz.
+/// RNNoise works at 48 kHz only; resampling every talker twice for it would
+/// cost more than the suppression itself.
+fn check_noise_suppression(conference: &ConferenceEntry, on: bool) -> Result<()> {
+    if on && conference.sample_rate != DENOISE_SAMPLE_RATE {
+        return Err(Error::InvalidArgument(format!(
+            "noise suppression needs a {DENOISE_SAMPLE_RATE} Hz conference; this one mixes at {} Hz",
+            conference.sample_rate
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_sample_rate(rate: u32) -> Result<()> {
     if crate::media::resample::SUPPORTED_RATES.contains(&rate) {
         Ok(())

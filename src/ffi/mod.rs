@@ -545,6 +545,25 @@ pub extern "C" fn sb_conference_set_volume_db(
     with_participant(conference, participant, |p| p.set_volume_db(db))
 }
 
+/// Switches noise suppression (RNNoise) for everyone in the conference now
+/// and for whoever joins later. Needs a 48 kHz conference
+/// (`SB_ERR_INVALID_ARGUMENT` otherwise).
+#[no_mangle]
+pub extern "C" fn sb_conference_set_noise_suppression(conference: *const sb_conference, on: bool) -> sb_status {
+    ffi_guard!({ from_result(try_ref!(conference).conference.set_noise_suppression(on)) })
+}
+
+/// Switches noise suppression of what one participant says, before it is
+/// mixed. Needs a 48 kHz conference.
+#[no_mangle]
+pub extern "C" fn sb_participant_set_noise_suppression(
+    conference: *const sb_conference,
+    participant: u64,
+    on: bool,
+) -> sb_status {
+    with_participant(conference, participant, |p| p.set_noise_suppression(on))
+}
+
 /// How a participant is connected.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -580,6 +599,7 @@ pub struct sb_participant_info {
     pub state: sb_participant_state,
     pub muted: bool,
     pub volume_db: f32,
+    pub noise_suppression: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -637,6 +657,7 @@ pub extern "C" fn sb_conference_participants(
                     },
                     muted: p.muted,
                     volume_db: p.volume_db,
+                    noise_suppression: p.noise_suppression,
                     packets_received: p.packets_received,
                     packets_sent: p.packets_sent,
                     dropped: p.dropped,

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::codec::AudioCodec;
+use super::denoise::{self, NoiseSuppressor};
 use super::dtmf::{DtmfSender, DtmfTick};
 use super::jitter::{JitterBuffer, Playout};
 use super::plc::{self, ComfortNoiseGenerator};
@@ -100,6 +101,9 @@ pub struct ParticipantControls {
     pub jitter_us: AtomicU32,
     pub round_trip_us: AtomicU32,
     pub remote_packets_lost: AtomicU64,
+    /// The loss the peer reported in its last RTCP report block, in percent;
+    /// `u32::MAX` until it reports.
+    pub remote_loss_percent: AtomicU32,
 }
 
 impl Default for ParticipantControls {
@@ -121,6 +125,7 @@ impl Default for ParticipantControls {
             jitter_us: AtomicU32::new(0),
             round_trip_us: AtomicU32::new(0),
             remote_packets_lost: AtomicU64::new(0),
+            remote_loss_percent: AtomicU32::new(u32::MAX),
         }
     }
 }
@@ -176,6 +181,8 @@ pub struct RtpLeg {
     event_timestamp: u32,
     /// The next packet starts a talkspurt (RFC 3551 §4.1 marker bit).
     marker: bool,
+    /// The peer's loss the encoder last planned for (`u32::MAX`: its initial setting).
+    planned_loss: u32,
     /// Held until the leg is dropped, which gives the port back.
     pub _port: Option<Box<dyn Send>>,
 }
@@ -233,6 +240,7 @@ impl RtpLeg {
             noise: ComfortNoiseGenerator::new(rand::random()),
             peer_silent: false,
             ticks_since_cn: 0,
+            planned_loss: u32::MAX,
             dtmf: None,
             dtmf_sender: DtmfSender::default(),
             event_timestamp: 0,
@@ -343,6 +351,11 @@ impl RtpLeg {
                         }
                         _ => {
                             self.ticks_since_cn = 0;
+                            let loss = controls.remote_loss_percent.load(Ordering::Relaxed);
+                            if loss != self.planned_loss && loss <= 100 {
+                                self.codec.plan_for_loss(loss as u8);
+                                self.planned_loss = loss;
+                            }
                             let n = self.codec.encode(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]);
                             if n > 0 {
                                 let marker = std::mem::take(&mut self.marker);
@@ -444,6 +457,8 @@ pub struct ParticipantMix {
     input: Box<[i32]>,
     output: Box<[i16]>,
     contributes: bool,
+    /// Cleans the participant's audio before it is mixed, when the app asked.
+    noise_suppressor: Option<Box<NoiseSuppressor>>,
 }
 
 impl ParticipantMix {
@@ -455,7 +470,13 @@ impl ParticipantMix {
             input: vec![0; frame].into_boxed_slice(),
             output: vec![0; frame].into_boxed_slice(),
             contributes: false,
+            noise_suppressor: None,
         }
+    }
+
+    /// Suppresses noise in what this participant says (before it joins the mixer).
+    pub fn set_noise_suppressor(&mut self, suppressor: Option<Box<NoiseSuppressor>>) {
+        self.noise_suppressor = suppressor;
     }
 
     /// Samples per tick this participant mixes.
@@ -511,6 +532,10 @@ impl ConferenceMix {
             };
             p.contributes = heard && !p.controls.muted.load(Ordering::Relaxed);
             if p.contributes {
+                // Only audio that is mixed is cleaned: muted or silent legs cost nothing.
+                if let Some(suppressor) = p.noise_suppressor.as_mut() {
+                    suppressor.process(scratch);
+                }
                 let gain = p.controls.gain_q16.load(Ordering::Relaxed) as i64;
                 for ((input, s), sum) in p.input.iter_mut().zip(scratch.iter()).zip(self.sum.iter_mut()) {
                     // Clamped to 16 bits after gain, so 65,536 loud participants fit the
@@ -559,6 +584,8 @@ pub enum MixerCommand {
     ParticipantStorage(ConferenceId, Vec<Box<ParticipantMix>>),
     /// Starts (or with `None` stops) the conference mix feed to the app.
     SetTap(ConferenceId, Option<rtrb::Producer<i16>>),
+    /// Starts (or with `None` stops) suppressing noise in a participant's audio.
+    SetNoiseSuppressor(ConferenceId, ParticipantId, Option<Box<NoiseSuppressor>>),
     Stop,
 }
 
@@ -569,6 +596,7 @@ pub enum Garbage {
     Conferences(Vec<Box<ConferenceMix>>),
     Participants(Vec<Box<ParticipantMix>>),
     Tap(rtrb::Producer<i16>),
+    NoiseSuppressor(Box<NoiseSuppressor>),
 }
 
 /// Timing counters of the mixer thread.
@@ -718,6 +746,17 @@ impl Mixer {
                         self.discard(Garbage::Tap(old));
                     }
                 }
+                MixerCommand::SetNoiseSuppressor(conference, id, suppressor) => {
+                    let participant =
+                        self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
+                    let old = match participant {
+                        Some(p) => std::mem::replace(&mut p.noise_suppressor, suppressor),
+                        None => suppressor,
+                    };
+                    if let Some(old) = old {
+                        self.discard(Garbage::NoiseSuppressor(old));
+                    }
+                }
             }
         }
     }
@@ -732,6 +771,7 @@ impl Mixer {
 
     /// The thread body: ticks on the schedule of [`TickClock`].
     pub fn run(mut self) {
+        denoise::prepare_thread();
         let mut clock = TickClock::new(Instant::now());
         while self.apply_commands() {
             self.tick();
@@ -996,6 +1036,22 @@ mod tests {
         let (opus, mut opus_ring, _) = codec_participant(13, peer.local_addr().unwrap(), CodecKind::Opus);
         let (g722, mut g722_ring, _) = codec_participant(14, peer.local_addr().unwrap(), CodecKind::G722);
         let (loc, mut ends) = local(12);
+        // A 48 kHz room whose talker has noise suppression, switched on by command.
+        const WIDE: usize = 960;
+        h.commands
+            .send(MixerCommand::AddConference(Box::new(ConferenceMix::new(ConferenceId(3), Arc::default(), WIDE, 8))))
+            .unwrap();
+        let (to_wide, from_app) = rtrb::RingBuffer::new(WIDE * 10);
+        let (to_app, _from_wide) = rtrb::RingBuffer::new(WIDE * 10);
+        let mut wide_talker = to_wide;
+        let noisy = Box::new(ParticipantMix::new(
+            ParticipantId(15),
+            Arc::default(),
+            Leg::Local(LocalLeg { from_app, to_app }),
+            WIDE,
+        ));
+        let suppressor = NoiseSuppressor::new(48_000, WIDE);
+        let noise: Vec<i16> = (0..WIDE * 4).map(|n| ((n * 7919) % 4001) as i16 - 2000).collect();
         let (tap_tx, mut tap_rx) = rtrb::RingBuffer::new(FRAME * 4);
         let bigger: Vec<Box<ParticipantMix>> = Vec::with_capacity(32);
         // Prepared off the "mixer thread": everything the commands carry.
@@ -1007,6 +1063,8 @@ mod tests {
             MixerCommand::AddParticipant(ConferenceId(1), g722),
             MixerCommand::ParticipantStorage(ConferenceId(1), bigger),
             MixerCommand::SetTap(ConferenceId(1), Some(tap_tx)),
+            MixerCommand::AddParticipant(ConferenceId(3), noisy),
+            MixerCommand::SetNoiseSuppressor(ConferenceId(3), ParticipantId(15), suppressor),
         ];
         for c in prepared {
             h.commands.send(c).unwrap();
@@ -1018,6 +1076,8 @@ mod tests {
             (0..4).map(|i| encoded_datagram(source, CodecKind::Opus, i * 2)).collect();
         let mut g722_packets: Vec<ReceivedDatagram> =
             (0..4).map(|i| encoded_datagram(source, CodecKind::G722, i * 2)).collect();
+        // As Mixer::run does before its first tick.
+        denoise::prepare_thread();
         let count = allocations_in(|| {
             h.mixer.apply_commands();
             // A digit goes out as telephone-events in the ticks below.
@@ -1029,6 +1089,9 @@ mod tests {
                 let _ = opus_ring.push(opus_packets.remove(0));
                 let _ = g722_ring.push(g722_packets.remove(0));
                 let _ = ends.to_mixer.write_chunk(FRAME).map(|c| c.commit_all());
+                for s in &noise[seq as usize * WIDE..][..WIDE] {
+                    let _ = wide_talker.push(*s);
+                }
                 h.mixer.tick();
             }
             h.commands.try_send(MixerCommand::RemoveParticipant(ConferenceId(1), ParticipantId(11))).ok();

@@ -356,6 +356,11 @@ impl RttEstimator {
         Self { our_ssrc, sent: [0; REMEMBERED_SRS], next_slot: 0 }
     }
 
+    /// Whether a report block is about what we send.
+    pub fn is_about_us(&self, block: &ReportBlock) -> bool {
+        block.ssrc == self.our_ssrc
+    }
+
     /// Call with the NTP timestamp of every SR we send.
     pub fn on_sender_report_sent(&mut self, ntp_timestamp: u64) {
         self.sent[self.next_slot] = ntp_middle_32(ntp_timestamp);

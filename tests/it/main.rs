@@ -1,5 +1,6 @@
 //! Integration tests: real sockets on loopback, real peers. One crate, shared helpers.
 
+mod baresip;
 mod common;
 mod loopback;
 mod mix;

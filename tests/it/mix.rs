@@ -100,3 +100,69 @@ fn three_callers(codecs: &[Option<CodecKind>; 3], bridge_rate: u32) {
         assert!(p.mos.is_some_and(|m| m > 4.0), "{p:?}");
     }
 }
+
+/// Writes `frames` of steady noise from `talker` and returns the median
+/// power of the last 50 frames `listener` heard (the median: a tick that
+/// missed the talker's frame on a loaded machine gives a silent one).
+fn noise_heard(
+    talker: &mut sipbridge::LocalParticipant,
+    listener: &mut sipbridge::LocalParticipant,
+    seed: &mut u32,
+    frames: usize,
+) -> f64 {
+    let frame = talker.frame_samples();
+    let mut noise = vec![0i16; frame];
+    let mut heard = vec![0i16; frame];
+    let mut power = Vec::new();
+    for _ in 0..frames {
+        for s in noise.iter_mut() {
+            // xorshift white noise at about -35 dBFS, a background level.
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 17;
+            *seed ^= *seed << 5;
+            *s = (*seed >> 16) as i16 / 32;
+        }
+        talker.write_all(&noise, Some(Duration::from_secs(1))).unwrap();
+        if listener.read_frame(&mut heard, Some(Duration::from_millis(200))).is_ok() {
+            power.push(heard.iter().map(|s| (*s as f64).powi(2)).sum::<f64>() / frame as f64);
+        }
+    }
+    let mut last_second = power[power.len().saturating_sub(50)..].to_vec();
+    last_second.sort_by(f64::total_cmp);
+    last_second[last_second.len() / 2]
+}
+
+#[test]
+fn noise_suppression_quiets_a_noisy_talker_for_the_others() {
+    let ep = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        ..Default::default()
+    })
+    .unwrap();
+    let narrow = ep.create_conference_with_rate("narrow", 16000).unwrap();
+    let err = narrow.set_noise_suppression(true).unwrap_err();
+    assert!(matches!(err, sipbridge::Error::InvalidArgument(_)), "{err}");
+
+    let room = ep.create_conference("room").unwrap();
+    assert_eq!(room.sample_rate(), 48000);
+    let mut talker = room.add_local().unwrap();
+    let mut listener = room.add_local().unwrap();
+    let mut seed = 0x2545_f491;
+    let plain = noise_heard(&mut talker, &mut listener, &mut seed, 75);
+
+    talker.participant().set_noise_suppression(true).unwrap();
+    assert!(talker.participant().info().unwrap().noise_suppression);
+    // Two seconds for the network to learn the noise, then one to measure.
+    let cleaned = noise_heard(&mut talker, &mut listener, &mut seed, 150);
+    let reduction_db = 10.0 * (plain / cleaned).log10();
+    assert!(reduction_db > 6.0, "noise only {reduction_db:.1} dB quieter ({plain:.0} -> {cleaned:.0})");
+
+    // The conference's setting reaches everyone, and whoever joins later.
+    room.set_noise_suppression(false).unwrap();
+    assert!(!talker.participant().info().unwrap().noise_suppression);
+    room.set_noise_suppression(true).unwrap();
+    let late = room.add_local().unwrap();
+    assert!(late.participant().info().unwrap().noise_suppression);
+    assert!(listener.participant().info().unwrap().noise_suppression);
+}
