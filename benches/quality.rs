@@ -2,7 +2,7 @@
 //! bridge adds.
 //!
 //!     bash benches/quality.sh        # makes the speech, runs this, scores it with PESQ
-//!     cargo bench --bench quality -- DIR
+//!     cargo bench --bench quality -- DIR [FILTER]   # FILTER: part of the cases' file names
 //!
 //! DIR holds the reference speech that benches/quality/speech.py writes. For
 //! every case a talker and a listener call into a room of their own in a
@@ -13,10 +13,13 @@
 //! is clean. What the listener receives is decoded and written to DIR for
 //! PESQ (benches/quality/score.py), with results.json describing each case.
 //!
-//! A second run of each case sends clicks instead of speech; the time from a
-//! click's arrival at the bridge (on a jitter-free network) to its departure
-//! towards the listener is the delay the bridge adds: jitter buffer, mixing
-//! tick and packetisation.
+//! Lossy cases run three times, each with its own (fixed) loss pattern.
+//! Cases without loss also run with clicks instead of speech, at four phases
+//! of the mixer's 20 ms cycle; the time from a click's arrival at the bridge
+//! (as it would arrive on a jitter-free network) to its departure towards the
+//! listener, less one codec pass outside the bridge (the talker's encoder and
+//! the listener's decoder), is the delay the bridge adds: jitter buffer,
+//! decoding, resampling, the wait for the mixing tick, encoding.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -121,10 +124,20 @@ struct Case {
     noise_suppression: bool,
     /// The conference's mixing rate.
     room_rate: u32,
+    /// The bit rate the bridge encodes Opus at (the talker sends 32 kbit/s).
+    bridge_bitrate: u32,
     /// Where the talker's packets fall in the mixer's 20 ms cycle, in ms
     /// after a tick: click runs try several, as the delay depends on it.
     phase_ms: u32,
+    /// Which of several runs with their own loss pattern this is.
+    run: u32,
 }
+
+/// The bit rate of Opus talkers, and of the bridge unless a case says otherwise.
+const DEFAULT_BITRATE: u32 = 32000;
+
+/// Speech runs per lossy case: PESQ depends on which packets a pattern hits.
+const LOSS_RUNS: u32 = 3;
 
 /// The phases click runs are made at: the delay averaged over them is what a
 /// caller at a random phase gets on average.
@@ -139,7 +152,20 @@ impl Case {
             Input::Clicks => "clicks",
         };
         let room = if self.room_rate == 48000 { String::new() } else { format!("-room{}k", self.room_rate / 1000) };
-        format!("{}-{}-{input}{room}", self.codec.encoding_name().to_lowercase(), self.impairment.slug())
+        let room = match self.bridge_bitrate {
+            DEFAULT_BITRATE => room,
+            rate => format!("{room}-bridge{}k", rate / 1000),
+        };
+        let run = if self.run == 0 { String::new() } else { format!("-run{}", self.run) };
+        format!("{}-{}-{input}{room}{run}", self.codec.encoding_name().to_lowercase(), self.impairment.slug())
+    }
+
+    /// The seed of the network's randomness (FNV-1a of the codec, impairment,
+    /// input and run): the same in every run of the benchmark, and across
+    /// room rates and bridge settings, so those compare on the same losses.
+    fn seed(&self) -> u64 {
+        let name = format!("{:?}-{}-{:?}-{}", self.codec, self.impairment.slug(), self.input, self.run);
+        name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
     }
 }
 
@@ -155,6 +181,10 @@ struct Outcome {
     /// The talker's jitter-buffer target, averaged over the call.
     mean_jitter_buffer_ms: f64,
     lost_by_network: usize,
+    /// The talker's packets after the network, decoded straight by a receiver
+    /// that knows which are lost (FEC, else the codec's concealment), with no
+    /// bridge: what the codec alone makes of the same losses.
+    codec_alone: Option<Vec<i16>>,
 }
 
 /// A minimal SIP user agent over UDP: enough to set up a call with one codec,
@@ -310,7 +340,7 @@ fn click_onsets(samples: &[i16], rate: u32) -> Vec<usize> {
     onsets
 }
 
-fn run_call(bridge: &Endpoint, epoch: Instant, room: &str, case: Case, dir: &Path, seed: u64) -> Outcome {
+fn run_call(bridge: &Endpoint, epoch: Instant, room: &str, case: Case, dir: &Path) -> Outcome {
     let conference = bridge.create_conference_with_rate(room, case.room_rate).unwrap();
     if case.noise_suppression {
         conference.set_noise_suppression(true).unwrap();
@@ -329,6 +359,7 @@ fn run_call(bridge: &Endpoint, epoch: Instant, room: &str, case: Case, dir: &Pat
     // delivers them. The talker is a good softphone: libopus's best complexity,
     // FEC planned for the loss it would learn from RTCP.
     let settings = OpusSettings {
+        bitrate: DEFAULT_BITRATE,
         complexity: 10,
         expected_loss_percent: case.impairment.expected_loss_percent(),
         ..Default::default()
@@ -358,9 +389,25 @@ fn run_call(bridge: &Endpoint, epoch: Instant, room: &str, case: Case, dir: &Pat
             packet
         })
         .collect();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(case.seed());
     let schedule = case.impairment.schedule(packets.len(), &mut rng);
     let lost_by_network = schedule.iter().filter(|s| s.is_none()).count();
+    let codec_alone = (case.input == Input::Speech && case.codec.has_native_plc()).then(|| {
+        let mut decoder = case.codec.new_coder(&OpusSettings::default()).unwrap();
+        let mut out = vec![0i16; frame];
+        let mut decoded = Vec::with_capacity(packets.len() * frame);
+        for (i, packet) in packets.iter().enumerate() {
+            let payload = &packet[rtp::HEADER_LEN..];
+            let next = packets.get(i + 1).filter(|_| schedule.get(i + 1).is_some_and(Option::is_some));
+            match (schedule[i], next) {
+                (Some(_), _) => decoder.decode(payload, &mut out),
+                (None, Some(next)) => usize::from(decoder.recover(&next[rtp::HEADER_LEN..], &mut out)),
+                (None, None) => usize::from(decoder.conceal(&mut out)),
+            };
+            decoded.extend_from_slice(&out);
+        }
+        decoded
+    });
     // The mixer ticks every 20 ms from about when the bridge started (`epoch`);
     // the talker starts at a chosen point of that cycle.
     let soon = (Instant::now() + Duration::from_millis(300)).duration_since(epoch).as_millis() as u32;
@@ -463,7 +510,16 @@ fn run_call(bridge: &Endpoint, epoch: Instant, room: &str, case: Case, dir: &Pat
         heard[position as usize..position as usize + n].copy_from_slice(&buf[..n]);
     }
     let _ = conference.destroy();
-    Outcome { case, heard, arrivals, start, talker: talker_info, mean_jitter_buffer_ms: jitter_buffer, lost_by_network }
+    Outcome {
+        case,
+        heard,
+        arrivals,
+        start,
+        talker: talker_info,
+        mean_jitter_buffer_ms: jitter_buffer,
+        lost_by_network,
+        codec_alone,
+    }
 }
 
 /// Median and largest delay from a click's arrival at the bridge to its
@@ -517,35 +573,68 @@ fn click_delays(outcome: &Outcome) -> Option<(f64, f64, usize)> {
 }
 
 fn main() {
-    let dir: PathBuf = std::env::args().skip(1).find(|a| !a.starts_with("--")).expect("usage: quality DIR").into();
+    // cargo bench passes --bench; the rest is DIR and an optional filter on case names.
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let dir: PathBuf = args.first().expect("usage: quality DIR [FILTER]").into();
+    let filter = args.get(1).cloned().unwrap_or_default();
     let epoch = Instant::now();
-    let bridge = Endpoint::start(EndpointConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        rtp_ports: 30000..=30999,
-        ..Default::default()
-    })
-    .unwrap();
+    // Two bridges: the library's defaults, and one that encodes Opus at a
+    // higher bit rate, to see what the second encoding costs.
+    let bridges: Arc<Vec<(u32, Endpoint)>> = Arc::new(
+        [(DEFAULT_BITRATE, 30000), (48000, 31000)]
+            .into_iter()
+            .map(|(bitrate, ports)| {
+                let config = EndpointConfig {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    rtp_ports: ports..=ports + 999,
+                    opus: OpusSettings { bitrate, ..Default::default() },
+                    ..Default::default()
+                };
+                (bitrate, Endpoint::start(config).unwrap())
+            })
+            .collect(),
+    );
 
     // Each codec and impairment: one speech call (its packets mid-way between
     // ticks) and click calls at every phase of the mixer's cycle.
     let mut cases = Vec::new();
-    let mut add = |codec: CodecKind, impairment: Impairment, room_rate: u32| {
-        let case = Case { codec, impairment, input: Input::Speech, noise_suppression: false, room_rate, phase_ms: 10 };
-        for phase_ms in CLICK_PHASES_MS {
+    let mut add = |codec: CodecKind, impairment: Impairment, room_rate: u32, bridge_bitrate: u32| {
+        let case = Case {
+            codec,
+            impairment,
+            input: Input::Speech,
+            noise_suppression: false,
+            room_rate,
+            bridge_bitrate,
+            phase_ms: 10,
+            run: 0,
+        };
+        // Delay is measured without loss: a lost click would be concealed
+        // rather than delayed.
+        let (clicks, runs) = match impairment {
+            Impairment::Loss(_) | Impairment::Burst => (&[][..], LOSS_RUNS),
+            Impairment::None | Impairment::Jitter => (&CLICK_PHASES_MS[..], 1),
+        };
+        for &phase_ms in clicks {
             cases.push(Case { input: Input::Clicks, phase_ms, ..case.clone() });
         }
-        cases.push(case);
+        for run in 0..runs {
+            cases.push(Case { run, ..case.clone() });
+        }
     };
     for codec in [CodecKind::Pcmu, CodecKind::G722, CodecKind::Opus] {
         for impairment in Impairment::ALL {
-            add(codec, impairment, 48000);
+            add(codec, impairment, 48000, DEFAULT_BITRATE);
         }
     }
     // G.711 and G.722 again in rooms at their own rate, where nothing is resampled.
     for codec in [CodecKind::Pcmu, CodecKind::G722] {
         for impairment in [Impairment::None, Impairment::Jitter] {
-            add(codec, impairment, codec.sample_rate());
+            add(codec, impairment, codec.sample_rate(), DEFAULT_BITRATE);
         }
+    }
+    for impairment in [Impairment::None, Impairment::Loss(10)] {
+        add(CodecKind::Opus, impairment, 48000, 48000);
     }
     for noise_suppression in [false, true] {
         cases.push(Case {
@@ -554,21 +643,26 @@ fn main() {
             input: Input::Noisy,
             noise_suppression,
             room_rate: 48000,
+            bridge_bitrate: DEFAULT_BITRATE,
             phase_ms: 10,
+            run: 0,
         });
     }
 
-    // Calls run side by side, sixteen at a time, each in its own room.
-    let bridge = Arc::new(bridge);
+    cases.retain(|c| c.slug().contains(&filter));
+    // Calls run side by side, eight at a time, each in its own room: more
+    // load this 2-core machine enough to disturb the calls' timing.
     let mut outcomes = Vec::new();
-    for (batch, chunk) in cases.chunks(16).enumerate() {
+    for (batch, chunk) in cases.chunks(8).enumerate() {
         let handles: Vec<_> = chunk
             .iter()
             .enumerate()
             .map(|(i, case)| {
-                let (bridge, case, dir) = (bridge.clone(), case.clone(), dir.clone());
-                let seed = (batch * 100 + i) as u64;
-                thread::spawn(move || run_call(&bridge, epoch, &format!("q{batch}-{i}"), case, &dir, seed))
+                let (bridges, case, dir) = (bridges.clone(), case.clone(), dir.clone());
+                thread::spawn(move || {
+                    let bridge = &bridges.iter().find(|(rate, _)| *rate == case.bridge_bitrate).unwrap().1;
+                    run_call(bridge, epoch, &format!("q{batch}-{i}"), case, &dir)
+                })
             })
             .collect();
         outcomes.extend(handles.into_iter().map(|h| h.join().unwrap()));
@@ -589,6 +683,7 @@ fn main() {
                     && o.case.codec == case.codec
                     && o.case.impairment.slug() == case.impairment.slug()
                     && o.case.room_rate == case.room_rate
+                    && o.case.bridge_bitrate == case.bridge_bitrate
             })
             .collect();
         let delays: Vec<(f64, f64, usize)> = click_runs.iter().filter_map(|o| click_delays(o)).collect();
@@ -598,8 +693,14 @@ fn main() {
             let max = delays.iter().map(|d| d.1).fold(0.0, f64::max);
             (mean, max, delays.iter().map(|d| d.2).sum::<usize>())
         });
-        let jitter_buffer = (!click_runs.is_empty())
-            .then(|| click_runs.iter().map(|o| o.mean_jitter_buffer_ms).sum::<f64>() / click_runs.len() as f64);
+        let by_phase = delays.iter().map(|d| format!("{:.1}", d.0)).collect::<Vec<_>>().join(", ");
+        // The target the delay is held against: over the click runs when there
+        // are some, else over this speech run.
+        let jitter_buffer = if click_runs.is_empty() {
+            outcome.mean_jitter_buffer_ms
+        } else {
+            click_runs.iter().map(|o| o.mean_jitter_buffer_ms).sum::<f64>() / click_runs.len() as f64
+        };
         let (mode, reference) =
             if case.codec == CodecKind::Pcmu { ("nb", "speech_8k.wav") } else { ("wb", "speech_16k.wav") };
         let name = match case.input {
@@ -607,6 +708,12 @@ fn main() {
                 format!("{} noisy speech, noise suppression on", case.codec.encoding_name())
             }
             Input::Noisy => format!("{} noisy speech, noise suppression off", case.codec.encoding_name()),
+            _ if case.bridge_bitrate != DEFAULT_BITRATE => format!(
+                "{} {} (bridge encodes at {} kbit/s)",
+                case.codec.encoding_name(),
+                case.impairment.label(),
+                case.bridge_bitrate / 1000
+            ),
             _ if case.room_rate != 48000 => format!(
                 "{} {} ({} kHz room)",
                 case.codec.encoding_name(),
@@ -619,18 +726,29 @@ fn main() {
         let field = |v: Option<String>| v.unwrap_or_else(|| "null".into());
         records.push(format!(
             "  {{\"case\": \"{name}\", \"codec\": \"{}\", \"impairment\": \"{}\", \"mode\": \"{mode}\", \
-             \"reference\": \"{reference}\", \"degraded\": \"{degraded}\", \"delay_ms\": {}, \"delay_max_ms\": {}, \
-             \"clicks\": {}, \"jitter_buffer_ms\": {}, \"lost\": {}, \"concealed\": {}, \"recovered\": {}}}",
+             \"reference\": \"{reference}\", \"degraded\": \"{degraded}\", \"delay_ms\": {}, \"delay_max_ms\": {}, \"delay_by_phase_ms\": [{by_phase}], \
+             \"clicks\": {}, \"jitter_buffer_ms\": {jitter_buffer:.1}, \"lost\": {}, \"concealed\": {}, \"recovered\": {}}}",
             case.codec.encoding_name(),
             case.impairment.label(),
             field(delay.map(|d| format!("{:.1}", d.0))),
             field(delay.map(|d| format!("{:.1}", d.1))),
             field(delay.map(|d| d.2.to_string())),
-            field(jitter_buffer.map(|j| format!("{j:.1}"))),
             outcome.lost_by_network,
             field(talker.map(|t| t.concealed_frames.to_string())),
             field(talker.map(|t| t.fec_recovered.to_string())),
         ));
+        // The same losses without the bridge, once per lossy case (the
+        // default bridge's runs).
+        let lossy = matches!(case.impairment, Impairment::Loss(_) | Impairment::Burst);
+        if let Some(alone) = outcome.codec_alone.as_ref().filter(|_| lossy && case.bridge_bitrate == DEFAULT_BITRATE) {
+            let file = format!("{}-codec-alone.wav", case.slug());
+            write_wav(&dir.join(&file), alone, rate);
+            records.push(format!(
+                "  {{\"case\": \"{name}, codec alone (no bridge)\", \"mode\": \"{mode}\", \"reference\": \"{reference}\", \
+                 \"degraded\": \"{file}\", \"lost\": {}}}",
+                outcome.lost_by_network
+            ));
+        }
     }
     std::fs::write(dir.join("results.json"), format!("[\n{}\n]\n", records.join(",\n"))).unwrap();
 

@@ -4,6 +4,7 @@
 //! 256-entry table built at compile time, encoding the standard segment search.
 
 use super::g722::{G722Decoder, G722Encoder};
+use super::plc::WaveformPlc;
 
 /// The codecs sipbridge negotiates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -82,9 +83,9 @@ impl CodecKind {
     }
 
     /// Whether the codec conceals loss itself (else the jitter buffer's
-    /// waveform PLC does).
+    /// waveform PLC does): Opus natively, G.722 in its sub-bands (see [`G722`]).
     pub fn has_native_plc(self) -> bool {
-        self == CodecKind::Opus
+        matches!(self, CodecKind::Opus | CodecKind::G722)
     }
 
     /// A fresh coder for one leg. Called when a leg joins, never in the tick.
@@ -192,14 +193,41 @@ impl<const ULAW: bool> AudioCodec for G711<ULAW> {
 
 /// G.722 at 64 kbit/s, written by hand (`media::g722`): the crates that offer
 /// it either allocate per frame or start from the wrong reset state.
+///
+/// Lost audio is concealed in the two 8 kHz sub-bands, as G.722 Appendix IV
+/// does, rather than in the 16 kHz output: the waveform PLC continues each
+/// band and the decoder's own receive QMF joins them, so its history stays
+/// continuous through the gap, and the pitch search does better on the lower
+/// band than on the full band. On human speech at 3-20% loss this scored up
+/// to 0.05 PESQ-WB above concealing the output.
+///
+/// The ADPCM state is kept as the last packet left it. The encoder's moves on
+/// in the gap, so the decoder is out of step for about 200 ms after it (the
+/// predictor forgets with a 32 ms time constant), which costs about 0.25
+/// PESQ-WB at 10% loss. None of the fixes tried won any of that back:
+/// re-encoding the concealed bands into the state (Appendix III), resetting
+/// or leaking the predictor, or taking its memories from the concealed signal
+/// (Appendix IV). Re-encoding only helps with a waveform right through the
+/// last ~10 ms of the gap, which extrapolation does not give.
 pub struct G722 {
     encoder: G722Encoder,
     decoder: G722Decoder,
+    low_plc: WaveformPlc,
+    high_plc: WaveformPlc,
 }
+
+/// Band samples handled at a time by G.722 decoding and concealment: 20 ms,
+/// so the band buffers can live on the stack.
+const G722_BAND_CHUNK: usize = 160;
 
 impl G722 {
     pub fn new() -> Self {
-        Self { encoder: G722Encoder::new(), decoder: G722Decoder::new() }
+        Self {
+            encoder: G722Encoder::new(),
+            decoder: G722Decoder::new(),
+            low_plc: WaveformPlc::new(8000),
+            high_plc: WaveformPlc::new(8000),
+        }
     }
 }
 
@@ -217,7 +245,29 @@ impl AudioCodec for G722 {
     fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
         // Each byte holds two 16 kHz samples; a payload too big for `out` is cut.
         let payload = &payload[..payload.len().min(out.len() / 2)];
-        self.decoder.decode(payload, out)
+        let mut written = 0;
+        for codes in payload.chunks(G722_BAND_CHUNK) {
+            let (mut low, mut high) = ([0i16; G722_BAND_CHUNK], [0i16; G722_BAND_CHUNK]);
+            let n = self.decoder.decode_bands(codes, &mut low, &mut high);
+            // The concealers learn the bands, and fade them in after a loss.
+            self.low_plc.good_frame(&mut low[..n]);
+            self.high_plc.good_frame(&mut high[..n]);
+            written += self.decoder.synthesize(&low[..n], &high[..n], &mut out[written..]);
+        }
+        written
+    }
+
+    fn conceal(&mut self, out: &mut [i16]) -> bool {
+        for chunk in out.chunks_mut(2 * G722_BAND_CHUNK) {
+            let n = chunk.len() / 2;
+            let (mut low, mut high) = ([0i16; G722_BAND_CHUNK], [0i16; G722_BAND_CHUNK]);
+            self.low_plc.conceal(&mut low[..n]);
+            self.high_plc.conceal(&mut high[..n]);
+            let written = self.decoder.synthesize(&low[..n], &high[..n], chunk);
+            // An odd sample out has no band pair; the jitter buffer never asks for one.
+            chunk[written..].fill(0);
+        }
+        true
     }
 
     fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> usize {
@@ -479,5 +529,73 @@ mod tests {
                 assert!((*a as i32 - b as i32).abs() < 400);
             }
         }
+    }
+
+    /// A voiced-like test signal at 16 kHz: a 160 Hz pitch and three harmonics.
+    fn voice_16k(len: usize) -> Vec<i16> {
+        (0..len)
+            .map(|n| {
+                let phase = 2.0 * std::f64::consts::PI * 160.0 * n as f64 / 16000.0;
+                (5000.0 * phase.sin() + 2500.0 * (2.0 * phase).sin() + 1200.0 * (3.0 * phase + 1.0).sin()
+                    - 600.0 * (5.0 * phase).sin())
+                .round() as i16
+            })
+            .collect()
+    }
+
+    fn g722_packets(pcm: &[i16]) -> Vec<[u8; 160]> {
+        let mut coder = G722::new();
+        pcm.chunks_exact(320)
+            .map(|frame| {
+                let mut packet = [0u8; 160];
+                assert_eq!(coder.encode(frame, &mut packet), 160);
+                packet
+            })
+            .collect()
+    }
+
+    #[test]
+    fn g722_decodes_as_its_decoder_does_while_nothing_is_lost() {
+        let encoded = include_bytes!("../../tests/vectors/g722/encoded-64k.g722");
+        let (mut coder, mut decoder) = (G722::new(), G722Decoder::new());
+        let (mut ours, mut expected) = ([0i16; 320], [0i16; 320]);
+        for packet in encoded.chunks(160) {
+            let n = decoder.decode(packet, &mut expected);
+            assert_eq!(coder.decode(packet, &mut ours), n);
+            assert_eq!(ours[..n], expected[..n]);
+        }
+    }
+
+    #[test]
+    fn g722_conceals_a_lost_packet_in_its_bands() {
+        let packets = g722_packets(&voice_16k(320 * 40));
+        let (mut clean, mut lossy) = (G722::new(), G722::new());
+        let (mut heard, mut played) = (Vec::new(), Vec::new());
+        for (i, packet) in packets.iter().enumerate() {
+            let (mut a, mut b) = ([0i16; 320], [0i16; 320]);
+            clean.decode(packet, &mut a);
+            if i == 20 {
+                assert!(lossy.conceal(&mut b));
+            } else {
+                lossy.decode(packet, &mut b);
+            }
+            heard.extend_from_slice(&a);
+            played.extend_from_slice(&b);
+        }
+        let dot = |x: &[i16], y: &[i16]| x.iter().zip(y).map(|(&p, &q)| f64::from(p) * f64::from(q)).sum::<f64>();
+        // The lost 20 ms continue the voice...
+        let (lost, truth) = (&played[20 * 320..21 * 320], &heard[20 * 320..21 * 320]);
+        let correlation = dot(lost, truth) / (dot(lost, lost) * dot(truth, truth)).sqrt();
+        assert!(correlation > 0.9, "correlation {correlation}");
+        // ...without a click at either end...
+        let max_step = |pcm: &[i16]| pcm.windows(2).map(|w| (i32::from(w[1]) - i32::from(w[0])).abs()).max().unwrap();
+        let (natural, joins) = (max_step(&heard[10 * 320..]), max_step(&played[19 * 320..23 * 320]));
+        assert!(f64::from(joins) <= 1.5 * f64::from(natural), "step {joins} against {natural}");
+        // ...and the decoder, which the gap put out of step, is back in step
+        // with the encoder 200 ms after it.
+        let (after, truth) = (&played[31 * 320..], &heard[31 * 320..]);
+        let noise: f64 = after.iter().zip(truth).map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2)).sum();
+        let snr = 10.0 * (dot(truth, truth) / noise.max(1.0)).log10();
+        assert!(snr > 30.0, "SNR {snr:.1} dB after the loss");
     }
 }

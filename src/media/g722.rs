@@ -386,6 +386,29 @@ impl G722Decoder {
         2 * n
     }
 
+    /// Decodes `data` into the lower- and higher-band signals, one sample of
+    /// each per byte, without the receive QMF; returns the bytes decoded: as
+    /// many as all three slices hold. [`synthesize`](Self::synthesize) makes
+    /// the output from them, so that concealment can work on the bands.
+    pub fn decode_bands(&mut self, data: &[u8], low: &mut [i16], high: &mut [i16]) -> usize {
+        let n = data.len().min(low.len()).min(high.len());
+        for ((&code, rl), rh) in data[..n].iter().zip(low.iter_mut()).zip(high.iter_mut()) {
+            (*rl, *rh) = self.adpcm.decode(code);
+        }
+        n
+    }
+
+    /// The receive QMF over band signals: two output samples per pair of
+    /// `low` and `high` samples; returns the samples written: as many as all
+    /// three slices hold.
+    pub fn synthesize(&mut self, low: &[i16], high: &[i16], out: &mut [i16]) -> usize {
+        let n = low.len().min(high.len()).min(out.len() / 2);
+        for ((&rl, &rh), pair) in low[..n].iter().zip(high).zip(out.chunks_exact_mut(2)) {
+            pair.copy_from_slice(&self.join(rl, rh));
+        }
+        2 * n
+    }
+
     /// The receive QMF: two output samples from a lower- and a higher-band
     /// sample.
     fn join(&mut self, rl: i16, rh: i16) -> [i16; 2] {
@@ -525,6 +548,20 @@ mod tests {
         let mut out = [0; 512];
         for chunk in bytes.chunks(256) {
             assert_eq!(decoder.decode(chunk, &mut out), 2 * chunk.len());
+        }
+    }
+
+    #[test]
+    fn decoding_by_bands_is_decoding() {
+        let encoded = include_bytes!("../../tests/vectors/g722/encoded-64k.g722");
+        let (mut whole, mut banded) = (G722Decoder::new(), G722Decoder::new());
+        let (mut expected, mut out) = ([0; 320], [0; 320]);
+        let (mut low, mut high) = ([0; 160], [0; 160]);
+        for frame in encoded.chunks(160) {
+            let n = whole.decode(frame, &mut expected);
+            let bands = banded.decode_bands(frame, &mut low, &mut high);
+            assert_eq!(banded.synthesize(&low[..bands], &high[..bands], &mut out), n);
+            assert_eq!(out[..n], expected[..n]);
         }
     }
 

@@ -8,8 +8,9 @@
 //! Appendix I), so loss is handled where the codec state is in order.
 //!
 //! The delay adapts: a peak estimate of the arrival jitter sets a target
-//! between one frame and the configured maximum; when the buffer runs dry
-//! (packets came late) it stretches by one concealed frame, and when it held
+//! between one frame and the configured maximum; when the buffer runs dry, or
+//! a packet comes after its time while less than the target is buffered, it
+//! stretches by one concealed frame, and when it held
 //! more than a frame to spare for a whole second it skips one. A long gap
 //! (DTX, hold, a stopped sender) ends playout; the next packet starts it again
 //! at the target delay, so nothing drifts. All storage is allocated in `new`:
@@ -86,6 +87,9 @@ pub struct JitterBuffer {
     stretch_run: u32,
     /// Ticks of silence still to play before the first packet after a (re)start.
     hold_ticks: u32,
+    /// A packet came too late while the buffer held less than the target:
+    /// the next pop grows the delay by a frame.
+    grow: bool,
     plc: Option<WaveformPlc>,
     stats: JitterStats,
 }
@@ -129,6 +133,7 @@ impl JitterBuffer {
             missing_run: 0,
             stretch_run: 0,
             hold_ticks: 0,
+            grow: false,
             plc: waveform_plc.then(|| WaveformPlc::new(frame_ts * samples_per_ts * 50)),
             stats: JitterStats::default(),
         }
@@ -159,6 +164,7 @@ impl JitterBuffer {
         self.stretch_run = 0;
         self.low_water = u32::MAX;
         self.window_ticks = 0;
+        self.grow = false;
     }
 
     /// Stores a packet that starts at RTP `timestamp`, received at `arrival`
@@ -179,6 +185,9 @@ impl JitterBuffer {
             Some(offset) if !new_source && offset < 0 => {
                 self.observe_transit(timestamp, arrival);
                 self.stats.late += 1;
+                // Running dry is not the only sign of too little delay: with
+                // reordering, a packet is late while the ones after it wait.
+                self.grow |= self.depth() < self.target_ts;
                 return;
             }
             Some(offset) if !new_source && offset as u32 <= self.max_delay_ts + 4 * self.frame_ts => {
@@ -323,10 +332,16 @@ impl JitterBuffer {
         self.window_ticks += 1;
 
         let dry = self.pcm_len == 0 && self.next_after(play.wrapping_sub(1)).is_none();
-        if dry && self.missing_run < CONCEAL_FRAMES && (self.stretch_run + 1) * self.frame_ts <= self.target_ts {
-            // Ran dry while the stream is live: packets come later than the
-            // delay allows. Insert a concealed frame without moving the play
-            // position, which grows the delay by a frame, up to the target.
+        // Running dry on a path without jitter is loss, not lateness: growing
+        // the delay then would only cost a skipped frame a second later.
+        let room_to_grow = (self.stretch_run + 1) * self.frame_ts + self.frame_ts / 2 <= self.target_ts;
+        let stretch = (dry && room_to_grow) || self.grow;
+        if stretch && self.missing_run < CONCEAL_FRAMES {
+            self.grow = false;
+            // Ran dry while the stream is live, or a packet came too late:
+            // packets come later than the delay allows. Insert a concealed
+            // frame without moving the play position, which grows the delay
+            // by a frame.
             self.stats.stretched += 1;
             self.stats.concealed += 1;
             self.stretch_run += 1;
@@ -558,6 +573,45 @@ mod tests {
     }
 
     #[test]
+    fn bursts_of_loss_on_a_steady_path_do_not_move_the_delay() {
+        // Four packets in a row lost every 25: the buffer runs dry, but the
+        // packets after the gap come on time, so growing the delay would only
+        // mean skipping a frame of speech later.
+        let mut jb = buffer();
+        for tick in 0..500u32 {
+            if tick % 25 >= 4 {
+                jb.push(1, 3000 + tick * F, tick * F, &packet(1));
+            }
+            play(&mut jb, 1);
+        }
+        let stats = jb.stats();
+        assert_eq!((stats.stretched, stats.skipped), (0, 0), "{stats:?}");
+        assert!(stats.concealed >= 19 * 3, "{stats:?}");
+    }
+
+    #[test]
+    fn a_late_packet_grows_the_delay_even_when_later_ones_are_waiting() {
+        // Every tenth packet comes two frames late; the rest are on time, so
+        // the buffer never runs dry: only the late packets say it is too short.
+        let mut jb = buffer();
+        let mut due: Vec<(u32, u32)> = (0..300).map(|i| (i * F + if i % 10 == 5 { 2 * F } else { 0 }, i)).collect();
+        due.sort();
+        let mut next = 0;
+        for tick in 0..330 {
+            while next < due.len() && due[next].0 <= tick * F {
+                let (arrival, i) = due[next];
+                jb.push(1, 7000 + i * F, arrival, &packet(1));
+                next += 1;
+            }
+            play(&mut jb, 1);
+        }
+        let stats = jb.stats();
+        assert!(stats.stretched >= 1, "{stats:?}");
+        // The first late packet or two teach it; the other 28 arrive in time.
+        assert!(stats.late <= 2, "{stats:?}");
+    }
+
+    #[test]
     fn under_jitter_the_delay_grows_to_cover_it_and_loses_little() {
         let mut jb = buffer();
         let heard = jittered_stream(&mut jb, 500, 3 * F);
@@ -622,5 +676,30 @@ mod tests {
             jb.pop(coder.as_mut(), &mut out);
         }
         assert_eq!(jb.stats().recovered, 1, "{:?}", jb.stats());
+    }
+
+    #[test]
+    fn g722_loss_is_concealed_by_the_codec() {
+        let kind = CodecKind::G722;
+        let mut coder = kind.new_coder(&OpusSettings::default()).unwrap();
+        // As a mixer leg sets it up: G.722 conceals in its sub-bands, so no waveform PLC here.
+        let mut jb = JitterBuffer::new(160, 2, 1600, 480, !kind.has_native_plc());
+        assert!(jb.plc.is_none());
+        let mut concealed = None;
+        for i in 0..20u32 {
+            let pcm: Vec<i16> = (0..320).map(|n| ((((i * 320 + n) as f32) * 0.09).sin() * 8000.0) as i16).collect();
+            let mut packet = [0u8; 160];
+            let len = coder.encode(&pcm, &mut packet);
+            if i != 10 {
+                jb.push(9, i * 160, i * 160, &packet[..len]);
+            }
+            let mut out = [0i16; 320];
+            if jb.pop(coder.as_mut(), &mut out) == Playout::Concealed {
+                concealed = Some(out);
+            }
+        }
+        assert_eq!(jb.stats().concealed, 1, "{:?}", jb.stats());
+        let energy: f64 = concealed.unwrap().iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / 320.0;
+        assert!(energy.sqrt() > 3000.0, "the lost frame went quiet: RMS {}", energy.sqrt());
     }
 }
