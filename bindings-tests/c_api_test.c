@@ -189,6 +189,9 @@ int main(void) {
   OK(sb_conference_participants(wide, infos, 4, &count));
   CHECK(count == 1 && infos[0].noise_suppression, "a new participant inherits noise suppression");
   OK(sb_participant_set_noise_suppression(wide, infos[0].id, false));
+  CHECK(!infos[0].talking, "a silent local participant is not talking");
+  CHECK(sb_conference_set_talker_policy(wide, -60.0f, -30.0f, 400, 4) == SB_INVALID_ARGUMENT, "stop above start");
+  OK(sb_conference_set_talker_policy(wide, -40.0f, -50.0f, 400, 0));
   OK(sb_conference_participants(wide, infos, 4, &count));
   CHECK(!infos[0].noise_suppression, "and it can be switched off for one participant");
   sb_local_free(wide_local);

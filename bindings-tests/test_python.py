@@ -140,6 +140,22 @@ def test_noise_suppression_quiets_a_noisy_talker():
         assert not talker.participant.info().noise_suppression
 
 
+def test_talking_events_and_policy():
+    with endpoint() as ep:
+        room = ep.create_conference("talk")
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            room.set_talker_policy(start_dbov=-60.0, stop_dbov=-30.0)
+        room.set_talker_policy(max_talkers=2, hang_ms=200)
+        talker, listener = room.add_local(), room.add_local()
+        for i in range(25):
+            talker.write(tone(500, i * FRAME), timeout=1.0)
+            listener.write(np.zeros(FRAME, dtype=np.int16), timeout=1.0)
+            listener.read_frame(timeout=1.0)
+        assert talker.participant.info().talking
+        event = wait_event(ep, "talking", participant=talker.id)
+        assert event.talking is True
+
+
 def test_context_managers_clean_up():
     with endpoint() as ep:
         with ep.create_conference("scoped") as room:

@@ -118,6 +118,10 @@ typedef enum {
    * No RTP from a participant for the media timeout.
    */
   SB_EVENT_MEDIA_TIMEOUT = 8,
+  /**
+   * A participant started (`talking` true) or stopped talking.
+   */
+  SB_EVENT_TALKING = 9,
 } sb_event_kind;
 
 typedef enum {
@@ -205,6 +209,7 @@ typedef struct {
   bool muted;
   float volume_db;
   bool noise_suppression;
+  bool talking;
   uint64_t packets_received;
   uint64_t packets_sent;
   uint64_t dropped;
@@ -279,6 +284,10 @@ typedef struct {
    * For DTMF: how long the key was held.
    */
   uint32_t duration_ms;
+  /**
+   * For TALKING: whether the participant talks now.
+   */
+  bool talking;
 } sb_event;
 
 /**
@@ -417,6 +426,19 @@ sb_status sb_conference_set_muted(const sb_conference *conference,
 sb_status sb_conference_set_volume_db(const sb_conference *conference,
                                       uint64_t participant,
                                       float db);
+
+/**
+ * Sets how talkers are detected and how many are mixed: talking starts at
+ * `start_dbov` (default -40), stops after `hang_ms` (400) below `stop_dbov`
+ * (-50); at most `max_talkers` (4) are mixed, talkers first and the loudest
+ * first, 0 = all.
+ * Changes arrive as SB_EVENT_TALKING.
+ */
+sb_status sb_conference_set_talker_policy(const sb_conference *conference,
+                                          float start_dbov,
+                                          float stop_dbov,
+                                          uint32_t hang_ms,
+                                          uint32_t max_talkers);
 
 /**
  * Switches noise suppression (RNNoise) for everyone in the conference now

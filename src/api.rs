@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{Creator, Engine, ParticipantEntry, Shared, SipCommand};
 use crate::media::codec::{CodecKind, OpusSettings};
-use crate::media::mixer::{gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix};
+use crate::media::mixer::{gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, TalkerPolicy};
 use crate::sip::TimerConfig;
 use crate::{Error, Result};
 
@@ -139,6 +139,12 @@ pub enum Event {
         conference: String,
         participant: ParticipantId,
     },
+    /// A participant started or stopped talking (see [`TalkerPolicy`]).
+    Talking {
+        conference: String,
+        participant: ParticipantId,
+        talking: bool,
+    },
     /// A participant pressed a key (RFC 4733 telephone-event): '0'–'9', '*', '#', 'A'–'D'.
     Dtmf {
         conference: String,
@@ -160,6 +166,8 @@ pub struct ParticipantInfo {
     pub volume_db: f32,
     /// Whether its audio is cleaned of noise before it is mixed.
     pub noise_suppression: bool,
+    /// Whether it is talking now (see [`TalkerPolicy`]).
+    pub talking: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -451,6 +459,24 @@ impl Conference {
         self.shared.set_conference_noise_suppression(&self.name, on)
     }
 
+    /// Sets how talkers are detected and how many participants are mixed
+    /// (by default -40 dBov to start, -50 dBov for 400 ms to stop, at most 4
+    /// mixed: talkers first, the loudest first). Talking starts and stops
+    /// arrive as [`Event::Talking`].
+    pub fn set_talker_policy(&self, policy: TalkerPolicy) -> Result<()> {
+        self.check()?;
+        let sane = |db: f32| db.is_finite() && (-100.0..=0.0).contains(&db);
+        if !sane(policy.start_dbov) || !sane(policy.stop_dbov) || policy.stop_dbov > policy.start_dbov {
+            return Err(Error::InvalidArgument(
+                "talker levels must be dBov in -100..=0, the stop level at most the start level".into(),
+            ));
+        }
+        if policy.hang > Duration::from_secs(10) {
+            return Err(Error::InvalidArgument("talker hang time must be at most 10 s".into()));
+        }
+        self.shared.set_talker_policy(self.id, policy)
+    }
+
     /// Hangs up every leg and removes the conference.
     pub fn destroy(&self) -> Result<()> {
         self.check()?;
@@ -499,6 +525,7 @@ fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
         muted: c.muted.load(Ordering::Relaxed),
         volume_db: p.volume_db,
         noise_suppression: p.noise_suppression,
+        talking: c.talking.load(Ordering::Relaxed),
         packets_received: c.packets_received.load(Ordering::Relaxed),
         packets_sent: c.packets_sent.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),

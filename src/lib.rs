@@ -30,3 +30,4 @@ pub use api::{
 };
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};
+pub use media::mixer::TalkerPolicy;

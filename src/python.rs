@@ -308,6 +308,13 @@ impl Conference {
         self.inner.set_noise_suppression(on).map_err(to_py)
     }
 
+    /// How talkers are detected and how many are mixed, talkers first (0 = all).
+    #[pyo3(signature = (*, start_dbov = -40.0, stop_dbov = -50.0, hang_ms = 400, max_talkers = 4))]
+    fn set_talker_policy(&self, start_dbov: f32, stop_dbov: f32, hang_ms: u64, max_talkers: usize) -> PyResult<()> {
+        let policy = crate::TalkerPolicy { start_dbov, stop_dbov, hang: Duration::from_millis(hang_ms), max_talkers };
+        self.inner.set_talker_policy(policy).map_err(to_py)
+    }
+
     /// Hangs up every leg and removes the conference.
     fn destroy(&self) -> PyResult<()> {
         self.inner.destroy().map_err(to_py)
@@ -357,6 +364,7 @@ impl Participant {
             muted: i.muted,
             volume_db: i.volume_db,
             noise_suppression: i.noise_suppression,
+            talking: i.talking,
             packets_received: i.packets_received,
             packets_sent: i.packets_sent,
             dropped: i.dropped,
@@ -429,6 +437,7 @@ struct ParticipantInfo {
     muted: bool,
     volume_db: f32,
     noise_suppression: bool,
+    talking: bool,
     packets_received: u64,
     packets_sent: u64,
     dropped: u64,
@@ -565,6 +574,7 @@ struct Event {
     packets_sent: Option<u64>,
     digit: Option<char>,
     duration_ms: Option<u32>,
+    talking: Option<bool>,
 }
 
 impl Event {
@@ -582,6 +592,7 @@ impl Event {
             packets_sent: None,
             digit: None,
             duration_ms: None,
+            talking: None,
         }
     }
 }
@@ -606,6 +617,9 @@ impl From<crate::Event> for Event {
             E::Ringing { conference, participant } => Event::new("ringing", conference, Some(participant)),
             E::Answered { conference, participant } => Event::new("answered", conference, Some(participant)),
             E::MediaTimeout { conference, participant } => Event::new("media_timeout", conference, Some(participant)),
+            E::Talking { conference, participant, talking } => {
+                Event { talking: Some(talking), ..Event::new("talking", conference, Some(participant)) }
+            }
             E::Dtmf { conference, participant, digit, duration_ms } => Event {
                 digit: Some(digit),
                 duration_ms: Some(duration_ms),
@@ -637,6 +651,9 @@ impl Event {
         }
         if let (Some(d), Some(ms)) = (self.digit, self.duration_ms) {
             parts.push(format!("digit={d:?}, duration_ms={ms}"));
+        }
+        if let Some(t) = self.talking {
+            parts.push(format!("talking={}", if t { "True" } else { "False" }));
         }
         if let (Some(s), Some(r)) = (self.status, &self.status_reason) {
             parts.push(format!("status={s}, status_reason={r:?}"));

@@ -121,6 +121,9 @@ fn log_event(event: &Event) {
         Event::Dtmf { conference, participant, digit, duration_ms } => {
             println!("dtmf room={conference} participant={} digit={digit} duration_ms={duration_ms}", participant.0)
         }
+        Event::Talking { conference, participant, talking } => {
+            println!("talking room={conference} participant={} talking={talking}", participant.0)
+        }
         other => println!("{other:?}"),
     }
 }

@@ -28,7 +28,7 @@ use crate::media::codec::CodecKind;
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls,
-    ParticipantId, ParticipantMix,
+    ParticipantId, ParticipantMix, TalkerPolicy,
 };
 use crate::{Error, Result};
 
@@ -81,6 +81,8 @@ pub(crate) struct ParticipantEntry {
     pub codec: Option<CodecKind>,
     /// Whether its audio is cleaned of noise before it is mixed.
     pub noise_suppression: bool,
+    /// The mixer's count of talking changes that events have been sent for.
+    pub talk_changes_seen: u32,
 }
 
 impl ParticipantEntry {
@@ -103,6 +105,7 @@ impl ParticipantEntry {
             dtmf: None,
             codec: None,
             noise_suppression: false,
+            talk_changes_seen: 0,
         }
     }
 }
@@ -439,6 +442,35 @@ impl Shared {
         }
     }
 
+    pub fn set_talker_policy(&self, conference: ConferenceId, policy: TalkerPolicy) -> Result<()> {
+        self.mixer.lock().send(MixerCommand::SetTalkerPolicy(conference, policy))
+    }
+
+    /// Emits a `Talking` event for every talking start and stop the mixer
+    /// recorded since the last look (a stop and a start in between give both).
+    fn report_talking(&self) {
+        let mut events = Vec::new();
+        let mut registry = self.registry.lock();
+        for (id, p) in registry.participants.iter_mut() {
+            let changes = p.controls.talk_changes.load(Ordering::Relaxed);
+            let new = changes.wrapping_sub(p.talk_changes_seen);
+            if new == 0 {
+                continue;
+            }
+            p.talk_changes_seen = changes;
+            let talking = p.controls.talking.load(Ordering::Relaxed);
+            // An even number of changes ended where it began: it stopped and started again, or the reverse.
+            if new % 2 == 0 {
+                events.push(Event::Talking { conference: p.conference.clone(), participant: *id, talking: !talking });
+            }
+            events.push(Event::Talking { conference: p.conference.clone(), participant: *id, talking });
+        }
+        drop(registry);
+        for event in events {
+            self.emit(event);
+        }
+    }
+
     pub fn set_tap(&self, conference: ConferenceId, tap: Option<rtrb::Producer<i16>>) -> Result<()> {
         self.mixer.lock().send(MixerCommand::SetTap(conference, tap))
     }
@@ -560,6 +592,7 @@ impl Engine {
             tokio::net::UdpSocket::from_std(std_socket)?
         };
         runtime.spawn(sip_driver::run(shared.clone(), socket, sip_rx));
+        runtime.spawn(watch_talkers(Arc::downgrade(&shared)));
         tracing::info!(%sip_addr, %advertised_ip, "endpoint started");
         Ok(Self {
             shared,
@@ -607,6 +640,19 @@ impl Drop for Engine {
 }
 
 /// Conferences mix at 8, 16 or 48 kHz.
+/// Turns the mixer's talking flags into events, a tick's time after they change.
+async fn watch_talkers(shared: std::sync::Weak<Shared>) {
+    let mut interval = tokio::time::interval(crate::media::mixer::TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match shared.upgrade() {
+            Some(shared) if !shared.stopped.load(Ordering::Relaxed) => shared.report_talking(),
+            _ => return,
+        }
+    }
+}
+
 /// RNNoise works at 48 kHz only; resampling every talker twice for it would
 /// cost more than the suppression itself.
 fn check_noise_suppression(conference: &ConferenceEntry, on: bool) -> Result<()> {

@@ -24,6 +24,8 @@ pub enum sb_event_kind {
     SB_EVENT_DTMF = 7,
     /// No RTP from a participant for the media timeout.
     SB_EVENT_MEDIA_TIMEOUT = 8,
+    /// A participant started (`talking` true) or stopped talking.
+    SB_EVENT_TALKING = 9,
 }
 
 #[repr(C)]
@@ -60,6 +62,8 @@ pub struct sb_event {
     pub digit: c_char,
     /// For DTMF: how long the key was held.
     pub duration_ms: u32,
+    /// For TALKING: whether the participant talks now.
+    pub talking: bool,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -75,6 +79,7 @@ fn to_c(event: &Event) -> sb_event {
         packets_sent: 0,
         digit: 0,
         duration_ms: 0,
+        talking: false,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -117,6 +122,12 @@ fn to_c(event: &Event) -> sb_event {
         Event::MediaTimeout { conference, participant } => {
             out.kind = sb_event_kind::SB_EVENT_MEDIA_TIMEOUT;
             out.participant = participant.0;
+            conference
+        }
+        Event::Talking { conference, participant, talking } => {
+            out.kind = sb_event_kind::SB_EVENT_TALKING;
+            out.participant = participant.0;
+            out.talking = *talking;
             conference
         }
         Event::Dtmf { conference, participant, digit, duration_ms } => {

@@ -545,6 +545,30 @@ pub extern "C" fn sb_conference_set_volume_db(
     with_participant(conference, participant, |p| p.set_volume_db(db))
 }
 
+/// Sets how talkers are detected and how many are mixed: talking starts at
+/// `start_dbov` (default -40), stops after `hang_ms` (400) below `stop_dbov`
+/// (-50); at most `max_talkers` (4) are mixed, talkers first and the loudest
+/// first, 0 = all.
+/// Changes arrive as SB_EVENT_TALKING.
+#[no_mangle]
+pub extern "C" fn sb_conference_set_talker_policy(
+    conference: *const sb_conference,
+    start_dbov: f32,
+    stop_dbov: f32,
+    hang_ms: u32,
+    max_talkers: u32,
+) -> sb_status {
+    ffi_guard!({
+        let policy = crate::TalkerPolicy {
+            start_dbov,
+            stop_dbov,
+            hang: std::time::Duration::from_millis(hang_ms.into()),
+            max_talkers: max_talkers as usize,
+        };
+        from_result(try_ref!(conference).conference.set_talker_policy(policy))
+    })
+}
+
 /// Switches noise suppression (RNNoise) for everyone in the conference now
 /// and for whoever joins later. Needs a 48 kHz conference
 /// (`SB_ERR_INVALID_ARGUMENT` otherwise).
@@ -600,6 +624,7 @@ pub struct sb_participant_info {
     pub muted: bool,
     pub volume_db: f32,
     pub noise_suppression: bool,
+    pub talking: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -658,6 +683,7 @@ pub extern "C" fn sb_conference_participants(
                     muted: p.muted,
                     volume_db: p.volume_db,
                     noise_suppression: p.noise_suppression,
+                    talking: p.talking,
                     packets_received: p.packets_received,
                     packets_sent: p.packets_sent,
                     dropped: p.dropped,

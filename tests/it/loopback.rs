@@ -233,6 +233,8 @@ fn failed_dials_do_not_upset_the_mixer_s_room_bookkeeping() {
     .unwrap();
     let ep = endpoint();
     let room = ep.create_conference("busy").unwrap();
+    // Everyone is mixed here, not only the loudest talkers.
+    room.set_talker_policy(sipbridge::TalkerPolicy { max_talkers: 0, ..Default::default() }).unwrap();
     let mut first = room.add_local().unwrap();
     for _ in 0..3 {
         room.dial(&refusing.room_uri("nobody")).unwrap();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sipbridge::{CodecKind, Endpoint, EndpointConfig, Event, ParticipantKind};
 
-use crate::common::{endpoint, play_and_listen, rtp_range, tone_power, tone_power_at, wait_event, RATE};
+use crate::common::{endpoint, play_and_listen, rtp_range, tone_frame, tone_power, tone_power_at, wait_event, RATE};
 
 const TONES: [f64; 3] = [440.0, 1000.0, 1780.0];
 
@@ -165,4 +165,50 @@ fn noise_suppression_quiets_a_noisy_talker_for_the_others() {
     let late = room.add_local().unwrap();
     assert!(late.participant().info().unwrap().noise_suppression);
     assert!(listener.participant().info().unwrap().noise_suppression);
+}
+
+#[test]
+fn talking_is_reported_and_only_the_loudest_talkers_are_mixed() {
+    let ep = endpoint();
+    let room = ep.create_conference("talk").unwrap();
+    room.set_talker_policy(sipbridge::TalkerPolicy { max_talkers: 1, ..Default::default() }).unwrap();
+    let bad = sipbridge::TalkerPolicy { start_dbov: -60.0, stop_dbov: -30.0, ..Default::default() };
+    assert!(matches!(room.set_talker_policy(bad), Err(sipbridge::Error::InvalidArgument(_))));
+    let mut loud = room.add_local().unwrap();
+    let mut soft = room.add_local().unwrap();
+    let mut listener = room.add_local().unwrap();
+    let frame = loud.frame_samples();
+    let (mut phase_loud, mut phase_soft) = (0, 0);
+    let mut heard = Vec::new();
+    // One second of both talking, then the loud one stops.
+    for tick in 0..100 {
+        let loud_frame = if tick < 50 { tone_frame(440.0, 8000.0, &mut phase_loud) } else { vec![0; frame] };
+        loud.write_all(&loud_frame, Some(Duration::from_secs(1))).unwrap();
+        soft.write_all(&tone_frame(1000.0, 2000.0, &mut phase_soft), Some(Duration::from_secs(1))).unwrap();
+        listener.write_all(&vec![0; frame], Some(Duration::from_secs(1))).unwrap();
+        let mut buf = vec![0i16; frame];
+        listener.read_frame(&mut buf, Some(Duration::from_secs(1))).unwrap();
+        let mut drain = vec![0i16; frame];
+        loud.read_frame(&mut drain, Some(Duration::from_secs(1))).unwrap();
+        soft.read_frame(&mut drain, Some(Duration::from_secs(1))).unwrap();
+        heard.push(buf);
+    }
+    // While both talk only the louder is mixed; once it stops, the other is.
+    let both: Vec<i16> = heard[20..45].concat();
+    let after: Vec<i16> = heard[80..].concat();
+    assert!(tone_power(&both, 440.0) > 1e6 && tone_power(&both, 1000.0) < 1e3, "first second");
+    assert!(tone_power(&after, 1000.0) > 1e5 && tone_power(&after, 440.0) < 1e3, "after");
+    // Events: the loud participant started and stopped talking.
+    let loud_id = loud.id();
+    let mut changes = Vec::new();
+    while let Some(event) = ep.try_next_event() {
+        if let Event::Talking { participant, talking, .. } = event {
+            if participant == loud_id {
+                changes.push(talking);
+            }
+        }
+    }
+    assert_eq!(changes, vec![true, false]);
+    assert!(!loud.participant().info().unwrap().talking);
+    assert!(soft.participant().info().unwrap().talking);
 }
