@@ -51,6 +51,8 @@
  */
 #define COMFORT_NOISE_PT 13
 
+#define AUDIO_LEVEL_ID 1
+
 /**
  * The result of every call.
  */

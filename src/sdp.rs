@@ -310,6 +310,9 @@ pub struct NegotiatedMedia {
     pub remote: SocketAddr,
     /// Our direction.
     pub direction: Direction,
+    /// The header extension id of the client-to-mixer audio level (RFC 6464),
+    /// when both sides have it.
+    pub audio_level: Option<u8>,
 }
 
 /// The payload types we offer telephone-event with, at 8 and 48 kHz: the
@@ -318,6 +321,9 @@ pub const TELEPHONE_EVENT_PT: u8 = 101;
 pub const TELEPHONE_EVENT_48K_PT: u8 = 110;
 /// The static payload type of comfort noise at 8 kHz (RFC 3551).
 pub const COMFORT_NOISE_PT: u8 = 13;
+/// The client-to-mixer audio level header extension (RFC 6464), and the id we offer it with.
+pub const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const AUDIO_LEVEL_ID: u8 = 1;
 
 /// One payload type of a description we build.
 #[derive(Debug, Clone, Copy)]
@@ -338,10 +344,16 @@ pub fn offer(local: &LocalMedia) -> SessionDescription {
     if local.codecs.iter().any(|c| c.clock_rate() == 48000) {
         formats.push(Format::TelephoneEvent(48000, TELEPHONE_EVENT_48K_PT));
     }
-    description(local, &formats, Direction::SendRecv, true)
+    description(local, &formats, Direction::SendRecv, true, Some(AUDIO_LEVEL_ID))
 }
 
-fn description(local: &LocalMedia, formats: &[Format], direction: Direction, rtcp_mux: bool) -> SessionDescription {
+fn description(
+    local: &LocalMedia,
+    formats: &[Format],
+    direction: Direction,
+    rtcp_mux: bool,
+    audio_level: Option<u8>,
+) -> SessionDescription {
     let ip = local.address.ip();
     let mut attributes = Vec::new();
     let mut numbers = Vec::new();
@@ -377,6 +389,9 @@ fn description(local: &LocalMedia, formats: &[Format], direction: Direction, rtc
     attributes.push(Attribute::new("ptime", "20"));
     if rtcp_mux {
         attributes.push(Attribute::flag("rtcp-mux"));
+    }
+    if let Some(id) = audio_level {
+        attributes.push(Attribute::new("extmap", format!("{id} {AUDIO_LEVEL_URI}")));
     }
     attributes.push(Attribute::flag(direction.name()));
     SessionDescription {
@@ -419,7 +434,7 @@ pub fn answer(
     let rate = negotiated.codec.clock_rate();
     formats.extend(negotiated.telephone_event.map(|pt| Format::TelephoneEvent(rate, pt)));
     formats.extend(negotiated.comfort_noise.map(Format::ComfortNoise));
-    let mut answer = description(local, &formats, direction, negotiated.rtcp_mux);
+    let mut answer = description(local, &formats, direction, negotiated.rtcp_mux, negotiated.audio_level);
     // Keep the offer's order of m= lines (§6): refuse the others with port 0.
     let ours = answer.media.remove(0);
     answer.media = offer
@@ -508,6 +523,17 @@ fn negotiate(
         rtcp_mux: stream.attributes.iter().any(|a| a.name == "rtcp-mux"),
         remote: SocketAddr::new(ip, stream.port),
         direction: Direction::SendRecv,
+        audio_level: audio_level_id(stream),
+    })
+}
+
+/// The id `stream` maps the audio level extension to: `a=extmap:<id>[/<direction>] <uri> [attributes]`,
+/// an id the one-byte header can carry (1–14, RFC 8285 §4.2).
+fn audio_level_id(stream: &MediaDescription) -> Option<u8> {
+    stream.attribute("extmap").find_map(|value| {
+        let mut words = value.split_whitespace();
+        let id = words.next()?.split('/').next()?.parse::<u8>().ok()?;
+        (words.next()? == AUDIO_LEVEL_URI && (1..=14).contains(&id)).then_some(id)
     })
 }
 
@@ -526,6 +552,30 @@ mod tests {
             session_id: 7,
             session_version: 1,
         }
+    }
+
+    #[test]
+    fn the_audio_level_extension_is_offered_and_echoed_with_the_offers_id() {
+        assert!(offer(&local()).print().contains("a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level"));
+        let with_level = SIPP_OFFER.replace(
+            "a=rtpmap:8 PCMA/8000\n",
+            "a=rtpmap:8 PCMA/8000\na=extmap:3/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level vad=on\n",
+        );
+        let (answer_sdp, negotiated) =
+            answer(&SessionDescription::parse(with_level.as_bytes()).unwrap(), &local()).unwrap();
+        assert_eq!(negotiated.audio_level, Some(3));
+        assert!(answer_sdp.print().contains("a=extmap:3 urn:ietf:params:rtp-hdrext:ssrc-audio-level"));
+        // Not offered, not answered; an id the one-byte header cannot carry is not used.
+        let (answer_sdp, negotiated) =
+            answer(&SessionDescription::parse(SIPP_OFFER.as_bytes()).unwrap(), &local()).unwrap();
+        assert_eq!(negotiated.audio_level, None);
+        assert!(!answer_sdp.print().contains("extmap"));
+        let two_byte_id = SIPP_OFFER.replace(
+            "a=rtpmap:8 PCMA/8000\n",
+            "a=rtpmap:8 PCMA/8000\na=extmap:20 urn:ietf:params:rtp-hdrext:ssrc-audio-level\n",
+        );
+        let (_, negotiated) = answer(&SessionDescription::parse(two_byte_id.as_bytes()).unwrap(), &local()).unwrap();
+        assert_eq!(negotiated.audio_level, None);
     }
 
     #[test]

@@ -350,6 +350,9 @@ impl Driver {
         if let Some(pt) = negotiated.comfort_noise {
             leg = leg.with_comfort_noise(pt);
         }
+        if let Some(id) = negotiated.audio_level {
+            leg = leg.with_audio_level(id);
+        }
         let mut dtmf = None;
         if let Some(pt) = negotiated.telephone_event {
             let (digits, queue) = rtrb::RingBuffer::new(DTMF_QUEUE);

@@ -210,6 +210,11 @@ pub struct RtpLeg {
     peer_silent: bool,
     /// This tick's frame is comfort noise.
     comfort_noise_frame: bool,
+    /// The RFC 6464 header extension id the peer sends its audio level in,
+    /// the last level it sent (dBov) and the ticks since.
+    audio_level_id: Option<u8>,
+    reported_level: Option<f32>,
+    ticks_since_level: u32,
     ticks_since_cn: u32,
     /// Digits the app queued (event codes) and the telephone-event payload type
     /// to send them with, when the peer offered it.
@@ -278,6 +283,9 @@ impl RtpLeg {
             noise: ComfortNoiseGenerator::new(rand::random()),
             peer_silent: false,
             comfort_noise_frame: false,
+            audio_level_id: None,
+            reported_level: None,
+            ticks_since_level: 0,
             ticks_since_cn: 0,
             planned_loss: u32::MAX,
             dtmf: None,
@@ -295,6 +303,18 @@ impl RtpLeg {
     }
 
     /// Lets the leg receive and send comfort noise (RFC 3389) with `payload_type`.
+    /// Reads the client-to-mixer audio level (RFC 6464) from header extension `id`.
+    pub fn with_audio_level(mut self, id: u8) -> Self {
+        self.audio_level_id = Some(id);
+        self
+    }
+
+    /// The level the peer reported for the audio of the last few ticks, if it does.
+    fn reported_level(&self) -> Option<f32> {
+        // A report covers its packet; older than a few ticks it says nothing of now.
+        self.reported_level.filter(|_| self.ticks_since_level <= 3)
+    }
+
     pub fn with_comfort_noise(mut self, payload_type: u8) -> Self {
         self.comfort_noise = Some(payload_type);
         self
@@ -305,6 +325,7 @@ impl RtpLeg {
     fn read_frame(&mut self, controls: &ParticipantControls, out: &mut [i16]) -> bool {
         self.quiet_ticks = self.quiet_ticks.saturating_add(1);
         self.comfort_noise_frame = false;
+        self.ticks_since_level = self.ticks_since_level.saturating_add(1);
         while let Ok(datagram) = self.datagrams.pop() {
             let data = &datagram.data[..datagram.len as usize];
             let Ok(packet) = RtpPacket::parse(data) else { continue };
@@ -325,6 +346,10 @@ impl RtpLeg {
                 continue;
             }
             self.quiet_ticks = 0;
+            if let Some((_, level)) = self.audio_level_id.and_then(|id| packet.audio_level(id)) {
+                self.reported_level = Some(-(level as f32));
+                self.ticks_since_level = 0;
+            }
             controls.packets_received.fetch_add(1, Ordering::Relaxed);
             controls.bytes_received.fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
             if comfort_noise {
@@ -629,7 +654,13 @@ impl ConferenceMix {
                     // 32-bit sum; wrapping arithmetic keeps even more from panicking.
                     *input = ((*s as i64 * gain) >> 16).clamp(i16::MIN as i64, i16::MAX as i64) as i32;
                 }
-                level = level_dbov(&p.input);
+                // The peer's own measure of its microphone, when it sends one
+                // (RFC 6464), before any codec or concealment touched it.
+                let reported = match &p.leg {
+                    Leg::Rtp(leg) => leg.reported_level(),
+                    Leg::Local(_) => None,
+                };
+                level = reported.unwrap_or_else(|| level_dbov(&p.input));
             }
             p.detect_talking(&policy, level);
         }
@@ -1054,6 +1085,44 @@ mod tests {
             heard = ends.iter_mut().map(|e| take(e)[0]).collect();
         }
         assert_eq!(heard, vec![1000, 1020, 1020, 20, 1020]);
+    }
+
+    #[test]
+    fn a_reported_audio_level_decides_talking() {
+        let mut h = harness();
+        conference_with(&h, 1, TalkerPolicy::default());
+        h.mixer.apply_commands();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let source = peer.local_addr().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (mut ring, rx) = rtrb::RingBuffer::new(16);
+        let coder = CodecKind::Pcmu.new_coder(&Default::default()).unwrap();
+        let rtp_leg = RtpLeg::new(rx, socket, source, coder, 0, 8000, None).unwrap().with_audio_level(1);
+        let leg = ParticipantMix::new(ParticipantId(1), Arc::default(), Leg::Rtp(rtp_leg), FRAME);
+        let controls = leg.controls.clone();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), Box::new(leg))).unwrap();
+        h.mixer.apply_commands();
+        // Loud audio (-12 dBov measured) that the client says is -127 dBov, then -20 dBov.
+        let with_level = |seq: u16, level: u8| {
+            let mut d = datagram(source, seq, 8000);
+            let payload = d.data[rtp::HEADER_LEN..d.len as usize].to_vec();
+            d.data[0] |= 0x10;
+            d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + 8].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x10, level, 0, 0]);
+            d.data[rtp::HEADER_LEN + 8..rtp::HEADER_LEN + 8 + payload.len()].copy_from_slice(&payload);
+            d.len += 8;
+            d
+        };
+        for seq in 0..5 {
+            ring.push(with_level(seq, 127)).ok().unwrap();
+            h.mixer.tick();
+        }
+        assert!(!controls.talking.load(Ordering::Relaxed), "the client said silence");
+        for seq in 5..10 {
+            ring.push(with_level(seq, 20)).ok().unwrap();
+            h.mixer.tick();
+        }
+        assert!(controls.talking.load(Ordering::Relaxed), "the client said -20 dBov");
     }
 
     #[test]

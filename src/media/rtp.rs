@@ -28,6 +28,9 @@ pub struct RtpPacket<'a> {
     pub timestamp: u32,
     pub ssrc: u32,
     pub payload: &'a [u8],
+    /// The header extension's profile and data (RFC 3550 §5.3.1), empty when none.
+    pub extension_profile: u16,
+    pub extension: &'a [u8],
 }
 
 impl<'a> RtpPacket<'a> {
@@ -43,9 +46,13 @@ impl<'a> RtpPacket<'a> {
         let extension = data[0] & 0x10 != 0;
         let csrc_count = (data[0] & 0x0f) as usize;
         let mut start = HEADER_LEN + 4 * csrc_count;
+        let (mut extension_profile, mut extension_range) = (0, 0..0);
         if extension {
-            let words = data.get(start + 2..start + 4).ok_or(RtpError::TooShort)?;
-            start += 4 + 4 * u16::from_be_bytes([words[0], words[1]]) as usize;
+            let header = data.get(start..start + 4).ok_or(RtpError::TooShort)?;
+            extension_profile = u16::from_be_bytes([header[0], header[1]]);
+            let len = 4 * u16::from_be_bytes([header[2], header[3]]) as usize;
+            extension_range = start + 4..start + 4 + len;
+            start += 4 + len;
         }
         let mut end = data.len();
         if start > end {
@@ -65,7 +72,39 @@ impl<'a> RtpPacket<'a> {
             timestamp: u32::from_be_bytes([data[4], data[5], data[6], data[7]]),
             ssrc: u32::from_be_bytes([data[8], data[9], data[10], data[11]]),
             payload: &data[start..end],
+            extension_profile,
+            extension: &data[extension_range],
         })
+    }
+
+    /// The client-to-mixer audio level (RFC 6464) carried in one-byte header
+    /// extension element `id` (RFC 8285): the voice-activity flag and the
+    /// level in -dBov (0 loudest, 127 silence).
+    pub fn audio_level(&self, id: u8) -> Option<(bool, u8)> {
+        const ONE_BYTE_PROFILE: u16 = 0xBEDE;
+        if self.extension_profile != ONE_BYTE_PROFILE {
+            return None;
+        }
+        let mut at = 0;
+        while at < self.extension.len() {
+            let byte = self.extension[at];
+            let element = byte >> 4;
+            if element == 0 {
+                // Padding between elements.
+                at += 1;
+                continue;
+            }
+            if element == 15 {
+                return None;
+            }
+            let len = (byte & 0x0f) as usize + 1;
+            let data = self.extension.get(at + 1..at + 1 + len)?;
+            if element == id {
+                return Some((data[0] & 0x80 != 0, data[0] & 0x7f));
+            }
+            at += 1 + len;
+        }
+        None
     }
 }
 
@@ -104,7 +143,9 @@ mod tests {
                 sequence: 65535,
                 timestamp: 0xdead_beef,
                 ssrc: 42,
-                payload: &[1, 2, 3]
+                payload: &[1, 2, 3],
+                extension_profile: 0,
+                extension: &[],
             }
         );
     }
@@ -118,6 +159,26 @@ mod tests {
         let parsed = RtpPacket::parse(&p).unwrap();
         assert_eq!(parsed.payload, &[5, 6]);
         assert_eq!(parsed.sequence, 1);
+    }
+
+    #[test]
+    fn the_audio_level_extension_is_read() {
+        // One-byte elements: id 2 (2 bytes), padding, id 1 = audio level (V, 42 -dBov).
+        let mut p = vec![0x90, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
+        p.extend_from_slice(&[0xbe, 0xde, 0, 2, 0x21, 9, 9, 0, 0x10, 0x80 | 42, 0, 0]);
+        p.extend_from_slice(&[5, 6]);
+        let parsed = RtpPacket::parse(&p).unwrap();
+        assert_eq!(parsed.payload, &[5, 6]);
+        assert_eq!(parsed.audio_level(1), Some((true, 42)));
+        assert_eq!(parsed.audio_level(3), None);
+        // A two-byte-header extension (RFC 8285 §4.3) is not read as one-byte elements.
+        p[12..14].copy_from_slice(&[0x10, 0x00]);
+        assert_eq!(RtpPacket::parse(&p).unwrap().audio_level(1), None);
+        // An element running past the extension is ignored, not read beyond it.
+        let mut short = vec![0x90, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0xbe, 0xde, 0, 1, 0x13, 1, 2, 3];
+        assert_eq!(RtpPacket::parse(&short).unwrap().audio_level(1), None);
+        short[16] = 0x10;
+        assert_eq!(RtpPacket::parse(&short).unwrap().audio_level(1), Some((false, 1)));
     }
 
     #[test]
