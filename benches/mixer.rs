@@ -14,7 +14,7 @@ use std::time::Instant;
 use sipbridge::media::codec::{linear_to_ulaw, CodecKind};
 use sipbridge::media::mixer::{
     ConferenceId, ConferenceMix, Leg, LocalLeg, Mixer, MixerCommand, ParticipantId, ParticipantMix, ReceivedDatagram,
-    RtpLeg, MAX_DATAGRAM,
+    RtpLeg, SharedEncoder, MAX_DATAGRAM,
 };
 use sipbridge::media::rtp;
 
@@ -55,6 +55,9 @@ fn rtp_run(participants: usize, size: usize, sink: &UdpSocket) -> (f64, f64) {
     for c in 0..conferences {
         let conf = ConferenceMix::new(ConferenceId(c as u64), Arc::default(), FRAME, size);
         commands.send(MixerCommand::AddConference(Box::new(conf))).unwrap();
+        // As the engine does: one encoder for the listeners.
+        let shared = SharedEncoder::new(CodecKind::Pcmu.new_coder(&Default::default()).unwrap(), 8000).unwrap();
+        commands.send(MixerCommand::AddSharedEncoder(ConferenceId(c as u64), Box::new(shared))).unwrap();
         for p in 0..size.min(participants - c * size) {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.set_nonblocking(true).unwrap();

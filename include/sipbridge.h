@@ -199,6 +199,10 @@ typedef struct {
   uint8_t opus_complexity;
   bool opus_fec;
   bool opus_dtx;
+  /**
+   * Mixer threads; each conference mixes on one of them. Default 0: one per core.
+   */
+  uint32_t mixer_threads;
 } sb_endpoint_config;
 
 /**

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::engine::{Creator, Engine, ParticipantEntry, Shared, SipCommand};
 use crate::media::codec::{CodecKind, OpusSettings};
-use crate::media::mixer::{gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, TalkerPolicy};
+use crate::media::mixer::{
+    gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, TalkerPolicy, TICK_HISTOGRAM_STEP,
+};
 use crate::sip::TimerConfig;
 use crate::{Error, Result};
 
@@ -48,6 +50,8 @@ pub struct EndpointConfig {
     pub media_timeout: Option<Duration>,
     /// Whether a media timeout also hangs the leg up (BYE).
     pub hang_up_on_media_timeout: bool,
+    /// Mixer threads; each conference mixes on one of them. 0: one per core.
+    pub mixer_threads: usize,
 }
 
 impl Default for EndpointConfig {
@@ -63,7 +67,50 @@ impl Default for EndpointConfig {
             timers: TimerConfig::default(),
             media_timeout: Some(Duration::from_secs(30)),
             hang_up_on_media_timeout: false,
+            mixer_threads: 0,
         }
+    }
+}
+
+/// One mixer thread's counters (see [`Endpoint::mixer_reports`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MixerReport {
+    pub ticks: u64,
+    /// Ticks that started more than a tick late.
+    pub late_ticks: u64,
+    /// How many ticks took each multiple of [`TICK_HISTOGRAM_STEP`]; the
+    /// last bucket holds everything longer.
+    pub tick_histogram: Vec<u64>,
+}
+
+impl MixerReport {
+    /// What happened between `earlier` and this report.
+    pub fn since(&self, earlier: &MixerReport) -> MixerReport {
+        MixerReport {
+            ticks: self.ticks - earlier.ticks.min(self.ticks),
+            late_ticks: self.late_ticks - earlier.late_ticks.min(self.late_ticks),
+            tick_histogram: self
+                .tick_histogram
+                .iter()
+                .zip(earlier.tick_histogram.iter().chain(std::iter::repeat(&0)))
+                .map(|(now, then)| now - then.min(now))
+                .collect(),
+        }
+    }
+
+    /// The tick duration that fraction `q` (0..=1) of the ticks took at most,
+    /// to the histogram's step; 1.0 gives the longest.
+    pub fn tick_quantile(&self, q: f64) -> Duration {
+        let total: u64 = self.tick_histogram.iter().sum();
+        let wanted = ((total as f64 * q.clamp(0.0, 1.0)).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in self.tick_histogram.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return TICK_HISTOGRAM_STEP * (bucket as u32 + 1);
+            }
+        }
+        Duration::ZERO
     }
 }
 
@@ -307,10 +354,24 @@ impl Endpoint {
         self.shared.events_dropped.load(Ordering::Relaxed)
     }
 
-    /// Mixer ticks so far and ticks that started late.
+    /// Mixer ticks so far and ticks that started late, over all mixer threads.
     pub fn mixer_ticks(&self) -> (u64, u64) {
-        let stats = &self.shared.mixer_stats;
-        (stats.ticks.load(Ordering::Relaxed), stats.late_ticks.load(Ordering::Relaxed))
+        self.shared.mixer_stats.iter().fold((0, 0), |(ticks, late), stats| {
+            (ticks + stats.ticks.load(Ordering::Relaxed), late + stats.late_ticks.load(Ordering::Relaxed))
+        })
+    }
+
+    /// What each mixer thread has done so far.
+    pub fn mixer_reports(&self) -> Vec<MixerReport> {
+        self.shared
+            .mixer_stats
+            .iter()
+            .map(|stats| MixerReport {
+                ticks: stats.ticks.load(Ordering::Relaxed),
+                late_ticks: stats.late_ticks.load(Ordering::Relaxed),
+                tick_histogram: stats.tick_histogram.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
+            })
+            .collect()
     }
 
     /// Hangs up every leg with BYE (CANCEL when still ringing) and stops.

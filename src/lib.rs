@@ -26,7 +26,7 @@ pub mod sip;
 
 pub use api::{
     frame_samples, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant,
-    Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
+    MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
 };
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};

@@ -129,7 +129,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -144,6 +144,7 @@ impl Endpoint {
         opus_dtx: bool,
         media_timeout: Option<f64>,
         hang_up_on_media_timeout: bool,
+        mixer_threads: usize,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
@@ -180,6 +181,7 @@ impl Endpoint {
             },
             media_timeout,
             hang_up_on_media_timeout,
+            mixer_threads,
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;

@@ -226,6 +226,7 @@ class Endpoint:
         opus_dtx: bool = False,
         media_timeout: Optional[float] = ...,  # 30.0 seconds; None turns it off
         hang_up_on_media_timeout: bool = False,
+        mixer_threads: int = 0,  # 0: one per core
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...

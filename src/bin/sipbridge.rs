@@ -4,10 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use sipbridge::{Endpoint, EndpointConfig, Error, Event};
+use sipbridge::{Endpoint, EndpointConfig, Error, Event, MixerReport};
 
 #[derive(Parser)]
 #[command(name = "sipbridge", version, about = "SIP multi-party audio conferencing")]
@@ -42,6 +42,15 @@ enum Command {
         /// Hang up legs that hit the media timeout, so dead calls leave their rooms.
         #[arg(long)]
         hang_up_silent: bool,
+        /// The rate rooms mix at: 8000, 16000 or 48000.
+        #[arg(long, default_value_t = sipbridge::DEFAULT_SAMPLE_RATE)]
+        sample_rate: u32,
+        /// Mixer threads (0: one per core); each room mixes on one of them.
+        #[arg(long, default_value_t = 0)]
+        mixer_threads: usize,
+        /// Print each mixer thread's tick statistics every this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        stats_every: u64,
     },
 }
 
@@ -61,8 +70,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve { listen, public_address, rtp_ports, no_create_rooms, rooms, media_timeout, hang_up_silent } =
-        Cli::parse().command;
+    let Command::Serve {
+        listen,
+        public_address,
+        rtp_ports,
+        no_create_rooms,
+        rooms,
+        media_timeout,
+        hang_up_silent,
+        sample_rate,
+        mixer_threads,
+        stats_every,
+    } = Cli::parse().command;
     let config = EndpointConfig {
         listen,
         public_address,
@@ -70,9 +89,12 @@ fn main() -> ExitCode {
         create_rooms_on_demand: !no_create_rooms,
         media_timeout: (media_timeout > 0).then(|| std::time::Duration::from_secs(media_timeout)),
         hang_up_on_media_timeout: hang_up_silent,
+        sample_rate,
+        mixer_threads,
         ..Default::default()
     };
-    match serve(config, &rooms) {
+    let stats_every = (stats_every > 0).then(|| Duration::from_secs(stats_every));
+    match serve(config, &rooms, stats_every) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sipbridge: {error}");
@@ -81,7 +103,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: EndpointConfig, rooms: &[String]) -> Result<(), Error> {
+fn serve(config: EndpointConfig, rooms: &[String], stats_every: Option<Duration>) -> Result<(), Error> {
     let endpoint = Endpoint::start(config)?;
     for room in rooms {
         endpoint.create_conference(room)?;
@@ -91,7 +113,16 @@ fn serve(config: EndpointConfig, rooms: &[String]) -> Result<(), Error> {
         signal_hook::flag::register(signal, stop.clone())?;
     }
     println!("sipbridge listening on udp:{}", endpoint.local_addr());
+    let mut last_reports = endpoint.mixer_reports();
+    let mut last_print = Instant::now();
     while !stop.load(Ordering::SeqCst) {
+        if stats_every.is_some_and(|every| last_print.elapsed() >= every) {
+            let reports = endpoint.mixer_reports();
+            for (thread, (now, then)) in reports.iter().zip(&last_reports).enumerate() {
+                print_mixer_stats(thread, &now.since(then));
+            }
+            (last_reports, last_print) = (reports, Instant::now());
+        }
         match endpoint.next_event(Some(Duration::from_millis(100))) {
             Ok(event) => log_event(&event),
             Err(Error::Timeout) => {}
@@ -104,6 +135,19 @@ fn serve(config: EndpointConfig, rooms: &[String]) -> Result<(), Error> {
         log_event(&event);
     }
     Ok(())
+}
+
+/// One line a benchmark can parse: a mixer thread's ticks over the last period.
+fn print_mixer_stats(thread: usize, report: &MixerReport) {
+    let us = |q: f64| report.tick_quantile(q).as_micros();
+    println!(
+        "mixer thread={thread} ticks={} late={} p50_us={} p99_us={} max_us={}",
+        report.ticks,
+        report.late_ticks,
+        us(0.5),
+        us(0.99),
+        us(1.0)
+    );
 }
 
 fn log_event(event: &Event) {

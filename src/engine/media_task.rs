@@ -148,7 +148,10 @@ pub(crate) async fn receive_media(
         peer_latched: false,
         epoch: Instant::now(),
     };
-    let mut next_report = tokio::time::Instant::now() + spread(REPORT_INTERVAL) / 2;
+    // One timer for the life of the task, reset when it fires: a sleep made
+    // in the loop would be registered and dropped again for every packet.
+    let report_timer = tokio::time::sleep(spread(REPORT_INTERVAL) / 2);
+    tokio::pin!(report_timer);
     let mut timeout_check = tokio::time::interval(TIMEOUT_CHECK);
     loop {
         tokio::select! {
@@ -189,8 +192,9 @@ pub(crate) async fn receive_media(
                 state.peer_latched = true;
                 state.on_rtcp(&rtcp_buf[..n], &leg.controls);
             }
-            _ = tokio::time::sleep_until(next_report) => {
-                next_report += spread(REPORT_INTERVAL);
+            _ = &mut report_timer => {
+                let next = report_timer.deadline() + spread(REPORT_INTERVAL);
+                report_timer.as_mut().reset(next);
                 if let Some(n) = state.report(leg.ssrc, &leg.controls, &mut rtcp_buf) {
                     let socket = sockets.rtcp.as_ref().unwrap_or(&sockets.rtp);
                     let _ = socket.send_to(&rtcp_buf[..n], state.peer).await;

@@ -24,11 +24,11 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::api::{EndpointConfig, Event, LeaveReason, ParticipantKind, ParticipantState};
-use crate::media::codec::CodecKind;
+use crate::media::codec::{CodecKind, EncoderKey};
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls,
-    ParticipantId, ParticipantMix, TalkerPolicy,
+    ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
 };
 use crate::{Error, Result};
 
@@ -116,54 +116,116 @@ pub(crate) struct Registry {
     pub participants: HashMap<ParticipantId, ParticipantEntry>,
 }
 
-/// The control side of the mixer: sends commands and makes sure every
-/// vector the mixer pushes into has room, so the mixer never grows one.
+/// The control side of the mixer threads: places each conference on one
+/// thread, routes commands to it, and makes sure every vector a mixer
+/// pushes into has room, so no mixer ever grows one.
 struct MixerControl {
-    commands: Sender<MixerCommand>,
-    conferences: (usize, usize),
-    participants: HashMap<ConferenceId, (usize, usize)>,
+    shards: Vec<MixerShard>,
+    conferences: HashMap<ConferenceId, ConferenceSlot>,
 }
 
-impl MixerControl {
+/// One mixer thread, as the control side sees it.
+struct MixerShard {
+    commands: Sender<MixerCommand>,
+    /// Conferences it has, and room for.
+    conferences: (usize, usize),
+    participants: usize,
+}
+
+/// Where a conference mixes, and what its vectors hold.
+struct ConferenceSlot {
+    shard: usize,
+    /// Participants it has, and room for.
+    participants: (usize, usize),
+    /// The rate it mixes at, and the encoders it shares among listeners.
+    sample_rate: u32,
+    shared_encoders: Vec<EncoderKey>,
+}
+
+impl MixerShard {
     fn send(&self, command: MixerCommand) -> Result<()> {
         self.commands.send_timeout(command, Duration::from_secs(1)).map_err(|_| Error::Stopped)
     }
+}
 
-    fn add_conference(&mut self, conference: Box<ConferenceMix>, capacity: usize) -> Result<()> {
-        let (len, cap) = self.conferences;
+impl MixerControl {
+    fn slot(&mut self, conference: ConferenceId) -> Result<&mut ConferenceSlot> {
+        self.conferences.get_mut(&conference).ok_or_else(|| Error::NotFound("conference".into()))
+    }
+
+    /// Sends `command` to the thread that mixes `conference`.
+    fn send(&self, conference: ConferenceId, command: MixerCommand) -> Result<()> {
+        let slot = self.conferences.get(&conference).ok_or_else(|| Error::NotFound("conference".into()))?;
+        self.shards[slot.shard].send(command)
+    }
+
+    fn stop(&self) {
+        for shard in &self.shards {
+            let _ = shard.send(MixerCommand::Stop);
+        }
+    }
+
+    /// Puts a new conference on the thread with the fewest participants
+    /// (then the fewest conferences): a conference never spans threads.
+    fn add_conference(&mut self, conference: Box<ConferenceMix>, sample_rate: u32, capacity: usize) -> Result<()> {
+        let index = (0..self.shards.len())
+            .min_by_key(|&i| (self.shards[i].participants, self.shards[i].conferences.0))
+            .ok_or(Error::Stopped)?;
+        let shard = &mut self.shards[index];
+        let (len, cap) = shard.conferences;
         if len == cap {
-            self.send(MixerCommand::ConferenceStorage(Vec::with_capacity(cap * 2)))?;
-            self.conferences.1 = cap * 2;
+            shard.send(MixerCommand::ConferenceStorage(Vec::with_capacity(cap * 2)))?;
+            shard.conferences.1 = cap * 2;
         }
         let id = conference.id;
-        self.send(MixerCommand::AddConference(conference))?;
-        self.conferences.0 += 1;
-        self.participants.insert(id, (0, capacity));
+        shard.send(MixerCommand::AddConference(conference))?;
+        shard.conferences.0 += 1;
+        let slot =
+            ConferenceSlot { shard: index, participants: (0, capacity), sample_rate, shared_encoders: Vec::new() };
+        self.conferences.insert(id, slot);
         Ok(())
     }
 
     fn remove_conference(&mut self, id: ConferenceId) -> Result<()> {
-        if self.participants.remove(&id).is_some() {
-            self.conferences.0 -= 1;
-        }
-        self.send(MixerCommand::RemoveConference(id))
+        let slot = self.conferences.remove(&id).ok_or_else(|| Error::NotFound("conference".into()))?;
+        let shard = &mut self.shards[slot.shard];
+        shard.conferences.0 -= 1;
+        shard.participants -= slot.participants.0;
+        shard.send(MixerCommand::RemoveConference(id))
     }
 
     fn add_participant(&mut self, conference: ConferenceId, participant: Box<ParticipantMix>) -> Result<()> {
-        let (len, cap) = *self.participants.get(&conference).ok_or_else(|| Error::NotFound("conference".into()))?;
-        if len == cap {
-            self.send(MixerCommand::ParticipantStorage(conference, Vec::with_capacity(cap * 2)))?;
+        let slot = self.slot(conference)?;
+        let (index, (len, cap), sample_rate) = (slot.shard, slot.participants, slot.sample_rate);
+        // The first leg of its kind brings the encoder its fellow listeners will share.
+        let new_key = participant
+            .encoder_key()
+            .filter(|key| !slot.shared_encoders.contains(key) && slot.shared_encoders.len() < MAX_SHARED_ENCODERS);
+        let shard = &self.shards[index];
+        if let Some(key) = new_key {
+            let codec = key.new_coder().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let shared = SharedEncoder::new(codec, sample_rate).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            shard.send(MixerCommand::AddSharedEncoder(conference, Box::new(shared)))?;
         }
-        self.send(MixerCommand::AddParticipant(conference, participant))?;
-        self.participants.insert(conference, (len + 1, if len == cap { cap * 2 } else { cap }));
+        if len == cap {
+            shard.send(MixerCommand::ParticipantStorage(conference, Vec::with_capacity(cap * 2)))?;
+        }
+        shard.send(MixerCommand::AddParticipant(conference, participant))?;
+        let slot = self.slot(conference)?;
+        slot.shared_encoders.extend(new_key);
+        slot.participants = (len + 1, if len == cap { cap * 2 } else { cap });
+        self.shards[index].participants += 1;
         Ok(())
     }
 
     fn remove_participant(&mut self, conference: ConferenceId, participant: ParticipantId) -> Result<()> {
-        if let Some((len, _)) = self.participants.get_mut(&conference) {
-            *len = len.saturating_sub(1);
+        let slot = self.slot(conference)?;
+        let index = slot.shard;
+        if slot.participants.0 > 0 {
+            slot.participants.0 -= 1;
+            self.shards[index].participants -= 1;
         }
-        self.send(MixerCommand::RemoveParticipant(conference, participant))
+        self.shards[index].send(MixerCommand::RemoveParticipant(conference, participant))
     }
 }
 
@@ -176,7 +238,8 @@ pub(crate) struct Shared {
     pub advertised_ip: IpAddr,
     pub registry: Mutex<Registry>,
     mixer: Mutex<MixerControl>,
-    pub mixer_stats: Arc<MixerStats>,
+    /// One per mixer thread.
+    pub mixer_stats: Vec<Arc<MixerStats>>,
     pub sip_commands: tokio::sync::mpsc::UnboundedSender<SipCommand>,
     events_tx: Sender<Event>,
     pub events: Receiver<Event>,
@@ -251,7 +314,7 @@ impl Shared {
         const INITIAL_CAPACITY: usize = 8;
         let frame = sample_rate as usize / 50;
         let mix = Box::new(ConferenceMix::new(id, controls.clone(), frame, INITIAL_CAPACITY));
-        self.mixer.lock().add_conference(mix, INITIAL_CAPACITY)?;
+        self.mixer.lock().add_conference(mix, sample_rate, INITIAL_CAPACITY)?;
         let on_demand = creator == Creator::Caller;
         let entry = ConferenceEntry {
             id,
@@ -443,7 +506,7 @@ impl Shared {
     }
 
     pub fn set_talker_policy(&self, conference: ConferenceId, policy: TalkerPolicy) -> Result<()> {
-        self.mixer.lock().send(MixerCommand::SetTalkerPolicy(conference, policy))
+        self.mixer.lock().send(conference, MixerCommand::SetTalkerPolicy(conference, policy))
     }
 
     /// Emits a `Talking` event for every talking start and stop the mixer
@@ -472,7 +535,7 @@ impl Shared {
     }
 
     pub fn set_tap(&self, conference: ConferenceId, tap: Option<rtrb::Producer<i16>>) -> Result<()> {
-        self.mixer.lock().send(MixerCommand::SetTap(conference, tap))
+        self.mixer.lock().send(conference, MixerCommand::SetTap(conference, tap))
     }
 
     /// Switches noise suppression for everyone in conference `name`, and for
@@ -517,7 +580,7 @@ impl Shared {
         }
         let suppressor =
             if on { NoiseSuppressor::new(conference.sample_rate, conference.sample_rate as usize / 50) } else { None };
-        self.mixer.lock().send(MixerCommand::SetNoiseSuppressor(conference.id, id, suppressor))
+        self.mixer.lock().send(conference.id, MixerCommand::SetNoiseSuppressor(conference.id, id, suppressor))
     }
 
     /// The id and mixing rate of conference `name`.
@@ -531,7 +594,7 @@ impl Shared {
 pub(crate) struct Engine {
     pub shared: Arc<Shared>,
     runtime: Option<tokio::runtime::Runtime>,
-    mixer_thread: Option<JoinHandle<()>>,
+    mixer_threads: Vec<JoinHandle<()>>,
     reaper_thread: Option<JoinHandle<()>>,
 }
 
@@ -557,12 +620,23 @@ impl Engine {
             ip => ip,
         });
 
-        let (mixer_tx, mixer_rx) = crossbeam_channel::bounded(MIXER_QUEUE);
         let (garbage_tx, garbage_rx) = crossbeam_channel::bounded::<Garbage>(MIXER_QUEUE);
-        let mixer_stats = Arc::new(MixerStats::default());
-        let mixer = Mixer::new(mixer_rx, garbage_tx, mixer_stats.clone(), 16);
-        let mixer_thread = std::thread::Builder::new().name("sipbridge-mixer".into()).spawn(move || mixer.run())?;
-        // Frees what the mixer lets go of; ends when the mixer drops its sender.
+        let threads = match config.mixer_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let (mut shards, mut mixer_stats, mut mixer_threads) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..threads {
+            let (commands, mixer_rx) = crossbeam_channel::bounded(MIXER_QUEUE);
+            let stats = Arc::new(MixerStats::default());
+            let mixer = Mixer::new(mixer_rx, garbage_tx.clone(), stats.clone(), 16);
+            let name = format!("sipbridge-mixer-{i}");
+            mixer_threads.push(std::thread::Builder::new().name(name).spawn(move || mixer.run())?);
+            shards.push(MixerShard { commands, conferences: (0, 16), participants: 0 });
+            mixer_stats.push(stats);
+        }
+        drop(garbage_tx);
+        // Frees what the mixers let go of; ends when the last mixer drops its sender.
         let reaper_thread = std::thread::Builder::new().name("sipbridge-reaper".into()).spawn(move || {
             for garbage in garbage_rx {
                 drop(garbage);
@@ -576,7 +650,7 @@ impl Engine {
             sip_addr,
             advertised_ip,
             registry: Mutex::new(Registry::default()),
-            mixer: Mutex::new(MixerControl { commands: mixer_tx, conferences: (0, 16), participants: HashMap::new() }),
+            mixer: Mutex::new(MixerControl { shards, conferences: HashMap::new() }),
             mixer_stats,
             sip_commands,
             events_tx,
@@ -594,12 +668,7 @@ impl Engine {
         runtime.spawn(sip_driver::run(shared.clone(), socket, sip_rx));
         runtime.spawn(watch_talkers(Arc::downgrade(&shared)));
         tracing::info!(%sip_addr, %advertised_ip, "endpoint started");
-        Ok(Self {
-            shared,
-            runtime: Some(runtime),
-            mixer_thread: Some(mixer_thread),
-            reaper_thread: Some(reaper_thread),
-        })
+        Ok(Self { shared, runtime: Some(runtime), mixer_threads, reaper_thread: Some(reaper_thread) })
     }
 
     /// Hangs up every call, stops the threads. Idempotent.
@@ -611,8 +680,8 @@ impl Engine {
         if self.shared.sip_commands.send(SipCommand::Shutdown { done: done_tx }).is_ok() {
             let _ = done_rx.recv_timeout(Duration::from_secs(3));
         }
-        let _ = self.shared.mixer.lock().send(MixerCommand::Stop);
-        if let Some(t) = self.mixer_thread.take() {
+        self.shared.mixer.lock().stop();
+        for t in self.mixer_threads.drain(..) {
             let _ = t.join();
         }
         if let Some(runtime) = self.runtime.take() {

@@ -21,8 +21,10 @@ use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescriptio
 use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
 
-/// Datagrams a leg may have waiting for the mixer (over 1 s of 20 ms packets).
-const RTP_RING: usize = 64;
+/// Datagrams a leg may have waiting for the mixer: 320 ms of 20 ms packets,
+/// which the mixer drains every tick. Each slot holds a whole datagram
+/// (1.5 kB), so this is most of a leg's memory.
+const RTP_RING: usize = 16;
 /// Digits the app may queue for one leg ahead of the mixer sending them.
 const DTMF_QUEUE: usize = 64;
 

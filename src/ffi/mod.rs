@@ -250,6 +250,8 @@ pub struct sb_endpoint_config {
     pub opus_complexity: u8,
     pub opus_fec: bool,
     pub opus_dtx: bool,
+    /// Mixer threads; each conference mixes on one of them. Default 0: one per core.
+    pub mixer_threads: u32,
 }
 
 /// Sets `config` to the defaults.
@@ -271,6 +273,7 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             opus_complexity: defaults.opus.complexity,
             opus_fec: defaults.opus.fec,
             opus_dtx: defaults.opus.dtx,
+            mixer_threads: defaults.mixer_threads as u32,
         };
         sb_status::SB_OK
     })
@@ -318,6 +321,7 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
                 dtx: config.opus_dtx,
                 ..Default::default()
             },
+            mixer_threads: config.mixer_threads as usize,
             ..Default::default()
         }));
         *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));

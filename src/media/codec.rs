@@ -88,6 +88,12 @@ impl CodecKind {
         matches!(self, CodecKind::Opus | CodecKind::G722)
     }
 
+    /// Whether the decoder may skip packets and pick up again later without
+    /// a glitch; G.722's ADPCM state would be out of step for 200 ms.
+    pub fn can_skip_decoding(self) -> bool {
+        !matches!(self, CodecKind::G722)
+    }
+
     /// A fresh coder for one leg. Called when a leg joins, never in the tick.
     pub fn new_coder(self, opus: &OpusSettings) -> Result<Box<dyn AudioCodec>, CodecError> {
         Ok(match self {
@@ -158,6 +164,38 @@ pub trait AudioCodec: Send {
     /// Tells the encoder how much of what it sends is being lost, in percent,
     /// for codecs whose redundancy follows it (Opus in-band FEC).
     fn plan_for_loss(&mut self, _percent: u8) {}
+    /// Makes this coder's encoder continue exactly where `other`'s stands
+    /// (same codec, same settings), so that a leg moving from a shared
+    /// encoder to its own sends one unbroken stream. False when they differ.
+    fn continue_encoding_from(&mut self, other: &dyn AudioCodec) -> bool;
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The samples `payload` holds, for a caller that skips decoding it (a
+    /// silent listener) and must still keep time; `None` when it cannot tell
+    /// (see [`CodecKind::can_skip_decoding`]).
+    fn samples_without_decoding(&self, _payload: &[u8]) -> Option<usize> {
+        None
+    }
+    /// What the encoded audio depends on besides the input: coders with
+    /// equal keys turn the same audio into the same payloads.
+    fn encoder_key(&self) -> EncoderKey {
+        EncoderKey { kind: self.kind(), opus: None }
+    }
+}
+
+/// Identifies interchangeable encoders: the codec and, for Opus, the
+/// settings it was built with (the loss plan then follows the peers' reports).
+/// Every leg sends 20 ms packets, so the packet time is the same for all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EncoderKey {
+    pub kind: CodecKind,
+    pub opus: Option<OpusSettings>,
+}
+
+impl EncoderKey {
+    /// A fresh coder that encodes as the key says.
+    pub fn new_coder(&self) -> Result<Box<dyn AudioCodec>, CodecError> {
+        self.kind.new_coder(&self.opus.unwrap_or_default())
+    }
 }
 
 /// G.711; `ULAW` picks μ-law (PCMU) over A-law (PCMA).
@@ -188,6 +226,19 @@ impl<const ULAW: bool> AudioCodec for G711<ULAW> {
             *o = if ULAW { linear_to_ulaw(*s) } else { linear_to_alaw(*s) };
         }
         n
+    }
+
+    fn samples_without_decoding(&self, payload: &[u8]) -> Option<usize> {
+        Some(payload.len())
+    }
+
+    fn continue_encoding_from(&mut self, other: &dyn AudioCodec) -> bool {
+        // Stateless.
+        other.as_any().is::<Self>()
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -274,39 +325,115 @@ impl AudioCodec for G722 {
         let pcm = &pcm[..pcm.len().min(out.len() * 2)];
         self.encoder.encode(pcm, out)
     }
+
+    fn continue_encoding_from(&mut self, other: &dyn AudioCodec) -> bool {
+        match other.as_any().downcast_ref::<Self>() {
+            Some(other) => {
+                // Plain arrays: copied in place, no allocation.
+                self.encoder.clone_from(&other.encoder);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A libopus encoder (mono, 48 kHz) whose state lives in memory we own.
+/// audiopus's encoder keeps its state behind a private pointer; opus.h
+/// documents the state as position independent and freely copyable, and
+/// copying it is what lets a leg leave a shared encoder without a click.
+struct OpusEncoder {
+    state: Box<[OpusStateChunk]>,
+}
+
+/// Storage for libopus state, aligned as malloc would align it.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct OpusStateChunk([u8; 16]);
+
+impl OpusEncoder {
+    fn new() -> Result<Self, CodecError> {
+        use audiopus::ffi;
+        // SAFETY: a pure size query.
+        let size = unsafe { ffi::opus_encoder_get_size(1) };
+        if size <= 0 {
+            return Err(CodecError("libopus gave no encoder size".into()));
+        }
+        let chunks = (size as usize).div_ceil(std::mem::size_of::<OpusStateChunk>());
+        let mut encoder = Self { state: vec![OpusStateChunk([0; 16]); chunks].into_boxed_slice() };
+        // SAFETY: the state is at least opus_encoder_get_size(1) bytes, aligned.
+        let rc = unsafe { ffi::opus_encoder_init(encoder.raw(), 48000, 1, ffi::OPUS_APPLICATION_VOIP) };
+        encoder.check(rc)?;
+        Ok(encoder)
+    }
+
+    fn raw(&mut self) -> *mut audiopus::ffi::OpusEncoder {
+        self.state.as_mut_ptr().cast()
+    }
+
+    fn check(&self, rc: i32) -> Result<i32, CodecError> {
+        if rc < 0 {
+            return Err(CodecError(audiopus::ErrorCode::from(rc).to_string()));
+        }
+        Ok(rc)
+    }
+
+    /// One of the `OPUS_SET_*` requests that take an int.
+    fn set(&mut self, request: i32, value: i32) -> Result<(), CodecError> {
+        // SAFETY: an initialised state; every request this file sends takes one opus_int32.
+        let rc = unsafe { audiopus::ffi::opus_encoder_ctl(self.raw(), request, value) };
+        self.check(rc).map(drop)
+    }
+
+    fn encode(&mut self, pcm: &[i16], out: &mut [u8]) -> Result<usize, CodecError> {
+        let (frame, room) = (pcm.len() as i32, out.len().min(i32::MAX as usize) as i32);
+        // SAFETY: libopus reads `frame` samples from `pcm` and writes at most
+        // `room` bytes to `out`; it rejects frame sizes it does not take.
+        let rc = unsafe { audiopus::ffi::opus_encode(self.raw(), pcm.as_ptr(), frame, out.as_mut_ptr(), room) };
+        self.check(rc).map(|n| n as usize)
+    }
+
+    fn copy_from(&mut self, other: &Self) {
+        self.state.copy_from_slice(&other.state);
+    }
 }
 
 /// Opus, mono at 48 kHz, through libopus (audiopus).
 pub struct Opus {
-    encoder: audiopus::coder::Encoder,
+    encoder: OpusEncoder,
     decoder: audiopus::coder::Decoder,
     /// In-band FEC is on, so the peer's reported loss steers it.
     fec: bool,
+    settings: OpusSettings,
 }
 
 impl Opus {
     pub fn new(settings: &OpusSettings) -> Result<Self, CodecError> {
-        use audiopus::{Application, Bandwidth, Bitrate, Channels, SampleRate};
-        let error = |e: audiopus::Error| CodecError(e.to_string());
-        let mut encoder =
-            audiopus::coder::Encoder::new(SampleRate::Hz48000, Channels::Mono, Application::Voip).map_err(error)?;
-        encoder.set_bitrate(Bitrate::BitsPerSecond(settings.bitrate.clamp(6000, 510_000) as i32)).map_err(error)?;
-        encoder.set_complexity(settings.complexity.min(10)).map_err(error)?;
-        encoder.set_inband_fec(settings.fec).map_err(error)?;
+        use audiopus::ffi;
+        use audiopus::{Channels, SampleRate};
+        let mut encoder = OpusEncoder::new()?;
+        encoder.set(ffi::OPUS_SET_BITRATE_REQUEST, settings.bitrate.clamp(6000, 510_000) as i32)?;
+        encoder.set(ffi::OPUS_SET_COMPLEXITY_REQUEST, settings.complexity.min(10) as i32)?;
+        encoder.set(ffi::OPUS_SET_INBAND_FEC_REQUEST, settings.fec as i32)?;
         if settings.fec {
-            encoder.set_packet_loss_perc(settings.expected_loss_percent.min(100)).map_err(error)?;
+            encoder.set(ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST, settings.expected_loss_percent.min(100) as i32)?;
         }
-        encoder.set_dtx(settings.dtx).map_err(error)?;
+        encoder.set(ffi::OPUS_SET_DTX_REQUEST, settings.dtx as i32)?;
         let bandwidth = match settings.max_playback_rate {
-            0..=8000 => Bandwidth::Narrowband,
-            8001..=12000 => Bandwidth::Mediumband,
-            12001..=16000 => Bandwidth::Wideband,
-            16001..=24000 => Bandwidth::Superwideband,
-            _ => Bandwidth::Fullband,
+            0..=8000 => ffi::OPUS_BANDWIDTH_NARROWBAND,
+            8001..=12000 => ffi::OPUS_BANDWIDTH_MEDIUMBAND,
+            12001..=16000 => ffi::OPUS_BANDWIDTH_WIDEBAND,
+            16001..=24000 => ffi::OPUS_BANDWIDTH_SUPERWIDEBAND,
+            _ => ffi::OPUS_BANDWIDTH_FULLBAND,
         };
-        encoder.set_max_bandwidth(bandwidth).map_err(error)?;
+        encoder.set(ffi::OPUS_SET_MAX_BANDWIDTH_REQUEST, bandwidth)?;
+        let error = |e: audiopus::Error| CodecError(e.to_string());
         let decoder = audiopus::coder::Decoder::new(SampleRate::Hz48000, Channels::Mono).map_err(error)?;
-        Ok(Self { encoder, decoder, fec: settings.fec })
+        Ok(Self { encoder, decoder, fec: settings.fec, settings: *settings })
     }
 
     fn decode_packet(&mut self, payload: Option<&[u8]>, out: &mut [i16], fec: bool) -> Option<usize> {
@@ -353,8 +480,33 @@ impl AudioCodec for Opus {
         // the loss the peer reports instead of a fixed guess. Failing to set
         // it leaves the previous plan, which is still a valid encoding.
         if self.fec {
-            let _ = self.encoder.set_packet_loss_perc(percent.min(100));
+            let _ = self.encoder.set(audiopus::ffi::OPUS_SET_PACKET_LOSS_PERC_REQUEST, percent.min(100) as i32);
         }
+    }
+
+    fn samples_without_decoding(&self, payload: &[u8]) -> Option<usize> {
+        // The decoder takes a skipped stretch as it takes a gap.
+        let packet = audiopus::packet::Packet::try_from(payload).ok()?;
+        audiopus::packet::nb_samples(packet, audiopus::SampleRate::Hz48000).ok()
+    }
+
+    fn encoder_key(&self) -> EncoderKey {
+        EncoderKey { kind: CodecKind::Opus, opus: Some(self.settings) }
+    }
+
+    fn continue_encoding_from(&mut self, other: &dyn AudioCodec) -> bool {
+        match other.as_any().downcast_ref::<Self>() {
+            // The settings live in the state too, but only equal keys share.
+            Some(other) if other.encoder_key() == self.encoder_key() => {
+                self.encoder.copy_from(&other.encoder);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

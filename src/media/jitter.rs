@@ -427,6 +427,12 @@ mod tests {
         fn encode(&mut self, _: &[i16], _: &mut [u8]) -> usize {
             0
         }
+        fn continue_encoding_from(&mut self, _: &dyn AudioCodec) -> bool {
+            false
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
     }
 
     const F: u32 = 8;

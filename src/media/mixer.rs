@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use super::codec::AudioCodec;
+use super::codec::{AudioCodec, EncoderKey};
 use super::denoise::{self, NoiseSuppressor};
 use super::dtmf::{DtmfSender, DtmfTick};
 use super::jitter::{JitterBuffer, Playout};
@@ -57,6 +57,25 @@ fn max_payload(codec: &dyn AudioCodec) -> usize {
     }
 }
 
+/// A leg that stops being mixed keeps its own encoder this many ticks
+/// (100 ms), encoding what the listeners hear, before it takes the shared
+/// payload: its encoder's state converges on the shared one's meanwhile,
+/// so the peer's decoder sees no seam.
+const OWN_ENCODER_LINGER_TICKS: u32 = 5;
+
+/// A participant who stopped talking may fill a free mixing slot for this
+/// long (2 s, in ticks), so the pauses in its speech are heard as they are;
+/// others only with frames at most this far under the stop level.
+const FILLER_AFTER_TALKING_TICKS: u32 = 100;
+const FILLER_BELOW_STOP_DB: f32 = 10.0;
+
+/// How often (in ticks: 1 s) shared encoders look at the loss their members' peers report.
+const LOSS_CHECK_TICKS: u32 = 50;
+
+/// Shared encoders a conference keeps (distinct codecs and settings among
+/// its legs); legs beyond that encode for themselves.
+pub const MAX_SHARED_ENCODERS: usize = 8;
+
 /// Identifies a conference for the life of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConferenceId(pub u64);
@@ -86,6 +105,8 @@ pub struct ParticipantControls {
     pub dropped: AtomicU64,
     pub concealed_frames: AtomicU64,
     pub fec_recovered: AtomicU64,
+    /// Frames received but not decoded: the participant was silent by its own report.
+    pub frames_not_decoded: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     /// RTP timestamp of the last packet sent, for RTCP sender reports.
@@ -121,6 +142,7 @@ impl Default for ParticipantControls {
             dropped: AtomicU64::new(0),
             concealed_frames: AtomicU64::new(0),
             fec_recovered: AtomicU64::new(0),
+            frames_not_decoded: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             last_sent_timestamp: AtomicU32::new(0),
@@ -215,6 +237,8 @@ pub struct RtpLeg {
     audio_level_id: Option<u8>,
     reported_level: Option<f32>,
     ticks_since_level: u32,
+    /// Ticks since a packet reported a level a listener could be mixed at.
+    ticks_since_audible_level: u32,
     ticks_since_cn: u32,
     /// Digits the app queued (event codes) and the telephone-event payload type
     /// to send them with, when the peer offered it.
@@ -226,6 +250,14 @@ pub struct RtpLeg {
     marker: bool,
     /// The peer's loss the encoder last planned for (`u32::MAX`: its initial setting).
     planned_loss: u32,
+    /// What the encoder turns audio into, the conference's shared encoder
+    /// for it (an index, once the conference has one), whether the leg
+    /// sends that encoder's payload this tick, and the ticks since the leg
+    /// was last mixed in.
+    encoder_key: EncoderKey,
+    shared_encoder: Option<usize>,
+    on_shared: bool,
+    ticks_since_mixed: u32,
     /// Held until the leg is dropped, which gives the port back.
     pub _port: Option<Box<dyn Send>>,
 }
@@ -243,6 +275,7 @@ impl RtpLeg {
         port: Option<Box<dyn Send>>,
     ) -> Result<Self, ResampleError> {
         let kind = codec.kind();
+        let encoder_key = codec.encoder_key();
         let (rate, clock_rate) = (kind.sample_rate(), kind.clock_rate());
         let frame_ts = clock_rate / 50;
         let converters = if rate == mix_rate {
@@ -286,8 +319,13 @@ impl RtpLeg {
             audio_level_id: None,
             reported_level: None,
             ticks_since_level: 0,
+            ticks_since_audible_level: 0,
             ticks_since_cn: 0,
             planned_loss: u32::MAX,
+            encoder_key,
+            shared_encoder: None,
+            on_shared: false,
+            ticks_since_mixed: 0,
             dtmf: None,
             dtmf_sender: DtmfSender::default(),
             event_timestamp: 0,
@@ -320,13 +358,14 @@ impl RtpLeg {
         self
     }
 
-    /// Drains received datagrams into the jitter buffer, then plays one frame
-    /// into `out`, at the conference's rate.
-    fn read_frame(&mut self, controls: &ParticipantControls, out: &mut [i16]) -> bool {
-        self.quiet_ticks = self.quiet_ticks.saturating_add(1);
-        self.comfort_noise_frame = false;
-        self.ticks_since_level = self.ticks_since_level.saturating_add(1);
-        while let Ok(datagram) = self.datagrams.pop() {
+    /// Moves received datagrams into the jitter buffer, latching on the
+    /// peer's address and noting the levels it reports.
+    fn drain_datagrams(&mut self, controls: &ParticipantControls, quiet_below: f32) {
+        // Read in place: each slot holds a whole 1.5 kB datagram, which
+        // popping would copy once more for every packet.
+        let Ok(received) = self.datagrams.read_chunk(self.datagrams.slots()) else { return };
+        let (first, second) = received.as_slices();
+        for datagram in first.iter().chain(second) {
             let data = &datagram.data[..datagram.len as usize];
             let Ok(packet) = RtpPacket::parse(data) else { continue };
             let comfort_noise = self.comfort_noise == Some(packet.payload_type);
@@ -349,6 +388,9 @@ impl RtpLeg {
             if let Some((_, level)) = self.audio_level_id.and_then(|id| packet.audio_level(id)) {
                 self.reported_level = Some(-(level as f32));
                 self.ticks_since_level = 0;
+                if -(level as f32) >= quiet_below {
+                    self.ticks_since_audible_level = 0;
+                }
             }
             controls.packets_received.fetch_add(1, Ordering::Relaxed);
             controls.bytes_received.fetch_add(packet.payload.len() as u64, Ordering::Relaxed);
@@ -364,7 +406,43 @@ impl RtpLeg {
             let arrival = (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000) as u32;
             self.jitter.push(packet.ssrc, packet.timestamp, arrival, packet.payload);
         }
-        let playout = self.jitter.pop(self.codec.as_mut(), &mut self.codec_frame);
+        received.commit_all();
+    }
+
+    /// Drains received datagrams into the jitter buffer, then plays one frame
+    /// into `out`, at the conference's rate. A leg whose peer reports its
+    /// level (RFC 6464) and that has reported nothing at `quiet_below` or
+    /// louder for longer than the jitter buffer holds is not decoded, when
+    /// `may_skip` (it neither talks nor talked lately) and its codec can skip audio: it would
+    /// not be mixed, and its first louder packet is decoded again in time.
+    fn read_frame(
+        &mut self,
+        controls: &ParticipantControls,
+        out: &mut [i16],
+        quiet_below: f32,
+        may_skip: bool,
+    ) -> bool {
+        self.quiet_ticks = self.quiet_ticks.saturating_add(1);
+        self.comfort_noise_frame = false;
+        self.ticks_since_level = self.ticks_since_level.saturating_add(1);
+        self.ticks_since_audible_level = self.ticks_since_audible_level.saturating_add(1);
+        self.drain_datagrams(controls, quiet_below);
+        let buffered_ticks = self.jitter.target_delay() / self.frame_ts + 1;
+        // Only while the peer does report levels: negotiating the extension
+        // is no promise to send it.
+        let skip = may_skip && self.reported_level().is_some() && self.ticks_since_audible_level > buffered_ticks;
+        let playout = if skip && self.codec.kind().can_skip_decoding() {
+            match self.jitter.pop(&mut Undecoded(self.codec.as_mut()), &mut self.codec_frame) {
+                // Kept in time, but nothing to hear.
+                Playout::Audio | Playout::Concealed => {
+                    controls.frames_not_decoded.fetch_add(1, Ordering::Relaxed);
+                    Playout::Silence
+                }
+                silence => silence,
+            }
+        } else {
+            self.jitter.pop(self.codec.as_mut(), &mut self.codec_frame)
+        };
         let stats = self.jitter.stats();
         controls.concealed_frames.store(stats.concealed, Ordering::Relaxed);
         controls.fec_recovered.store(stats.recovered, Ordering::Relaxed);
@@ -388,52 +466,17 @@ impl RtpLeg {
         heard
     }
 
-    fn write_frame(&mut self, controls: &ParticipantControls, pcm: &[i16]) {
+    /// Sends this tick's audio (or DTMF); true when it ran the leg's own encoder.
+    fn write_frame(&mut self, controls: &ParticipantControls, outgoing: Outgoing) -> bool {
         let frame = self.frame_ts;
         let tick = match &mut self.dtmf {
             Some((_, digits)) => self.dtmf_sender.tick(frame, || digits.pop().ok()),
             None => DtmfTick::Audio,
         };
+        let mut encoded = false;
         if self.send {
             match tick {
-                DtmfTick::Audio => {
-                    let codec_pcm: &[i16] = match self.from_mix.as_mut() {
-                        Some(converter) => {
-                            converter.process(pcm, &mut self.codec_frame);
-                            &self.codec_frame
-                        }
-                        None => pcm,
-                    };
-                    let silent = codec_pcm.iter().all(|s| *s == 0);
-                    match self.comfort_noise {
-                        // Silence to a peer that takes comfort noise: a CN
-                        // packet now and then instead of a stream of zeros.
-                        Some(cn) if silent => {
-                            if self.ticks_since_cn % COMFORT_NOISE_EVERY_TICKS == 0 {
-                                let n = plc::write_cn(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]);
-                                self.send_packet(controls, false, cn, self.timestamp, n);
-                            }
-                            self.ticks_since_cn += 1;
-                            self.marker = true;
-                        }
-                        _ => {
-                            self.ticks_since_cn = 0;
-                            let loss = controls.remote_loss_percent.load(Ordering::Relaxed);
-                            if loss != self.planned_loss && loss <= 100 {
-                                self.codec.plan_for_loss(loss as u8);
-                                self.planned_loss = loss;
-                            }
-                            let n = self.codec.encode(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]);
-                            if n > 0 {
-                                let marker = std::mem::take(&mut self.marker);
-                                self.send_packet(controls, marker, self.payload_type, self.timestamp, n);
-                            } else {
-                                // Opus DTX: nothing sent; the next packet starts a talkspurt.
-                                self.marker = true;
-                            }
-                        }
-                    }
-                }
+                DtmfTick::Audio => encoded = self.send_audio(controls, outgoing),
                 DtmfTick::Event { event, duration, end, start, copies } => {
                     if start {
                         self.event_timestamp = self.timestamp;
@@ -450,6 +493,70 @@ impl RtpLeg {
             }
         }
         self.timestamp = self.timestamp.wrapping_add(frame);
+        encoded
+    }
+
+    fn send_audio(&mut self, controls: &ParticipantControls, outgoing: Outgoing) -> bool {
+        let (codec_pcm, silent): (&[i16], bool) = match outgoing {
+            Outgoing::Mix(pcm) => {
+                let pcm: &[i16] = match self.from_mix.as_mut() {
+                    Some(converter) => {
+                        converter.process(pcm, &mut self.codec_frame);
+                        &self.codec_frame
+                    }
+                    None => pcm,
+                };
+                (pcm, pcm.iter().all(|s| *s == 0))
+            }
+            Outgoing::Shared(shared) => (&shared.codec_frame, shared.silent),
+        };
+        if let (Some(cn), true) = (self.comfort_noise, silent) {
+            // Silence to a peer that takes comfort noise: a CN packet now
+            // and then instead of a stream of zeros.
+            if self.ticks_since_cn % COMFORT_NOISE_EVERY_TICKS == 0 {
+                let n = plc::write_cn(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]);
+                self.send_packet(controls, false, cn, self.timestamp, n);
+            }
+            self.ticks_since_cn += 1;
+            self.marker = true;
+            return false;
+        }
+        self.ticks_since_cn = 0;
+        let (n, encoded) = match outgoing {
+            Outgoing::Mix(_) => {
+                let loss = controls.remote_loss_percent.load(Ordering::Relaxed);
+                if loss != self.planned_loss && loss <= 100 {
+                    self.codec.plan_for_loss(loss as u8);
+                    self.planned_loss = loss;
+                }
+                (self.codec.encode(codec_pcm, &mut self.packet[rtp::HEADER_LEN..]), true)
+            }
+            Outgoing::Shared(shared) => {
+                let payload = &shared.payload[..shared.len];
+                self.packet[rtp::HEADER_LEN..rtp::HEADER_LEN + payload.len()].copy_from_slice(payload);
+                (payload.len(), false)
+            }
+        };
+        if n > 0 {
+            let marker = std::mem::take(&mut self.marker);
+            self.send_packet(controls, marker, self.payload_type, self.timestamp, n);
+        } else {
+            // Opus DTX: nothing sent; the next packet starts a talkspurt.
+            self.marker = true;
+        }
+        encoded
+    }
+
+    /// Moves the leg from its conference's shared encoder back to its own:
+    /// the own encoder and resampler take over the shared ones' state, so
+    /// the peer's decoder goes on with one unbroken stream.
+    fn leave_shared_encoder(&mut self, shared: &SharedEncoder) {
+        if self.codec.continue_encoding_from(shared.codec.as_ref()) {
+            self.planned_loss = shared.planned_loss;
+        }
+        if let (Some(own), Some(theirs)) = (self.from_mix.as_mut(), shared.from_mix.as_ref()) {
+            own.continue_from(theirs);
+        }
     }
 
     /// Sends the packet buffer's first `payload` bytes after a fresh header.
@@ -476,6 +583,113 @@ impl RtpLeg {
             }
         }
         self.sequence = self.sequence.wrapping_add(1);
+    }
+}
+
+/// A codec as the jitter buffer sees it while a silent listener is not
+/// decoded: packets keep their time but play as silence, and gaps are not
+/// concealed.
+struct Undecoded<'a>(&'a mut dyn AudioCodec);
+
+impl AudioCodec for Undecoded<'_> {
+    fn kind(&self) -> super::codec::CodecKind {
+        self.0.kind()
+    }
+
+    fn decode(&mut self, payload: &[u8], out: &mut [i16]) -> usize {
+        let n = self.0.samples_without_decoding(payload).unwrap_or(0).min(out.len());
+        out[..n].fill(0);
+        n
+    }
+
+    fn conceal(&mut self, out: &mut [i16]) -> bool {
+        out.fill(0);
+        true
+    }
+
+    fn encode(&mut self, _pcm: &[i16], _out: &mut [u8]) -> usize {
+        0
+    }
+
+    fn continue_encoding_from(&mut self, _other: &dyn AudioCodec) -> bool {
+        false
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self.0.as_any()
+    }
+}
+
+/// What a leg sends in a tick: its own encoding of a mix, or the payload of
+/// the conference's shared encoder.
+enum Outgoing<'a> {
+    Mix(&'a [i16]),
+    Shared(&'a SharedEncoder),
+}
+
+/// One encoder for every listener whose leg encodes alike (same
+/// [`EncoderKey`]): listeners all hear the same mix, so it is encoded once
+/// per tick and each leg sends the payload under its own RTP header.
+pub struct SharedEncoder {
+    key: EncoderKey,
+    codec: Box<dyn AudioCodec>,
+    from_mix: Option<FrameResampler>,
+    /// This tick's audio at the codec's rate, whether it is all zeros, and
+    /// its encoding (`len` 0: DTX, nothing to send).
+    codec_frame: Box<[i16]>,
+    silent: bool,
+    payload: Box<[u8]>,
+    len: usize,
+    /// Some leg sends the payload this tick, or is about to move to it.
+    wanted: bool,
+    /// The loss the encoder plans for, and the worst any member's peer
+    /// reported this tick (the next encode plans for that).
+    planned_loss: u32,
+    worst_loss: Option<u32>,
+}
+
+impl SharedEncoder {
+    /// Shares `codec`'s encodings among the listeners of a conference that mixes at `mix_rate`.
+    pub fn new(codec: Box<dyn AudioCodec>, mix_rate: u32) -> Result<Self, ResampleError> {
+        let kind = codec.kind();
+        let from_mix = if kind.sample_rate() == mix_rate {
+            None
+        } else {
+            Some(FrameResampler::new(mix_rate, kind.sample_rate())?)
+        };
+        Ok(Self {
+            key: codec.encoder_key(),
+            from_mix,
+            codec_frame: vec![0; kind.frame_samples()].into_boxed_slice(),
+            silent: true,
+            payload: vec![0; MAX_DATAGRAM].into_boxed_slice(),
+            len: 0,
+            wanted: false,
+            planned_loss: u32::MAX,
+            worst_loss: None,
+            codec,
+        })
+    }
+
+    pub fn key(&self) -> EncoderKey {
+        self.key
+    }
+
+    fn encode(&mut self, mix: &[i16]) {
+        match self.from_mix.as_mut() {
+            Some(converter) => converter.process(mix, &mut self.codec_frame),
+            None => self.codec_frame.copy_from_slice(mix),
+        }
+        self.silent = self.codec_frame.iter().all(|s| *s == 0);
+        if let Some(loss) = self.worst_loss.take() {
+            if loss != self.planned_loss {
+                // Planned for the worst member's path: FEC the others do not need
+                // costs them a little quality, none costs that member much more.
+                self.codec.plan_for_loss(loss as u8);
+                self.planned_loss = loss;
+            }
+        }
+        self.len = self.codec.encode(&self.codec_frame, &mut self.payload);
     }
 }
 
@@ -532,6 +746,12 @@ pub struct ParticipantMix {
     audible: bool,
     level_dbov: f32,
     quiet_ticks: u32,
+    /// Whether it talks: the mixer's copy of `controls.talking`, which the
+    /// ranking reads many times a tick (and a big room would miss in cache).
+    talking: bool,
+    /// This tick's level, unsmoothed, and the ticks since it last talked.
+    frame_dbov: f32,
+    ticks_since_talking: u32,
 }
 
 impl ParticipantMix {
@@ -547,18 +767,18 @@ impl ParticipantMix {
             audible: false,
             level_dbov: -100.0,
             quiet_ticks: 0,
+            talking: false,
+            frame_dbov: -100.0,
+            ticks_since_talking: u32::MAX,
         }
-    }
-
-    fn talking(&self) -> bool {
-        self.controls.talking.load(Ordering::Relaxed)
     }
 
     /// Updates talker detection with this tick's level.
     fn detect_talking(&mut self, policy: &TalkerPolicy, level: f32) {
         // Smoothed in dB over about three ticks, for ranking talkers.
         self.level_dbov = if self.audible { self.level_dbov * 0.6 + level * 0.4 } else { -100.0 };
-        let was_talking = self.talking();
+        self.frame_dbov = if self.audible { level } else { -100.0 };
+        let was_talking = self.talking;
         // Above the start level, or above the stop level while talking: talking.
         let threshold = if was_talking { policy.stop_dbov } else { policy.start_dbov };
         let talking = if self.audible && level >= threshold {
@@ -570,7 +790,9 @@ impl ParticipantMix {
         } else {
             false
         };
+        self.ticks_since_talking = if talking { 0 } else { self.ticks_since_talking.saturating_add(1) };
         if talking != was_talking {
+            self.talking = talking;
             self.controls.talking.store(talking, Ordering::Relaxed);
             self.controls.talk_changes.fetch_add(1, Ordering::Relaxed);
         }
@@ -579,6 +801,14 @@ impl ParticipantMix {
     /// Suppresses noise in what this participant says (before it joins the mixer).
     pub fn set_noise_suppressor(&mut self, suppressor: Option<Box<NoiseSuppressor>>) {
         self.noise_suppressor = suppressor;
+    }
+
+    /// How the participant's leg encodes, when it is an RTP leg.
+    pub fn encoder_key(&self) -> Option<EncoderKey> {
+        match &self.leg {
+            Leg::Rtp(leg) => Some(leg.encoder_key),
+            Leg::Local(_) => None,
+        }
     }
 
     /// Samples per tick this participant mixes.
@@ -592,6 +822,9 @@ impl ParticipantMix {
 pub struct ConferenceControls {
     /// Frames of the mix the app did not read in time.
     pub tap_dropped: AtomicU64,
+    /// Frames encoded for the conference's legs, by their own encoders and
+    /// by the shared ones.
+    pub encodes: AtomicU64,
 }
 
 /// The mixer's side of one conference.
@@ -599,11 +832,16 @@ pub struct ConferenceMix {
     pub id: ConferenceId,
     pub controls: Arc<ConferenceControls>,
     participants: Vec<Box<ParticipantMix>>,
+    /// Encoders shared by listeners, at most [`MAX_SHARED_ENCODERS`].
+    shared: Vec<Box<SharedEncoder>>,
     sum: Box<[i32]>,
+    /// What everyone not mixed in hears: the sum, saturated.
+    listener_mix: Box<[i16]>,
     scratch: Box<[i16]>,
     /// The conference mix for the app, when it asked for it.
     tap: Option<rtrb::Producer<i16>>,
     policy: TalkerPolicy,
+    ticks: u32,
 }
 
 impl ConferenceMix {
@@ -613,10 +851,13 @@ impl ConferenceMix {
             id,
             controls,
             participants: Vec::with_capacity(capacity),
+            shared: Vec::with_capacity(MAX_SHARED_ENCODERS),
             sum: vec![0; frame].into_boxed_slice(),
+            listener_mix: vec![0; frame].into_boxed_slice(),
             scratch: vec![0; frame].into_boxed_slice(),
             tap: None,
             policy: TalkerPolicy::default(),
+            ticks: 0,
         }
     }
 
@@ -633,7 +874,13 @@ impl ConferenceMix {
         for p in self.participants.iter_mut() {
             let scratch = &mut self.scratch[..frame];
             let (heard, comfort_noise) = match &mut p.leg {
-                Leg::Rtp(leg) => (leg.receive && leg.read_frame(&p.controls, scratch), leg.comfort_noise_frame),
+                Leg::Rtp(leg) => {
+                    // Not decoded only when it could not fill a slot either.
+                    let may_skip = !p.talking && p.ticks_since_talking >= FILLER_AFTER_TALKING_TICKS;
+                    let floor = policy.stop_dbov - FILLER_BELOW_STOP_DB;
+                    let heard = leg.receive && leg.read_frame(&p.controls, scratch, floor, may_skip);
+                    (heard, leg.comfort_noise_frame)
+                }
                 Leg::Local(leg) => (leg.read_frame(scratch), false),
             };
             p.audible = heard && !comfort_noise && !p.controls.muted.load(Ordering::Relaxed);
@@ -665,20 +912,32 @@ impl ConferenceMix {
             p.detect_talking(&policy, level);
         }
         if policy.max_talkers > 0 {
-            // At most `max_talkers` are mixed: the loudest talkers first, then,
-            // while slots are left, the loudest of the others heard. Leaving
-            // the slots empty instead would gate speech whose soft onsets and
-            // pauses sit below the talking levels (it cost 0.3 PESQ in a
-            // two-party call); filling them keeps the noise bounded by K
-            // microphones all the same. Picked one by one: K passes, no
+            // At most `max_talkers` are mixed. When everyone heard fits, all
+            // are: a small call is never gated (cutting soft onsets, pauses and
+            // the noise floor around speech cost 0.1-0.3 PESQ in a two-party
+            // call). Otherwise the loudest talkers go first, then, while slots
+            // are left, the loudest of those that talked in the last two
+            // seconds or whose frame is within 10 dB under the stop level:
+            // that keeps the noise bounded by K microphones, and leaves the
+            // open microphones of a quiet room out, so that their legs share
+            // the listeners' encoding. Picked one by one: K passes, no
             // sorting storage in the tick.
+            let everyone_fits = self.participants.iter().filter(|p| p.audible).count() <= policy.max_talkers;
             for p in self.participants.iter_mut() {
                 p.contributes = false;
             }
+            let floor = policy.stop_dbov - FILLER_BELOW_STOP_DB;
+            let candidate = |p: &ParticipantMix| {
+                p.audible
+                    && (everyone_fits
+                        || p.talking
+                        || p.ticks_since_talking < FILLER_AFTER_TALKING_TICKS
+                        || p.frame_dbov >= floor)
+            };
             for _ in 0..policy.max_talkers {
-                let loudest = self.participants.iter_mut().filter(|p| !p.contributes && p.audible).max_by(|a, b| {
-                    (a.talking(), a.level_dbov)
-                        .partial_cmp(&(b.talking(), b.level_dbov))
+                let loudest = self.participants.iter_mut().filter(|p| !p.contributes && candidate(p)).max_by(|a, b| {
+                    (a.talking, a.level_dbov)
+                        .partial_cmp(&(b.talking, b.level_dbov))
                         .unwrap_or(std::cmp::Ordering::Equal)
                 });
                 match loudest {
@@ -692,27 +951,91 @@ impl ConferenceMix {
                 *sum = sum.wrapping_add(*input);
             }
         }
+        for (out, sum) in self.listener_mix.iter_mut().zip(self.sum.iter()) {
+            *out = (*sum).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+        }
+        self.choose_encoders();
+        let mut encodes = 0;
+        for shared in self.shared.iter_mut().filter(|s| s.wanted) {
+            shared.encode(&self.listener_mix);
+            encodes += 1;
+        }
         for p in self.participants.iter_mut() {
-            let own = p.contributes;
-            for ((out, sum), input) in p.output.iter_mut().zip(self.sum.iter()).zip(p.input.iter()) {
-                let v = if own { sum.wrapping_sub(*input) } else { *sum };
-                *out = v.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
-            }
+            // Those mixed in hear the sum less themselves; everyone else the listeners' mix.
+            let mix: &[i16] = if p.contributes {
+                for ((out, sum), input) in p.output.iter_mut().zip(self.sum.iter()).zip(p.input.iter()) {
+                    *out = sum.wrapping_sub(*input).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+                }
+                &p.output
+            } else {
+                &self.listener_mix
+            };
             match &mut p.leg {
-                Leg::Rtp(leg) => leg.write_frame(&p.controls, &p.output),
+                Leg::Rtp(leg) => {
+                    let outgoing = match leg.shared_encoder.and_then(|i| self.shared.get(i)) {
+                        Some(shared) if leg.on_shared => Outgoing::Shared(shared),
+                        _ => Outgoing::Mix(mix),
+                    };
+                    encodes += leg.write_frame(&p.controls, outgoing) as u64;
+                }
                 Leg::Local(leg) => {
-                    if !push_frame(&mut leg.to_app, &p.output) {
+                    if !push_frame(&mut leg.to_app, mix) {
                         p.controls.dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
         }
+        self.controls.encodes.fetch_add(encodes, Ordering::Relaxed);
         if let Some(tap) = self.tap.as_mut() {
-            for (s, sum) in self.scratch.iter_mut().zip(self.sum.iter()) {
-                *s = (*sum).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
-            }
-            if !push_frame(tap, &self.scratch) {
+            if !push_frame(tap, &self.listener_mix) {
                 self.controls.tap_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Decides, before any shared encoder runs this tick, which legs send a
+    /// shared payload and which their own encoding, and which shared
+    /// encoders must run.
+    fn choose_encoders(&mut self) {
+        self.ticks = self.ticks.wrapping_add(1);
+        for shared in self.shared.iter_mut() {
+            shared.wanted = false;
+        }
+        for p in self.participants.iter_mut() {
+            let Leg::Rtp(leg) = &mut p.leg else { continue };
+            let Some(shared) = leg.shared_encoder.and_then(|i| self.shared.get_mut(i)) else { continue };
+            leg.ticks_since_mixed = if p.contributes { 0 } else { leg.ticks_since_mixed.saturating_add(1) };
+            let on_shared = leg.ticks_since_mixed > OWN_ENCODER_LINGER_TICKS;
+            if leg.on_shared && !on_shared {
+                // The shared encoder has not run yet this tick: its state is
+                // the one the peer decoded last.
+                leg.leave_shared_encoder(shared);
+            }
+            leg.on_shared = on_shared;
+            // It also runs while legs linger on their own encoders, so its
+            // state follows the mix they are about to take.
+            if leg.send && leg.ticks_since_mixed > 0 {
+                shared.wanted = true;
+                // Peers report loss every few seconds; looking once a second
+                // spares a big room a cache miss per leg per tick.
+                if self.ticks % LOSS_CHECK_TICKS == 0 {
+                    let loss = p.controls.remote_loss_percent.load(Ordering::Relaxed);
+                    if loss <= 100 {
+                        shared.worst_loss = Some(shared.worst_loss.map_or(loss, |worst| worst.max(loss)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Points the legs that encode like `self.shared[index]` at it.
+    fn assign_shared_encoder(&mut self, index: usize) {
+        let key = self.shared[index].key;
+        for p in self.participants.iter_mut() {
+            if let Leg::Rtp(leg) = &mut p.leg {
+                if leg.shared_encoder.is_none() && leg.encoder_key == key {
+                    leg.shared_encoder = Some(index);
+                }
             }
         }
     }
@@ -735,6 +1058,9 @@ pub enum MixerCommand {
     SetTalkerPolicy(ConferenceId, TalkerPolicy),
     /// Starts (or with `None` stops) suppressing noise in a participant's audio.
     SetNoiseSuppressor(ConferenceId, ParticipantId, Option<Box<NoiseSuppressor>>),
+    /// Gives a conference an encoder for the listeners whose legs encode as
+    /// it does; ignored when it has one for them or [`MAX_SHARED_ENCODERS`].
+    AddSharedEncoder(ConferenceId, Box<SharedEncoder>),
     Stop,
 }
 
@@ -746,16 +1072,44 @@ pub enum Garbage {
     Participants(Vec<Box<ParticipantMix>>),
     Tap(rtrb::Producer<i16>),
     NoiseSuppressor(Box<NoiseSuppressor>),
+    SharedEncoder(Box<SharedEncoder>),
 }
 
-/// Timing counters of the mixer thread.
-#[derive(Debug, Default)]
+/// Width of a bucket of [`MixerStats::tick_histogram`].
+pub const TICK_HISTOGRAM_STEP: Duration = Duration::from_micros(10);
+/// Buckets of [`MixerStats::tick_histogram`]: up to 50 ms, the last holding anything longer.
+const TICK_HISTOGRAM_BUCKETS: usize = 5000;
+
+/// Timing counters of a mixer thread.
+#[derive(Debug)]
 pub struct MixerStats {
     pub ticks: AtomicU64,
     /// Ticks that started more than one tick late.
     pub late_ticks: AtomicU64,
     /// Things the reaper could not take (its queue was full); leaked rather than freed in the tick.
     pub leaked: AtomicU64,
+    /// How long ticks took (commands and mixing): a count per
+    /// [`TICK_HISTOGRAM_STEP`], so that readers can take percentiles over
+    /// any window by subtracting two copies.
+    pub tick_histogram: Box<[AtomicU64]>,
+}
+
+impl Default for MixerStats {
+    fn default() -> Self {
+        Self {
+            ticks: AtomicU64::new(0),
+            late_ticks: AtomicU64::new(0),
+            leaked: AtomicU64::new(0),
+            tick_histogram: (0..TICK_HISTOGRAM_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl MixerStats {
+    fn record_tick(&self, took: Duration) {
+        let bucket = (took.as_nanos() / TICK_HISTOGRAM_STEP.as_nanos()).min(TICK_HISTOGRAM_BUCKETS as u128 - 1);
+        self.tick_histogram[bucket as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The mixer's schedule: ticks on absolute 20 ms deadlines of the monotonic
@@ -855,6 +1209,9 @@ impl Mixer {
                     let rejected = match self.conference(conference) {
                         Some(c) if c.participants.len() < c.participants.capacity() => {
                             c.participants.push(p);
+                            for index in 0..c.shared.len() {
+                                c.assign_shared_encoder(index);
+                            }
                             None
                         }
                         _ => Some(p),
@@ -900,6 +1257,21 @@ impl Mixer {
                         c.policy = policy;
                     }
                 }
+                MixerCommand::AddSharedEncoder(conference, shared) => {
+                    let rejected = match self.conference(conference) {
+                        Some(c)
+                            if c.shared.len() < c.shared.capacity() && c.shared.iter().all(|s| s.key != shared.key) =>
+                        {
+                            c.shared.push(shared);
+                            c.assign_shared_encoder(c.shared.len() - 1);
+                            None
+                        }
+                        _ => Some(shared),
+                    };
+                    if let Some(shared) = rejected {
+                        self.discard(Garbage::SharedEncoder(shared));
+                    }
+                }
                 MixerCommand::SetNoiseSuppressor(conference, id, suppressor) => {
                     let participant =
                         self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
@@ -927,9 +1299,15 @@ impl Mixer {
     pub fn run(mut self) {
         denoise::prepare_thread();
         let mut clock = TickClock::new(Instant::now());
-        while self.apply_commands() {
+        loop {
+            let started = Instant::now();
+            if !self.apply_commands() {
+                break;
+            }
             self.tick();
-            match clock.after_tick(Instant::now()) {
+            let now = Instant::now();
+            self.stats.record_tick(now - started);
+            match clock.after_tick(now) {
                 TickWait::Sleep(d) => std::thread::sleep(d),
                 TickWait::CatchUp { late } => {
                     if late {
@@ -1060,31 +1438,35 @@ mod tests {
             ends.push(e);
         }
         h.mixer.apply_commands();
-        // Four talkers (-12 to -30 dBov) and a silent listener.
-        let levels = [8000, 4000, 2000, 1000, 0];
-        let mut heard = Vec::new();
-        for _ in 0..5 {
-            for (e, level) in ends.iter_mut().zip(levels) {
-                feed(e, level);
+        // Feeds each participant its level for `ticks` ticks; what each heard last.
+        let mut run = |h: &mut Harness, levels: [i16; 5], ticks: usize| {
+            let mut heard = Vec::new();
+            for _ in 0..ticks {
+                for (e, level) in ends.iter_mut().zip(levels) {
+                    feed(e, level);
+                }
+                h.mixer.tick();
+                heard = ends.iter_mut().map(|e| take(e)[0]).collect();
             }
-            h.mixer.tick();
-            heard = ends.iter_mut().map(|e| take(e)[0]).collect();
-        }
-        // The two loudest are mixed: each hears the other; everyone else hears both.
-        assert_eq!(heard, vec![4000, 8000, 12000, 12000, 12000]);
-        let talking: Vec<bool> = controls.iter().map(|c| c.talking.load(Ordering::Relaxed)).collect();
-        assert_eq!(talking, vec![true, true, true, true, false]);
+            heard
+        };
+        let talking = || controls.iter().map(|c| c.talking.load(Ordering::Relaxed)).collect::<Vec<_>>();
+        // Four talkers (-12 to -30 dBov) and a silent listener. The two
+        // loudest are mixed: each hears the other; everyone else hears both.
+        assert_eq!(run(&mut h, [8000, 4000, 2000, 1000, 0], 5), vec![4000, 8000, 12000, 12000, 12000]);
+        assert_eq!(talking(), vec![true, true, true, true, false]);
 
-        // Once only the softest talks, it is mixed first, and the loudest of
-        // the rest (under the talking level, -50 dBov) fills the other slot.
-        for _ in 0..40 {
-            for (e, level) in ends.iter_mut().zip([20, 10, 0, 1000, 0]) {
-                feed(e, level);
-            }
-            h.mixer.tick();
-            heard = ends.iter_mut().map(|e| take(e)[0]).collect();
-        }
-        assert_eq!(heard, vec![1000, 1020, 1020, 20, 1020]);
+        // Once only the softest talks (and the others stopped over 2 s ago),
+        // it is mixed first, and free slots go to the loudest of the rest
+        // down to 10 dB under the stop level: -44 dBov fills one, an open
+        // microphone at -65 dBov does not fill the third.
+        h.commands
+            .send(MixerCommand::SetTalkerPolicy(ConferenceId(1), TalkerPolicy { max_talkers: 3, ..Default::default() }))
+            .unwrap();
+        h.mixer.apply_commands();
+        run(&mut h, [0, 0, 0, 1000, 0], 130);
+        assert_eq!(run(&mut h, [200, 18, 0, 1000, 0], 130), vec![1000, 1200, 1200, 200, 1200]);
+        assert_eq!(talking(), vec![false, false, false, true, false]);
     }
 
     #[test]
@@ -1094,25 +1476,12 @@ mod tests {
         h.mixer.apply_commands();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         let source = peer.local_addr().unwrap();
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let (mut ring, rx) = rtrb::RingBuffer::new(16);
-        let coder = CodecKind::Pcmu.new_coder(&Default::default()).unwrap();
-        let rtp_leg = RtpLeg::new(rx, socket, source, coder, 0, 8000, None).unwrap().with_audio_level(1);
-        let leg = ParticipantMix::new(ParticipantId(1), Arc::default(), Leg::Rtp(rtp_leg), FRAME);
+        let (leg, mut ring) = level_reporting_participant(1, source);
         let controls = leg.controls.clone();
-        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), Box::new(leg))).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), leg)).unwrap();
         h.mixer.apply_commands();
         // Loud audio (-12 dBov measured) that the client says is -127 dBov, then -20 dBov.
-        let with_level = |seq: u16, level: u8| {
-            let mut d = datagram(source, seq, 8000);
-            let payload = d.data[rtp::HEADER_LEN..d.len as usize].to_vec();
-            d.data[0] |= 0x10;
-            d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + 8].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x10, level, 0, 0]);
-            d.data[rtp::HEADER_LEN + 8..rtp::HEADER_LEN + 8 + payload.len()].copy_from_slice(&payload);
-            d.len += 8;
-            d
-        };
+        let with_level = |seq: u16, level: u8| datagram_with_level(source, seq, 8000, level);
         for seq in 0..5 {
             ring.push(with_level(seq, 127)).ok().unwrap();
             h.mixer.tick();
@@ -1269,6 +1638,30 @@ mod tests {
         let header: &mut [u8; rtp::HEADER_LEN] = (&mut d.data[..rtp::HEADER_LEN]).try_into().unwrap();
         rtp::write_header(header, false, 0, seq, seq as u32 * FRAME as u32, 99);
         d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + FRAME].fill(crate::media::codec::linear_to_ulaw(value));
+        d
+    }
+
+    /// A PCMU leg whose peer sends its audio level (RFC 6464) as extension 1.
+    fn level_reporting_participant(
+        id: u64,
+        peer: SocketAddr,
+    ) -> (Box<ParticipantMix>, rtrb::Producer<ReceivedDatagram>) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let (ring, rx) = rtrb::RingBuffer::new(16);
+        let coder = CodecKind::Pcmu.new_coder(&Default::default()).unwrap();
+        let leg = RtpLeg::new(rx, socket, peer, coder, 0, 8000, None).unwrap().with_audio_level(1);
+        (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), ring)
+    }
+
+    /// [`datagram`] with the one-byte header extension 1 saying `level` (-dBov).
+    fn datagram_with_level(source: SocketAddr, seq: u16, value: i16, level: u8) -> ReceivedDatagram {
+        let mut d = datagram(source, seq, value);
+        let payload = d.data[rtp::HEADER_LEN..d.len as usize].to_vec();
+        d.data[0] |= 0x10;
+        d.data[rtp::HEADER_LEN..rtp::HEADER_LEN + 8].copy_from_slice(&[0xbe, 0xde, 0, 1, 0x10, level, 0, 0]);
+        d.data[rtp::HEADER_LEN + 8..rtp::HEADER_LEN + 8 + payload.len()].copy_from_slice(&payload);
+        d.len += 8;
         d
     }
 
@@ -1448,5 +1841,200 @@ mod tests {
         assert_eq!(gain_q16_from_db(f32::NAN), 65536);
         assert!((gain_q16_from_db(6.0206) - 131072).abs() < 10);
         assert_eq!(gain_q16_from_db(1000.0), gain_q16_from_db(40.0));
+    }
+
+    /// Gives conference `id` a shared encoder for legs of `codec` (default settings).
+    fn share_encoder(h: &Harness, id: u64, codec: CodecKind) {
+        let shared = SharedEncoder::new(codec.new_coder(&Default::default()).unwrap(), 8000).unwrap();
+        h.commands.send(MixerCommand::AddSharedEncoder(ConferenceId(id), Box::new(shared))).unwrap();
+    }
+
+    /// A peer's socket, and the payloads (with their SSRC) it has received.
+    fn received(peer: &UdpSocket) -> Vec<(u32, Vec<u8>)> {
+        let mut buf = [0u8; 2048];
+        let mut packets = Vec::new();
+        while let Ok(n) = peer.recv(&mut buf) {
+            let packet = RtpPacket::parse(&buf[..n]).unwrap();
+            packets.push((packet.ssrc, packet.payload.to_vec()));
+        }
+        packets
+    }
+
+    fn listening_peer() -> UdpSocket {
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_nonblocking(true).unwrap();
+        peer
+    }
+
+    #[test]
+    fn listeners_of_a_codec_get_one_encoding_and_the_tick_does_not_allocate() {
+        let mut h = harness();
+        conference_with(&h, 1, TalkerPolicy::default());
+        h.mixer.apply_commands();
+        share_encoder(&h, 1, CodecKind::Pcmu);
+        share_encoder(&h, 1, CodecKind::Opus);
+        let (talker, mut talker_ends) = local(1);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), talker)).unwrap();
+        let mut peers = Vec::new();
+        for (i, codec) in [CodecKind::Pcmu, CodecKind::Pcmu, CodecKind::Pcmu, CodecKind::Opus, CodecKind::Opus]
+            .into_iter()
+            .enumerate()
+        {
+            let peer = listening_peer();
+            let (p, _, _) = codec_participant(10 + i as u64, peer.local_addr().unwrap(), codec);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
+            peers.push(peer);
+        }
+        let conference_controls = h.mixer.conferences[0].controls.clone();
+        let tone: Vec<i16> = (0..FRAME * 20).map(|n| ((n as f32 * 0.3).sin() * 6000.0) as i16).collect();
+        let mut encodes_per_tick = Vec::with_capacity(20);
+        let count = allocations_in(|| {
+            h.mixer.apply_commands();
+            for tick in 0..20 {
+                let _ = talker_ends
+                    .to_mixer
+                    .write_chunk_uninit(FRAME)
+                    .map(|c| c.fill_from_iter(tone[tick * FRAME..].iter().copied()));
+                let before = conference_controls.encodes.load(Ordering::Relaxed);
+                h.mixer.tick();
+                let _ = talker_ends.from_mixer.read_chunk(FRAME).map(|c| c.commit_all());
+                let after = conference_controls.encodes.load(Ordering::Relaxed);
+                if tick < encodes_per_tick.capacity() {
+                    encodes_per_tick.push(after - before);
+                }
+            }
+        });
+        assert_eq!(count, 0, "the tick allocated");
+        // A new leg starts on its own encoder (5 legs), while the shared ones
+        // warm up on the same mix; then the listeners move to the shared
+        // ones: one encode per codec per tick.
+        assert_eq!(encodes_per_tick.first(), Some(&7));
+        assert_eq!(encodes_per_tick.last(), Some(&2));
+        let streams: Vec<Vec<(u32, Vec<u8>)>> = peers.iter().map(received).collect();
+        for same_codec in [&streams[..3], &streams[3..]] {
+            let (first, others) = same_codec.split_first().unwrap();
+            assert_eq!(first.len(), 20);
+            for other in others {
+                assert_eq!(other.len(), 20);
+                assert_ne!(first[0].0, other[0].0, "each leg has its own SSRC");
+                // The last ten ticks' payloads are byte for byte the same.
+                let payloads = |s: &[(u32, Vec<u8>)]| s[10..].iter().map(|(_, p)| p.clone()).collect::<Vec<_>>();
+                assert_eq!(payloads(first), payloads(other));
+            }
+        }
+        assert_ne!(streams[0][19].1, vec![crate::media::codec::linear_to_ulaw(0); FRAME], "they hear the talker");
+    }
+
+    /// Decoded audio of a 440 Hz tone, fitted to one sinusoid of fixed
+    /// amplitude and phase: the worst 5 ms window's signal-to-error ratio, in dB.
+    fn worst_tone_snr(pcm: &[i16], rate: f64) -> f64 {
+        let w = 2.0 * std::f64::consts::PI * 440.0 / rate;
+        let (mut ss, mut cc, mut sc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (n, x) in pcm.iter().enumerate() {
+            let (s, c, x) = ((w * n as f64).sin(), (w * n as f64).cos(), *x as f64);
+            (ss, cc, sc, xs, xc) = (ss + s * s, cc + c * c, sc + s * c, xs + x * s, xc + x * c);
+        }
+        let det = ss * cc - sc * sc;
+        let (a, b) = ((xs * cc - xc * sc) / det, (xc * ss - xs * sc) / det);
+        let window = rate as usize / 200;
+        pcm.chunks_exact(window)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let (mut signal, mut error) = (0.0, 0.0);
+                for (k, x) in chunk.iter().enumerate() {
+                    let n = (i * window + k) as f64;
+                    let fit = a * (w * n).sin() + b * (w * n).cos();
+                    signal += fit * fit;
+                    error += (*x as f64 - fit).powi(2);
+                }
+                10.0 * (signal / error.max(1.0)).log10()
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    #[test]
+    fn moving_between_own_and_shared_encoders_leaves_no_seam() {
+        for codec in [CodecKind::G722, CodecKind::Opus, CodecKind::Pcmu] {
+            let mut h = harness();
+            conference_with(&h, 1, TalkerPolicy::default());
+            h.mixer.apply_commands();
+            share_encoder(&h, 1, codec);
+            // A steady 440 Hz tone from the app, heard by a leg that talks
+            // for a while (own encoder: the mix less itself, still the tone)
+            // and listens before and after (the shared encoder).
+            let (tone_source, mut tone_ends) = local(1);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), tone_source)).unwrap();
+            let phone = listening_peer();
+            let (leg, mut leg_ring, _) = codec_participant(2, phone.local_addr().unwrap(), codec);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), leg)).unwrap();
+            let other = listening_peer();
+            let (listener, _, _) = codec_participant(3, other.local_addr().unwrap(), codec);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), listener)).unwrap();
+            h.mixer.apply_commands();
+            let conference_controls = h.mixer.conferences[0].controls.clone();
+            let source = phone.local_addr().unwrap();
+            let mut own_encoder_ticks = 0;
+            for tick in 0..120u16 {
+                let tone: Vec<i16> = (0..FRAME)
+                    .map(|n| {
+                        let t = (tick as usize * FRAME + n) as f64 / 8000.0;
+                        ((2.0 * std::f64::consts::PI * 440.0 * t).sin() * 8000.0) as i16
+                    })
+                    .collect();
+                tone_ends.to_mixer.write_chunk_uninit(FRAME).unwrap().fill_from_iter(tone);
+                if (30..60).contains(&tick) {
+                    leg_ring.push(encoded_datagram(source, codec, tick)).ok().unwrap();
+                }
+                let before = conference_controls.encodes.load(Ordering::Relaxed);
+                h.mixer.tick();
+                tone_ends.from_mixer.read_chunk(FRAME).unwrap().commit_all();
+                own_encoder_ticks += (conference_controls.encodes.load(Ordering::Relaxed) - before == 2) as u32;
+            }
+            // It moved: its own encoder ran for its first ticks and while it
+            // talked (and lingered), the shared one otherwise.
+            assert!((30..50).contains(&own_encoder_ticks), "{codec:?}: {own_encoder_ticks} ticks on its own encoder");
+            let mut decoder = codec.new_coder(&Default::default()).unwrap();
+            let mut pcm = Vec::new();
+            let mut frame = vec![0i16; codec.frame_samples()];
+            for (_, payload) in received(&phone) {
+                let n = decoder.decode(&payload, &mut frame);
+                pcm.extend_from_slice(&frame[..n]);
+            }
+            let rate = codec.sample_rate() as f64;
+            assert_eq!(pcm.len(), 120 * codec.frame_samples(), "{codec:?}: a gap");
+            // From 100 ms on (the codecs settle), every 5 ms fits the tone.
+            let snr = worst_tone_snr(&pcm[codec.frame_samples() * 5..], rate);
+            assert!(snr > 15.0, "{codec:?}: a window only {snr:.1} dB above its error");
+        }
+    }
+
+    #[test]
+    fn silent_listeners_are_not_decoded_and_their_first_words_are_heard() {
+        let mut h = harness();
+        conference_with(&h, 1, TalkerPolicy::default());
+        h.mixer.apply_commands();
+        let (app, mut app_ends) = local(1);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), app)).unwrap();
+        let phone = listening_peer();
+        let source = phone.local_addr().unwrap();
+        let (leg, mut ring) = level_reporting_participant(2, source);
+        let controls = leg.controls.clone();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), leg)).unwrap();
+        h.mixer.apply_commands();
+        // The phone sends quiet noise it reports as -90 dBov, then ten
+        // packets of speech it reports as -20 dBov, then silence again.
+        let packet = |seq: u16, value: i16, level: u8| datagram_with_level(source, seq, value, level);
+        let mut loud_frames_heard = 0;
+        for seq in 0..80u16 {
+            let (value, level) = if (40..50).contains(&seq) { (8000, 20) } else { (3, 90) };
+            ring.push(packet(seq, value, level)).ok().unwrap();
+            feed(&mut app_ends, 0);
+            h.mixer.tick();
+            if seq == 39 {
+                assert!(controls.frames_not_decoded.load(Ordering::Relaxed) >= 30, "the silent phone was decoded");
+            }
+            loud_frames_heard += take(&mut app_ends).iter().all(|s| *s > 7000) as u32;
+        }
+        assert_eq!(loud_frames_heard, 10, "every frame of speech is heard, from the first");
     }
 }

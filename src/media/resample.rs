@@ -185,6 +185,17 @@ impl FrameResampler {
     }
 
     /// Converts one frame; `input` and `out` are 20 ms long at their rates.
+    /// Takes over `other`'s history (same rates), so that this resampler
+    /// continues `other`'s output stream without a seam; false when the two
+    /// convert between different rates.
+    pub fn continue_from(&mut self, other: &Self) -> bool {
+        if self.buf.len() != other.buf.len() || self.taps.len() != other.taps.len() || self.frame_in != other.frame_in {
+            return false;
+        }
+        self.buf.copy_from_slice(&other.buf);
+        true
+    }
+
     pub fn process(&mut self, input: &[i16], out: &mut [i16]) {
         let n = self.branch_len;
         match self.kind {
