@@ -124,6 +124,10 @@ typedef enum {
    * A participant started (`talking` true) or stopped talking.
    */
   SB_EVENT_TALKING = 9,
+  /**
+   * A participant's phone put the call on hold (`held` true) or took it off.
+   */
+  SB_EVENT_HOLD = 10,
 } sb_event_kind;
 
 typedef enum {
@@ -216,6 +220,10 @@ typedef struct {
   float volume_db;
   bool noise_suppression;
   bool talking;
+  /**
+   * Whether the participant's phone has put the call on hold.
+   */
+  bool on_hold;
   uint64_t packets_received;
   uint64_t packets_sent;
   uint64_t dropped;
@@ -294,6 +302,10 @@ typedef struct {
    * For TALKING: whether the participant talks now.
    */
   bool talking;
+  /**
+   * For HOLD: whether the call is on hold now.
+   */
+  bool held;
 } sb_event;
 
 /**

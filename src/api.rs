@@ -192,6 +192,14 @@ pub enum Event {
         participant: ParticipantId,
         talking: bool,
     },
+    /// A participant's phone put the call on hold (a re-INVITE offering
+    /// sendonly or inactive, or address 0.0.0.0), or took it off hold. A held
+    /// participant is neither mixed in nor sent audio.
+    Hold {
+        conference: String,
+        participant: ParticipantId,
+        held: bool,
+    },
     /// A participant pressed a key (RFC 4733 telephone-event): '0'–'9', '*', '#', 'A'–'D'.
     Dtmf {
         conference: String,
@@ -215,6 +223,8 @@ pub struct ParticipantInfo {
     pub noise_suppression: bool,
     /// Whether it is talking now (see [`TalkerPolicy`]).
     pub talking: bool,
+    /// Whether its phone has put the call on hold (see [`Event::Hold`]).
+    pub on_hold: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -587,6 +597,7 @@ fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
         volume_db: p.volume_db,
         noise_suppression: p.noise_suppression,
         talking: c.talking.load(Ordering::Relaxed),
+        on_hold: c.held.load(Ordering::Relaxed),
         packets_received: c.packets_received.load(Ordering::Relaxed),
         packets_sent: c.packets_sent.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),

@@ -367,6 +367,7 @@ impl Participant {
             volume_db: i.volume_db,
             noise_suppression: i.noise_suppression,
             talking: i.talking,
+            on_hold: i.on_hold,
             packets_received: i.packets_received,
             packets_sent: i.packets_sent,
             dropped: i.dropped,
@@ -440,6 +441,7 @@ struct ParticipantInfo {
     volume_db: f32,
     noise_suppression: bool,
     talking: bool,
+    on_hold: bool,
     packets_received: u64,
     packets_sent: u64,
     dropped: u64,
@@ -577,6 +579,7 @@ struct Event {
     digit: Option<char>,
     duration_ms: Option<u32>,
     talking: Option<bool>,
+    held: Option<bool>,
 }
 
 impl Event {
@@ -595,6 +598,7 @@ impl Event {
             digit: None,
             duration_ms: None,
             talking: None,
+            held: None,
         }
     }
 }
@@ -621,6 +625,9 @@ impl From<crate::Event> for Event {
             E::MediaTimeout { conference, participant } => Event::new("media_timeout", conference, Some(participant)),
             E::Talking { conference, participant, talking } => {
                 Event { talking: Some(talking), ..Event::new("talking", conference, Some(participant)) }
+            }
+            E::Hold { conference, participant, held } => {
+                Event { held: Some(held), ..Event::new("hold", conference, Some(participant)) }
             }
             E::Dtmf { conference, participant, digit, duration_ms } => Event {
                 digit: Some(digit),
@@ -654,8 +661,10 @@ impl Event {
         if let (Some(d), Some(ms)) = (self.digit, self.duration_ms) {
             parts.push(format!("digit={d:?}, duration_ms={ms}"));
         }
-        if let Some(t) = self.talking {
-            parts.push(format!("talking={}", if t { "True" } else { "False" }));
+        for (name, value) in [("talking", self.talking), ("held", self.held)] {
+            if let Some(v) = value {
+                parts.push(format!("{name}={}", if v { "True" } else { "False" }));
+            }
         }
         if let (Some(s), Some(r)) = (self.status, &self.status_reason) {
             parts.push(format!("status={s}, status_reason={r:?}"));

@@ -168,6 +168,9 @@ fn log_event(event: &Event) {
         Event::Talking { conference, participant, talking } => {
             println!("talking room={conference} participant={} talking={talking}", participant.0)
         }
+        Event::Hold { conference, participant, held } => {
+            println!("hold room={conference} participant={} held={held}", participant.0)
+        }
         other => println!("{other:?}"),
     }
 }

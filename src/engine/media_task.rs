@@ -202,6 +202,11 @@ pub(crate) async fn receive_media(
             }
             _ = timeout_check.tick() => {
                 let Some(limit) = leg.media_timeout else { continue };
+                if leg.controls.held.load(Ordering::Relaxed) {
+                    // A held phone need not send; the clock starts again when it resumes.
+                    last_heard = Instant::now();
+                    continue;
+                }
                 if !timed_out && last_heard.elapsed() >= limit {
                     timed_out = true;
                     tracing::info!(participant = participant.0, "no RTP for the media timeout");

@@ -27,8 +27,8 @@ use crate::api::{EndpointConfig, Event, LeaveReason, ParticipantKind, Participan
 use crate::media::codec::{CodecKind, EncoderKey};
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
-    ConferenceControls, ConferenceId, ConferenceMix, Garbage, Mixer, MixerCommand, MixerStats, ParticipantControls,
-    ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
+    ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegMedia, Mixer, MixerCommand, MixerStats,
+    ParticipantControls, ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
 };
 use crate::{Error, Result};
 
@@ -418,6 +418,24 @@ impl Shared {
         entry.dtmf = dtmf;
         entry.codec = Some(codec);
         entry.state = ParticipantState::Connected;
+        Ok(())
+    }
+
+    /// Applies what a re-offer changed to a participant's leg, and reports
+    /// when the call went on or off hold.
+    pub fn set_leg_media(&self, id: ParticipantId, media: LegMedia, held: bool) -> Result<()> {
+        let registry = self.registry.lock();
+        let entry = registry.participants.get(&id).ok_or_else(|| Error::NotFound("participant".into()))?;
+        let (conference_id, conference, controls) =
+            (entry.conference_id, entry.conference.clone(), entry.controls.clone());
+        let in_mixer = entry.in_mixer;
+        drop(registry);
+        if in_mixer {
+            self.mixer.lock().send(conference_id, MixerCommand::SetLegMedia(conference_id, id, media))?;
+        }
+        if controls.held.swap(held, Ordering::Relaxed) != held {
+            self.emit(Event::Hold { conference, participant: id, held });
+        }
         Ok(())
     }
 

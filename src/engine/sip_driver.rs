@@ -15,8 +15,8 @@ use super::media_task::{receive_media, LegSockets, ReceiveContext};
 use super::ports::PortLease;
 use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
-use crate::media::codec::OpusSettings;
-use crate::media::mixer::{Leg, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
+use crate::media::codec::{CodecKind, OpusSettings};
+use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
@@ -66,6 +66,9 @@ struct CallLeg {
     receive_task: Option<JoinHandle<()>>,
     /// Why the app hung up, reported when the call ends.
     hangup_reason: Option<LeaveReason>,
+    /// Once media runs: our side of the session and the codec in use, to
+    /// answer re-offers with.
+    session: Option<(LocalMedia, CodecKind)>,
 }
 
 struct Driver {
@@ -168,6 +171,18 @@ impl Driver {
                     }
                 }
             }
+            UaEvent::Reoffer { call, offer } => {
+                let answered = match self.answer_reoffer(call, &offer) {
+                    Ok(answer) => self.ua.answer_reoffer(call, answer, now),
+                    Err(error) => {
+                        tracing::info!(%error, "refusing a re-offer; the session stays as it was");
+                        self.ua.reject_reoffer(call, 488, now)
+                    }
+                };
+                if let Err(error) = answered {
+                    tracing::warn!(%error, "re-offer went unanswered");
+                }
+            }
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
@@ -258,14 +273,15 @@ impl Driver {
         // With an offer, answer it and start the media now. Without one (late
         // offer, RFC 3264 §4), put our offer in the 2xx and start the media when
         // the answer comes in the ACK.
-        let (sdp, joined) = if offer.is_empty() {
+        let (sdp, joined, session) = if offer.is_empty() {
             let sdp = sdp::offer(&media.local);
             let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Calling, controls);
             let joined = self.shared.join_room(participant, &room, entry, None);
-            (sdp, joined.map(|()| (Some(media), None)))
+            (sdp, joined.map(|()| (Some(media), None)), None)
         } else {
             let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
             let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
+            let session = Some((media.local.clone(), negotiated.codec));
             let mix_rate = self.shared.room_sample_rate(&room);
             let (mix, task, dtmf) =
                 self.rtp_leg(participant, controls.clone(), media, negotiated, mix_rate).map_err(|e| (500, e))?;
@@ -277,13 +293,13 @@ impl Driver {
             if joined.is_err() {
                 task.abort();
             }
-            (sdp, joined.map(|()| (None, Some(task))))
+            (sdp, joined.map(|()| (None, Some(task))), session)
         };
         let (media, receive_task) = joined.map_err(|e| (500, e))?;
         let _ = self.ua.ring(call, now);
         let _ = self.ua.answer(call, sdp.print().into_bytes(), now);
         let started = receive_task.is_some();
-        self.calls.insert(call, CallLeg { participant, media, receive_task, hangup_reason: None });
+        self.calls.insert(call, CallLeg { participant, media, receive_task, hangup_reason: None, session });
         self.by_participant.insert(participant, call);
         if started {
             self.shared.emit(Event::ParticipantJoined {
@@ -294,6 +310,30 @@ impl Driver {
             });
         }
         Ok(())
+    }
+
+    /// Answers an in-dialog offer: the same codec, the direction it asks for
+    /// (sendonly, inactive or address 0.0.0.0 put the call on hold), a new
+    /// remote address if it names one. Returns the answer's bytes.
+    fn answer_reoffer(&mut self, call: CallKey, offer: &[u8]) -> Result<Vec<u8>> {
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
+        let participant = leg.participant;
+        let (local, codec) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
+        // Changing codec mid-call would mean a new leg; keep the one in use.
+        let keep_codec =
+            LocalMedia { codecs: vec![*codec], session_version: local.session_version + 1, ..local.clone() };
+        let (answer, negotiated) = sdp::answer(&SessionDescription::parse(offer)?, &keep_codec)?;
+        local.session_version += 1;
+        let held = matches!(negotiated.direction, Direction::RecvOnly | Direction::Inactive)
+            || negotiated.remote.ip().is_unspecified();
+        let media = LegMedia {
+            send: !held && matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly),
+            receive: !held && negotiated.direction == Direction::SendRecv,
+            remote: negotiated.remote,
+            payload_type: negotiated.payload_type,
+        };
+        self.shared.set_leg_media(participant, media, held)?;
+        Ok(answer.print().into_bytes())
     }
 
     /// Builds the mixer's side of an RTP leg and starts its receive task.
@@ -384,9 +424,11 @@ impl Driver {
             .map(|p| (p.controls.clone(), p.kind, p.remote.clone().unwrap_or_default(), p.conference.clone()))
             .ok_or(Error::NotFound("participant".into()))?;
         let mix_rate = self.shared.room_sample_rate(&conference);
+        let session = (media.local.clone(), negotiated.codec);
         let (mix, task, dtmf) = self.rtp_leg(participant, controls, media, negotiated, mix_rate)?;
         if let Some(leg) = self.calls.get_mut(&call) {
             leg.receive_task = Some(task);
+            leg.session = Some(session);
         }
         self.shared.connect_participant(participant, mix, dtmf, negotiated.codec)?;
         if kind == ParticipantKind::Outbound {
@@ -474,7 +516,8 @@ impl Driver {
             .map(|p| p.conference.clone())
             .unwrap_or_else(|| "sipbridge".into());
         let call = self.ua.dial(target, destination, &from_user, offer, Instant::now())?;
-        self.calls.insert(call, CallLeg { participant, media: Some(media), receive_task: None, hangup_reason: None });
+        let leg = CallLeg { participant, media: Some(media), receive_task: None, hangup_reason: None, session: None };
+        self.calls.insert(call, leg);
         self.by_participant.insert(participant, call);
         Ok(())
     }

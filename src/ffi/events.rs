@@ -26,6 +26,8 @@ pub enum sb_event_kind {
     SB_EVENT_MEDIA_TIMEOUT = 8,
     /// A participant started (`talking` true) or stopped talking.
     SB_EVENT_TALKING = 9,
+    /// A participant's phone put the call on hold (`held` true) or took it off.
+    SB_EVENT_HOLD = 10,
 }
 
 #[repr(C)]
@@ -64,6 +66,8 @@ pub struct sb_event {
     pub duration_ms: u32,
     /// For TALKING: whether the participant talks now.
     pub talking: bool,
+    /// For HOLD: whether the call is on hold now.
+    pub held: bool,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -80,6 +84,7 @@ fn to_c(event: &Event) -> sb_event {
         digit: 0,
         duration_ms: 0,
         talking: false,
+        held: false,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -128,6 +133,12 @@ fn to_c(event: &Event) -> sb_event {
             out.kind = sb_event_kind::SB_EVENT_TALKING;
             out.participant = participant.0;
             out.talking = *talking;
+            conference
+        }
+        Event::Hold { conference, participant, held } => {
+            out.kind = sb_event_kind::SB_EVENT_HOLD;
+            out.participant = participant.0;
+            out.held = *held;
             conference
         }
         Event::Dtmf { conference, participant, digit, duration_ms } => {

@@ -629,6 +629,8 @@ pub struct sb_participant_info {
     pub volume_db: f32,
     pub noise_suppression: bool,
     pub talking: bool,
+    /// Whether the participant's phone has put the call on hold.
+    pub on_hold: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -688,6 +690,7 @@ pub extern "C" fn sb_conference_participants(
                     volume_db: p.volume_db,
                     noise_suppression: p.noise_suppression,
                     talking: p.talking,
+                    on_hold: p.on_hold,
                     packets_received: p.packets_received,
                     packets_sent: p.packets_sent,
                     dropped: p.dropped,

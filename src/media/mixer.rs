@@ -130,6 +130,8 @@ pub struct ParticipantControls {
     /// no change.
     pub talking: AtomicBool,
     pub talk_changes: AtomicU32,
+    /// The peer has put the call on hold (so silence from it is expected).
+    pub held: AtomicBool,
 }
 
 impl Default for ParticipantControls {
@@ -155,6 +157,7 @@ impl Default for ParticipantControls {
             remote_loss_percent: AtomicU32::new(u32::MAX),
             talking: AtomicBool::new(false),
             talk_changes: AtomicU32::new(0),
+            held: AtomicBool::new(false),
         }
     }
 }
@@ -345,6 +348,16 @@ impl RtpLeg {
     pub fn with_audio_level(mut self, id: u8) -> Self {
         self.audio_level_id = Some(id);
         self
+    }
+
+    fn set_media(&mut self, media: LegMedia) {
+        self.send = media.send;
+        self.receive = media.receive;
+        self.payload_type = media.payload_type;
+        if media.remote != self.remote && !media.remote.ip().is_unspecified() {
+            self.remote = media.remote;
+            self.latched = false;
+        }
     }
 
     /// The level the peer reported for the audio of the last few ticks, if it does.
@@ -1041,6 +1054,17 @@ impl ConferenceMix {
     }
 }
 
+/// What a re-offer changed in an RTP leg (hold and resume, a new address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegMedia {
+    /// Whether the leg sends audio, and whether what it receives is mixed.
+    pub send: bool,
+    pub receive: bool,
+    /// Where to send: a new address drops the latched source.
+    pub remote: SocketAddr,
+    pub payload_type: u8,
+}
+
 /// Instructions from the control side. Anything that needs memory arrives
 /// already allocated.
 pub enum MixerCommand {
@@ -1058,6 +1082,8 @@ pub enum MixerCommand {
     SetTalkerPolicy(ConferenceId, TalkerPolicy),
     /// Starts (or with `None` stops) suppressing noise in a participant's audio.
     SetNoiseSuppressor(ConferenceId, ParticipantId, Option<Box<NoiseSuppressor>>),
+    /// Changes what an RTP leg sends and receives, after a re-offer.
+    SetLegMedia(ConferenceId, ParticipantId, LegMedia),
     /// Gives a conference an encoder for the listeners whose legs encode as
     /// it does; ignored when it has one for them or [`MAX_SHARED_ENCODERS`].
     AddSharedEncoder(ConferenceId, Box<SharedEncoder>),
@@ -1255,6 +1281,13 @@ impl Mixer {
                 MixerCommand::SetTalkerPolicy(conference, policy) => {
                     if let Some(c) = self.conference(conference) {
                         c.policy = policy;
+                    }
+                }
+                MixerCommand::SetLegMedia(conference, id, media) => {
+                    let participant =
+                        self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
+                    if let Some(Leg::Rtp(leg)) = participant.map(|p| &mut p.leg) {
+                        leg.set_media(media);
                     }
                 }
                 MixerCommand::AddSharedEncoder(conference, shared) => {

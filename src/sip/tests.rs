@@ -481,29 +481,83 @@ fn header<'a>(message: &'a str, name: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {name} in {message}"))
 }
 
+/// Builds requests A sends in the dialog B's first 2xx set up: method, CSeq
+/// number, Via branch, and an SDP body (or none).
+fn in_dialog_requests(p: &Pair) -> impl Fn(&str, u32, &str, &str) -> String {
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let (from, to, call_id) =
+        (header(&ok, "From").to_string(), header(&ok, "To").to_string(), header(&ok, "Call-ID").to_string());
+    move |method, cseq, branch, body| {
+        let content_type = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        format!(
+            "{method} sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch={branch}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
+
 #[test]
 fn re_invite_is_answered_and_its_ack_stops_the_2xx() {
     let mut p = Pair::new();
     established(&mut p);
-    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
-    let (from, to, call_id) =
-        (header(&ok, "From").to_string(), header(&ok, "To").to_string(), header(&ok, "Call-ID").to_string());
-    let request = |method: &str, cseq: &str, branch: &str| {
-        format!(
-            "{method} sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch={branch}\r\nFrom: {from}\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    p.inject(&request("INVITE", "2 INVITE", "z9hG4bKreinvite"));
+    let in_dialog = in_dialog_requests(&p);
+    let request = |method: &str, cseq: u32, branch: &str| in_dialog(method, cseq, branch, "");
+    p.inject(&request("INVITE", 2, "z9hG4bKreinvite"));
     assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 200"));
     assert!(p.responses_to_a().last().unwrap().contains("v=0"), "the same session description");
-    p.inject(&request("ACK", "2 ACK", "z9hG4bKreack"));
+    p.inject(&request("ACK", 2, "z9hG4bKreack"));
     let before = p.count("SIP/2.0 200");
     p.run_for(Duration::from_secs(40));
     assert_eq!(p.count("SIP/2.0 200"), before, "no 2xx retransmission after the ACK");
     assert!(!p.b.events.iter().any(|e| matches!(e, UaEvent::Ended { .. })), "the call goes on");
     // An older CSeq is out of order (§12.2.2).
-    p.inject(&request("INVITE", "1 INVITE", "z9hG4bKold"));
+    p.inject(&request("INVITE", 1, "z9hG4bKold"));
     assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 500"));
+}
+
+#[test]
+fn a_re_invite_with_an_offer_is_answered_by_the_user_or_refused() {
+    let mut p = Pair::new();
+    established(&mut p);
+    let request = in_dialog_requests(&p);
+    let hold = "v=0\r\na=sendonly\r\n";
+    p.inject(&request("INVITE", 2, "z9hG4bKhold", hold));
+    let call =
+        p.b.events
+            .iter()
+            .find_map(|e| match e {
+                UaEvent::Reoffer { call, offer } if offer == hold.as_bytes() => Some(*call),
+                _ => None,
+            })
+            .expect("the offer goes to the user");
+    let answered =
+        |p: &Pair| p.responses_to_a().iter().any(|m| m.starts_with("SIP/2.0 200") && m.contains("CSeq: 2 INVITE"));
+    assert!(!answered(&p), "no 2xx before the user answers");
+    // Another re-INVITE while that one waits is asked to retry (RFC 3261 §14.2).
+    p.inject(&request("INVITE", 3, "z9hG4bKtoosoon", hold));
+    let retry = p.responses_to_a().last().unwrap().to_string();
+    assert!(retry.starts_with("SIP/2.0 500") && retry.contains("Retry-After"), "{retry}");
+    let now = p.now;
+    p.b.ua.answer_reoffer(call, b"v=0\r\na=recvonly\r\n".to_vec(), now).unwrap();
+    p.collect();
+    let answer = p.responses_to_a().last().unwrap().to_string();
+    assert!(answer.starts_with("SIP/2.0 200") && answer.contains("a=recvonly"), "{answer}");
+    assert!(answer.contains("CSeq: 2 INVITE"), "{answer}");
+    p.inject(&request("ACK", 2, "z9hG4bKholdack", ""));
+    assert!(matches!(p.b.ua.answer_reoffer(call, Vec::new(), now), Err(SipError::WrongState)), "answered once");
+
+    // A refused offer gets 488 and leaves the call as it was.
+    p.inject(&request("INVITE", 4, "z9hG4bKvideo", "v=0\r\nm=video 0 RTP/AVP 96\r\n"));
+    p.b.ua.reject_reoffer(call, 488, now).unwrap();
+    p.collect();
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 488"));
+    p.inject(&request("ACK", 4, "z9hG4bKvideo", ""));
+    p.run_for(Duration::from_secs(40));
+    assert!(!p.b.events.iter().any(|e| matches!(e, UaEvent::Ended { .. })), "the call goes on");
+    // Without an offer, a re-INVITE still gets the session description we gave last.
+    p.inject(&request("INVITE", 5, "z9hG4bKrefresh", ""));
+    let refresh = p.responses_to_a().last().unwrap().to_string();
+    assert!(refresh.starts_with("SIP/2.0 200") && refresh.contains("a=recvonly"), "{refresh}");
 }
 
 #[test]

@@ -59,6 +59,10 @@ pub enum UaEvent {
     Dtmf { call: CallKey, digit: char, duration_ms: u32 },
     /// An established or incoming call is over.
     Ended { call: CallKey, reason: EndReason },
+    /// An in-dialog INVITE with a new offer (hold, resume, a new address).
+    /// The user answers with `answer_reoffer` or refuses with `reject_reoffer`,
+    /// which leaves the session as it was.
+    Reoffer { call: CallKey, offer: Vec<u8> },
 }
 
 /// Settings of a user agent.
@@ -102,6 +106,8 @@ struct Call {
     ack: Option<Vec<u8>>,
     /// The session description we gave, for answering re-INVITEs.
     local_sdp: Vec<u8>,
+    /// A re-INVITE with an offer that the user has not answered yet.
+    pending_reoffer: Option<Request>,
     /// Outbound: the app hung up before the answer. A CANCEL goes out once a
     /// provisional response allows it (§9.1); an answer that comes anyway is
     /// ACKed and ended with BYE.
@@ -417,6 +423,7 @@ impl UserAgent {
                     invite: request.clone(),
                     ack: None,
                     local_sdp: Vec::new(),
+                    pending_reoffer: None,
                     hangup_requested: false,
                     cancel_sent: false,
                     bye_after_ack: false,
@@ -497,7 +504,7 @@ impl UserAgent {
                     self.transactions.get(&entry.invite_tx),
                     Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
                 );
-                if previous_unacked {
+                if previous_unacked || entry.pending_reoffer.is_some() {
                     // §14.2: the last INVITE's 2xx is not ACKed yet; ask for a retry.
                     let seconds = (rand::random::<u8>() % 10 + 1).to_string();
                     let retry = Header::RetryAfter(rsip::headers::RetryAfter::new(seconds));
@@ -508,6 +515,14 @@ impl UserAgent {
                 if let Some(Transaction::Server { call: owner, .. }) = self.transactions.get_mut(&id) {
                     *owner = Some(call);
                 }
+                if !request.body.is_empty() {
+                    // A new offer: the user's answer goes in the 2xx.
+                    let offer = request.body.clone();
+                    entry.pending_reoffer = Some(request);
+                    self.events.push_back(UaEvent::Reoffer { call, offer });
+                    return;
+                }
+                // No offer (a session refresh): ours again, unchanged.
                 let contact = self.contact_for(call);
                 self.respond(id, &request, 200, contact, sdp, now);
             }
@@ -731,6 +746,28 @@ impl UserAgent {
         Ok(())
     }
 
+    /// Answers the offer of a re-INVITE (see [`UaEvent::Reoffer`]) with `sdp`,
+    /// which becomes the session description of the call.
+    pub fn answer_reoffer(&mut self, call: CallKey, sdp: Vec<u8>, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
+        let request = entry.pending_reoffer.take().ok_or(SipError::WrongState)?;
+        entry.local_sdp = sdp.clone();
+        let id = entry.invite_tx;
+        let contact = self.contact_for(call);
+        self.respond(id, &request, 200, contact, sdp, now);
+        Ok(())
+    }
+
+    /// Refuses the offer of a re-INVITE with `status` (488 when it cannot be
+    /// accepted); the call goes on with the session it had.
+    pub fn reject_reoffer(&mut self, call: CallKey, status: u16, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
+        let request = entry.pending_reoffer.take().ok_or(SipError::WrongState)?;
+        let id = entry.invite_tx;
+        self.respond(id, &request, status, None, Vec::new(), now);
+        Ok(())
+    }
+
     /// Refuses an incoming call with a final error status.
     pub fn reject(&mut self, call: CallKey, status: u16, now: Instant) {
         let Some(entry) = self.calls.get(&call) else { return };
@@ -779,6 +816,7 @@ impl UserAgent {
             },
             ack: None,
             local_sdp: sdp.clone(),
+            pending_reoffer: None,
             hangup_requested: false,
             cancel_sent: false,
             bye_after_ack: false,

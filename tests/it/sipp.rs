@@ -162,17 +162,40 @@ fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
 }
 
+/// Runs scenario file `tests/sipp/NAME` as one call into `room` of a fresh
+/// server (see [`uac_call`]); the server and its "left" line, or None
+/// when sipp is missing and may be.
+fn scenario_call(name: &str, room: &str) -> Option<(Server, String)> {
+    if !sipp_available() {
+        return None;
+    }
+    let server = Server::start();
+    let scenario = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
+    let left = uac_call(&server, ["-sf", &scenario], room);
+    Some((server, left))
+}
+
 #[test]
 fn sipp_late_offer_gets_our_offer_and_answers_in_the_ack() {
-    if !sipp_available() {
-        return;
-    }
-    let mut server = Server::start();
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_late_offer.xml");
-    let left = uac_call(&server, ["-sf", scenario], "late");
+    let Some((mut server, left)) = scenario_call("uac_late_offer.xml", "late") else { return };
     // The bridge sent its audio to the port the ACK's answer named.
     let sent = count(&left, "sent");
     assert!(sent > 20, "the bridge sent {sent} RTP packets after the ACK");
+    assert!(server.terminate().success());
+}
+
+/// A phone holds the call with a sendonly re-INVITE and resumes it with a
+/// sendrecv one: the answers say recvonly and sendrecv (sipp checks), the
+/// server reports both, and sends no audio while the call is held.
+#[test]
+fn sipp_hold_and_resume_by_re_invite() {
+    let Some((mut server, left)) = scenario_call("uac_hold_resume.xml", "hold") else { return };
+    let holds: Vec<String> = server.seen.borrow().iter().filter(|l| l.starts_with("hold ")).cloned().collect();
+    assert_eq!(holds.len(), 2, "{holds:?}");
+    assert!(holds[0].contains("held=true") && holds[1].contains("held=false"), "{holds:?}");
+    // About 2 s of the 4 s call were not held: 100 packets of 20 ms, not 200.
+    let sent = count(&left, "sent");
+    assert!((60..160).contains(&sent), "the bridge sent {sent} RTP packets");
     assert!(server.terminate().success());
 }
 
