@@ -179,6 +179,10 @@ def test_errors_are_exceptions_of_the_hierarchy():
             ep.conference("missing")
         with pytest.raises(sipbridge.InvalidArgumentError):
             room.dial("not a uri")
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            room.dial(ep.room_uri("x"), username="alice")  # a password too, or neither
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            room.dial(ep.room_uri("x"), username="", password="secret")
         with pytest.raises(sipbridge.NotFoundError):
             room.participant(10**9)
         local = room.add_local()

@@ -418,6 +418,16 @@ sb_status sb_conference_dial(const sb_conference *conference,
                              uint64_t *participant);
 
 /**
+ * Like `sb_conference_dial`, answering digest challenges (401/407, MD5 or
+ * SHA-256) as `username` with `password`; From names `username`.
+ */
+sb_status sb_conference_dial_with_credentials(const sb_conference *conference,
+                                              const char *uri,
+                                              const char *username,
+                                              const char *password,
+                                              uint64_t *participant);
+
+/**
  * Hangs up a participant (BYE, or CANCEL while ringing).
  */
 sb_status sb_conference_hangup(const sb_conference *conference, uint64_t participant);

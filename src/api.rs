@@ -12,7 +12,7 @@ use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{
     gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, TalkerPolicy, TICK_HISTOGRAM_STEP,
 };
-use crate::sip::TimerConfig;
+use crate::sip::{Credentials, TimerConfig};
 use crate::{Error, Result};
 
 pub use crate::media::mixer::ParticipantId;
@@ -437,6 +437,19 @@ impl Conference {
     /// Calls `uri` into this conference. Returns once the INVITE is sent;
     /// ringing, answer and failure arrive as events.
     pub fn dial(&self, uri: &str) -> Result<Participant> {
+        self.dial_with(uri, None)
+    }
+
+    /// Like [`Conference::dial`], answering digest challenges (401/407, MD5
+    /// or SHA-256) with `credentials`; the From header then names their user.
+    pub fn dial_with_credentials(&self, uri: &str, credentials: Credentials) -> Result<Participant> {
+        if credentials.username.is_empty() {
+            return Err(Error::InvalidArgument("an empty user name".into()));
+        }
+        self.dial_with(uri, Some(credentials))
+    }
+
+    fn dial_with(&self, uri: &str, credentials: Option<Credentials>) -> Result<Participant> {
         self.check()?;
         validate_sip_uri(uri)?;
         let id = ParticipantId(self.shared.next_id());
@@ -452,7 +465,7 @@ impl Conference {
         let (reply, result) = std::sync::mpsc::channel();
         self.shared
             .sip_commands
-            .send(SipCommand::Dial { participant: id, target: uri.to_string(), reply })
+            .send(SipCommand::Dial { participant: id, target: uri.to_string(), credentials, reply })
             .map_err(|_| Error::Stopped)?;
         result.recv().map_err(|_| Error::Stopped)??;
         Ok(Participant { shared: self.shared.clone(), id })

@@ -31,3 +31,4 @@ pub use api::{
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};
 pub use media::mixer::TalkerPolicy;
+pub use sip::Credentials;

@@ -277,9 +277,24 @@ impl Conference {
     }
 
     /// Calls `uri` into the conference. Returns when the INVITE is sent;
-    /// ringing, answer or failure arrive as events.
-    fn dial(&self, py: Python<'_>, uri: &str) -> PyResult<Participant> {
-        let inner = blocking(py, |_| self.inner.dial(uri))?;
+    /// ringing, answer or failure arrive as events. With `username` and
+    /// `password`, digest challenges (401/407) are answered with them.
+    #[pyo3(signature = (uri, *, username = None, password = None))]
+    fn dial(
+        &self,
+        py: Python<'_>,
+        uri: &str,
+        username: Option<String>,
+        password: Option<String>,
+    ) -> PyResult<Participant> {
+        let inner = match (username, password) {
+            (None, None) => blocking(py, |_| self.inner.dial(uri))?,
+            (Some(username), Some(password)) => {
+                let credentials = crate::Credentials { username, password };
+                blocking(py, |_| self.inner.dial_with_credentials(uri, credentials))?
+            }
+            _ => return Err(InvalidArgumentError::new_err("give both username and password, or neither")),
+        };
         Ok(Participant { inner })
     }
 

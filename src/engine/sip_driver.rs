@@ -18,7 +18,7 @@ use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
-use crate::sip::{message, CallKey, EndReason, UaConfig, UaEvent, UserAgent};
+use crate::sip::{message, CallKey, Credentials, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
 
 /// Datagrams a leg may have waiting for the mixer: 320 ms of 20 ms packets,
@@ -33,12 +33,14 @@ pub(crate) enum SipCommand {
     Dial {
         participant: ParticipantId,
         target: String,
+        credentials: Option<Credentials>,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
     /// A dial whose host name was looked up off the SIP task.
     Resolved {
         participant: ParticipantId,
         target: String,
+        credentials: Option<Credentials>,
         destination: Result<SocketAddr>,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
@@ -446,14 +448,14 @@ impl Driver {
     fn handle_command(&mut self, command: SipCommand) {
         let now = Instant::now();
         match command {
-            SipCommand::Dial { participant, target, reply } => {
+            SipCommand::Dial { participant, target, credentials, reply } => {
                 let Some(parts) = message::uri_parts(&target) else {
                     let error = Error::InvalidArgument(format!("bad SIP URI {target:?}"));
                     return self.dial_result(participant, Err(error), reply);
                 };
                 match message::uri_socket_addr(&target) {
                     Some(destination) => {
-                        let result = self.dial(participant, &target, destination);
+                        let result = self.dial(participant, &target, credentials, destination);
                         self.dial_result(participant, result, reply);
                     }
                     // Look the name up without holding up every other call's signalling.
@@ -467,13 +469,16 @@ impl Driver {
                                 }
                                 Err(e) => Err(e.into()),
                             };
-                            let _ = commands.send(SipCommand::Resolved { participant, target, destination, reply });
+                            let resolved =
+                                SipCommand::Resolved { participant, target, credentials, destination, reply };
+                            let _ = commands.send(resolved);
                         });
                     }
                 }
             }
-            SipCommand::Resolved { participant, target, destination, reply } => {
-                let result = destination.and_then(|destination| self.dial(participant, &target, destination));
+            SipCommand::Resolved { participant, target, credentials, destination, reply } => {
+                let result =
+                    destination.and_then(|destination| self.dial(participant, &target, credentials, destination));
                 self.dial_result(participant, result, reply);
             }
             SipCommand::Hangup { participant, reason } => match self.by_participant.get(&participant).copied() {
@@ -500,22 +505,33 @@ impl Driver {
 
     /// Sends the INVITE; `now` is read here, after any name lookup, so the
     /// transaction's timers start when the request really leaves.
-    fn dial(&mut self, participant: ParticipantId, target: &str, destination: SocketAddr) -> Result<()> {
+    fn dial(
+        &mut self,
+        participant: ParticipantId,
+        target: &str,
+        credentials: Option<Credentials>,
+        destination: SocketAddr,
+    ) -> Result<()> {
         if !self.shared.registry.lock().participants.contains_key(&participant) {
             // Hung up, or its conference destroyed, while the name was looked up.
             return Err(Error::NotFound(format!("participant {}", participant.0)));
         }
         let media = self.local_media()?;
         let offer = sdp::offer(&media.local).print().into_bytes();
-        let from_user = self
-            .shared
-            .registry
-            .lock()
-            .participants
-            .get(&participant)
-            .map(|p| p.conference.clone())
-            .unwrap_or_else(|| "sipbridge".into());
-        let call = self.ua.dial(target, destination, &from_user, offer, Instant::now())?;
+        // Calls as the account when it has one (servers check From against
+        // it), else as the conference.
+        let from_user = match &credentials {
+            Some(credentials) => credentials.username.clone(),
+            None => self
+                .shared
+                .registry
+                .lock()
+                .participants
+                .get(&participant)
+                .map(|p| p.conference.clone())
+                .unwrap_or_else(|| "sipbridge".into()),
+        };
+        let call = self.ua.dial(target, destination, &from_user, offer, credentials, Instant::now())?;
         let leg = CallLeg { participant, media: Some(media), receive_task: None, hangup_reason: None, session: None };
         self.calls.insert(call, leg);
         self.by_participant.insert(participant, call);

@@ -488,12 +488,39 @@ pub extern "C" fn sb_conference_dial(
     participant: *mut u64,
 ) -> sb_status {
     ffi_guard!({
-        let conference = try_ref!(conference);
         let uri = try_str!(uri);
-        let out = try_mut!(participant);
-        *out = try_call!(conference.conference.dial(uri)).id().0;
-        sb_status::SB_OK
+        dial_out(conference, participant, |conference| conference.dial(uri))
     })
+}
+
+/// Like `sb_conference_dial`, answering digest challenges (401/407, MD5 or
+/// SHA-256) as `username` with `password`; From names `username`.
+#[no_mangle]
+pub extern "C" fn sb_conference_dial_with_credentials(
+    conference: *const sb_conference,
+    uri: *const c_char,
+    username: *const c_char,
+    password: *const c_char,
+    participant: *mut u64,
+) -> sb_status {
+    ffi_guard!({
+        let uri = try_str!(uri);
+        let credentials =
+            crate::Credentials { username: try_str!(username).into(), password: try_str!(password).into() };
+        dial_out(conference, participant, |conference| conference.dial_with_credentials(uri, credentials))
+    })
+}
+
+/// Dials with `dial` and writes the new participant's id to `participant`.
+fn dial_out(
+    conference: *const sb_conference,
+    participant: *mut u64,
+    dial: impl FnOnce(&crate::Conference) -> crate::Result<crate::Participant>,
+) -> sb_status {
+    let conference = try_ref!(conference);
+    let out = try_mut!(participant);
+    *out = try_call!(dial(&conference.conference)).id().0;
+    sb_status::SB_OK
 }
 
 /// Looks up participant `id` of `conference` and applies `action` to it.

@@ -1,11 +1,13 @@
 //! The SIP core: message helpers, transactions and the user agent, all sans-IO.
 
+pub mod digest;
 pub mod message;
 pub mod transaction;
 pub mod ua;
 
 use std::net::SocketAddr;
 
+pub use digest::Credentials;
 pub use transaction::TimerConfig;
 pub use ua::{CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 

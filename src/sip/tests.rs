@@ -128,7 +128,7 @@ impl Pair {
 
     fn dial(&mut self) -> CallKey {
         let target = format!("sip:room@{}", self.b.addr);
-        let call = self.a.ua.dial(&target, self.b.addr, "alice", b"v=0\r\n".to_vec(), self.now).unwrap();
+        let call = self.a.ua.dial(&target, self.b.addr, "alice", b"v=0\r\n".to_vec(), None, self.now).unwrap();
         self.collect();
         call
     }
@@ -735,4 +735,51 @@ fn the_same_invite_on_a_second_branch_gets_482() {
     assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 482"));
     assert_eq!(p.b.events.iter().filter(|e| matches!(e, UaEvent::IncomingCall { .. })).count(), 1);
     assert_eq!(p.b.ua.call_count(), 1);
+}
+
+/// A response from a callee to `request` (its Via, From, Call-ID and CSeq; To with a tag), with `extra` headers.
+fn response_to(request: &str, status: &str, extra: &str) -> String {
+    let line = |name: &str| format!("{name}: {}\r\n", header(request, name));
+    format!(
+        "SIP/2.0 {status}\r\n{}{}To: {};tag=callee\r\n{}{}{extra}Content-Length: 0\r\n\r\n",
+        line("Via"),
+        line("From"),
+        header(request, "To"),
+        line("Call-ID"),
+        line("CSeq")
+    )
+}
+
+#[test]
+fn a_challenged_invite_is_sent_again_with_credentials_once() {
+    let mut a = agent(5061);
+    let callee: SocketAddr = "127.0.0.1:5062".parse().unwrap();
+    let now = Instant::now();
+    let credentials = Credentials { username: "alice".into(), password: "secret".into() };
+    let call =
+        a.ua.dial("sip:room@127.0.0.1:5062", callee, "alice", b"v=0\r\n".to_vec(), Some(credentials), now).unwrap();
+    let ua = &mut a.ua;
+    let sent = |ua: &mut UserAgent| {
+        std::iter::from_fn(|| ua.poll_transmit()).map(|t| String::from_utf8(t.data).unwrap()).collect::<Vec<_>>()
+    };
+    let first = sent(ua).remove(0);
+    let challenge = "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"abc\", qop=\"auth\", algorithm=MD5\r\n";
+    ua.handle_datagram(now, callee, response_to(&first, "407 Proxy Authentication Required", challenge).as_bytes());
+    let out = sent(ua);
+    assert!(out.iter().any(|m| m.starts_with("ACK ") && m.contains("CSeq: 1 ACK")), "the 407 is ACKed: {out:?}");
+    let second = out.iter().find(|m| m.starts_with("INVITE ")).expect("the INVITE again").clone();
+    assert!(second.contains("CSeq: 2 INVITE"), "{second}");
+    assert_ne!(header(&second, "Via"), header(&first, "Via"), "a new transaction");
+    let authorization = header(&second, "Proxy-Authorization");
+    assert!(authorization.contains("username=\"alice\"") && authorization.contains("realm=\"pbx\""), "{authorization}");
+    assert!(authorization.contains("qop=auth, nc=00000001"), "{authorization}");
+    // Challenged again (not stale): the credentials were wrong; the call fails.
+    ua.handle_datagram(now, callee, response_to(&second, "407 Proxy Authentication Required", challenge).as_bytes());
+    let out = sent(ua);
+    assert!(!out.iter().any(|m| m.starts_with("INVITE ")), "no third INVITE: {out:?}");
+    let events: Vec<UaEvent> = std::iter::from_fn(|| ua.poll_event()).collect();
+    assert!(
+        events.iter().any(|e| matches!(e, UaEvent::Failed { call: c, status: 407, .. } if *c == call)),
+        "{events:?}"
+    );
 }

@@ -17,6 +17,7 @@ use rsip::headers::UntypedHeader;
 use rsip::prelude::HeadersExt;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
+use super::digest::{Challenge, Credentials};
 use super::message::{self, new_branch, random_token};
 use super::transaction::{
     ClientTimeout, ClientTransaction, Reliability, ResponseDisposition, ServerState, ServerTimeout, ServerTransaction,
@@ -108,6 +109,11 @@ struct Call {
     local_sdp: Vec<u8>,
     /// A re-INVITE with an offer that the user has not answered yet.
     pending_reoffer: Option<Request>,
+    /// Outbound: what to answer 401/407 challenges with, and how many
+    /// challenges were answered (a second one means a wrong password,
+    /// unless it only says the nonce went stale).
+    credentials: Option<Credentials>,
+    challenges_answered: u8,
     /// Outbound: the app hung up before the answer. A CANCEL goes out once a
     /// provisional response allows it (§9.1); an answer that comes anyway is
     /// ACKed and ended with BYE.
@@ -424,6 +430,8 @@ impl UserAgent {
                     ack: None,
                     local_sdp: Vec::new(),
                     pending_reoffer: None,
+                    credentials: None,
+                    challenges_answered: 0,
                     hangup_requested: false,
                     cancel_sent: false,
                     bye_after_ack: false,
@@ -642,8 +650,66 @@ impl UserAgent {
         match status {
             100..=199 => self.on_provisional(call, &response, now),
             200..=299 => self.on_invite_success(call, &response, now),
+            401 | 407 if self.answer_challenge(call, &response, now) => {}
             _ => self.finish_outbound(call, status, reason),
         }
+    }
+
+    /// Sends the INVITE again with credentials for the 401/407 `response`
+    /// challenged it with; false when there is nothing to answer with (no
+    /// credentials, no usable challenge, or a repeated challenge after
+    /// ours, which means they were wrong).
+    fn answer_challenge(&mut self, call: CallKey, response: &Response, now: Instant) -> bool {
+        let proxy = response.status_code.code() == 407;
+        let advertised = self.advertised_host();
+        let Some(entry) = self.calls.get_mut(&call) else { return false };
+        let Some(credentials) = entry.credentials.clone() else { return false };
+        if entry.hangup_requested || entry.state == CallState::Confirmed {
+            return false;
+        }
+        let values = response.headers.iter().filter_map(|h| match h {
+            Header::WwwAuthenticate(v) if !proxy => Some(v.value()),
+            Header::ProxyAuthenticate(v) if proxy => Some(v.value()),
+            _ => None,
+        });
+        let Some(challenge) = Challenge::choose(values) else { return false };
+        if entry.challenges_answered > 0 && !challenge.stale || entry.challenges_answered >= 3 {
+            return false;
+        }
+        entry.challenges_answered += 1;
+        entry.local_cseq += 1;
+        let uri = entry.invite.uri.to_string();
+        let answer = challenge.answer(&credentials, "INVITE", &uri, &random_token(), 1);
+        let header = if proxy {
+            Header::ProxyAuthorization(rsip::headers::ProxyAuthorization::new(answer))
+        } else {
+            Header::Authorization(rsip::headers::Authorization::new(answer))
+        };
+        // The same request in a new transaction: a new branch and CSeq (§22.2).
+        let mut invite = entry.invite.clone();
+        let headers = std::mem::take(&mut invite.headers);
+        for h in headers.into_iter() {
+            match h {
+                Header::Via(_) => invite.headers.push(Header::Via(rsip::headers::Via::new(format!(
+                    "SIP/2.0/UDP {advertised};branch={};rport",
+                    new_branch()
+                )))),
+                Header::CSeq(_) => {
+                    invite.headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{} INVITE", entry.local_cseq))))
+                }
+                Header::Authorization(_) | Header::ProxyAuthorization(_) => {}
+                other => invite.headers.push(other),
+            }
+        }
+        invite.headers.push(header);
+        let destination = entry.destination;
+        let Ok(id) = self.start_client_transaction(invite.clone(), destination, Some(call), now) else { return false };
+        if let Some(entry) = self.calls.get_mut(&call) {
+            entry.invite = invite;
+            entry.invite_tx = id;
+            entry.state = CallState::Calling;
+        }
+        true
     }
 
     fn on_provisional(&mut self, call: CallKey, response: &Response, now: Instant) {
@@ -779,13 +845,14 @@ impl UserAgent {
     }
 
     /// Starts an outbound call: INVITE `target` (sent to `destination`) as
-    /// `from_user`, offering `sdp`.
+    /// `from_user`, offering `sdp`; `credentials` answer digest challenges.
     pub fn dial(
         &mut self,
         target: &str,
         destination: SocketAddr,
         from_user: &str,
         sdp: Vec<u8>,
+        credentials: Option<Credentials>,
         now: Instant,
     ) -> Result<CallKey, SipError> {
         let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
@@ -817,6 +884,8 @@ impl UserAgent {
             ack: None,
             local_sdp: sdp.clone(),
             pending_reoffer: None,
+            credentials,
+            challenges_answered: 0,
             hangup_requested: false,
             cancel_sent: false,
             bye_after_ack: false,

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use sipbridge::{Event, LeaveReason};
+use sipbridge::{Credentials, Event, LeaveReason};
 
 use crate::common::{endpoint, rtp_range, wait_event};
 
@@ -110,6 +110,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn assert_sipp_succeeded(output: &std::process::Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "sipp {what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn run_sipp(args: &[&str], dir: &PathBuf) -> std::process::Output {
@@ -244,6 +253,43 @@ fn serve_hangs_up_every_leg_on_sigterm() {
     assert!(stderr.contains("BYE") || stdout.contains("BYE"), "sipp saw no BYE:\n{stdout}\n{stderr}");
 }
 
+/// sipp as a callee that demands digest authentication: the bridge answers
+/// the 401 with the right password (sipp's verifyauth checks it) and gets
+/// the call; with a wrong one it gets 403 and reports the dial failed.
+#[test]
+fn sipp_uas_challenges_a_dial_out_with_digest() {
+    if !sipp_available() {
+        return;
+    }
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uas_digest.xml");
+    for (password, answered) in [("secret", true), ("wrong", false)] {
+        let uas_port = free_udp_port();
+        let dir = pcap_dir();
+        let sipp = std::thread::spawn(move || {
+            let port = uas_port.to_string();
+            run_sipp(&["-sf", scenario, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+        });
+        std::thread::sleep(Duration::from_millis(300)); // let sipp bind its port
+        let bridge = endpoint();
+        let room = bridge.create_conference("billing").unwrap();
+        let credentials = Credentials { username: "alice".into(), password: password.into() };
+        let leg = room.dial_with_credentials(&format!("sip:agent@127.0.0.1:{uas_port}"), credentials).unwrap();
+        let outcome = wait_event(&bridge, Duration::from_secs(5), |e| match e {
+            Event::Answered { .. } => Some(Ok(())),
+            Event::DialFailed { status, .. } => Some(Err(*status)),
+            _ => None,
+        });
+        if answered {
+            assert_eq!(outcome, Ok(()), "the right password gets the call");
+            leg.hangup().unwrap();
+            wait_event(&bridge, Duration::from_secs(5), |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()));
+        } else {
+            assert_eq!(outcome, Err(403), "a wrong password is refused, and not tried again");
+        }
+        assert_sipp_succeeded(&sipp.join().unwrap(), &format!("uas with password {password}"));
+    }
+}
+
 #[test]
 fn sipp_uas_answers_a_dial_out() {
     if !sipp_available() {
@@ -285,11 +331,5 @@ fn sipp_uas_answers_a_dial_out() {
         _ => None,
     });
     assert_eq!(reason, LeaveReason::LocalHangup);
-    let output = sipp.join().unwrap();
-    assert!(
-        output.status.success(),
-        "sipp uas: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uas");
 }
