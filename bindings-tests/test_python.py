@@ -204,6 +204,24 @@ def test_errors_are_exceptions_of_the_hierarchy():
         assert issubclass(sipbridge.NotFoundError, sipbridge.SipBridgeError)
 
 
+def test_a_room_that_requires_authentication_admits_only_users():
+    with endpoint() as bridge, endpoint() as caller:
+        bridge.add_user("alice", "secret")
+        room = bridge.create_conference("members")
+        room.set_require_authentication()
+        out = caller.create_conference("out")
+        out.dial(bridge.room_uri("members"))
+        assert wait_event(caller, "dial_failed").status == 401
+        out.dial(bridge.room_uri("members"), username="alice", password="wrong")
+        assert wait_event(caller, "dial_failed").status == 401
+        out.dial(bridge.room_uri("members"), username="alice", password="secret")
+        wait_event(caller, "answered")
+        assert len(room.participants()) == 1
+        bridge.remove_user("alice")
+        with pytest.raises(sipbridge.NotFoundError):
+            bridge.remove_user("alice")
+
+
 def test_unknown_room_fails_the_dial_with_404():
     with endpoint(create_rooms_on_demand=False) as bridge, endpoint() as caller:
         out = caller.create_conference("out")

@@ -54,6 +54,11 @@
 #define AUDIO_LEVEL_ID 1
 
 /**
+ * Wrong answers from one address before it is refused outright.
+ */
+#define MAX_FAILURES 5
+
+/**
  * The result of every call.
  */
 typedef enum {
@@ -207,6 +212,11 @@ typedef struct {
    * Mixer threads; each conference mixes on one of them. Default 0: one per core.
    */
   uint32_t mixer_threads;
+  /**
+   * Whether new rooms require callers to authenticate (see
+   * `sb_endpoint_add_user`, `sb_conference_set_require_authentication`).
+   */
+  bool require_authentication;
 } sb_endpoint_config;
 
 /**
@@ -363,6 +373,17 @@ void sb_endpoint_free(sb_endpoint *endpoint);
 sb_status sb_endpoint_local_port(const sb_endpoint *endpoint, uint16_t *out);
 
 /**
+ * Adds (or changes the password of) a user callers can authenticate as
+ * (digest) in rooms that require it; only hashes are kept.
+ */
+sb_status sb_endpoint_add_user(const sb_endpoint *endpoint, const char *name, const char *password);
+
+/**
+ * Removes a user; SB_NOT_FOUND if there is none by that name.
+ */
+sb_status sb_endpoint_remove_user(const sb_endpoint *endpoint, const char *name);
+
+/**
  * Creates a conference called `name`; SB_ALREADY_EXISTS if there is one.
  */
 sb_status sb_endpoint_create_conference(const sb_endpoint *endpoint,
@@ -474,6 +495,13 @@ sb_status sb_conference_set_talker_policy(const sb_conference *conference,
  * (`SB_ERR_INVALID_ARGUMENT` otherwise).
  */
 sb_status sb_conference_set_noise_suppression(const sb_conference *conference, bool on);
+
+/**
+ * Whether callers must authenticate as a user of the endpoint to join: a
+ * caller without credentials gets 401, one that fails five times in a
+ * minute 403 for a minute.
+ */
+sb_status sb_conference_set_require_authentication(const sb_conference *conference, bool on);
 
 /**
  * Switches noise suppression of what one participant says, before it is

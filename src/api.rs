@@ -52,6 +52,12 @@ pub struct EndpointConfig {
     pub hang_up_on_media_timeout: bool,
     /// Mixer threads; each conference mixes on one of them. 0: one per core.
     pub mixer_threads: usize,
+    /// Whether callers must authenticate (digest, as a user added with
+    /// [`Endpoint::add_user`]) to join a room: the default of every new
+    /// room, which [`Conference::set_require_authentication`] changes.
+    pub require_authentication: bool,
+    /// The realm of the endpoint's digest challenges.
+    pub realm: String,
 }
 
 impl Default for EndpointConfig {
@@ -68,6 +74,8 @@ impl Default for EndpointConfig {
             media_timeout: Some(Duration::from_secs(30)),
             hang_up_on_media_timeout: false,
             mixer_threads: 0,
+            require_authentication: false,
+            realm: "sipbridge".into(),
         }
     }
 }
@@ -314,6 +322,26 @@ impl Endpoint {
         Ok(Conference { shared: self.shared.clone(), name: name.into(), id, sample_rate })
     }
 
+    /// Adds (or changes the password of) a user callers can authenticate
+    /// as, in rooms that require it. Only the digest hashes are kept.
+    pub fn add_user(&self, name: &str, password: &str) -> Result<()> {
+        self.shared.check_running()?;
+        if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == ':') {
+            return Err(Error::InvalidArgument(format!("bad user name {name:?}")));
+        }
+        self.shared.authenticator.lock().add_user(name, password);
+        Ok(())
+    }
+
+    /// Removes a user; calls it already authenticated stay.
+    pub fn remove_user(&self, name: &str) -> Result<()> {
+        self.shared.check_running()?;
+        match self.shared.authenticator.lock().remove_user(name) {
+            true => Ok(()),
+            false => Err(Error::NotFound(format!("user {name:?}"))),
+        }
+    }
+
     /// The conference called `name`, if it exists.
     pub fn conference(&self, name: &str) -> Result<Conference> {
         let (id, sample_rate) = self.shared.conference_id(name)?;
@@ -541,6 +569,17 @@ impl Conference {
     pub fn set_noise_suppression(&self, on: bool) -> Result<()> {
         self.check()?;
         self.shared.set_conference_noise_suppression(&self.name, on)
+    }
+
+    /// Whether callers must authenticate as a user of the endpoint (digest,
+    /// [`Endpoint::add_user`]) to join: a caller without credentials gets a
+    /// 401 challenge, one that fails five times in a minute 403 for a minute.
+    pub fn set_require_authentication(&self, on: bool) -> Result<()> {
+        self.check()?;
+        let mut registry = self.shared.registry.lock();
+        let conference = registry.conferences.get_mut(&self.name).filter(|c| c.id == self.id);
+        conference.ok_or_else(|| Error::NotFound(self.name.clone()))?.require_authentication = on;
+        Ok(())
     }
 
     /// Sets how talkers are detected and how many participants are mixed

@@ -129,7 +129,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge"))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -145,6 +145,8 @@ impl Endpoint {
         media_timeout: Option<f64>,
         hang_up_on_media_timeout: bool,
         mixer_threads: usize,
+        require_authentication: bool,
+        realm: &str,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
@@ -182,6 +184,8 @@ impl Endpoint {
             media_timeout,
             hang_up_on_media_timeout,
             mixer_threads,
+            require_authentication,
+            realm: realm.into(),
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;
@@ -198,6 +202,17 @@ impl Endpoint {
     /// The SIP URI that calls into `room` here.
     fn room_uri(&self, room: &str) -> String {
         self.inner.room_uri(room)
+    }
+
+    /// Adds (or changes the password of) a user callers can authenticate as;
+    /// only hashes are kept.
+    fn add_user(&self, name: &str, password: &str) -> PyResult<()> {
+        self.inner.add_user(name, password).map_err(to_py)
+    }
+
+    /// Removes a user (NotFoundError if there is none by that name).
+    fn remove_user(&self, name: &str) -> PyResult<()> {
+        self.inner.remove_user(name).map_err(to_py)
     }
 
     /// Creates a conference mixing at `sample_rate` (8000, 16000 or 48000;
@@ -323,6 +338,12 @@ impl Conference {
     #[pyo3(signature = (on = true))]
     fn set_noise_suppression(&self, on: bool) -> PyResult<()> {
         self.inner.set_noise_suppression(on).map_err(to_py)
+    }
+
+    /// Whether callers must authenticate as a user of the endpoint to join.
+    #[pyo3(signature = (on = true))]
+    fn set_require_authentication(&self, on: bool) -> PyResult<()> {
+        self.inner.set_require_authentication(on).map_err(to_py)
     }
 
     /// How talkers are detected and how many are mixed, talkers first (0 = all).

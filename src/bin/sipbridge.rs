@@ -51,7 +51,18 @@ enum Command {
         /// Print each mixer thread's tick statistics every this many seconds (0: never).
         #[arg(long, default_value_t = 0)]
         stats_every: u64,
+        /// A user callers can authenticate as, NAME:PASSWORD (repeatable).
+        #[arg(long = "user", value_parser = parse_user)]
+        users: Vec<(String, String)>,
+        /// Callers must authenticate as one of the users (digest) to join any room.
+        #[arg(long)]
+        require_auth: bool,
     },
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    let (name, password) = s.split_once(':').ok_or("expected NAME:PASSWORD")?;
+    Ok((name.into(), password.into()))
 }
 
 fn parse_range(s: &str) -> Result<(u16, u16), String> {
@@ -81,6 +92,8 @@ fn main() -> ExitCode {
         sample_rate,
         mixer_threads,
         stats_every,
+        users,
+        require_auth,
     } = Cli::parse().command;
     let config = EndpointConfig {
         listen,
@@ -91,10 +104,11 @@ fn main() -> ExitCode {
         hang_up_on_media_timeout: hang_up_silent,
         sample_rate,
         mixer_threads,
+        require_authentication: require_auth,
         ..Default::default()
     };
     let stats_every = (stats_every > 0).then(|| Duration::from_secs(stats_every));
-    match serve(config, &rooms, stats_every) {
+    match serve(config, &rooms, &users, stats_every) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("sipbridge: {error}");
@@ -103,8 +117,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: EndpointConfig, rooms: &[String], stats_every: Option<Duration>) -> Result<(), Error> {
+fn serve(
+    config: EndpointConfig,
+    rooms: &[String],
+    users: &[(String, String)],
+    stats_every: Option<Duration>,
+) -> Result<(), Error> {
     let endpoint = Endpoint::start(config)?;
+    for (name, password) in users {
+        endpoint.add_user(name, password)?;
+    }
     for room in rooms {
         endpoint.create_conference(room)?;
     }

@@ -30,6 +30,7 @@ use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegMedia, Mixer, MixerCommand, MixerStats,
     ParticipantControls, ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
 };
+use crate::sip::auth::Authenticator;
 use crate::{Error, Result};
 
 pub(crate) use ports::PortPool;
@@ -49,6 +50,8 @@ pub(crate) struct ConferenceEntry {
     pub sample_rate: u32,
     /// Whether participants who join get noise suppression.
     pub noise_suppression: bool,
+    /// Whether callers must authenticate (digest) to join.
+    pub require_authentication: bool,
     /// Created by a caller's INVITE rather than the app: it ends when its last
     /// participant leaves, so callers cannot pile up empty rooms.
     pub on_demand: bool,
@@ -237,6 +240,8 @@ pub(crate) struct Shared {
     /// The address that goes into SDP and Contact.
     pub advertised_ip: IpAddr,
     pub registry: Mutex<Registry>,
+    /// The users callers authenticate as, and the state of their challenges.
+    pub authenticator: Mutex<Authenticator>,
     mixer: Mutex<MixerControl>,
     /// One per mixer thread.
     pub mixer_stats: Vec<Arc<MixerStats>>,
@@ -322,6 +327,7 @@ impl Shared {
             participants: BTreeSet::new(),
             sample_rate,
             noise_suppression: false,
+            require_authentication: self.config.require_authentication,
             on_demand,
         };
         registry.conferences.insert(name.into(), entry);
@@ -663,11 +669,13 @@ impl Engine {
 
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let (sip_commands, sip_rx) = tokio::sync::mpsc::unbounded_channel();
+        let authenticator = Mutex::new(Authenticator::new(&config.realm, std::time::Instant::now()));
         let shared = Arc::new(Shared {
             config,
             sip_addr,
             advertised_ip,
             registry: Mutex::new(Registry::default()),
+            authenticator,
             mixer: Mutex::new(MixerControl { shards, conferences: HashMap::new() }),
             mixer_stats,
             sip_commands,

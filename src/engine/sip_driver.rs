@@ -18,6 +18,7 @@ use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
+use crate::sip::auth::Verdict;
 use crate::sip::{message, CallKey, Credentials, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
 
@@ -139,7 +140,15 @@ impl Driver {
     fn handle_event(&mut self, event: UaEvent) {
         let now = Instant::now();
         match event {
-            UaEvent::IncomingCall { call, request_uri, from, offer, source } => {
+            UaEvent::IncomingCall { call, request_uri, from, offer, source, authorization } => {
+                match self.admit(&request_uri, source, authorization.as_deref(), now) {
+                    Verdict::Accept { .. } => {}
+                    Verdict::Challenge(values) => return self.ua.challenge(call, values, now),
+                    Verdict::Forbidden => {
+                        tracing::info!(%source, "refusing a caller that failed to authenticate too often");
+                        return self.ua.reject(call, 403, now);
+                    }
+                }
                 if let Err((status, error)) = self.accept_incoming(call, &request_uri, &from, &offer, now) {
                     tracing::info!(%source, %request_uri, status, %error, "refusing call");
                     self.ua.reject(call, status, now);
@@ -244,6 +253,25 @@ impl Driver {
         Ok(MediaPort { socket, rtcp_socket, lease, local })
     }
 
+    /// Whether a caller may join the room `request_uri` names: anyone, when
+    /// the room (or, for a room it would create, the endpoint) does not
+    /// require authentication; else the authenticator decides.
+    fn admit(&self, request_uri: &str, source: SocketAddr, authorization: Option<&str>, now: Instant) -> Verdict {
+        let room = room_of(request_uri);
+        let required = match self.shared.registry.lock().conferences.get(&room) {
+            Some(conference) => conference.require_authentication,
+            None => self.shared.config.require_authentication,
+        };
+        if !required {
+            return Verdict::Accept { user: String::new() };
+        }
+        let verdict = self.shared.authenticator.lock().check(now, source.ip(), "INVITE", authorization);
+        if let Verdict::Accept { user } = &verdict {
+            tracing::info!(%user, %room, "caller authenticated");
+        }
+        verdict
+    }
+
     /// Joins an inbound call to the room its Request-URI names, or says which
     /// status to refuse it with.
     fn accept_incoming(
@@ -257,10 +285,7 @@ impl Driver {
         if self.shared.check_running().is_err() {
             return Err((503, Error::Stopped));
         }
-        let room = message::uri_parts(request_uri)
-            .and_then(|u| u.user)
-            .and_then(|u| message::unescape_user(&u))
-            .unwrap_or_default();
+        let room = room_of(request_uri);
         if room.is_empty() {
             return Err((404, Error::NotFound("no room in the Request-URI".into())));
         }
@@ -570,4 +595,9 @@ impl Driver {
             }
         }
     }
+}
+
+/// The room a Request-URI names: its user part, percent-unescaped; empty when it has none.
+fn room_of(request_uri: &str) -> String {
+    message::uri_parts(request_uri).and_then(|u| u.user).and_then(|u| message::unescape_user(&u)).unwrap_or_default()
 }

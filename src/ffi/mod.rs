@@ -252,6 +252,9 @@ pub struct sb_endpoint_config {
     pub opus_dtx: bool,
     /// Mixer threads; each conference mixes on one of them. Default 0: one per core.
     pub mixer_threads: u32,
+    /// Whether new rooms require callers to authenticate (see
+    /// `sb_endpoint_add_user`, `sb_conference_set_require_authentication`).
+    pub require_authentication: bool,
 }
 
 /// Sets `config` to the defaults.
@@ -274,6 +277,7 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             opus_fec: defaults.opus.fec,
             opus_dtx: defaults.opus.dtx,
             mixer_threads: defaults.mixer_threads as u32,
+            require_authentication: defaults.require_authentication,
         };
         sb_status::SB_OK
     })
@@ -322,6 +326,7 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
                 ..Default::default()
             },
             mixer_threads: config.mixer_threads as usize,
+            require_authentication: config.require_authentication,
             ..Default::default()
         }));
         *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));
@@ -376,6 +381,26 @@ pub struct sb_conference {
 fn new_conference(conference: Conference, out: &mut *mut sb_conference) -> sb_status {
     *out = Box::into_raw(Box::new(sb_conference { conference }));
     sb_status::SB_OK
+}
+
+/// Adds (or changes the password of) a user callers can authenticate as
+/// (digest) in rooms that require it; only hashes are kept.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_add_user(
+    endpoint: *const sb_endpoint,
+    name: *const c_char,
+    password: *const c_char,
+) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        from_result(endpoint.endpoint.add_user(try_str!(name), try_str!(password)))
+    })
+}
+
+/// Removes a user; SB_NOT_FOUND if there is none by that name.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_remove_user(endpoint: *const sb_endpoint, name: *const c_char) -> sb_status {
+    ffi_guard!({ from_result(try_ref!(endpoint).endpoint.remove_user(try_str!(name))) })
 }
 
 /// Creates a conference called `name`; SB_ALREADY_EXISTS if there is one.
@@ -606,6 +631,14 @@ pub extern "C" fn sb_conference_set_talker_policy(
 #[no_mangle]
 pub extern "C" fn sb_conference_set_noise_suppression(conference: *const sb_conference, on: bool) -> sb_status {
     ffi_guard!({ from_result(try_ref!(conference).conference.set_noise_suppression(on)) })
+}
+
+/// Whether callers must authenticate as a user of the endpoint to join: a
+/// caller without credentials gets 401, one that fails five times in a
+/// minute 403 for a minute.
+#[no_mangle]
+pub extern "C" fn sb_conference_set_require_authentication(conference: *const sb_conference, on: bool) -> sb_status {
+    ffi_guard!({ from_result(try_ref!(conference).conference.set_require_authentication(on)) })
 }
 
 /// Switches noise suppression of what one participant says, before it is

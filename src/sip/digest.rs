@@ -23,7 +23,7 @@ impl DigestAlgorithm {
         }
     }
 
-    fn hash(self, data: &str) -> String {
+    pub(crate) fn hash(self, data: &str) -> String {
         match self {
             DigestAlgorithm::Md5 => hex(&Md5::digest(data.as_bytes())),
             DigestAlgorithm::Sha256 => hex(&Sha256::digest(data.as_bytes())),
@@ -138,7 +138,7 @@ fn quote(value: &str) -> String {
 }
 
 /// Splits `a=1, b="x, y", c=token` into name and (unquoted) value pairs.
-fn auth_params(params: &str) -> Vec<(String, String)> {
+pub(crate) fn auth_params(params: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut chars = params.chars().peekable();
     loop {

@@ -1,5 +1,6 @@
 //! The SIP core: message helpers, transactions and the user agent, all sans-IO.
 
+pub mod auth;
 pub mod digest;
 pub mod message;
 pub mod transaction;

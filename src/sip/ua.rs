@@ -46,7 +46,16 @@ pub enum EndReason {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UaEvent {
     /// An INVITE outside any dialog. The user answers with `ring`, `answer` or `reject`.
-    IncomingCall { call: CallKey, request_uri: String, from: String, offer: Vec<u8>, source: SocketAddr },
+    /// `authorization` is its Authorization header, for a user that checks
+    /// callers (see [`UserAgent::challenge`]).
+    IncomingCall {
+        call: CallKey,
+        request_uri: String,
+        from: String,
+        offer: Vec<u8>,
+        source: SocketAddr,
+        authorization: Option<String>,
+    },
     /// The callee is ringing (180 or 183).
     Ringing { call: CallKey },
     /// The callee answered; `answer` is the SDP body of the 2xx.
@@ -443,7 +452,12 @@ impl UserAgent {
                     *c = Some(call);
                 }
                 let from_uri = request.from_header().ok().and_then(|f| f.uri().ok()).map(|u| u.to_string());
+                let authorization = request.headers.iter().find_map(|h| match h {
+                    Header::Authorization(a) => Some(a.value().to_string()),
+                    _ => None,
+                });
                 self.events.push_back(UaEvent::IncomingCall {
+                    authorization,
                     call,
                     request_uri: request.uri.to_string(),
                     from: from_uri.unwrap_or(from),
@@ -832,6 +846,21 @@ impl UserAgent {
         let id = entry.invite_tx;
         self.respond(id, &request, status, None, Vec::new(), now);
         Ok(())
+    }
+
+    /// Refuses an incoming call with 401 and `www_authenticate` challenges
+    /// (header values); the caller may call again with credentials.
+    pub fn challenge(&mut self, call: CallKey, www_authenticate: Vec<String>, now: Instant) {
+        let Some(entry) = self.calls.get(&call) else { return };
+        if entry.state == CallState::Incoming {
+            let (id, invite) = (entry.invite_tx, entry.invite.clone());
+            let headers = www_authenticate
+                .into_iter()
+                .map(|v| Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(v)))
+                .collect();
+            self.respond_with_headers(id, &invite, 401, now, headers);
+        }
+        self.forget_call(call);
     }
 
     /// Refuses an incoming call with a final error status.

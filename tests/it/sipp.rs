@@ -55,6 +55,11 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// `sipbridge serve` with `extra` flags.
+    fn start_with(extra: &[&str]) -> Self {
         let port = free_udp_port();
         let range = rtp_range();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sipbridge"))
@@ -65,6 +70,7 @@ impl Server {
                 "--rtp-ports",
                 &format!("{}-{}", range.start(), range.end()),
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -205,6 +211,49 @@ fn sipp_hold_and_resume_by_re_invite() {
     // About 2 s of the 4 s call were not held: 100 packets of 20 ms, not 200.
     let sent = count(&left, "sent");
     assert!((60..160).contains(&sent), "the bridge sent {sent} RTP packets");
+    assert!(server.terminate().success());
+}
+
+/// A room that requires authentication: sipp answers the 401 with its own
+/// digest code; the right password joins, a wrong one is challenged again
+/// and never joins.
+#[test]
+fn sipp_caller_authenticates_with_digest() {
+    if !sipp_available() {
+        return;
+    }
+    let mut server = Server::start_with(&["--require-auth", "--user", "alice:secret"]);
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_digest.xml");
+    for (password, room) in [("secret", "members"), ("guess", "intruders")] {
+        let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
+        let target = format!("127.0.0.1:{}", server.port);
+        let args = [
+            "-sf",
+            scenario,
+            &target,
+            "-s",
+            room,
+            "-au",
+            "alice",
+            "-ap",
+            password,
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-mp",
+            &media_port,
+            "-timeout",
+            "30s",
+            "-timeout_error",
+            "-nostdin",
+        ];
+        assert_sipp_succeeded(&run_sipp(&args, &pcap_dir()), &format!("uac with password {password}"));
+    }
+    server.expect("left room=members", Duration::from_secs(2));
+    assert!(server.seen.borrow().iter().all(|l| !l.contains("room=intruders")), "a wrong password joined");
     assert!(server.terminate().success());
 }
 
