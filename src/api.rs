@@ -333,6 +333,13 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Where registered user `name` can be reached: the contacts of its live
+    /// registrations, the most recent first (dialling `sip:NAME@REALM` calls
+    /// the first).
+    pub fn registrations(&self, name: &str) -> Vec<String> {
+        self.shared.registrar.lock().lookup(Instant::now(), name)
+    }
+
     /// Removes a user; calls it already authenticated stay.
     pub fn remove_user(&self, name: &str) -> Result<()> {
         self.shared.check_running()?;

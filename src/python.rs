@@ -210,6 +210,11 @@ impl Endpoint {
         self.inner.add_user(name, password).map_err(to_py)
     }
 
+    /// The contacts registered user `name` can be reached at, most recent first.
+    fn registrations(&self, name: &str) -> Vec<String> {
+        self.inner.registrations(name)
+    }
+
     /// Removes a user (NotFoundError if there is none by that name).
     fn remove_user(&self, name: &str) -> PyResult<()> {
         self.inner.remove_user(name).map_err(to_py)

@@ -31,6 +31,7 @@ use crate::media::mixer::{
     ParticipantControls, ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
 };
 use crate::sip::auth::Authenticator;
+use crate::sip::registrar::Registrar;
 use crate::{Error, Result};
 
 pub(crate) use ports::PortPool;
@@ -242,6 +243,8 @@ pub(crate) struct Shared {
     pub registry: Mutex<Registry>,
     /// The users callers authenticate as, and the state of their challenges.
     pub authenticator: Mutex<Authenticator>,
+    /// Where registered users can be reached.
+    pub registrar: Mutex<Registrar>,
     mixer: Mutex<MixerControl>,
     /// One per mixer thread.
     pub mixer_stats: Vec<Arc<MixerStats>>,
@@ -676,6 +679,7 @@ impl Engine {
             advertised_ip,
             registry: Mutex::new(Registry::default()),
             authenticator,
+            registrar: Mutex::new(Registrar::default()),
             mixer: Mutex::new(MixerControl { shards, conferences: HashMap::new() }),
             mixer_stats,
             sip_commands,

@@ -19,6 +19,8 @@ use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
+use crate::sip::registrar::{self, RegisterError};
+use crate::sip::ua::RegisterRequest;
 use crate::sip::{message, CallKey, Credentials, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
 
@@ -182,6 +184,7 @@ impl Driver {
                     }
                 }
             }
+            UaEvent::Register(register) => self.handle_register(register, now),
             UaEvent::Reoffer { call, offer } => {
                 let answered = match self.answer_reoffer(call, &offer) {
                     Ok(answer) => self.ua.answer_reoffer(call, answer, now),
@@ -251,6 +254,49 @@ impl Driver {
             session_version: 1,
         };
         Ok(MediaPort { socket, rtcp_socket, lease, local })
+    }
+
+    /// Where registered user `user` can be called now (its most recent
+    /// contact), or why not: 480 when the user exists but has no live
+    /// registration, 404 when there is no such user.
+    fn registered_contact(&self, user: &str, now: Instant) -> Result<String, (u16, &'static str)> {
+        let contact = self.shared.registrar.lock().lookup(now, user).into_iter().next();
+        match contact {
+            Some(contact) => Ok(contact.trim_matches(|c| c == '<' || c == '>').to_string()),
+            None if self.shared.authenticator.lock().has_user(user) => Err((480, "Temporarily Unavailable")),
+            None => Err((404, "Not Found")),
+        }
+    }
+
+    /// Applies a REGISTER to the location service. A user registers only
+    /// after authenticating as itself: an open registrar would let anyone
+    /// take a user's calls.
+    fn handle_register(&mut self, register: RegisterRequest, now: Instant) {
+        let RegisterRequest { key, user, change, expires, call_id, cseq, source, authorization } = register;
+        let verdict = self.shared.authenticator.lock().check(now, source.ip(), "REGISTER", authorization.as_deref());
+        let answer = match verdict {
+            Verdict::Accept { user: authenticated } if authenticated == user => {
+                match self.shared.registrar.lock().register(now, &user, change, expires, &call_id, cseq) {
+                    Ok(bindings) => {
+                        tracing::info!(%user, %source, contacts = bindings.len(), "registered");
+                        self.ua.answer_register(key, 200, &bindings, Vec::new(), now)
+                    }
+                    Err(RegisterError::IntervalTooBrief) => {
+                        let min = vec![("Min-Expires", registrar::MIN_EXPIRES.to_string())];
+                        self.ua.answer_register(key, 423, &[], min, now)
+                    }
+                    Err(error) => self.ua.answer_register(key, error.status(), &[], Vec::new(), now),
+                }
+            }
+            Verdict::Accept { .. } | Verdict::Forbidden => self.ua.answer_register(key, 403, &[], Vec::new(), now),
+            Verdict::Challenge(values) => {
+                let headers = values.into_iter().map(|v| ("WWW-Authenticate", v)).collect();
+                self.ua.answer_register(key, 401, &[], headers, now)
+            }
+        };
+        if let Err(error) = answer {
+            tracing::warn!(%error, "REGISTER went unanswered");
+        }
     }
 
     /// Whether a caller may join the room `request_uri` names: anyone, when
@@ -476,6 +522,25 @@ impl Driver {
             SipCommand::Dial { participant, target, credentials, reply } => {
                 let Some(parts) = message::uri_parts(&target) else {
                     let error = Error::InvalidArgument(format!("bad SIP URI {target:?}"));
+                    return self.dial_result(participant, Err(error), reply);
+                };
+                // A user of our own domain (the realm): dial where it registered.
+                let target = match (parts.host.eq_ignore_ascii_case(&self.shared.config.realm), &parts.user) {
+                    (true, Some(user)) => match self.registered_contact(user, now) {
+                        Ok(contact) => contact,
+                        Err((status, reason)) => {
+                            self.shared.participant_gone(participant, |entry| {
+                                let conference = entry.conference.clone();
+                                Some(Event::DialFailed { conference, participant, status, reason: reason.into() })
+                            });
+                            let _ = reply.send(Ok(()));
+                            return;
+                        }
+                    },
+                    _ => target,
+                };
+                let Some(parts) = message::uri_parts(&target) else {
+                    let error = Error::InvalidArgument(format!("bad contact {target:?}"));
                     return self.dial_result(participant, Err(error), reply);
                 };
                 match message::uri_socket_addr(&target) {

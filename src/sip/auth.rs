@@ -82,6 +82,10 @@ impl Authenticator {
         self.users.insert(name.into(), hashes);
     }
 
+    pub fn has_user(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     pub fn remove_user(&mut self, name: &str) -> bool {
         self.users.remove(name).is_some()
     }

@@ -11,6 +11,7 @@ use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::prelude::HeadersExt;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
+use super::registrar::ContactChange;
 use super::SipError;
 
 /// The magic cookie every RFC 3261 branch starts with (§8.1.1.7).
@@ -443,6 +444,59 @@ pub fn unescape_user(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+/// Reads a REGISTER's Contact header values (RFC 3261 §10.2): `*` alone, or
+/// contacts, each `name <uri>;expires=N`, `<uri>` or a bare URI, several per
+/// header separated by commas. None when `*` comes with other contacts.
+pub fn contact_change(values: &[String]) -> Option<ContactChange> {
+    let mut contacts = Vec::new();
+    let mut all = false;
+    for value in values {
+        for element in split_outside_brackets(value, ',') {
+            let element = element.trim();
+            if element == "*" {
+                all = true;
+                continue;
+            }
+            let (uri, params) = match (element.find('<'), element.find('>')) {
+                (Some(open), Some(close)) if open < close => (&element[open + 1..close], &element[close + 1..]),
+                _ => element.split_once(';').map_or((element, ""), |(u, p)| (u, p)),
+            };
+            if uri.trim().is_empty() {
+                return None;
+            }
+            let expires = params.split(';').find_map(|p| {
+                let (name, value) = p.trim().split_once('=')?;
+                name.trim().eq_ignore_ascii_case("expires").then(|| value.trim().parse().ok())?
+            });
+            contacts.push((uri.trim().to_string(), expires));
+        }
+    }
+    match (all, contacts.is_empty()) {
+        (true, true) => Some(ContactChange::RemoveAll),
+        (true, false) => None,
+        (false, _) => Some(ContactChange::Contacts(contacts)),
+    }
+}
+
+/// Splits `text` at `separator` where it is not inside `<...>` or quotes.
+fn split_outside_brackets(text: &str, separator: char) -> Vec<&str> {
+    let (mut parts, mut start, mut depth, mut quoted) = (Vec::new(), 0, 0i32, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '<' if !quoted => depth += 1,
+            '>' if !quoted => depth -= 1,
+            c if c == separator && depth == 0 && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
 }
 
 /// Reads an application/dtmf-relay body (`Signal=5`, `Duration=160` lines,

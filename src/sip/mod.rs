@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod digest;
 pub mod message;
+pub mod registrar;
 pub mod transaction;
 pub mod ua;
 
@@ -16,7 +17,7 @@ pub use ua::{CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 pub const USER_AGENT: &str = concat!("sipbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The methods sipbridge handles, for Allow headers and 405 answers.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
 
 /// Bytes the driver must send.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -384,14 +384,14 @@ fn options_gets_200_with_allow_and_accept() {
     let responses = p.responses_to_a();
     assert_eq!(responses.len(), 1);
     assert!(responses[0].starts_with("SIP/2.0 200"));
-    assert!(responses[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"));
+    assert!(responses[0].contains("Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER"));
     assert!(responses[0].contains("Accept: application/sdp"));
 }
 
 #[test]
 fn unsupported_unknown_and_misrouted_requests() {
     let mut p = Pair::new();
-    p.inject(&OPTIONS.replace("OPTIONS", "REGISTER").replace("opt1", "reg1"));
+    p.inject(&OPTIONS.replace("OPTIONS", "SUBSCRIBE").replace("opt1", "sub1"));
     p.inject(&OPTIONS.replace("OPTIONS", "FROBNICATE").replace("opt1", "frob"));
     p.inject(
         &OPTIONS
@@ -782,4 +782,35 @@ fn a_challenged_invite_is_sent_again_with_credentials_once() {
         events.iter().any(|e| matches!(e, UaEvent::Failed { call: c, status: 407, .. } if *c == call)),
         "{events:?}"
     );
+}
+
+#[test]
+fn a_register_is_handed_to_the_user_and_answered_with_the_bindings() {
+    let mut p = Pair::new();
+    let register = |cseq: u32, contact: &str, expires: &str| {
+        format!(
+            "REGISTER sip:127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKreg{cseq}\r\nFrom: <sip:alice@example.com>;tag=r1\r\nTo: <sip:alice@example.com>\r\nCall-ID: reg1\r\nCSeq: {cseq} REGISTER\r\n{contact}{expires}Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let contacts =
+        "Contact: \"Desk, phone\" <sip:alice@10.0.0.5;transport=udp>;expires=60, <sip:alice@10.0.0.9:5070>\r\n";
+    p.inject(&register(1, contacts, "Expires: 300\r\n"));
+    let Some(UaEvent::Register(request)) = p.b.events.last().cloned() else { panic!("{:?}", p.b.events) };
+    assert_eq!((request.user.as_str(), request.expires, request.cseq), ("alice", Some(300), 1));
+    let expected =
+        vec![("sip:alice@10.0.0.5;transport=udp".to_string(), Some(60)), ("sip:alice@10.0.0.9:5070".to_string(), None)];
+    assert_eq!(request.change, registrar::ContactChange::Contacts(expected));
+    let bindings = vec![("sip:alice@10.0.0.9:5070".to_string(), 300)];
+    let now = p.now;
+    p.b.ua.answer_register(request.key, 200, &bindings, Vec::new(), now).unwrap();
+    p.collect();
+    let ok = p.responses_to_a().last().unwrap().to_string();
+    assert!(ok.starts_with("SIP/2.0 200") && ok.contains("<sip:alice@10.0.0.9:5070>;expires=300"), "{ok}");
+    // `*` alone removes all; mixed with contacts it is a bad request.
+    p.inject(&register(2, "Contact: *\r\n", "Expires: 0\r\n"));
+    let Some(UaEvent::Register(request)) = p.b.events.last().cloned() else { panic!() };
+    assert_eq!(request.change, registrar::ContactChange::RemoveAll);
+    p.b.ua.answer_register(request.key, 200, &[], Vec::new(), now).unwrap();
+    p.inject(&register(3, "Contact: *, <sip:alice@10.0.0.5>\r\n", ""));
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 400"));
 }

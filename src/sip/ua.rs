@@ -19,6 +19,7 @@ use rsip::{Header, Method, Request, Response, SipMessage};
 
 use super::digest::{Challenge, Credentials};
 use super::message::{self, new_branch, random_token};
+use super::registrar::ContactChange;
 use super::transaction::{
     ClientTimeout, ClientTransaction, Reliability, ResponseDisposition, ServerState, ServerTimeout, ServerTransaction,
     TimerConfig,
@@ -69,10 +70,32 @@ pub enum UaEvent {
     Dtmf { call: CallKey, digit: char, duration_ms: u32 },
     /// An established or incoming call is over.
     Ended { call: CallKey, reason: EndReason },
+    /// A REGISTER: the user applies it to its location service and answers
+    /// with `answer_register` (or `challenge_register`).
+    Register(RegisterRequest),
     /// An in-dialog INVITE with a new offer (hold, resume, a new address).
     /// The user answers with `answer_reoffer` or refuses with `reject_reoffer`,
     /// which leaves the session as it was.
     Reoffer { call: CallKey, offer: Vec<u8> },
+}
+
+/// Names a request waiting for the user's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestKey(u64);
+
+/// What a REGISTER asks (RFC 3261 §10.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterRequest {
+    pub key: RequestKey,
+    /// The user part of the address of record (the To URI).
+    pub user: String,
+    pub change: ContactChange,
+    /// The Expires header, for contacts without their own.
+    pub expires: Option<u32>,
+    pub call_id: String,
+    pub cseq: u32,
+    pub source: SocketAddr,
+    pub authorization: Option<String>,
 }
 
 /// Settings of a user agent.
@@ -188,6 +211,8 @@ pub struct UserAgent {
     next_id: u64,
     transmits: VecDeque<Transmit>,
     events: VecDeque<UaEvent>,
+    /// REGISTERs waiting for the user's answer, by their server transaction.
+    registers: HashMap<TxId, Request>,
 }
 
 impl UserAgent {
@@ -206,6 +231,7 @@ impl UserAgent {
             next_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            registers: HashMap::new(),
         }
     }
 
@@ -467,8 +493,72 @@ impl UserAgent {
             }
             Method::Options => self.respond_with_capabilities(id, &request, now),
             Method::Bye => self.respond(id, &request, 481, None, Vec::new(), now),
+            Method::Register => self.handle_register(now, id, source, request),
             _ => self.respond_not_allowed(id, &request, now),
         }
+    }
+
+    fn handle_register(&mut self, now: Instant, id: TxId, source: SocketAddr, request: Request) {
+        let user = request.to_header().ok().and_then(|t| t.uri().ok()).and_then(|u| u.user().map(str::to_string));
+        let contacts: Vec<String> = request
+            .headers
+            .iter()
+            .filter_map(|h| match h {
+                Header::Contact(c) => Some(c.value().to_string()),
+                _ => None,
+            })
+            .collect();
+        let (Some(user), Some(change)) = (user, message::contact_change(&contacts)) else {
+            return self.respond(id, &request, 400, None, Vec::new(), now);
+        };
+        let expires = request.headers.iter().find_map(|h| match h {
+            Header::Expires(e) => e.value().trim().parse().ok(),
+            _ => None,
+        });
+        let authorization = request.headers.iter().find_map(|h| match h {
+            Header::Authorization(a) => Some(a.value().to_string()),
+            _ => None,
+        });
+        let register = RegisterRequest {
+            key: RequestKey(id.0),
+            user,
+            change,
+            expires,
+            call_id: message::call_id(&request).unwrap_or_default(),
+            cseq: message::cseq(&request).map(|c| c.0).unwrap_or(0),
+            source,
+            authorization,
+        };
+        self.registers.insert(id, request);
+        self.events.push_back(UaEvent::Register(register));
+    }
+
+    /// Answers a REGISTER: 200 listing the user's current `bindings`
+    /// (contact, seconds left), or another status with `extra` headers
+    /// (WWW-Authenticate for 401, Min-Expires for 423).
+    pub fn answer_register(
+        &mut self,
+        key: RequestKey,
+        status: u16,
+        bindings: &[(String, u32)],
+        extra: Vec<(&'static str, String)>,
+        now: Instant,
+    ) -> Result<(), SipError> {
+        let id = TxId(key.0);
+        let request = self.registers.remove(&id).ok_or(SipError::UnknownCall)?;
+        let mut headers: Vec<Header> = bindings
+            .iter()
+            .map(|(contact, seconds)| {
+                let uri = if contact.starts_with('<') { contact.clone() } else { format!("<{contact}>") };
+                Header::Contact(rsip::headers::Contact::new(format!("{uri};expires={seconds}")))
+            })
+            .collect();
+        headers.extend(extra.into_iter().map(|(name, value)| match name {
+            "WWW-Authenticate" => Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(value)),
+            _ => Header::Other(name.into(), value),
+        }));
+        self.respond_with_headers(id, &request, status, now, headers);
+        Ok(())
     }
 
     fn handle_in_dialog(&mut self, now: Instant, id: TxId, to_tag: String, request: Request) {

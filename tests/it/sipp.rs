@@ -118,6 +118,16 @@ impl Drop for Server {
     }
 }
 
+/// Runs one sipp UAC call (`-sn NAME` or `-sf FILE`) to `target` as
+/// `service` (the Request-URI user), with `extra` arguments, on fresh ports.
+fn run_uac(target: &str, scenario: [&str; 2], service: &str, extra: &[&str]) -> std::process::Output {
+    let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
+    let mut args = vec![scenario[0], scenario[1], target, "-s", service, "-m", "1", "-i", "127.0.0.1", "-p", &port];
+    args.extend(["-mp", &media_port, "-timeout", "30s", "-timeout_error", "-nostdin"]);
+    args.extend(extra);
+    run_sipp(&args, &pcap_dir())
+}
+
 fn assert_sipp_succeeded(output: &std::process::Output, what: &str) {
     assert!(
         output.status.success(),
@@ -135,17 +145,8 @@ fn run_sipp(args: &[&str], dir: &PathBuf) -> std::process::Output {
 /// or `-sf FILE`), checks that sipp succeeded and that the server logged the
 /// caller joining and hanging up, and returns the server's "left" line.
 fn uac_call(server: &Server, scenario: [&str; 2], room: &str) -> String {
-    let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
-    let target = format!("127.0.0.1:{}", server.port);
-    let mut args = vec![scenario[0], scenario[1], &target, "-s", room, "-m", "1", "-i", "127.0.0.1", "-p", &port];
-    args.extend(["-mp", &media_port, "-timeout", "30s", "-timeout_error", "-nostdin"]);
-    let output = run_sipp(&args, &pcap_dir());
-    assert!(
-        output.status.success(),
-        "sipp failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = run_uac(&format!("127.0.0.1:{}", server.port), scenario, room, &[]);
+    assert_sipp_succeeded(&output, "uac");
     let joined = server.expect(&format!("joined room={room}"), Duration::from_secs(2));
     assert!(joined.contains("kind=Inbound"));
     let left = server.expect(&format!("left room={room}"), Duration::from_secs(2));
@@ -224,33 +225,10 @@ fn sipp_caller_authenticates_with_digest() {
     }
     let mut server = Server::start_with(&["--require-auth", "--user", "alice:secret"]);
     let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_digest.xml");
+    let target = format!("127.0.0.1:{}", server.port);
     for (password, room) in [("secret", "members"), ("guess", "intruders")] {
-        let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
-        let target = format!("127.0.0.1:{}", server.port);
-        let args = [
-            "-sf",
-            scenario,
-            &target,
-            "-s",
-            room,
-            "-au",
-            "alice",
-            "-ap",
-            password,
-            "-m",
-            "1",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-mp",
-            &media_port,
-            "-timeout",
-            "30s",
-            "-timeout_error",
-            "-nostdin",
-        ];
-        assert_sipp_succeeded(&run_sipp(&args, &pcap_dir()), &format!("uac with password {password}"));
+        let output = run_uac(&target, ["-sf", scenario], room, &["-au", "alice", "-ap", password]);
+        assert_sipp_succeeded(&output, &format!("uac with password {password}"));
     }
     server.expect("left room=members", Duration::from_secs(2));
     assert!(server.seen.borrow().iter().all(|l| !l.contains("room=intruders")), "a wrong password joined");
@@ -337,6 +315,50 @@ fn sipp_uas_challenges_a_dial_out_with_digest() {
         }
         assert_sipp_succeeded(&sipp.join().unwrap(), &format!("uas with password {password}"));
     }
+}
+
+/// A phone registers with the built-in registrar (digest, as the user it
+/// registers), and the app reaches it by its address of record; unknown and
+/// unregistered users fail with 404 and 480.
+#[test]
+fn a_registered_phone_is_dialled_by_its_address_of_record() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = endpoint();
+    bridge.add_user("alice", "secret").unwrap();
+    bridge.add_user("carol", "secret").unwrap();
+    // The phone's answering side: sipp's built-in uas on the port it registers.
+    let phone_port = free_udp_port();
+    let dir = pcap_dir();
+    let phone = {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let port = phone_port.to_string();
+            run_sipp(&["-sn", "uas", "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+        })
+    };
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register.xml");
+    let (target, contact_port) = (bridge.local_addr().to_string(), phone_port.to_string());
+    let extra = ["-au", "alice", "-ap", "secret", "-key", "contact_port", &contact_port];
+    assert_sipp_succeeded(&run_uac(&target, ["-sf", scenario], "alice", &extra), "register");
+    let contacts = bridge.registrations("alice");
+    assert_eq!(contacts.len(), 1);
+    assert!(contacts[0].contains(&format!("alice@127.0.0.1:{phone_port}")), "{contacts:?}");
+    let room = bridge.create_conference("team").unwrap();
+    for (user, status) in [("bob", 404), ("carol", 480)] {
+        room.dial(&format!("sip:{user}@sipbridge")).unwrap();
+        let failed = wait_event(&bridge, Duration::from_secs(5), |e| match e {
+            Event::DialFailed { status, .. } => Some(*status),
+            _ => None,
+        });
+        assert_eq!(failed, status, "{user}");
+    }
+    let alice = room.dial("sip:alice@sipbridge").unwrap();
+    wait_event(&bridge, Duration::from_secs(5), |e| matches!(e, Event::Answered { .. }).then_some(()));
+    alice.hangup().unwrap();
+    wait_event(&bridge, Duration::from_secs(5), |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()));
+    assert_sipp_succeeded(&phone.join().unwrap(), "uas answering alice's calls");
 }
 
 #[test]

@@ -1,0 +1,195 @@
+//! The location service of the built-in registrar (RFC 3261 §10.3):
+//! bindings from a user's address of record to the contacts it registered,
+//! each with its own expiry. Sans-IO: every call is given `now`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Registrations last this long when the request names no expiry.
+pub const DEFAULT_EXPIRES: u32 = 3600;
+/// Shorter registrations get 423 Interval Too Brief.
+pub const MIN_EXPIRES: u32 = 60;
+/// Longer ones are cut to this.
+pub const MAX_EXPIRES: u32 = 86_400;
+/// Contacts one user may have at once.
+pub const MAX_CONTACTS: usize = 10;
+
+/// What a REGISTER asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactChange {
+    /// `Contact: *` with `Expires: 0`: remove every binding.
+    RemoveAll,
+    /// These contacts, each with its own expiry if it gave one.
+    Contacts(Vec<(String, Option<u32>)>),
+}
+
+/// Why a REGISTER is refused, with its SIP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterError {
+    /// 423: shorter than [`MIN_EXPIRES`] (answer with Min-Expires).
+    IntervalTooBrief,
+    /// 400: `*` with a non-zero expiry, or mixed with contacts.
+    BadRequest,
+    /// 500: an older request of the same registration arrived late (§10.3 step 7).
+    OutOfOrder,
+    /// 403: more than [`MAX_CONTACTS`] contacts.
+    TooManyContacts,
+}
+
+impl RegisterError {
+    pub fn status(self) -> u16 {
+        match self {
+            RegisterError::IntervalTooBrief => 423,
+            RegisterError::BadRequest => 400,
+            RegisterError::OutOfOrder => 500,
+            RegisterError::TooManyContacts => 403,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Binding {
+    contact: String,
+    expires_at: Instant,
+    call_id: String,
+    cseq: u32,
+}
+
+/// Bindings by user (the user part of the address of record).
+#[derive(Debug, Default)]
+pub struct Registrar {
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+impl Registrar {
+    /// Applies a REGISTER from `user` and returns the bindings it now has,
+    /// with their seconds left (for the 200's Contact headers).
+    pub fn register(
+        &mut self,
+        now: Instant,
+        user: &str,
+        change: ContactChange,
+        expires: Option<u32>,
+        call_id: &str,
+        cseq: u32,
+    ) -> Result<Vec<(String, u32)>, RegisterError> {
+        let bindings = self.bindings.entry(user.to_string()).or_default();
+        bindings.retain(|b| b.expires_at > now);
+        match change {
+            ContactChange::RemoveAll => {
+                if expires != Some(0) {
+                    return Err(RegisterError::BadRequest);
+                }
+                if bindings.iter().any(|b| b.call_id == call_id && b.cseq >= cseq) {
+                    return Err(RegisterError::OutOfOrder);
+                }
+                bindings.clear();
+            }
+            ContactChange::Contacts(contacts) => {
+                let seconds: Vec<u32> =
+                    contacts.iter().map(|(_, own)| own.or(expires).unwrap_or(DEFAULT_EXPIRES)).collect();
+                if seconds.iter().any(|s| *s != 0 && *s < MIN_EXPIRES) {
+                    return Err(RegisterError::IntervalTooBrief);
+                }
+                let same = |b: &Binding, contact: &str| same_contact(&b.contact, contact);
+                for (contact, _) in &contacts {
+                    let stale = bindings.iter().any(|b| same(b, contact) && b.call_id == call_id && b.cseq >= cseq);
+                    if stale {
+                        return Err(RegisterError::OutOfOrder);
+                    }
+                }
+                let added = contacts.iter().filter(|(c, _)| !bindings.iter().any(|b| same(b, c))).count();
+                if bindings.len() + added > MAX_CONTACTS {
+                    return Err(RegisterError::TooManyContacts);
+                }
+                for ((contact, _), seconds) in contacts.into_iter().zip(seconds) {
+                    bindings.retain(|b| !same(b, &contact));
+                    if seconds > 0 {
+                        let expires_at = now + Duration::from_secs(seconds.min(MAX_EXPIRES) as u64);
+                        bindings.push(Binding { contact, expires_at, call_id: call_id.into(), cseq });
+                    }
+                }
+            }
+        }
+        let current = bindings
+            .iter()
+            .map(|b| (b.contact.clone(), b.expires_at.saturating_duration_since(now).as_secs() as u32))
+            .collect();
+        if bindings.is_empty() {
+            self.bindings.remove(user);
+        }
+        Ok(current)
+    }
+
+    /// The contacts `user` has registered and that have not expired, the
+    /// most recent first.
+    pub fn lookup(&self, now: Instant, user: &str) -> Vec<String> {
+        let mut live: Vec<&Binding> =
+            self.bindings.get(user).map(|b| b.iter().filter(|b| b.expires_at > now).collect()).unwrap_or_default();
+        live.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
+        live.into_iter().map(|b| b.contact.clone()).collect()
+    }
+}
+
+/// Contacts are the same binding when their URIs match, ignoring case of
+/// the scheme and host and any parameters after the URI (a simplification of
+/// §19.1.4 that phones' refreshes satisfy).
+fn same_contact(a: &str, b: &str) -> bool {
+    let key = |c: &str| c.split(';').next().unwrap_or(c).trim_matches(|ch| ch == '<' || ch == '>').to_ascii_lowercase();
+    key(a) == key(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contacts(list: &[(&str, Option<u32>)]) -> ContactChange {
+        ContactChange::Contacts(list.iter().map(|(c, e)| (c.to_string(), *e)).collect())
+    }
+
+    #[test]
+    fn bindings_expire_refresh_and_go() {
+        let now = Instant::now();
+        let mut r = Registrar::default();
+        let phone = "sip:alice@10.0.0.5:5060";
+        let bound = r.register(now, "alice", contacts(&[(phone, None)]), Some(120), "c1", 1).unwrap();
+        assert_eq!(bound, vec![(phone.to_string(), 120)]);
+        assert_eq!(r.lookup(now + Duration::from_secs(119), "alice"), vec![phone.to_string()]);
+        assert!(r.lookup(now + Duration::from_secs(120), "alice").is_empty(), "expired");
+        // A refresh extends it; a second device adds a binding; the newest comes first.
+        r.register(now, "alice", contacts(&[(phone, None)]), Some(120), "c1", 2).unwrap();
+        let later = now + Duration::from_secs(60);
+        let laptop = "sip:alice@10.0.0.9:5070";
+        let bound = r.register(later, "alice", contacts(&[(laptop, Some(3600))]), None, "c2", 1).unwrap();
+        assert_eq!(bound.len(), 2);
+        assert_eq!(r.lookup(later, "alice"), vec![laptop.to_string(), phone.to_string()]);
+        // Expires 0 on one contact removes it; `*` removes all.
+        r.register(later, "alice", contacts(&[(laptop, Some(0))]), None, "c2", 2).unwrap();
+        assert_eq!(r.lookup(later, "alice"), vec![phone.to_string()]);
+        assert_eq!(r.register(later, "alice", ContactChange::RemoveAll, Some(0), "c3", 1), Ok(vec![]));
+        assert!(r.lookup(later, "alice").is_empty());
+    }
+
+    #[test]
+    fn bad_and_late_registrations_are_refused() {
+        let now = Instant::now();
+        let mut r = Registrar::default();
+        let phone = "<sip:bob@10.0.0.6>";
+        assert_eq!(
+            r.register(now, "bob", contacts(&[(phone, Some(30))]), None, "c", 1),
+            Err(RegisterError::IntervalTooBrief)
+        );
+        assert_eq!(r.register(now, "bob", ContactChange::RemoveAll, Some(60), "c", 1), Err(RegisterError::BadRequest));
+        r.register(now, "bob", contacts(&[(phone, None)]), None, "c", 5).unwrap();
+        assert_eq!(
+            r.register(now, "bob", contacts(&[("sip:bob@10.0.0.6;transport=udp", None)]), None, "c", 4),
+            Err(RegisterError::OutOfOrder),
+            "the same contact, an older CSeq"
+        );
+        let many: Vec<String> = (0..MAX_CONTACTS).map(|i| format!("sip:bob@10.0.1.{i}")).collect();
+        let many: Vec<(&str, Option<u32>)> = many.iter().map(|c| (c.as_str(), None)).collect();
+        assert_eq!(r.register(now, "bob", contacts(&many), None, "d", 1), Err(RegisterError::TooManyContacts));
+        let bound = r.register(now, "bob", contacts(&[(phone, Some(999_999))]), None, "c", 6).unwrap();
+        assert_eq!(bound, vec![(phone.to_string(), MAX_EXPIRES)], "cut to the most");
+    }
+}
