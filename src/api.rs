@@ -80,6 +80,14 @@ impl Default for EndpointConfig {
     }
 }
 
+/// User names go into digest headers and AORs: no quotes, colons or controls.
+fn check_user_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == ':') {
+        return Err(Error::InvalidArgument(format!("bad user name {name:?}")));
+    }
+    Ok(())
+}
+
 /// One mixer thread's counters (see [`Endpoint::mixer_reports`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MixerReport {
@@ -326,10 +334,19 @@ impl Endpoint {
     /// as, in rooms that require it. Only the digest hashes are kept.
     pub fn add_user(&self, name: &str, password: &str) -> Result<()> {
         self.shared.check_running()?;
-        if name.is_empty() || name.chars().any(|c| c.is_control() || c == '"' || c == ':') {
-            return Err(Error::InvalidArgument(format!("bad user name {name:?}")));
-        }
+        check_user_name(name)?;
         self.shared.authenticator.lock().add_user(name, password);
+        Ok(())
+    }
+
+    /// Adds a user by its digest HA1 hashes instead of a password: hex
+    /// MD5 and SHA-256 of `name:realm:password`.
+    pub fn add_user_hashes(&self, name: &str, ha1_md5: &str, ha1_sha256: &str) -> Result<()> {
+        self.shared.check_running()?;
+        check_user_name(name)?;
+        if !self.shared.authenticator.lock().add_user_hashes(name, ha1_md5, ha1_sha256) {
+            return Err(Error::InvalidArgument("HA1 hashes must be 32 (MD5) and 64 (SHA-256) hex digits".into()));
+        }
         Ok(())
     }
 

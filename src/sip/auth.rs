@@ -82,6 +82,18 @@ impl Authenticator {
         self.users.insert(name.into(), hashes);
     }
 
+    /// Adds or replaces a user given by its HA1 hashes (hex), MD5 and
+    /// SHA-256 of `name:realm:password`, so that no password is stored anywhere.
+    pub fn add_user_hashes(&mut self, name: &str, md5: &str, sha256: &str) -> bool {
+        let hex = |h: &str, len: usize| h.len() == len && h.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(md5, 32) || !hex(sha256, 64) {
+            return false;
+        }
+        let hashes = UserHashes { md5: md5.to_ascii_lowercase(), sha256: sha256.to_ascii_lowercase() };
+        self.users.insert(name.into(), hashes);
+        true
+    }
+
     pub fn has_user(&self, name: &str) -> bool {
         self.users.contains_key(name)
     }
@@ -254,6 +266,18 @@ mod tests {
         let other = Authenticator::new("sipbridge", now);
         let foreign = answer(&other.challenge(now, false), &alice());
         assert!(matches!(auth.check(now, source, "INVITE", Some(&foreign)), Verdict::Challenge(_)));
+    }
+
+    #[test]
+    fn a_user_given_by_its_hashes_authenticates_with_its_password() {
+        let (now, mut auth, source) = server_with_alice();
+        let md5 = DigestAlgorithm::Md5.hash("bob:sipbridge:secret");
+        let sha256 = DigestAlgorithm::Sha256.hash("bob:sipbridge:secret");
+        assert!(!auth.add_user_hashes("bob", &sha256, &md5), "swapped");
+        assert!(auth.add_user_hashes("bob", &md5.to_uppercase(), &sha256));
+        let bob = Credentials { username: "bob".into(), password: "secret".into() };
+        let reply = answer(&auth.check(now, source, "INVITE", None), &bob);
+        assert_eq!(auth.check(now, source, "INVITE", Some(&reply)), Verdict::Accept { user: "bob".into() });
     }
 
     #[test]

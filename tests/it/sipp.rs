@@ -235,6 +235,23 @@ fn sipp_caller_authenticates_with_digest() {
     assert!(server.terminate().success());
 }
 
+/// `serve --config` with the commented example: its users (one given by
+/// HA1 hashes) and rooms with their policy, the flags overriding its address.
+#[test]
+fn serve_reads_the_example_config() {
+    if !sipp_available() {
+        return;
+    }
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sipbridge.toml");
+    let mut server = Server::start_with(&["--config", example]);
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_digest.xml");
+    let target = format!("127.0.0.1:{}", server.port);
+    let output = run_uac(&target, ["-sf", scenario], "board", &["-au", "bob", "-ap", "secret"]);
+    assert_sipp_succeeded(&output, "uac into board as bob");
+    server.expect("left room=board", Duration::from_secs(2));
+    assert!(server.terminate().success());
+}
+
 #[test]
 fn serve_hangs_up_every_leg_on_sigterm() {
     if !sipp_available() {

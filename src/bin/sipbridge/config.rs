@@ -1,0 +1,116 @@
+//! The TOML file of `sipbridge serve --config FILE` (docs/config.md;
+//! examples/sipbridge.toml is a commented example). Every setting is
+//! optional; a command-line flag overrides the file, the file the defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    #[serde(default)]
+    pub sip: SipSection,
+    #[serde(default)]
+    pub media: MediaSection,
+    #[serde(default)]
+    pub users: Vec<UserEntry>,
+    #[serde(default)]
+    pub rooms: Vec<RoomEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipSection {
+    pub listen: Option<SocketAddr>,
+    pub public_address: Option<IpAddr>,
+    pub realm: Option<String>,
+    pub create_rooms_on_demand: Option<bool>,
+    pub require_authentication: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSection {
+    /// "FIRST-LAST".
+    pub rtp_ports: Option<String>,
+    pub sample_rate: Option<u32>,
+    pub mixer_threads: Option<usize>,
+    /// Seconds; 0 turns the check off.
+    pub media_timeout: Option<u64>,
+    pub hang_up_silent: Option<bool>,
+}
+
+/// A user callers and phones authenticate as: a password, or the two HA1
+/// hashes of `name:realm:password` so that the file holds no password.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    pub name: String,
+    pub password: Option<String>,
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+/// A room created at start, with its policy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomEntry {
+    pub name: String,
+    pub sample_rate: Option<u32>,
+    pub require_authentication: Option<bool>,
+    pub noise_suppression: Option<bool>,
+}
+
+impl ServeConfig {
+    pub fn read(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: ServeConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for user in &config.users {
+            let hashes = (&user.ha1_md5, &user.ha1_sha256);
+            match (&user.password, hashes) {
+                (Some(_), (None, None)) | (None, (Some(_), Some(_))) => {}
+                _ => {
+                    return Err(format!(
+                        "{}: user {:?} needs a password, or both ha1_md5 and ha1_sha256",
+                        path.display(),
+                        user.name
+                    ))
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sipbridge.toml");
+        let config = ServeConfig::read(&path).unwrap();
+        assert!(!config.users.is_empty() && !config.rooms.is_empty());
+        assert_eq!(config.media.rtp_ports.as_deref(), Some("30000-30999"));
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_file_name() {
+        let dir = std::env::temp_dir().join(format!("sipbridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (text, expected) in [
+            ("[sip]\nlisen = \"0.0.0.0:5060\"\n", "unknown field"),
+            ("[[users]]\nname = \"a\"\n", "needs a password"),
+            ("[[users]]\nname = \"a\"\npassword = \"p\"\nha1_md5 = \"x\"\n", "needs a password"),
+            ("[media]\nsample_rate = \"fast\"\n", "invalid type"),
+        ] {
+            let path = dir.join("bad.toml");
+            std::fs::write(&path, text).unwrap();
+            let error = ServeConfig::read(&path).unwrap_err();
+            assert!(error.contains("bad.toml") && error.contains(expected), "{error}");
+        }
+        assert!(ServeConfig::read(&dir.join("missing.toml")).unwrap_err().contains("missing.toml"));
+    }
+}
