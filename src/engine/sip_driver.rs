@@ -211,7 +211,7 @@ impl Driver {
                         EndReason::RemoteHangup => LeaveReason::RemoteHangup,
                         EndReason::LocalHangup => LeaveReason::LocalHangup,
                         EndReason::Cancelled => LeaveReason::Cancelled,
-                        EndReason::AckTimeout => LeaveReason::Timeout,
+                        EndReason::AckTimeout | EndReason::SessionExpired => LeaveReason::Timeout,
                     });
                     if leg.media.is_none() {
                         self.shared.participant_left(leg.participant, reason);

@@ -446,6 +446,31 @@ pub fn unescape_user(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The values of the headers called `name` (or its compact form), however
+/// rsip filed them.
+pub fn header_values(headers: &rsip::Headers, name: &str, compact: &str) -> Vec<String> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let text = h.to_string();
+            let (n, v) = text.split_once(':')?;
+            let n = n.trim();
+            (n.eq_ignore_ascii_case(name) || n.eq_ignore_ascii_case(compact)).then(|| v.trim().to_string())
+        })
+        .collect()
+}
+
+/// The Session-Expires delta-seconds of a request (RFC 4028 §4), if any.
+pub fn session_expires(headers: &rsip::Headers) -> Option<u32> {
+    let value = header_values(headers, "Session-Expires", "x").into_iter().next()?;
+    value.split(';').next()?.trim().parse().ok()
+}
+
+/// Whether the Supported headers list `option`.
+pub fn supports(headers: &rsip::Headers, option: &str) -> bool {
+    header_values(headers, "Supported", "k").iter().any(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case(option)))
+}
+
 /// Reads a REGISTER's Contact header values (RFC 3261 §10.2): `*` alone, or
 /// contacts, each `name <uri>;expires=N`, `<uri>` or a bare URI, several per
 /// header separated by commas. None when `*` comes with other contacts.

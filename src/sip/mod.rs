@@ -17,7 +17,7 @@ pub use ua::{CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 pub const USER_AGENT: &str = concat!("sipbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The methods sipbridge handles, for Allow headers and 405 answers.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER, UPDATE";
 
 /// Bytes the driver must send.
 #[derive(Debug, Clone, PartialEq, Eq)]

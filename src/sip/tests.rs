@@ -814,3 +814,35 @@ fn a_register_is_handed_to_the_user_and_answered_with_the_bindings() {
     p.inject(&register(3, "Contact: *, <sip:alice@10.0.0.5>\r\n", ""));
     assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 400"));
 }
+
+#[test]
+fn a_caller_that_stops_refreshing_its_session_timer_is_hung_up() {
+    let mut p = Pair::new();
+    let invite = |se: u32, branch: &str| {
+        format!(
+            "INVITE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch={branch}\r\nFrom: <sip:a@127.0.0.1>;tag=st\r\nTo: <sip:room@127.0.0.1>\r\nCall-ID: timer-{se}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5061>\r\nSupported: timer\r\nSession-Expires: {se}\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: 5\r\n\r\nv=0\r\n"
+        )
+    };
+    // Shorter than 90 s: 422 with Min-SE.
+    p.inject(&invite(30, "z9hG4bKshort"));
+    let refused = p.responses_to_a().last().unwrap().to_string();
+    assert!(refused.starts_with("SIP/2.0 422") && refused.contains("Min-SE: 90"), "{refused}");
+
+    p.inject(&invite(90, "z9hG4bKtimer"));
+    answer_all(&mut p);
+    let ok = p.responses_to_a().iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().to_string();
+    assert!(ok.contains("Session-Expires: 90;refresher=uac") && ok.contains("Require: timer"), "{ok}");
+    let in_dialog = in_dialog_requests(&p);
+    p.inject(&in_dialog("ACK", 1, "z9hG4bKtimerack", ""));
+    // A refresh by UPDATE 50 s in restarts the timer: BYE 60 s after it
+    // (the interval less min(32 s, a third)), not 60 s after the answer.
+    p.run_for(Duration::from_secs(50));
+    p.inject(&in_dialog("UPDATE", 2, "z9hG4bKrefresh", ""));
+    let refreshed = p.responses_to_a().last().unwrap().to_string();
+    assert!(refreshed.starts_with("SIP/2.0 200") && refreshed.contains("Session-Expires: 90"), "{refreshed}");
+    p.run_for(Duration::from_secs(55));
+    assert_eq!(p.count("BYE "), 0, "refreshed 55 s ago");
+    p.run_for(Duration::from_secs(10));
+    assert_eq!(p.count("BYE "), 1, "no refresh for 65 s");
+    assert!(p.b.events.iter().any(|e| matches!(e, UaEvent::Ended { reason: EndReason::SessionExpired, .. })));
+}

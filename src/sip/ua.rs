@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rsip::headers::UntypedHeader;
 use rsip::prelude::HeadersExt;
@@ -41,6 +41,8 @@ pub enum EndReason {
     Cancelled,
     /// The 2xx was never acknowledged (§13.3.1.4).
     AckTimeout,
+    /// The caller stopped refreshing its session timer (RFC 4028): we sent BYE.
+    SessionExpired,
 }
 
 /// What the agent tells its user.
@@ -78,6 +80,9 @@ pub enum UaEvent {
     /// which leaves the session as it was.
     Reoffer { call: CallKey, offer: Vec<u8> },
 }
+
+/// The shortest session interval accepted (RFC 4028 §4: at least 90 s).
+pub const MIN_SESSION_EXPIRES: u32 = 90;
 
 /// Names a request waiting for the user's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,8 +144,13 @@ struct Call {
     ack: Option<Vec<u8>>,
     /// The session description we gave, for answering re-INVITEs.
     local_sdp: Vec<u8>,
-    /// A re-INVITE with an offer that the user has not answered yet.
-    pending_reoffer: Option<Request>,
+    /// A re-INVITE or UPDATE with an offer that the user has not answered
+    /// yet, and its transaction.
+    pending_reoffer: Option<(TxId, Request)>,
+    /// Inbound: the session timer the caller asked for and refreshes
+    /// (RFC 4028, refresher=uac), and when we give up on it.
+    session_interval: Option<u32>,
+    session_deadline: Option<Instant>,
     /// Outbound: what to answer 401/407 challenges with, and how many
     /// challenges were answered (a second one means a wrong password,
     /// unless it only says the nonce went stale).
@@ -213,6 +223,9 @@ pub struct UserAgent {
     events: VecDeque<UaEvent>,
     /// REGISTERs waiting for the user's answer, by their server transaction.
     registers: HashMap<TxId, Request>,
+    /// Calls' session-timer deadlines; an entry that is not its call's
+    /// current deadline is stale and skipped.
+    session_timers: BinaryHeap<Reverse<(Instant, CallKey)>>,
 }
 
 impl UserAgent {
@@ -232,6 +245,7 @@ impl UserAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             registers: HashMap::new(),
+            session_timers: BinaryHeap::new(),
         }
     }
 
@@ -245,7 +259,9 @@ impl UserAgent {
 
     /// When [`UserAgent::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        let transactions = self.timers.peek().map(|Reverse((at, _))| *at);
+        let sessions = self.session_timers.peek().map(|Reverse((at, _))| *at);
+        transactions.into_iter().chain(sessions).min()
     }
 
     /// Number of live calls (any state).
@@ -301,6 +317,7 @@ impl UserAgent {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire_sessions(now);
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -439,6 +456,14 @@ impl UserAgent {
     fn handle_out_of_dialog(&mut self, now: Instant, id: TxId, source: SocketAddr, request: Request) {
         match request.method {
             Method::Invite => {
+                // RFC 4028: a caller that supports session timers refreshes
+                // the session; too short an interval gets 422 and Min-SE.
+                let session_expires = message::session_expires(&request.headers);
+                if session_expires.is_some_and(|se| se < MIN_SESSION_EXPIRES) {
+                    let min_se = Header::Other("Min-SE".into(), MIN_SESSION_EXPIRES.to_string());
+                    return self.respond_with_headers(id, &request, 422, now, vec![min_se]);
+                }
+                let session_interval = session_expires.filter(|_| message::supports(&request.headers, "timer"));
                 self.respond(id, &request, 100, None, Vec::new(), now);
                 let call = CallKey(self.next_id());
                 let local_tag = random_token();
@@ -465,6 +490,8 @@ impl UserAgent {
                     ack: None,
                     local_sdp: Vec::new(),
                     pending_reoffer: None,
+                    session_interval,
+                    session_deadline: None,
                     credentials: None,
                     challenges_answered: 0,
                     hangup_requested: false,
@@ -627,21 +654,73 @@ impl UserAgent {
                 if let Some(Transaction::Server { call: owner, .. }) = self.transactions.get_mut(&id) {
                     *owner = Some(call);
                 }
+                self.session_refreshed(call, now);
                 if !request.body.is_empty() {
-                    // A new offer: the user's answer goes in the 2xx.
-                    let offer = request.body.clone();
-                    entry.pending_reoffer = Some(request);
-                    self.events.push_back(UaEvent::Reoffer { call, offer });
-                    return;
+                    return self.offered(call, id, request);
                 }
                 // No offer (a session refresh): ours again, unchanged.
                 let contact = self.contact_for(call);
                 self.respond(id, &request, 200, contact, sdp, now);
             }
+            // RFC 3311: a refresh, or an offer to answer like a re-INVITE's.
+            Method::Update => {
+                if entry.pending_reoffer.is_some() {
+                    let seconds = (rand::random::<u8>() % 10 + 1).to_string();
+                    let retry = Header::RetryAfter(rsip::headers::RetryAfter::new(seconds));
+                    return self.respond_with_headers(id, &request, 500, now, vec![retry]);
+                }
+                // Owned by the call, so its 2xx restates the session timer.
+                if let Some(Transaction::Server { call: owner, .. }) = self.transactions.get_mut(&id) {
+                    *owner = Some(call);
+                }
+                self.session_refreshed(call, now);
+                if request.body.is_empty() {
+                    let contact = self.contact_for(call);
+                    self.respond(id, &request, 200, contact, Vec::new(), now);
+                } else {
+                    self.offered(call, id, request);
+                }
+            }
             Method::Info => self.handle_info(id, call, &request, now),
             Method::Options => self.respond_with_capabilities(id, &request, now),
             _ => self.respond_not_allowed(id, &request, now),
         }
+    }
+
+    /// Ends the calls whose caller stopped refreshing the session timer.
+    fn expire_sessions(&mut self, now: Instant) {
+        while let Some(Reverse((at, call))) = self.session_timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.session_timers.pop();
+            // A refresh since filed a later deadline; this one is stale.
+            if self.calls.get(&call).and_then(|c| c.session_deadline) != Some(at) {
+                continue;
+            }
+            self.send_bye(call, now);
+            self.events.push_back(UaEvent::Ended { call, reason: EndReason::SessionExpired });
+        }
+    }
+
+    /// Hands an in-dialog offer (re-INVITE or UPDATE) to the user.
+    fn offered(&mut self, call: CallKey, id: TxId, request: Request) {
+        let offer = request.body.clone();
+        if let Some(entry) = self.calls.get_mut(&call) {
+            entry.pending_reoffer = Some((id, request));
+            self.events.push_back(UaEvent::Reoffer { call, offer });
+        }
+    }
+
+    /// A session refresh arrived (or the call was answered): the session
+    /// timer, if any, starts again. BYE goes out min(32 s, interval / 3)
+    /// before the session would expire (RFC 4028 §10).
+    fn session_refreshed(&mut self, call: CallKey, now: Instant) {
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        let Some(interval) = entry.session_interval else { return };
+        let deadline = now + Duration::from_secs((interval - (interval / 3).min(32)) as u64);
+        entry.session_deadline = Some(deadline);
+        self.session_timers.push(Reverse((deadline, call)));
     }
 
     /// INFO in a dialog: DTMF relayed in SIP (application/dtmf-relay, or
@@ -909,6 +988,8 @@ impl UserAgent {
             return Err(SipError::WrongState);
         }
         entry.state = CallState::Confirmed;
+        self.session_refreshed(call, now);
+        let Some(entry) = self.calls.get_mut(&call) else { return Err(SipError::UnknownCall) };
         entry.local_sdp = sdp.clone();
         let (id, invite) = (entry.invite_tx, entry.invite.clone());
         let contact = self.contact_for(call);
@@ -920,9 +1001,8 @@ impl UserAgent {
     /// which becomes the session description of the call.
     pub fn answer_reoffer(&mut self, call: CallKey, sdp: Vec<u8>, now: Instant) -> Result<(), SipError> {
         let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
-        let request = entry.pending_reoffer.take().ok_or(SipError::WrongState)?;
+        let (id, request) = entry.pending_reoffer.take().ok_or(SipError::WrongState)?;
         entry.local_sdp = sdp.clone();
-        let id = entry.invite_tx;
         let contact = self.contact_for(call);
         self.respond(id, &request, 200, contact, sdp, now);
         Ok(())
@@ -932,8 +1012,7 @@ impl UserAgent {
     /// accepted); the call goes on with the session it had.
     pub fn reject_reoffer(&mut self, call: CallKey, status: u16, now: Instant) -> Result<(), SipError> {
         let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
-        let request = entry.pending_reoffer.take().ok_or(SipError::WrongState)?;
-        let id = entry.invite_tx;
+        let (id, request) = entry.pending_reoffer.take().ok_or(SipError::WrongState)?;
         self.respond(id, &request, status, None, Vec::new(), now);
         Ok(())
     }
@@ -1003,6 +1082,8 @@ impl UserAgent {
             ack: None,
             local_sdp: sdp.clone(),
             pending_reoffer: None,
+            session_interval: None,
+            session_deadline: None,
             credentials,
             challenges_answered: 0,
             hangup_requested: false,
@@ -1134,6 +1215,14 @@ impl UserAgent {
         let mut response = message::response_to(request, status, tag.as_deref());
         if let Some(value) = contact {
             response.headers.push(Header::Contact(rsip::headers::Contact::new(value)));
+        }
+        // A 2xx to an INVITE or UPDATE of a call with a session timer restates it.
+        let interval = call.and_then(|c| self.calls.get(&c)).and_then(|c| c.session_interval);
+        if let (Some(interval), true) = (interval, (200..300).contains(&status)) {
+            if matches!(request.method, Method::Invite | Method::Update) {
+                response.headers.push(Header::Other("Session-Expires".into(), format!("{interval};refresher=uac")));
+                response.headers.push(Header::Require(rsip::headers::Require::new("timer")));
+            }
         }
         if !body.is_empty() {
             response.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));

@@ -200,6 +200,14 @@ fn sipp_late_offer_gets_our_offer_and_answers_in_the_ack() {
     assert!(server.terminate().success());
 }
 
+/// A caller with a session timer: the 200 and the answer to its UPDATE
+/// refresh restate it (sipp checks the headers).
+#[test]
+fn sipp_session_timer_is_restated_and_refreshed_by_update() {
+    let Some((mut server, _)) = scenario_call("uac_session_timer.xml", "timed") else { return };
+    assert!(server.terminate().success());
+}
+
 /// A phone holds the call with a sendonly re-INVITE and resumes it with a
 /// sendrecv one: the answers say recvonly and sendrecv (sipp checks), the
 /// server reports both, and sends no audio while the call is held.
