@@ -54,31 +54,6 @@
 #define AUDIO_LEVEL_ID 1
 
 /**
- * Wrong answers from one address before it is refused outright.
- */
-#define MAX_FAILURES 5
-
-/**
- * Registrations last this long when the request names no expiry.
- */
-#define DEFAULT_EXPIRES 3600
-
-/**
- * Shorter registrations get 423 Interval Too Brief.
- */
-#define MIN_EXPIRES 60
-
-/**
- * Longer ones are cut to this.
- */
-#define MAX_EXPIRES 86400
-
-/**
- * Contacts one user may have at once.
- */
-#define MAX_CONTACTS 10
-
-/**
  * The result of every call.
  */
 typedef enum {

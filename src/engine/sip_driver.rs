@@ -19,7 +19,7 @@ use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
-use crate::sip::registrar::{self, RegisterError};
+use crate::sip::registrar::{self, RegisterError, Registration};
 use crate::sip::ua::RegisterRequest;
 use crate::sip::{message, CallKey, Credentials, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
@@ -257,12 +257,20 @@ impl Driver {
     }
 
     /// Where registered user `user` can be called now (its most recent
-    /// contact), or why not: 480 when the user exists but has no live
+    /// contact, and the address to send to), or why not: 480 when the user exists but has no live
     /// registration, 404 when there is no such user.
-    fn registered_contact(&self, user: &str, now: Instant) -> Result<String, (u16, &'static str)> {
-        let contact = self.shared.registrar.lock().lookup(now, user).into_iter().next();
-        match contact {
-            Some(contact) => Ok(contact.trim_matches(|c| c == '<' || c == '>').to_string()),
+    fn registered_contact(&self, user: &str, now: Instant) -> Result<(String, SocketAddr), (u16, &'static str)> {
+        let route = self.shared.registrar.lock().route(now, user);
+        match route {
+            Some((contact, source)) => {
+                let contact = contact.trim_matches(|c| c == '<' || c == '>').to_string();
+                // A Contact on the address the REGISTER came from is reachable
+                // as it says; one on another (a private address behind NAT)
+                // only through the source, where the NAT keeps a mapping.
+                let destination =
+                    message::uri_socket_addr(&contact).filter(|c| c.ip() == source.ip()).unwrap_or(source);
+                Ok((contact, destination))
+            }
             None if self.shared.authenticator.lock().has_user(user) => Err((480, "Temporarily Unavailable")),
             None => Err((404, "Not Found")),
         }
@@ -276,7 +284,8 @@ impl Driver {
         let verdict = self.shared.authenticator.lock().check(now, source.ip(), "REGISTER", authorization.as_deref());
         let answer = match verdict {
             Verdict::Accept { user: authenticated } if authenticated == user => {
-                match self.shared.registrar.lock().register(now, &user, change, expires, &call_id, cseq) {
+                let registration = Registration { user: &user, change, expires, call_id: &call_id, cseq, source };
+                match self.shared.registrar.lock().register(now, registration) {
                     Ok(bindings) => {
                         tracing::info!(%user, %source, contacts = bindings.len(), "registered");
                         self.ua.answer_register(key, 200, &bindings, Vec::new(), now)
@@ -524,25 +533,24 @@ impl Driver {
                     let error = Error::InvalidArgument(format!("bad SIP URI {target:?}"));
                     return self.dial_result(participant, Err(error), reply);
                 };
-                // A user of our own domain (the realm): dial where it registered.
-                let target = match (parts.host.eq_ignore_ascii_case(&self.shared.config.realm), &parts.user) {
-                    (true, Some(user)) => match self.registered_contact(user, now) {
-                        Ok(contact) => contact,
+                // A user of our own domain (the realm): dial its newest
+                // contact, sent to where its REGISTER came from.
+                if let (true, Some(user)) = (parts.host.eq_ignore_ascii_case(&self.shared.config.realm), &parts.user) {
+                    match self.registered_contact(user, now) {
+                        Ok((contact, source)) => {
+                            let result = self.dial(participant, &contact, credentials, source);
+                            self.dial_result(participant, result, reply);
+                        }
                         Err((status, reason)) => {
                             self.shared.participant_gone(participant, |entry| {
                                 let conference = entry.conference.clone();
                                 Some(Event::DialFailed { conference, participant, status, reason: reason.into() })
                             });
                             let _ = reply.send(Ok(()));
-                            return;
                         }
-                    },
-                    _ => target,
-                };
-                let Some(parts) = message::uri_parts(&target) else {
-                    let error = Error::InvalidArgument(format!("bad contact {target:?}"));
-                    return self.dial_result(participant, Err(error), reply);
-                };
+                    }
+                    return;
+                }
                 match message::uri_socket_addr(&target) {
                     Some(destination) => {
                         let result = self.dial(participant, &target, credentials, destination);

@@ -3,6 +3,7 @@
 //! each with its own expiry. Sans-IO: every call is given `now`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Registrations last this long when the request names no expiry.
@@ -21,6 +22,20 @@ pub enum ContactChange {
     RemoveAll,
     /// These contacts, each with its own expiry if it gave one.
     Contacts(Vec<(String, Option<u32>)>),
+}
+
+/// One REGISTER request, as the location service needs it.
+#[derive(Debug, Clone)]
+pub struct Registration<'a> {
+    /// The user part of the address of record.
+    pub user: &'a str,
+    pub change: ContactChange,
+    /// The Expires header, for contacts without their own.
+    pub expires: Option<u32>,
+    pub call_id: &'a str,
+    pub cseq: u32,
+    /// Where the request came from.
+    pub source: SocketAddr,
 }
 
 /// Why a REGISTER is refused, with its SIP status.
@@ -50,6 +65,9 @@ impl RegisterError {
 #[derive(Debug, Clone)]
 struct Binding {
     contact: String,
+    /// Where the REGISTER came from: behind NAT, the only address that
+    /// reaches the phone (its Contact names its private address).
+    source: SocketAddr,
     expires_at: Instant,
     call_id: String,
     cseq: u32,
@@ -64,15 +82,8 @@ pub struct Registrar {
 impl Registrar {
     /// Applies a REGISTER from `user` and returns the bindings it now has,
     /// with their seconds left (for the 200's Contact headers).
-    pub fn register(
-        &mut self,
-        now: Instant,
-        user: &str,
-        change: ContactChange,
-        expires: Option<u32>,
-        call_id: &str,
-        cseq: u32,
-    ) -> Result<Vec<(String, u32)>, RegisterError> {
+    pub fn register(&mut self, now: Instant, registration: Registration) -> Result<Vec<(String, u32)>, RegisterError> {
+        let Registration { user, change, expires, call_id, cseq, source } = registration;
         let bindings = self.bindings.entry(user.to_string()).or_default();
         bindings.retain(|b| b.expires_at > now);
         match change {
@@ -106,7 +117,7 @@ impl Registrar {
                     bindings.retain(|b| !same(b, &contact));
                     if seconds > 0 {
                         let expires_at = now + Duration::from_secs(seconds.min(MAX_EXPIRES) as u64);
-                        bindings.push(Binding { contact, expires_at, call_id: call_id.into(), cseq });
+                        bindings.push(Binding { contact, source, expires_at, call_id: call_id.into(), cseq });
                     }
                 }
             }
@@ -124,10 +135,20 @@ impl Registrar {
     /// The contacts `user` has registered and that have not expired, the
     /// most recent first.
     pub fn lookup(&self, now: Instant, user: &str) -> Vec<String> {
+        self.live(now, user).into_iter().map(|b| b.contact.clone()).collect()
+    }
+
+    /// Where to call `user`: its newest live contact, and the address its
+    /// REGISTER came from, which is where requests to it go.
+    pub fn route(&self, now: Instant, user: &str) -> Option<(String, SocketAddr)> {
+        self.live(now, user).first().map(|b| (b.contact.clone(), b.source))
+    }
+
+    fn live(&self, now: Instant, user: &str) -> Vec<&Binding> {
         let mut live: Vec<&Binding> =
             self.bindings.get(user).map(|b| b.iter().filter(|b| b.expires_at > now).collect()).unwrap_or_default();
         live.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
-        live.into_iter().map(|b| b.contact.clone()).collect()
+        live
     }
 }
 
@@ -143,6 +164,21 @@ fn same_contact(a: &str, b: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The public address a NAT gave the phone.
+    fn nat() -> SocketAddr {
+        "198.51.100.7:40123".parse().unwrap()
+    }
+
+    fn reg<'a>(
+        user: &'a str,
+        change: ContactChange,
+        expires: Option<u32>,
+        call_id: &'a str,
+        cseq: u32,
+    ) -> Registration<'a> {
+        Registration { user, change, expires, call_id, cseq, source: nat() }
+    }
+
     fn contacts(list: &[(&str, Option<u32>)]) -> ContactChange {
         ContactChange::Contacts(list.iter().map(|(c, e)| (c.to_string(), *e)).collect())
     }
@@ -152,21 +188,22 @@ mod tests {
         let now = Instant::now();
         let mut r = Registrar::default();
         let phone = "sip:alice@10.0.0.5:5060";
-        let bound = r.register(now, "alice", contacts(&[(phone, None)]), Some(120), "c1", 1).unwrap();
+        let bound = r.register(now, reg("alice", contacts(&[(phone, None)]), Some(120), "c1", 1)).unwrap();
         assert_eq!(bound, vec![(phone.to_string(), 120)]);
         assert_eq!(r.lookup(now + Duration::from_secs(119), "alice"), vec![phone.to_string()]);
         assert!(r.lookup(now + Duration::from_secs(120), "alice").is_empty(), "expired");
         // A refresh extends it; a second device adds a binding; the newest comes first.
-        r.register(now, "alice", contacts(&[(phone, None)]), Some(120), "c1", 2).unwrap();
+        r.register(now, reg("alice", contacts(&[(phone, None)]), Some(120), "c1", 2)).unwrap();
         let later = now + Duration::from_secs(60);
         let laptop = "sip:alice@10.0.0.9:5070";
-        let bound = r.register(later, "alice", contacts(&[(laptop, Some(3600))]), None, "c2", 1).unwrap();
+        let bound = r.register(later, reg("alice", contacts(&[(laptop, Some(3600))]), None, "c2", 1)).unwrap();
         assert_eq!(bound.len(), 2);
         assert_eq!(r.lookup(later, "alice"), vec![laptop.to_string(), phone.to_string()]);
+        assert_eq!(r.route(later, "alice"), Some((laptop.to_string(), nat())), "reached where it registered from");
         // Expires 0 on one contact removes it; `*` removes all.
-        r.register(later, "alice", contacts(&[(laptop, Some(0))]), None, "c2", 2).unwrap();
+        r.register(later, reg("alice", contacts(&[(laptop, Some(0))]), None, "c2", 2)).unwrap();
         assert_eq!(r.lookup(later, "alice"), vec![phone.to_string()]);
-        assert_eq!(r.register(later, "alice", ContactChange::RemoveAll, Some(0), "c3", 1), Ok(vec![]));
+        assert_eq!(r.register(later, reg("alice", ContactChange::RemoveAll, Some(0), "c3", 1)), Ok(vec![]));
         assert!(r.lookup(later, "alice").is_empty());
     }
 
@@ -176,20 +213,23 @@ mod tests {
         let mut r = Registrar::default();
         let phone = "<sip:bob@10.0.0.6>";
         assert_eq!(
-            r.register(now, "bob", contacts(&[(phone, Some(30))]), None, "c", 1),
+            r.register(now, reg("bob", contacts(&[(phone, Some(30))]), None, "c", 1)),
             Err(RegisterError::IntervalTooBrief)
         );
-        assert_eq!(r.register(now, "bob", ContactChange::RemoveAll, Some(60), "c", 1), Err(RegisterError::BadRequest));
-        r.register(now, "bob", contacts(&[(phone, None)]), None, "c", 5).unwrap();
         assert_eq!(
-            r.register(now, "bob", contacts(&[("sip:bob@10.0.0.6;transport=udp", None)]), None, "c", 4),
+            r.register(now, reg("bob", ContactChange::RemoveAll, Some(60), "c", 1)),
+            Err(RegisterError::BadRequest)
+        );
+        r.register(now, reg("bob", contacts(&[(phone, None)]), None, "c", 5)).unwrap();
+        assert_eq!(
+            r.register(now, reg("bob", contacts(&[("sip:bob@10.0.0.6;transport=udp", None)]), None, "c", 4)),
             Err(RegisterError::OutOfOrder),
             "the same contact, an older CSeq"
         );
         let many: Vec<String> = (0..MAX_CONTACTS).map(|i| format!("sip:bob@10.0.1.{i}")).collect();
         let many: Vec<(&str, Option<u32>)> = many.iter().map(|c| (c.as_str(), None)).collect();
-        assert_eq!(r.register(now, "bob", contacts(&many), None, "d", 1), Err(RegisterError::TooManyContacts));
-        let bound = r.register(now, "bob", contacts(&[(phone, Some(999_999))]), None, "c", 6).unwrap();
+        assert_eq!(r.register(now, reg("bob", contacts(&many), None, "d", 1)), Err(RegisterError::TooManyContacts));
+        let bound = r.register(now, reg("bob", contacts(&[(phone, Some(999_999))]), None, "c", 6)).unwrap();
         assert_eq!(bound, vec![(phone.to_string(), MAX_EXPIRES)], "cut to the most");
     }
 }
