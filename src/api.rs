@@ -58,6 +58,9 @@ pub struct EndpointConfig {
     pub require_authentication: bool,
     /// The realm of the endpoint's digest challenges.
     pub realm: String,
+    /// How often registered phones get an OPTIONS ping; one that does not
+    /// answer loses its registration. `None`: no pings.
+    pub keepalive_interval: Option<Duration>,
 }
 
 impl Default for EndpointConfig {
@@ -76,6 +79,7 @@ impl Default for EndpointConfig {
             mixer_threads: 0,
             require_authentication: false,
             realm: "sipbridge".into(),
+            keepalive_interval: Some(Duration::from_secs(30)),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, Par
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
 use crate::sip::registrar::{self, RegisterError, Registration};
-use crate::sip::ua::RegisterRequest;
+use crate::sip::ua::{RegisterRequest, RequestKey};
 use crate::sip::{message, CallKey, Credentials, EndReason, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
 
@@ -82,6 +82,8 @@ struct Driver {
     socket: UdpSocket,
     calls: HashMap<CallKey, CallLeg>,
     by_participant: HashMap<ParticipantId, CallKey>,
+    /// Keep-alive pings in flight: the user and contact each one checks.
+    pings: HashMap<RequestKey, (String, String)>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: UnboundedReceiver<SipCommand>) {
@@ -89,8 +91,12 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: Un
         advertised: SocketAddr::new(shared.advertised_ip, shared.sip_addr.port()),
         timers: shared.config.timers,
     });
-    let mut driver = Driver { shared, ua, socket, calls: HashMap::new(), by_participant: HashMap::new() };
+    let keepalive_every = shared.config.keepalive_interval;
+    let mut driver =
+        Driver { shared, ua, socket, calls: HashMap::new(), by_participant: HashMap::new(), pings: HashMap::new() };
     let mut buf = vec![0u8; 65_535];
+    let mut keepalive =
+        keepalive_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
         let wake = driver.ua.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
@@ -105,8 +111,18 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: Un
                 None => return,
             },
             _ = sleep_until(wake) => driver.ua.handle_timeout(Instant::now()),
+            _ = next_tick(keepalive.as_mut()) => driver.ping_registrations(),
         }
         driver.pump().await;
+    }
+}
+
+async fn next_tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -185,6 +201,14 @@ impl Driver {
                 }
             }
             UaEvent::Register(register) => self.handle_register(register, now),
+            UaEvent::PingAnswered { key, status } => {
+                let Some((user, contact)) = self.pings.remove(&key) else { return };
+                // Any answer, even an error, says the phone is there.
+                if status == 408 {
+                    tracing::info!(%user, %contact, "a registered phone stopped answering; dropping its registration");
+                    self.shared.registrar.lock().remove(&user, &contact);
+                }
+            }
             UaEvent::Reoffer { call, offer } => {
                 let answered = match self.answer_reoffer(call, &offer) {
                     Ok(answer) => self.ua.answer_reoffer(call, answer, now),
@@ -264,15 +288,26 @@ impl Driver {
         match route {
             Some((contact, source)) => {
                 let contact = contact.trim_matches(|c| c == '<' || c == '>').to_string();
-                // A Contact on the address the REGISTER came from is reachable
-                // as it says; one on another (a private address behind NAT)
-                // only through the source, where the NAT keeps a mapping.
-                let destination =
-                    message::uri_socket_addr(&contact).filter(|c| c.ip() == source.ip()).unwrap_or(source);
+                let destination = destination(&contact, source);
                 Ok((contact, destination))
             }
             None if self.shared.authenticator.lock().has_user(user) => Err((480, "Temporarily Unavailable")),
             None => Err((404, "Not Found")),
+        }
+    }
+
+    /// Pings every registered phone (OPTIONS), which also keeps NAT mappings open.
+    fn ping_registrations(&mut self) {
+        let now = Instant::now();
+        let bindings = self.shared.registrar.lock().bindings(now);
+        for (user, contact, source) in bindings {
+            let contact_uri = contact.trim_matches(|c| c == '<' || c == '>');
+            match self.ua.ping(contact_uri, destination(contact_uri, source), now) {
+                Ok(key) => {
+                    self.pings.insert(key, (user, contact));
+                }
+                Err(error) => tracing::debug!(%error, %contact, "cannot ping a registered contact"),
+            }
         }
     }
 
@@ -673,4 +708,12 @@ impl Driver {
 /// The room a Request-URI names: its user part, percent-unescaped; empty when it has none.
 fn room_of(request_uri: &str) -> String {
     message::uri_parts(request_uri).and_then(|u| u.user).and_then(|u| message::unescape_user(&u)).unwrap_or_default()
+}
+
+/// Where to send to a registered `contact` whose REGISTER came from `source`:
+/// a Contact on the source's address is reachable as it says; one on
+/// another (a private address behind NAT) only through the source, where the
+/// NAT keeps a mapping.
+fn destination(contact: &str, source: SocketAddr) -> SocketAddr {
+    message::uri_socket_addr(contact).filter(|c| c.ip() == source.ip()).unwrap_or(source)
 }

@@ -144,6 +144,22 @@ impl Registrar {
         self.live(now, user).first().map(|b| (b.contact.clone(), b.source))
     }
 
+    /// Every live binding: user, contact, and where its REGISTER came from.
+    pub fn bindings(&self, now: Instant) -> Vec<(String, String, SocketAddr)> {
+        let live = self.bindings.iter().flat_map(|(user, b)| b.iter().map(move |b| (user, b)));
+        live.filter(|(_, b)| b.expires_at > now).map(|(u, b)| (u.clone(), b.contact.clone(), b.source)).collect()
+    }
+
+    /// Drops one binding (a phone that stopped answering).
+    pub fn remove(&mut self, user: &str, contact: &str) {
+        if let Some(bindings) = self.bindings.get_mut(user) {
+            bindings.retain(|b| !same_contact(&b.contact, contact));
+            if bindings.is_empty() {
+                self.bindings.remove(user);
+            }
+        }
+    }
+
     fn live(&self, now: Instant, user: &str) -> Vec<&Binding> {
         let mut live: Vec<&Binding> =
             self.bindings.get(user).map(|b| b.iter().filter(|b| b.expires_at > now).collect()).unwrap_or_default();

@@ -846,3 +846,25 @@ fn a_caller_that_stops_refreshing_its_session_timer_is_hung_up() {
     assert_eq!(p.count("BYE "), 1, "no refresh for 65 s");
     assert!(p.b.events.iter().any(|e| matches!(e, UaEvent::Ended { reason: EndReason::SessionExpired, .. })));
 }
+
+#[test]
+fn a_ping_reports_the_answer_or_its_absence() {
+    let mut a = agent(5061);
+    let phone: SocketAddr = "127.0.0.1:5070".parse().unwrap();
+    let now = Instant::now();
+    let ua = &mut a.ua;
+    let key = ua.ping("sip:alice@127.0.0.1:5070", phone, now).unwrap();
+    let options = String::from_utf8(ua.poll_transmit().unwrap().data).unwrap();
+    assert!(options.starts_with("OPTIONS sip:alice@127.0.0.1:5070 SIP/2.0"), "{options}");
+    ua.handle_datagram(now, phone, response_to(&options, "200 OK", "").as_bytes());
+    assert_eq!(ua.poll_event(), Some(UaEvent::PingAnswered { key, status: 200 }));
+    // Nobody answers the next one: 408 once the transaction gives up (64 T1).
+    let key = ua.ping("sip:alice@127.0.0.1:5070", phone, now).unwrap();
+    let mut at = now;
+    while let Some(wake) = ua.poll_timeout().filter(|w| *w <= now + Duration::from_secs(40)) {
+        at = wake;
+        ua.handle_timeout(at);
+    }
+    assert!(at >= now + Duration::from_secs(32), "gave up at {:?}", at - now);
+    assert_eq!(std::iter::from_fn(|| ua.poll_event()).last(), Some(UaEvent::PingAnswered { key, status: 408 }));
+}

@@ -9,7 +9,7 @@
 //! until [`UserAgent::poll_timeout`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,8 @@ pub enum UaEvent {
     Dtmf { call: CallKey, digit: char, duration_ms: u32 },
     /// An established or incoming call is over.
     Ended { call: CallKey, reason: EndReason },
+    /// The final answer to a `ping` (OPTIONS): its status, 408 when none came.
+    PingAnswered { key: RequestKey, status: u16 },
     /// A REGISTER: the user applies it to its location service and answers
     /// with `answer_register` (or `challenge_register`).
     Register(RegisterRequest),
@@ -226,6 +228,8 @@ pub struct UserAgent {
     /// Calls' session-timer deadlines; an entry that is not its call's
     /// current deadline is stale and skipped.
     session_timers: BinaryHeap<Reverse<(Instant, CallKey)>>,
+    /// OPTIONS pings waiting for their final answer.
+    pings: HashSet<TxId>,
 }
 
 impl UserAgent {
@@ -246,6 +250,7 @@ impl UserAgent {
             events: VecDeque::new(),
             registers: HashMap::new(),
             session_timers: BinaryHeap::new(),
+            pings: HashSet::new(),
         }
     }
 
@@ -342,6 +347,9 @@ impl UserAgent {
             match outcome {
                 Some((Some((ClientTimeout::NoResponse, Method::Invite)), _, Some(call))) => {
                     self.finish_outbound(call, 408, message::reason_phrase(408).into());
+                }
+                Some((Some((ClientTimeout::NoResponse, Method::Options)), _, None)) if self.pings.remove(&id) => {
+                    self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 408 });
                 }
                 // §13.3.1.4: the session is confirmed but unacknowledged; end it with BYE.
                 Some((_, Some(ServerTimeout::NoAck), Some(call)))
@@ -826,6 +834,9 @@ impl UserAgent {
             tx.handle_response(status, || invite.map(|i| message::print(non_2xx_ack(&i, &response))), now, &mut out);
         self.transmits.extend(out);
         self.after_transaction_step(id);
+        if method == Method::Options && status >= 200 && self.pings.remove(&id) {
+            self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status });
+        }
         if disposition == ResponseDisposition::Absorb || method != Method::Invite {
             return;
         }
@@ -1136,6 +1147,22 @@ impl UserAgent {
         Ok(())
     }
 
+    /// Sends OPTIONS to `target` at `destination` to see that it is still
+    /// there (a keep-alive for a registered phone, and its NAT mapping); the
+    /// answer comes as [`UaEvent::PingAnswered`].
+    pub fn ping(&mut self, target: &str, destination: SocketAddr, now: Instant) -> Result<RequestKey, SipError> {
+        let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
+        let host = self.advertised_host();
+        let from = format!("<sip:sipbridge@{host}>;tag={}", random_token());
+        let call_id = format!("{}@{}", random_token(), self.config.advertised.ip());
+        let to = format!("<{uri}>");
+        let mut options = new_request(Method::Options, uri, (&from, &to), &call_id, 1, &[], &host);
+        options.headers.extend(capability_headers());
+        let id = self.start_client_transaction(options, destination, None, now)?;
+        self.pings.insert(id);
+        Ok(RequestKey(id.0))
+    }
+
     fn send_bye(&mut self, call: CallKey, now: Instant) {
         let host = self.advertised_host();
         let Some(entry) = self.calls.get_mut(&call) else { return };
@@ -1283,16 +1310,30 @@ fn capability_headers() -> Vec<Header> {
 /// Builds a request inside (or, for the first INVITE, founding) a dialog (§12.2.1.1).
 fn in_dialog_request(call: &Call, method: Method, cseq: u32, advertised: &str) -> Request {
     let uri = rsip::Uri::try_from(call.remote_target.as_str()).unwrap_or_else(|_| call.invite.uri.clone());
+    let parties = (call.local_party.as_str(), call.remote_party.as_str());
+    new_request(method, uri, parties, &call.call_id, cseq, &call.route_set, advertised)
+}
+
+/// A request in a new client transaction: `parties` are its From and To.
+fn new_request(
+    method: Method,
+    uri: rsip::Uri,
+    (from, to): (&str, &str),
+    call_id: &str,
+    cseq: u32,
+    routes: &[String],
+    advertised: &str,
+) -> Request {
     let mut headers = rsip::Headers::default();
     headers
         .push(Header::Via(rsip::headers::Via::new(format!("SIP/2.0/UDP {advertised};branch={};rport", new_branch()))));
     headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
-    for route in &call.route_set {
+    for route in routes {
         headers.push(Header::Route(rsip::headers::Route::new(route.clone())));
     }
-    headers.push(Header::From(rsip::headers::From::new(call.local_party.clone())));
-    headers.push(Header::To(rsip::headers::To::new(call.remote_party.clone())));
-    headers.push(Header::CallId(rsip::headers::CallId::new(call.call_id.clone())));
+    headers.push(Header::From(rsip::headers::From::new(from)));
+    headers.push(Header::To(rsip::headers::To::new(to)));
+    headers.push(Header::CallId(rsip::headers::CallId::new(call_id)));
     headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{cseq} {method}"))));
     headers.push(Header::UserAgent(rsip::headers::UserAgent::new(USER_AGENT)));
     Request { method, uri, version: rsip::Version::V2, headers, body: Vec::new() }

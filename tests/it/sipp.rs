@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use sipbridge::{Credentials, Event, LeaveReason};
+use sipbridge::{Credentials, Endpoint, EndpointConfig, Event, LeaveReason};
 
 use crate::common::{endpoint, rtp_range, wait_event};
 
@@ -384,6 +384,36 @@ fn a_registered_phone_is_dialled_by_its_address_of_record() {
     alice.hangup().unwrap();
     wait_event(&bridge, Duration::from_secs(5), |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()));
     assert_sipp_succeeded(&phone.join().unwrap(), "uas answering alice's calls");
+}
+
+/// A registered phone that stops answering the bridge's OPTIONS pings loses
+/// its registration (fast timers: T1 10 ms, a ping every 200 ms).
+#[test]
+fn a_registered_phone_that_does_not_answer_pings_is_dropped() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        timers: sipbridge::sip::TimerConfig { t1: Duration::from_millis(10), ..Default::default() },
+        keepalive_interval: Some(Duration::from_millis(200)),
+        ..Default::default()
+    })
+    .unwrap();
+    bridge.add_user("alice", "secret").unwrap();
+    // Its Contact names a port nobody listens on.
+    let silent_port = free_udp_port().to_string();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register.xml");
+    let extra = ["-au", "alice", "-ap", "secret", "-key", "contact_port", &silent_port];
+    let target = bridge.local_addr().to_string();
+    assert_sipp_succeeded(&run_uac(&target, ["-sf", scenario], "alice", &extra), "register");
+    assert_eq!(bridge.registrations("alice").len(), 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !bridge.registrations("alice").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the silent phone kept its registration");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
