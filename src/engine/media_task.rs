@@ -152,7 +152,8 @@ pub(crate) async fn receive_media(
     // in the loop would be registered and dropped again for every packet.
     let report_timer = tokio::time::sleep(spread(REPORT_INTERVAL) / 2);
     tokio::pin!(report_timer);
-    let mut timeout_check = tokio::time::interval(TIMEOUT_CHECK);
+    // Armed only when the check is on: a timer per idle leg costs wake-ups.
+    let mut timeout_check = leg.media_timeout.map(|_| tokio::time::interval(TIMEOUT_CHECK));
     loop {
         tokio::select! {
             received = sockets.rtp.recv_from(&mut buf) => {
@@ -200,7 +201,7 @@ pub(crate) async fn receive_media(
                     let _ = socket.send_to(&rtcp_buf[..n], state.peer).await;
                 }
             }
-            _ = timeout_check.tick() => {
+            _ = super::next_tick(timeout_check.as_mut()) => {
                 let Some(limit) = leg.media_timeout else { continue };
                 if leg.controls.held.load(Ordering::Relaxed) {
                     // A held phone need not send; the clock starts again when it resumes.

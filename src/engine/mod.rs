@@ -739,6 +739,16 @@ impl Drop for Engine {
 }
 
 /// Conferences mix at 8, 16 or 48 kHz.
+/// The next tick of `interval`, or never when there is none.
+pub(crate) async fn next_tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// Turns the mixer's talking flags into events, a tick's time after they change.
 async fn watch_talkers(shared: std::sync::Weak<Shared>) {
     let mut interval = tokio::time::interval(crate::media::mixer::TICK);

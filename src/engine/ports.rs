@@ -47,8 +47,14 @@ impl PortPool {
             let Some(port) = self.free.lock().pop_front() else { break };
             let lease = PortLease { port, free: self.free.clone() };
             let bound = (UdpSocket::bind(SocketAddr::new(ip, port)), UdpSocket::bind(SocketAddr::new(ip, port + 1)));
-            // Taken by another program: it goes back to the end of the queue.
-            let (Ok(rtp), Ok(rtcp)) = bound else { continue };
+            let (rtp, rtcp) = match bound {
+                (Ok(rtp), Ok(rtcp)) => (rtp, rtcp),
+                // Taken by another program: it goes back to the end of the queue.
+                (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                // Anything else (out of file descriptors) fails every port
+                // alike: say so at once rather than trying them all.
+                (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+            };
             rtp.set_nonblocking(true)?;
             rtcp.set_nonblocking(true)?;
             return Ok((rtp, rtcp, lease));

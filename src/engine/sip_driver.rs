@@ -111,18 +111,9 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: Un
                 None => return,
             },
             _ = sleep_until(wake) => driver.ua.handle_timeout(Instant::now()),
-            _ = next_tick(keepalive.as_mut()) => driver.ping_registrations(),
+            _ = super::next_tick(keepalive.as_mut()) => driver.ping_registrations(),
         }
         driver.pump().await;
-    }
-}
-
-async fn next_tick(interval: Option<&mut tokio::time::Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
     }
 }
 
