@@ -102,6 +102,17 @@ int main(void) {
   OK(sb_endpoint_config_init(&bad));
   bad.listen = "not an address";
   CHECK(sb_endpoint_start(&bad, &unused) == SB_INVALID_ARGUMENT && unused == NULL, "bad listen");
+  OK(sb_endpoint_config_init(&bad));
+  bad.listen = "127.0.0.1:0";
+  bad.tls_listen = "127.0.0.1:0";
+  CHECK(sb_endpoint_start(&bad, &unused) == SB_INVALID_ARGUMENT && unused == NULL, "TLS without a certificate");
+  CHECK(sb_last_error(err, sizeof err) > 0 && strstr(err, "certificate") != NULL, "message: %s", err);
+  bad.tls_listen = NULL;
+  bad.tls_certificate = "/nonexistent/cert.pem";
+  bad.tls_private_key = "/nonexistent/key.pem";
+  CHECK(sb_endpoint_start(&bad, &unused) == SB_INVALID_ARGUMENT && unused == NULL, "missing certificate file");
+  uint16_t tls_port = 0;
+  CHECK(sb_endpoint_tls_port(bridge, &tls_port) == SB_NOT_FOUND, "no TLS listener");
 
   /* --- a room with a local participant on the bridge --- */
   sb_conference *room = NULL, *out = NULL, *dup = NULL;

@@ -201,6 +201,9 @@ def test_errors_are_exceptions_of_the_hierarchy():
             sipbridge.Endpoint("nonsense")
         with pytest.raises(TypeError):
             sipbridge.Endpoint(5060)  # type: ignore[arg-type]
+        with pytest.raises(sipbridge.InvalidArgumentError, match="certificate"):
+            sipbridge.Endpoint("127.0.0.1:0", tls_listen="127.0.0.1:0")
+        assert ep.tls_address is None
         assert issubclass(sipbridge.NotFoundError, sipbridge.SipBridgeError)
 
 

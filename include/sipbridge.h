@@ -171,9 +171,28 @@ typedef struct sb_local sb_local;
  */
 typedef struct {
   /**
-   * SIP/UDP listen address, "IP:PORT" (port 0 picks one). Default "0.0.0.0:5060".
+   * SIP listen address, "IP:PORT" (port 0 picks one). Default "0.0.0.0:5060".
    */
   const char *listen;
+  /**
+   * Whether SIP over TCP listens too, on the same address. Default true.
+   */
+  bool tcp;
+  /**
+   * SIP over TLS listen address, "IP:PORT", or NULL for none. It needs
+   * `tls_certificate` and `tls_private_key`.
+   */
+  const char *tls_listen;
+  /**
+   * PEM files: the certificate chain TLS presents and its private key, or NULL.
+   */
+  const char *tls_certificate;
+  const char *tls_private_key;
+  /**
+   * A PEM file of CA certificates to trust when calling sips: URIs,
+   * besides the public roots; or NULL.
+   */
+  const char *tls_ca_file;
   /**
    * Address for SDP and Contact, or NULL for the listen address.
    */
@@ -366,6 +385,11 @@ void sb_endpoint_free(sb_endpoint *endpoint);
  * The bound SIP port.
  */
 sb_status sb_endpoint_local_port(const sb_endpoint *endpoint, uint16_t *out);
+
+/**
+ * The port SIP over TLS listens on; SB_NOT_FOUND when it does not.
+ */
+sb_status sb_endpoint_tls_port(const sb_endpoint *endpoint, uint16_t *out);
 
 /**
  * Adds (or changes the password of) a user callers can authenticate as

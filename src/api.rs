@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,17 @@ pub const fn frame_samples(sample_rate: u32) -> usize {
 pub struct EndpointConfig {
     /// SIP over UDP listens here; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// Whether SIP over TCP listens too, on the same address and port.
+    pub tcp: bool,
+    /// SIP over TLS listens here (5061 is the usual port); it needs
+    /// `tls_certificate` and `tls_private_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM files: the certificate chain TLS presents, and its private key.
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    /// A PEM file of certificates to trust when calling `sips:` URIs, on top
+    /// of the public roots (Mozilla's list, built in).
+    pub tls_ca_file: Option<PathBuf>,
     /// The address put in SDP and Contact; defaults to the listen address.
     pub public_address: Option<IpAddr>,
     /// RTP ports (even ones are used).
@@ -67,6 +79,11 @@ impl Default for EndpointConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            tcp: true,
+            tls_listen: None,
+            tls_certificate: None,
+            tls_private_key: None,
+            tls_ca_file: None,
             public_address: None,
             rtp_ports: 30000..=30999,
             create_rooms_on_demand: true,
@@ -315,6 +332,11 @@ impl Endpoint {
     /// The bound SIP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.sip_addr
+    }
+
+    /// Where SIP over TLS listens, when it does.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.shared.tls_addr
     }
 
     /// A SIP URI that calls into `room` on this endpoint.

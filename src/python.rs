@@ -129,7 +129,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge"))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -147,11 +147,19 @@ impl Endpoint {
         mixer_threads: usize,
         require_authentication: bool,
         realm: &str,
+        tcp: bool,
+        tls_listen: Option<&str>,
+        tls_certificate: Option<std::path::PathBuf>,
+        tls_private_key: Option<std::path::PathBuf>,
+        tls_ca_file: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
         let public_address = public_address
             .map(|a| a.parse().map_err(|e| InvalidArgumentError::new_err(format!("public_address {a:?}: {e}"))))
+            .transpose()?;
+        let tls_listen = tls_listen
+            .map(|a| a.parse().map_err(|e| InvalidArgumentError::new_err(format!("tls_listen {a:?}: {e}"))))
             .transpose()?;
         if rtp_ports.0 > rtp_ports.1 {
             return Err(InvalidArgumentError::new_err("rtp_ports must be (first, last) with first <= last"));
@@ -186,6 +194,11 @@ impl Endpoint {
             mixer_threads,
             require_authentication,
             realm: realm.into(),
+            tcp,
+            tls_listen,
+            tls_certificate,
+            tls_private_key,
+            tls_ca_file,
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;
@@ -197,6 +210,12 @@ impl Endpoint {
     fn local_address(&self) -> (String, u16) {
         let a = self.inner.local_addr();
         (a.ip().to_string(), a.port())
+    }
+
+    /// Where SIP over TLS listens as (host, port), or None.
+    #[getter]
+    fn tls_address(&self) -> Option<(String, u16)> {
+        self.inner.tls_addr().map(|a| (a.ip().to_string(), a.port()))
     }
 
     /// The SIP URI that calls into `room` here.

@@ -1,5 +1,6 @@
 """Type stubs for the compiled module. Checked against it by mypy.stubtest in CI."""
 
+import os
 from types import TracebackType
 from typing import Literal, Optional, Sequence, Tuple, Type, Union
 
@@ -235,9 +236,16 @@ class Endpoint:
         mixer_threads: int = 0,  # 0: one per core
         require_authentication: bool = False,
         realm: str = "sipbridge",
+        tcp: bool = True,
+        tls_listen: Optional[str] = None,
+        tls_certificate: Optional[Union[str, "os.PathLike[str]"]] = None,
+        tls_private_key: Optional[Union[str, "os.PathLike[str]"]] = None,
+        tls_ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...
+    @property
+    def tls_address(self) -> Optional[Tuple[str, int]]: ...
     @property
     def stopped(self) -> bool: ...
     def room_uri(self, room: str) -> str: ...

@@ -12,6 +12,7 @@
 mod media_task;
 mod ports;
 mod sip_driver;
+mod transport;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +34,7 @@ use crate::media::mixer::{
 use crate::sip::auth::Authenticator;
 use crate::sip::registrar::Registrar;
 use crate::{Error, Result};
+use transport::{Connections, TlsContext};
 
 pub(crate) use ports::PortPool;
 pub(crate) use sip_driver::SipCommand;
@@ -236,8 +238,10 @@ impl MixerControl {
 /// State shared by the API handles, the SIP task and the receive tasks.
 pub(crate) struct Shared {
     pub config: EndpointConfig,
-    /// The bound SIP address.
+    /// The bound SIP address (UDP, and TCP when it listens).
     pub sip_addr: SocketAddr,
+    /// Where SIP over TLS listens, if it does.
+    pub tls_addr: Option<SocketAddr>,
     /// The address that goes into SDP and Contact.
     pub advertised_ip: IpAddr,
     pub registry: Mutex<Registry>,
@@ -672,7 +676,12 @@ impl Engine {
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let (sip_commands, sip_rx) = tokio::sync::mpsc::unbounded_channel();
         let authenticator = Mutex::new(Authenticator::new(&config.realm, std::time::Instant::now()));
+        let transports = {
+            let _guard = runtime.enter();
+            sip_transports(&config, std_socket, sip_addr)?
+        };
         let shared = Arc::new(Shared {
+            tls_addr: transports.tls_addr,
             config,
             sip_addr,
             advertised_ip,
@@ -690,11 +699,7 @@ impl Engine {
             stopped: AtomicBool::new(false),
             runtime: runtime.handle().clone(),
         });
-        let socket = {
-            let _guard = runtime.enter();
-            tokio::net::UdpSocket::from_std(std_socket)?
-        };
-        runtime.spawn(sip_driver::run(shared.clone(), socket, sip_rx));
+        runtime.spawn(sip_driver::run(shared.clone(), transports, sip_rx));
         runtime.spawn(watch_talkers(Arc::downgrade(&shared)));
         tracing::info!(%sip_addr, %advertised_ip, "endpoint started");
         Ok(Self { shared, runtime: Some(runtime), mixer_threads, reaper_thread: Some(reaper_thread) })
@@ -752,6 +757,35 @@ fn sip_socket(listen: SocketAddr) -> Result<std::net::UdpSocket> {
     socket.bind(&listen.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// Binds TCP on the UDP socket's address and TLS where configured. Must
+/// run inside the runtime.
+fn sip_transports(
+    config: &EndpointConfig,
+    udp: std::net::UdpSocket,
+    sip_addr: SocketAddr,
+) -> Result<sip_driver::SipTransports> {
+    let tcp = config.tcp.then(|| tcp_listener(sip_addr)).transpose()?;
+    let certificate = match (&config.tls_certificate, &config.tls_private_key) {
+        (Some(chain), Some(key)) => Some((chain.as_path(), key.as_path())),
+        (None, None) => None,
+        _ => return Err(Error::InvalidArgument("TLS needs both a certificate and a private key".into())),
+    };
+    let tls = Arc::new(TlsContext::new(certificate, config.tls_ca_file.as_deref())?);
+    if config.tls_listen.is_some() && !tls.can_accept() {
+        return Err(Error::InvalidArgument("TLS cannot listen without a certificate and key".into()));
+    }
+    let tls_listener = config.tls_listen.map(tcp_listener).transpose()?;
+    let tls_addr = tls_listener.as_ref().map(|listener| listener.local_addr()).transpose()?;
+    let (connections, stream_events) = Connections::start(tcp, tls_listener, tls);
+    Ok(sip_driver::SipTransports { udp: tokio::net::UdpSocket::from_std(udp)?, connections, stream_events, tls_addr })
+}
+
+fn tcp_listener(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
 /// The next tick of `interval`, or never when there is none.

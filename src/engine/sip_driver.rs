@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
 use super::media_task::{receive_media, LegSockets, ReceiveContext};
 use super::ports::PortLease;
+use super::transport::{Connections, StreamEvent};
 use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::{CodecKind, OpusSettings};
@@ -20,8 +21,9 @@ use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, Par
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
 use crate::sip::registrar::{self, RegisterError, Registration};
+use crate::sip::stream::KEEPALIVE_PING;
 use crate::sip::ua::{RegisterRequest, RequestKey};
-use crate::sip::{message, CallKey, Credentials, EndReason, UaConfig, UaEvent, UserAgent};
+use crate::sip::{message, CallKey, Credentials, EndReason, Peer, Transport, UaConfig, UaEvent, UserAgent};
 use crate::{Error, Result};
 
 /// Datagrams a leg may have waiting for the mixer: 320 ms of 20 ms packets,
@@ -44,7 +46,7 @@ pub(crate) enum SipCommand {
         participant: ParticipantId,
         target: String,
         credentials: Option<Credentials>,
-        destination: Result<SocketAddr>,
+        destination: Result<Peer>,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
     Hangup {
@@ -80,20 +82,39 @@ struct Driver {
     shared: Arc<Shared>,
     ua: UserAgent,
     socket: UdpSocket,
+    connections: Connections,
     calls: HashMap<CallKey, CallLeg>,
     by_participant: HashMap<ParticipantId, CallKey>,
     /// Keep-alive pings in flight: the user and contact each one checks.
     pings: HashMap<RequestKey, (String, String)>,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: UnboundedReceiver<SipCommand>) {
+/// The SIP task's sockets: UDP, and the connections of TCP and TLS.
+pub(crate) struct SipTransports {
+    pub udp: UdpSocket,
+    pub connections: Connections,
+    pub stream_events: Receiver<StreamEvent>,
+    /// Where TLS listens, if it does.
+    pub tls_addr: Option<SocketAddr>,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut commands: UnboundedReceiver<SipCommand>) {
+    let SipTransports { udp: socket, connections, mut stream_events, tls_addr } = transports;
     let ua = UserAgent::new(UaConfig {
         advertised: SocketAddr::new(shared.advertised_ip, shared.sip_addr.port()),
+        tls_port: tls_addr.map(|a| a.port()),
         timers: shared.config.timers,
     });
     let keepalive_every = shared.config.keepalive_interval;
-    let mut driver =
-        Driver { shared, ua, socket, calls: HashMap::new(), by_participant: HashMap::new(), pings: HashMap::new() };
+    let mut driver = Driver {
+        shared,
+        ua,
+        socket,
+        connections,
+        calls: HashMap::new(),
+        by_participant: HashMap::new(),
+        pings: HashMap::new(),
+    };
     let mut buf = vec![0u8; 65_535];
     let mut keepalive =
         keepalive_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
@@ -101,9 +122,10 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: UdpSocket, mut commands: Un
         let wake = driver.ua.poll_timeout().map(tokio::time::Instant::from_std);
         tokio::select! {
             received = driver.socket.recv_from(&mut buf) => driver.received(received, &buf),
+            Some(event) = stream_events.recv() => driver.stream_event(event),
             command = commands.recv() => match command {
                 Some(SipCommand::Shutdown { done }) => {
-                    driver.shutdown(&mut buf).await;
+                    driver.shutdown(&mut buf, &mut stream_events).await;
                     let _ = done.send(());
                     return;
                 }
@@ -127,9 +149,21 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 impl Driver {
     fn received(&mut self, received: std::io::Result<(usize, SocketAddr)>, buf: &[u8]) {
         match received {
-            Ok((n, source)) => self.ua.handle_datagram(Instant::now(), source, &buf[..n]),
+            Ok((n, source)) => self.ua.handle_message(Instant::now(), Peer::udp(source), &buf[..n]),
             // ICMP port unreachable surfaces here on some systems; it is not fatal.
             Err(error) => tracing::debug!(%error, "SIP socket receive error"),
+        }
+    }
+
+    fn stream_event(&mut self, event: StreamEvent) {
+        match event {
+            StreamEvent::Accepted { peer, id, writer } => self.connections.accepted(peer, id, writer),
+            StreamEvent::Message { peer, data } => self.ua.handle_message(Instant::now(), peer, &data),
+            StreamEvent::Closed { peer, id } => {
+                if self.connections.closed(peer, id) {
+                    self.ua.handle_transport_error(peer);
+                }
+            }
         }
     }
 
@@ -137,8 +171,11 @@ impl Driver {
     async fn pump(&mut self) {
         loop {
             while let Some(transmit) = self.ua.poll_transmit() {
-                if let Err(error) = self.socket.send_to(&transmit.data, transmit.destination).await {
-                    tracing::warn!(%error, destination = %transmit.destination, "SIP send failed");
+                let destination = transmit.destination;
+                if destination.transport != Transport::Udp {
+                    self.connections.send(destination, transmit.data);
+                } else if let Err(error) = self.socket.send_to(&transmit.data, destination.addr).await {
+                    tracing::warn!(%error, %destination, "SIP send failed");
                 }
             }
             let Some(event) = self.ua.poll_event() else { break };
@@ -154,12 +191,12 @@ impl Driver {
                     Verdict::Accept { .. } => {}
                     Verdict::Challenge(values) => return self.ua.challenge(call, values, now),
                     Verdict::Forbidden => {
-                        tracing::info!(%source, "refusing a caller that failed to authenticate too often");
+                        tracing::info!(source = %source.addr, "refusing a caller that failed to authenticate too often");
                         return self.ua.reject(call, 403, now);
                     }
                 }
                 if let Err((status, error)) = self.accept_incoming(call, &request_uri, &from, &offer, now) {
-                    tracing::info!(%source, %request_uri, status, %error, "refusing call");
+                    tracing::info!(source = %source.addr, %request_uri, status, %error, "refusing call");
                     self.ua.reject(call, status, now);
                 }
             }
@@ -274,7 +311,7 @@ impl Driver {
     /// Where registered user `user` can be called now (its most recent
     /// contact, and the address to send to), or why not: 480 when the user exists but has no live
     /// registration, 404 when there is no such user.
-    fn registered_contact(&self, user: &str, now: Instant) -> Result<(String, SocketAddr), (u16, &'static str)> {
+    fn registered_contact(&self, user: &str, now: Instant) -> Result<(String, Peer), (u16, &'static str)> {
         let route = self.shared.registrar.lock().route(now, user);
         match route {
             Some((contact, source)) => {
@@ -287,11 +324,23 @@ impl Driver {
         }
     }
 
-    /// Pings every registered phone (OPTIONS), which also keeps NAT mappings open.
+    /// Pings every registered phone, which also keeps NAT mappings open:
+    /// OPTIONS over UDP, a CRLF ping on the phone's TCP or TLS connection
+    /// (RFC 5626 §3.5.1). A phone whose connection is gone cannot be
+    /// reached, so its registration goes.
     fn ping_registrations(&mut self) {
         let now = Instant::now();
         let bindings = self.shared.registrar.lock().bindings(now);
         for (user, contact, source) in bindings {
+            if source.transport.is_reliable() {
+                if self.connections.is_open(source) {
+                    self.connections.send(source, KEEPALIVE_PING.to_vec());
+                } else {
+                    tracing::info!(%user, %contact, "a registered phone's connection closed; dropping its registration");
+                    self.shared.registrar.lock().remove(&user, &contact);
+                }
+                continue;
+            }
             let contact_uri = contact.trim_matches(|c| c == '<' || c == '>');
             match self.ua.ping(contact_uri, destination(contact_uri, source), now) {
                 Ok(key) => {
@@ -307,7 +356,8 @@ impl Driver {
     /// take a user's calls.
     fn handle_register(&mut self, register: RegisterRequest, now: Instant) {
         let RegisterRequest { key, user, change, expires, call_id, cseq, source, authorization } = register;
-        let verdict = self.shared.authenticator.lock().check(now, source.ip(), "REGISTER", authorization.as_deref());
+        let verdict =
+            self.shared.authenticator.lock().check(now, source.addr.ip(), "REGISTER", authorization.as_deref());
         let answer = match verdict {
             Verdict::Accept { user: authenticated } if authenticated == user => {
                 let registration = Registration { user: &user, change, expires, call_id: &call_id, cseq, source };
@@ -337,7 +387,7 @@ impl Driver {
     /// Whether a caller may join the room `request_uri` names: anyone, when
     /// the room (or, for a room it would create, the endpoint) does not
     /// require authentication; else the authenticator decides.
-    fn admit(&self, request_uri: &str, source: SocketAddr, authorization: Option<&str>, now: Instant) -> Verdict {
+    fn admit(&self, request_uri: &str, source: Peer, authorization: Option<&str>, now: Instant) -> Verdict {
         let room = room_of(request_uri);
         let required = match self.shared.registry.lock().conferences.get(&room) {
             Some(conference) => conference.require_authentication,
@@ -346,7 +396,7 @@ impl Driver {
         if !required {
             return Verdict::Accept { user: String::new() };
         }
-        let verdict = self.shared.authenticator.lock().check(now, source.ip(), "INVITE", authorization);
+        let verdict = self.shared.authenticator.lock().check(now, source.addr.ip(), "INVITE", authorization);
         if let Verdict::Accept { user } = &verdict {
             tracing::info!(%user, %room, "caller authenticated");
         }
@@ -577,9 +627,10 @@ impl Driver {
                     }
                     return;
                 }
+                let transport = Transport::of_uri(&target).unwrap_or(Transport::Udp);
                 match message::uri_socket_addr(&target) {
-                    Some(destination) => {
-                        let result = self.dial(participant, &target, credentials, destination);
+                    Some(addr) => {
+                        let result = self.dial(participant, &target, credentials, Peer { transport, addr });
                         self.dial_result(participant, result, reply);
                     }
                     // Look the name up without holding up every other call's signalling.
@@ -588,9 +639,10 @@ impl Driver {
                         self.shared.runtime.spawn(async move {
                             let (host, port) = (parts.host, parts.port.unwrap_or(5060));
                             let destination = match tokio::net::lookup_host((host.as_str(), port)).await {
-                                Ok(mut found) => {
-                                    found.next().ok_or_else(|| Error::NotFound(format!("no address for {host}")))
-                                }
+                                Ok(mut found) => found
+                                    .next()
+                                    .map(|addr| Peer { transport, addr })
+                                    .ok_or_else(|| Error::NotFound(format!("no address for {host}"))),
                                 Err(e) => Err(e.into()),
                             };
                             let resolved =
@@ -601,6 +653,9 @@ impl Driver {
                 }
             }
             SipCommand::Resolved { participant, target, credentials, destination, reply } => {
+                if let (Ok(peer), Some(parts)) = (&destination, message::uri_parts(&target)) {
+                    self.connections.resolved(peer.addr, &parts.host);
+                }
                 let result =
                     destination.and_then(|destination| self.dial(participant, &target, credentials, destination));
                 self.dial_result(participant, result, reply);
@@ -634,7 +689,7 @@ impl Driver {
         participant: ParticipantId,
         target: &str,
         credentials: Option<Credentials>,
-        destination: SocketAddr,
+        destination: Peer,
     ) -> Result<()> {
         if !self.shared.registry.lock().participants.contains_key(&participant) {
             // Hung up, or its conference destroyed, while the name was looked up.
@@ -666,7 +721,7 @@ impl Driver {
     /// gone or `SHUTDOWN_GRACE` passes: a dial still waiting for its first
     /// response can only be cancelled once one arrives, and an answer that
     /// crossed the hangup must be ACKed and then ended with BYE.
-    async fn shutdown(&mut self, buf: &mut [u8]) {
+    async fn shutdown(&mut self, buf: &mut [u8], stream_events: &mut Receiver<StreamEvent>) {
         const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
         let now = Instant::now();
         let calls: Vec<CallKey> = self.calls.keys().copied().collect();
@@ -682,6 +737,7 @@ impl Driver {
             let wake = self.ua.poll_timeout().map(tokio::time::Instant::from_std).unwrap_or(deadline).min(deadline);
             tokio::select! {
                 received = self.socket.recv_from(buf) => self.received(received, buf),
+                Some(event) = stream_events.recv() => self.stream_event(event),
                 _ = tokio::time::sleep_until(wake) => self.ua.handle_timeout(Instant::now()),
             }
             self.pump().await;
@@ -702,9 +758,13 @@ fn room_of(request_uri: &str) -> String {
 }
 
 /// Where to send to a registered `contact` whose REGISTER came from `source`:
-/// a Contact on the source's address is reachable as it says; one on
-/// another (a private address behind NAT) only through the source, where the
-/// NAT keeps a mapping.
-fn destination(contact: &str, source: SocketAddr) -> SocketAddr {
-    message::uri_socket_addr(contact).filter(|c| c.ip() == source.ip()).unwrap_or(source)
+/// over TCP or TLS, on the phone's connection; over UDP, a Contact on the
+/// source's address is reachable as it says, one on another (a private
+/// address behind NAT) only through the source, where the NAT keeps a mapping.
+fn destination(contact: &str, source: Peer) -> Peer {
+    if source.transport.is_reliable() {
+        return source;
+    }
+    let addr = message::uri_socket_addr(contact).filter(|c| c.ip() == source.addr.ip()).unwrap_or(source.addr);
+    Peer::udp(addr)
 }

@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, CStr};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{
@@ -143,6 +144,18 @@ macro_rules! try_mut {
 }
 
 /// Reads a NUL-terminated UTF-8 string argument.
+/// A C string that may be NULL (`None`).
+macro_rules! try_optional_str {
+    ($ptr:expr) => {{
+        let ptr: *const c_char = $ptr;
+        if ptr.is_null() {
+            None
+        } else {
+            Some(try_str!(ptr))
+        }
+    }};
+}
+
 macro_rules! try_str {
     ($ptr:expr) => {{
         let ptr: *const c_char = $ptr;
@@ -231,8 +244,19 @@ pub extern "C" fn sb_status_name(status: std::ffi::c_int) -> *const c_char {
 /// How to start an endpoint. Fill it with `sb_endpoint_config_init`, then change fields.
 #[repr(C)]
 pub struct sb_endpoint_config {
-    /// SIP/UDP listen address, "IP:PORT" (port 0 picks one). Default "0.0.0.0:5060".
+    /// SIP listen address, "IP:PORT" (port 0 picks one). Default "0.0.0.0:5060".
     pub listen: *const c_char,
+    /// Whether SIP over TCP listens too, on the same address. Default true.
+    pub tcp: bool,
+    /// SIP over TLS listen address, "IP:PORT", or NULL for none. It needs
+    /// `tls_certificate` and `tls_private_key`.
+    pub tls_listen: *const c_char,
+    /// PEM files: the certificate chain TLS presents and its private key, or NULL.
+    pub tls_certificate: *const c_char,
+    pub tls_private_key: *const c_char,
+    /// A PEM file of CA certificates to trust when calling sips: URIs,
+    /// besides the public roots; or NULL.
+    pub tls_ca_file: *const c_char,
     /// Address for SDP and Contact, or NULL for the listen address.
     pub public_address: *const c_char,
     pub rtp_port_min: u16,
@@ -265,6 +289,11 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
         let defaults = EndpointConfig::default();
         *config = sb_endpoint_config {
             listen: c"0.0.0.0:5060".as_ptr(),
+            tcp: defaults.tcp,
+            tls_listen: std::ptr::null(),
+            tls_certificate: std::ptr::null(),
+            tls_private_key: std::ptr::null(),
+            tls_ca_file: std::ptr::null(),
             public_address: std::ptr::null(),
             rtp_port_min: *defaults.rtp_ports.start(),
             rtp_port_max: *defaults.rtp_ports.end(),
@@ -299,19 +328,26 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             Ok(a) => a,
             Err(e) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("listen: {e}")),
         };
-        let public_address: Option<IpAddr> = if config.public_address.is_null() {
-            None
-        } else {
-            match try_str!(config.public_address).parse() {
-                Ok(a) => Some(a),
-                Err(e) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("public_address: {e}")),
-            }
+        let public_address: Option<IpAddr> = match try_optional_str!(config.public_address).map(str::parse) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("public_address: {e}")),
         };
         if config.rtp_port_min > config.rtp_port_max {
             return fail(sb_status::SB_INVALID_ARGUMENT, "rtp_port_min exceeds rtp_port_max");
         }
+        let tls_listen: Option<SocketAddr> = match try_optional_str!(config.tls_listen).map(str::parse) {
+            None => None,
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("tls_listen: {e}")),
+        };
         let endpoint = try_call!(Endpoint::start(EndpointConfig {
             listen,
+            tcp: config.tcp,
+            tls_listen,
+            tls_certificate: try_optional_str!(config.tls_certificate).map(PathBuf::from),
+            tls_private_key: try_optional_str!(config.tls_private_key).map(PathBuf::from),
+            tls_ca_file: try_optional_str!(config.tls_ca_file).map(PathBuf::from),
             public_address,
             rtp_ports: config.rtp_port_min..=config.rtp_port_max,
             create_rooms_on_demand: config.create_rooms_on_demand,
@@ -370,6 +406,22 @@ pub extern "C" fn sb_endpoint_local_port(endpoint: *const sb_endpoint, out: *mut
         let endpoint = try_ref!(endpoint);
         *try_mut!(out) = endpoint.endpoint.local_addr().port();
         sb_status::SB_OK
+    })
+}
+
+/// The port SIP over TLS listens on; SB_NOT_FOUND when it does not.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_tls_port(endpoint: *const sb_endpoint, out: *mut u16) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let out = try_mut!(out);
+        match endpoint.endpoint.tls_addr() {
+            Some(addr) => {
+                *out = addr.port();
+                sb_status::SB_OK
+            }
+            None => fail(sb_status::SB_NOT_FOUND, "TLS does not listen"),
+        }
     })
 }
 

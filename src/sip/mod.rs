@@ -4,6 +4,7 @@ pub mod auth;
 pub mod digest;
 pub mod message;
 pub mod registrar;
+pub mod stream;
 pub mod transaction;
 pub mod ua;
 
@@ -19,10 +20,77 @@ pub const USER_AGENT: &str = concat!("sipbridge/", env!("CARGO_PKG_VERSION"));
 /// The methods sipbridge handles, for Allow headers and 405 answers.
 pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER, UPDATE";
 
+/// The transport a SIP message travels on (RFC 3261 §18).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl Transport {
+    /// Whether the transport delivers by itself, which turns off the
+    /// transactions' retransmissions (§17.1.1.2, §17.1.2.2).
+    pub fn is_reliable(self) -> bool {
+        self != Transport::Udp
+    }
+
+    /// Its name in a Via header.
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
+
+    /// The transport a URI names: `sips:` means TLS, else its `transport`
+    /// parameter (§19.1.4); `None` when it names none.
+    pub fn of_uri(uri: &str) -> Option<Transport> {
+        if uri.trim_start_matches('<').get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) {
+            return Some(Transport::Tls);
+        }
+        let param = uri
+            .split(['>', '?'])
+            .next()
+            .unwrap_or("")
+            .split(';')
+            .skip(1)
+            .find_map(|p| p.split_once('=').filter(|(k, _)| k.trim().eq_ignore_ascii_case("transport")))
+            .map(|(_, v)| v.trim().to_ascii_lowercase());
+        match param?.as_str() {
+            "udp" => Some(Transport::Udp),
+            "tcp" => Some(Transport::Tcp),
+            "tls" => Some(Transport::Tls),
+            _ => None,
+        }
+    }
+}
+
+/// The other end of one hop: an address and the transport to reach it on.
+/// Over TCP and TLS, messages to it go on the connection with that address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl Peer {
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self { transport: Transport::Udp, addr }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} over {}", self.addr, self.transport.via_name())
+    }
+}
+
 /// Bytes the driver must send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
-    pub destination: SocketAddr,
+    pub destination: Peer,
     pub data: Vec<u8>,
 }
 

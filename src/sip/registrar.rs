@@ -3,8 +3,9 @@
 //! each with its own expiry. Sans-IO: every call is given `now`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use super::Peer;
 
 /// Registrations last this long when the request names no expiry.
 pub const DEFAULT_EXPIRES: u32 = 3600;
@@ -35,7 +36,7 @@ pub struct Registration<'a> {
     pub call_id: &'a str,
     pub cseq: u32,
     /// Where the request came from.
-    pub source: SocketAddr,
+    pub source: Peer,
 }
 
 /// Why a REGISTER is refused, with its SIP status.
@@ -67,7 +68,7 @@ struct Binding {
     contact: String,
     /// Where the REGISTER came from: behind NAT, the only address that
     /// reaches the phone (its Contact names its private address).
-    source: SocketAddr,
+    source: Peer,
     expires_at: Instant,
     call_id: String,
     cseq: u32,
@@ -140,12 +141,12 @@ impl Registrar {
 
     /// Where to call `user`: its newest live contact, and the address its
     /// REGISTER came from, which is where requests to it go.
-    pub fn route(&self, now: Instant, user: &str) -> Option<(String, SocketAddr)> {
+    pub fn route(&self, now: Instant, user: &str) -> Option<(String, Peer)> {
         self.live(now, user).first().map(|b| (b.contact.clone(), b.source))
     }
 
     /// Every live binding: user, contact, and where its REGISTER came from.
-    pub fn bindings(&self, now: Instant) -> Vec<(String, String, SocketAddr)> {
+    pub fn bindings(&self, now: Instant) -> Vec<(String, String, Peer)> {
         let live = self.bindings.iter().flat_map(|(user, b)| b.iter().map(move |b| (user, b)));
         live.filter(|(_, b)| b.expires_at > now).map(|(u, b)| (u.clone(), b.contact.clone(), b.source)).collect()
     }
@@ -181,8 +182,8 @@ mod tests {
     use super::*;
 
     /// The public address a NAT gave the phone.
-    fn nat() -> SocketAddr {
-        "198.51.100.7:40123".parse().unwrap()
+    fn nat() -> Peer {
+        Peer::udp("198.51.100.7:40123".parse().unwrap())
     }
 
     fn reg<'a>(

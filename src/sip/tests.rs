@@ -17,7 +17,7 @@ struct Agent {
 struct InFlight {
     at: Instant,
     from: SocketAddr,
-    to: SocketAddr,
+    to: Peer,
     data: Vec<u8>,
 }
 
@@ -30,12 +30,14 @@ struct Pair {
     drop: Box<dyn FnMut(&str) -> bool>,
     /// Every datagram sent, as text, in order.
     log: Vec<String>,
+    /// What `dial` calls over.
+    transport: Transport,
 }
 
 fn agent(port: u16) -> Agent {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     Agent {
-        ua: UserAgent::new(UaConfig { advertised: addr, timers: TimerConfig::default() }),
+        ua: UserAgent::new(UaConfig { advertised: addr, tls_port: None, timers: TimerConfig::default() }),
         addr,
         events: Vec::new(),
     }
@@ -50,6 +52,7 @@ impl Pair {
             flight: Vec::new(),
             drop: Box::new(|_| false),
             log: Vec::new(),
+            transport: Transport::Udp,
         }
     }
 
@@ -96,8 +99,8 @@ impl Pair {
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flight).into_iter().partition(|f| f.at <= now);
         self.flight = rest;
         for f in due {
-            if let Some(agent) = self.agent(f.to) {
-                agent.ua.handle_datagram(now, f.from, &f.data);
+            if let Some(agent) = self.agent(f.to.addr) {
+                agent.ua.handle_message(now, Peer { addr: f.from, ..f.to }, &f.data);
             }
         }
         self.a.ua.handle_timeout(now);
@@ -128,7 +131,18 @@ impl Pair {
 
     fn dial(&mut self) -> CallKey {
         let target = format!("sip:room@{}", self.b.addr);
-        let call = self.a.ua.dial(&target, self.b.addr, "alice", b"v=0\r\n".to_vec(), None, self.now).unwrap();
+        let call = self
+            .a
+            .ua
+            .dial(
+                &target,
+                Peer { transport: self.transport, addr: self.b.addr },
+                "alice",
+                b"v=0\r\n".to_vec(),
+                None,
+                self.now,
+            )
+            .unwrap();
         self.collect();
         call
     }
@@ -147,7 +161,7 @@ impl Pair {
     /// Sends raw bytes to B as if from A.
     fn inject(&mut self, data: &str) {
         let from = self.a.addr;
-        self.b.ua.handle_datagram(self.now, from, data.as_bytes());
+        self.b.ua.handle_message(self.now, Peer::udp(from), data.as_bytes());
         self.collect();
     }
 
@@ -569,7 +583,7 @@ fn a_flood_of_provisionals_files_no_extra_timers() {
     let before = p.a.ua.filed_timer_count();
     for _ in 0..1000 {
         let (now, from) = (p.now, p.b.addr);
-        p.a.ua.handle_datagram(now, from, trying.as_bytes());
+        p.a.ua.handle_message(now, Peer::udp(from), trying.as_bytes());
     }
     assert!(p.a.ua.filed_timer_count() <= before + 1, "{} timers filed", p.a.ua.filed_timer_count());
 }
@@ -630,7 +644,7 @@ fn a_callee_bye_during_ringing_ends_the_invite_with_cancel() {
         header(&ringing, "Call-ID")
     );
     let (now, from) = (p.now, p.b.addr);
-    p.a.ua.handle_datagram(now, from, bye.as_bytes());
+    p.a.ua.handle_message(now, Peer::udp(from), bye.as_bytes());
     p.collect();
     p.run_for(Duration::from_secs(1));
     assert_eq!(p.count("CANCEL "), 1);
@@ -757,14 +771,19 @@ fn a_challenged_invite_is_sent_again_with_credentials_once() {
     let now = Instant::now();
     let credentials = Credentials { username: "alice".into(), password: "secret".into() };
     let call =
-        a.ua.dial("sip:room@127.0.0.1:5062", callee, "alice", b"v=0\r\n".to_vec(), Some(credentials), now).unwrap();
+        a.ua.dial("sip:room@127.0.0.1:5062", Peer::udp(callee), "alice", b"v=0\r\n".to_vec(), Some(credentials), now)
+            .unwrap();
     let ua = &mut a.ua;
     let sent = |ua: &mut UserAgent| {
         std::iter::from_fn(|| ua.poll_transmit()).map(|t| String::from_utf8(t.data).unwrap()).collect::<Vec<_>>()
     };
     let first = sent(ua).remove(0);
     let challenge = "Proxy-Authenticate: Digest realm=\"pbx\", nonce=\"abc\", qop=\"auth\", algorithm=MD5\r\n";
-    ua.handle_datagram(now, callee, response_to(&first, "407 Proxy Authentication Required", challenge).as_bytes());
+    ua.handle_message(
+        now,
+        Peer::udp(callee),
+        response_to(&first, "407 Proxy Authentication Required", challenge).as_bytes(),
+    );
     let out = sent(ua);
     assert!(out.iter().any(|m| m.starts_with("ACK ") && m.contains("CSeq: 1 ACK")), "the 407 is ACKed: {out:?}");
     let second = out.iter().find(|m| m.starts_with("INVITE ")).expect("the INVITE again").clone();
@@ -774,7 +793,11 @@ fn a_challenged_invite_is_sent_again_with_credentials_once() {
     assert!(authorization.contains("username=\"alice\"") && authorization.contains("realm=\"pbx\""), "{authorization}");
     assert!(authorization.contains("qop=auth, nc=00000001"), "{authorization}");
     // Challenged again (not stale): the credentials were wrong; the call fails.
-    ua.handle_datagram(now, callee, response_to(&second, "407 Proxy Authentication Required", challenge).as_bytes());
+    ua.handle_message(
+        now,
+        Peer::udp(callee),
+        response_to(&second, "407 Proxy Authentication Required", challenge).as_bytes(),
+    );
     let out = sent(ua);
     assert!(!out.iter().any(|m| m.starts_with("INVITE ")), "no third INVITE: {out:?}");
     let events: Vec<UaEvent> = std::iter::from_fn(|| ua.poll_event()).collect();
@@ -853,13 +876,13 @@ fn a_ping_reports_the_answer_or_its_absence() {
     let phone: SocketAddr = "127.0.0.1:5070".parse().unwrap();
     let now = Instant::now();
     let ua = &mut a.ua;
-    let key = ua.ping("sip:alice@127.0.0.1:5070", phone, now).unwrap();
+    let key = ua.ping("sip:alice@127.0.0.1:5070", Peer::udp(phone), now).unwrap();
     let options = String::from_utf8(ua.poll_transmit().unwrap().data).unwrap();
     assert!(options.starts_with("OPTIONS sip:alice@127.0.0.1:5070 SIP/2.0"), "{options}");
-    ua.handle_datagram(now, phone, response_to(&options, "200 OK", "").as_bytes());
+    ua.handle_message(now, Peer::udp(phone), response_to(&options, "200 OK", "").as_bytes());
     assert_eq!(ua.poll_event(), Some(UaEvent::PingAnswered { key, status: 200 }));
     // Nobody answers the next one: 408 once the transaction gives up (64 T1).
-    let key = ua.ping("sip:alice@127.0.0.1:5070", phone, now).unwrap();
+    let key = ua.ping("sip:alice@127.0.0.1:5070", Peer::udp(phone), now).unwrap();
     let mut at = now;
     while let Some(wake) = ua.poll_timeout().filter(|w| *w <= now + Duration::from_secs(40)) {
         at = wake;
@@ -867,4 +890,64 @@ fn a_ping_reports_the_answer_or_its_absence() {
     }
     assert!(at >= now + Duration::from_secs(32), "gave up at {:?}", at - now);
     assert_eq!(std::iter::from_fn(|| ua.poll_event()).last(), Some(UaEvent::PingAnswered { key, status: 408 }));
+}
+
+#[test]
+fn calls_over_tcp_name_it_and_are_never_retransmitted() {
+    let mut p = Pair::new();
+    p.transport = Transport::Tcp;
+    let call = established(&mut p);
+    let invite = p.log.iter().find(|m| m.starts_with("INVITE")).unwrap().clone();
+    assert!(invite.contains("Via: SIP/2.0/TCP 127.0.0.1:5061;"), "{invite}");
+    assert!(invite.contains("transport=tcp>"), "our Contact asks for TCP: {invite}");
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap();
+    assert!(ok.contains("<sip:room@127.0.0.1:5062;transport=tcp>"), "so does theirs: {ok}");
+    // The callee's 2xx still waits for the ACK (§13.3.1.4); the ACK gets lost
+    // only on UDP, so here everything is sent once.
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.run_for(Duration::from_secs(40));
+    for method in ["INVITE ", "ACK ", "BYE "] {
+        assert_eq!(p.count(method), 1, "{method}");
+    }
+    assert_eq!(p.count("SIP/2.0 200"), 2);
+    assert_eq!(p.a.ua.transaction_count() + p.b.ua.transaction_count(), 0);
+}
+
+#[test]
+fn an_unanswered_invite_over_tcp_is_sent_once_and_times_out() {
+    let mut p = Pair::new();
+    p.transport = Transport::Tcp;
+    p.drop = Box::new(|m| m.starts_with("SIP/2.0"));
+    let call = p.dial();
+    p.run_for(Duration::from_secs(31));
+    assert!(p.a.events.is_empty());
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.count("INVITE "), 1, "TCP delivers; no Timer A");
+    assert!(p.a.events.contains(&UaEvent::Failed { call, status: 408, reason: "Request Timeout".into() }));
+}
+
+#[test]
+fn a_request_too_big_for_udp_goes_over_tcp() {
+    let mut p = Pair::new();
+    let sdp = format!("v=0\r\n{}", "a=x-filler:0123456789abcdef\r\n".repeat(50)).into_bytes();
+    let target = format!("sip:room@{}", p.b.addr);
+    p.a.ua.dial(&target, Peer::udp(p.b.addr), "alice", sdp, None, p.now).unwrap();
+    let invite = p.a.ua.poll_transmit().unwrap();
+    assert_eq!(invite.destination, Peer { transport: Transport::Tcp, addr: p.b.addr });
+    let text = String::from_utf8(invite.data).unwrap();
+    assert!(text.len() > 1300);
+    assert!(text.contains("Via: SIP/2.0/TCP "), "the Via says so (§18.1.1)");
+    assert!(text.contains(";transport=tcp>"), "and so does the Contact");
+    p.a.ua.dial(&target, Peer::udp(p.b.addr), "alice", b"v=0\r\n".to_vec(), None, p.now).unwrap();
+    let small = p.a.ua.poll_transmit().unwrap();
+    assert_eq!(small.destination.transport, Transport::Udp, "small requests stay on UDP");
+}
+
+#[test]
+fn transports_named_by_uris() {
+    assert_eq!(Transport::of_uri("sips:alice@example.com"), Some(Transport::Tls));
+    assert_eq!(Transport::of_uri("<sip:alice@example.com;transport=TCP>"), Some(Transport::Tcp));
+    assert_eq!(Transport::of_uri("sip:alice@example.com;lr;transport=tls"), Some(Transport::Tls));
+    assert_eq!(Transport::of_uri("sip:alice@example.com:5070"), None);
+    assert_eq!(Transport::of_uri("sip:alice@example.com?transport=tcp"), None, "a header, not a parameter");
 }

@@ -6,10 +6,9 @@
 //! say when the driver must call `handle_timeout` next. What a transaction sends
 //! goes into an `out` vector the caller drains.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::Transmit;
+use super::{Peer, Transmit};
 
 /// The timer base values of §17.1.1.1, adjustable for tests and for networks
 /// with long round trips.
@@ -33,14 +32,6 @@ impl TimerConfig {
     fn timeout(&self) -> Duration {
         self.t1 * 64
     }
-}
-
-/// Whether the transport retransmits by itself (TCP/TLS), which turns off the
-/// retransmission timers and zeroes the linger timers (§17.1.1.2, §17.1.2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reliability {
-    Unreliable,
-    Reliable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +58,8 @@ pub struct ClientTransaction {
     invite: bool,
     state: ClientState,
     request: Vec<u8>,
-    destination: SocketAddr,
+    destination: Peer,
     timers: TimerConfig,
-    reliability: Reliability,
     /// Timer A or E.
     retransmit_at: Option<Instant>,
     retransmit_interval: Duration,
@@ -93,21 +83,19 @@ impl ClientTransaction {
     pub fn start(
         invite: bool,
         request: Vec<u8>,
-        destination: SocketAddr,
-        reliability: Reliability,
+        destination: Peer,
         timers: TimerConfig,
         now: Instant,
         out: &mut Vec<Transmit>,
     ) -> Self {
         out.push(Transmit { destination, data: request.clone() });
-        let retransmit_at = (reliability == Reliability::Unreliable).then(|| now + timers.t1);
+        let retransmit_at = (!destination.transport.is_reliable()).then(|| now + timers.t1);
         Self {
             invite,
             state: ClientState::Calling,
             request,
             destination,
             timers,
-            reliability,
             retransmit_at,
             retransmit_interval: timers.t1,
             timeout_at: Some(now + timers.timeout()),
@@ -122,6 +110,19 @@ impl ClientTransaction {
 
     pub fn is_terminated(&self) -> bool {
         self.state == ClientState::Terminated
+    }
+
+    pub fn destination(&self) -> Peer {
+        self.destination
+    }
+
+    /// The transport could not deliver the request (§17.1.4): the
+    /// transaction ends, and the TU treats it as a 503.
+    pub fn handle_transport_error(&mut self) {
+        self.state = ClientState::Terminated;
+        self.retransmit_at = None;
+        self.timeout_at = None;
+        self.linger_until = None;
     }
 
     /// Feeds a response that matched this transaction. `make_ack` builds the
@@ -176,12 +177,12 @@ impl ClientTransaction {
     }
 
     fn enter_completed(&mut self, now: Instant) {
-        let linger = match (self.reliability, self.invite) {
-            (Reliability::Reliable, _) => Duration::ZERO,
+        let linger = match (self.destination.transport.is_reliable(), self.invite) {
+            (true, _) => Duration::ZERO,
             // Timer D: at least 32 s for unreliable transports.
-            (Reliability::Unreliable, true) => Duration::from_secs(32).max(self.timers.timeout()),
+            (false, true) => Duration::from_secs(32).max(self.timers.timeout()),
             // Timer K.
-            (Reliability::Unreliable, false) => self.timers.t4,
+            (false, false) => self.timers.t4,
         };
         self.state = ClientState::Completed;
         self.linger_until = Some(now + linger);
@@ -249,9 +250,8 @@ pub enum ServerTimeout {
 pub struct ServerTransaction {
     invite: bool,
     state: ServerState,
-    destination: SocketAddr,
+    destination: Peer,
     timers: TimerConfig,
-    reliability: Reliability,
     last_response: Option<Vec<u8>>,
     /// Timer G (non-2xx) or the 2xx retransmission timer.
     retransmit_at: Option<Instant>,
@@ -263,13 +263,12 @@ pub struct ServerTransaction {
 }
 
 impl ServerTransaction {
-    pub fn new(invite: bool, destination: SocketAddr, reliability: Reliability, timers: TimerConfig) -> Self {
+    pub fn new(invite: bool, destination: Peer, timers: TimerConfig) -> Self {
         Self {
             invite,
             state: if invite { ServerState::Proceeding } else { ServerState::Trying },
             destination,
             timers,
-            reliability,
             last_response: None,
             retransmit_at: None,
             retransmit_interval: timers.t1,
@@ -311,7 +310,7 @@ impl ServerTransaction {
         }
         out.push(Transmit { destination: self.destination, data: response.clone() });
         self.last_response = Some(response);
-        let unreliable = self.reliability == Reliability::Unreliable;
+        let unreliable = !self.destination.transport.is_reliable();
         match (self.invite, status) {
             (_, 100..=199) => self.state = ServerState::Proceeding,
             (true, _) => {
@@ -341,7 +340,7 @@ impl ServerTransaction {
                 self.retransmit_at = None;
                 self.ack_deadline = None;
                 // Timer I.
-                let linger = if self.reliability == Reliability::Unreliable { self.timers.t4 } else { Duration::ZERO };
+                let linger = if self.destination.transport.is_reliable() { Duration::ZERO } else { self.timers.t4 };
                 self.linger_until = Some(now + linger);
             }
             ServerState::Accepted => {
@@ -385,15 +384,17 @@ impl ServerTransaction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::Transport;
 
-    fn addr() -> SocketAddr {
-        "127.0.0.1:5060".parse().unwrap()
+    fn addr() -> Peer {
+        Peer::udp("127.0.0.1:5060".parse().unwrap())
     }
 
     /// A client transaction (INVITE or BYE) to `addr()` with the default timers.
-    fn client(invite: bool, reliability: Reliability, now: Instant, out: &mut Vec<Transmit>) -> ClientTransaction {
+    fn client(invite: bool, transport: Transport, now: Instant, out: &mut Vec<Transmit>) -> ClientTransaction {
         let request = if invite { b"INVITE".to_vec() } else { b"BYE".to_vec() };
-        ClientTransaction::start(invite, request, addr(), reliability, TimerConfig::default(), now, out)
+        let destination = Peer { transport, ..addr() };
+        ClientTransaction::start(invite, request, destination, TimerConfig::default(), now, out)
     }
 
     /// Runs the timers of `tx` until `until`, returning the offsets (ms from
@@ -418,7 +419,7 @@ mod tests {
     fn invite_client_timer_a_doubles_and_timer_b_fires() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
+        let mut tx = client(true, Transport::Udp, now, &mut out);
         assert_eq!(out.len(), 1);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(sent, vec![500, 1500, 3500, 7500, 15500, 31500]);
@@ -430,7 +431,7 @@ mod tests {
     fn non_invite_client_timer_e_caps_at_t2() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(false, Reliability::Unreliable, now, &mut out);
+        let mut tx = client(false, Transport::Udp, now, &mut out);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(&sent[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
         assert_eq!(*sent.last().unwrap(), 31500);
@@ -441,7 +442,7 @@ mod tests {
     fn provisional_stops_timers_a_and_b() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
+        let mut tx = client(true, Transport::Udp, now, &mut out);
         let d = tx.handle_response(180, || unreachable!("no ACK for 1xx"), now + Duration::from_millis(100), &mut out);
         assert_eq!(d, ResponseDisposition::Deliver);
         assert_eq!(tx.poll_timeout(), None, "a ringing callee may take as long as it likes");
@@ -452,7 +453,7 @@ mod tests {
     fn non_invite_keeps_timer_f_after_a_provisional() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(false, Reliability::Unreliable, now, &mut out);
+        let mut tx = client(false, Transport::Udp, now, &mut out);
         tx.handle_response(100, || None, now, &mut out);
         let (_, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert_eq!(result, Some(ClientTimeout::NoResponse));
@@ -462,7 +463,7 @@ mod tests {
     fn invite_error_response_is_acked_once_per_retransmission() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
+        let mut tx = client(true, Transport::Udp, now, &mut out);
         out.clear();
         assert_eq!(tx.handle_response(486, || Some(b"ACK".to_vec()), now, &mut out), ResponseDisposition::Deliver);
         assert_eq!(out.len(), 1);
@@ -481,7 +482,7 @@ mod tests {
     fn invite_2xx_terminates_client_transaction() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(true, Reliability::Unreliable, now, &mut out);
+        let mut tx = client(true, Transport::Udp, now, &mut out);
         tx.handle_response(200, || unreachable!("2xx is ACKed by the TU"), now, &mut out);
         assert!(tx.is_terminated());
         assert_eq!(tx.poll_timeout(), None);
@@ -491,7 +492,7 @@ mod tests {
     fn reliable_transport_never_retransmits() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = client(false, Reliability::Reliable, now, &mut out);
+        let mut tx = client(false, Transport::Tcp, now, &mut out);
         let (sent, result) = run_client(&mut tx, now, Duration::from_secs(40));
         assert!(sent.is_empty());
         assert_eq!(result, Some(ClientTimeout::NoResponse));
@@ -501,7 +502,7 @@ mod tests {
     fn non_invite_server_resends_final_until_timer_j() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ServerTransaction::new(false, addr(), Reliability::Unreliable, TimerConfig::default());
+        let mut tx = ServerTransaction::new(false, addr(), TimerConfig::default());
         tx.handle_retransmission(&mut out);
         assert!(out.is_empty(), "nothing to resend before a response");
         tx.send_response(200, b"200".to_vec(), now, &mut out);
@@ -516,7 +517,7 @@ mod tests {
     fn invite_server_retransmits_2xx_until_ack() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ServerTransaction::new(true, addr(), Reliability::Unreliable, TimerConfig::default());
+        let mut tx = ServerTransaction::new(true, addr(), TimerConfig::default());
         tx.send_response(200, b"200".to_vec(), now, &mut out);
         let mut at = now;
         for expected in [500, 1000, 2000, 4000, 4000] {
@@ -541,7 +542,7 @@ mod tests {
     fn invite_server_gives_up_when_ack_never_comes() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ServerTransaction::new(true, addr(), Reliability::Unreliable, TimerConfig::default());
+        let mut tx = ServerTransaction::new(true, addr(), TimerConfig::default());
         tx.send_response(486, b"486".to_vec(), now, &mut out);
         let mut result = None;
         while let Some(next) = tx.poll_timeout() {
@@ -558,7 +559,7 @@ mod tests {
     fn invite_server_ack_for_error_confirms_then_timer_i() {
         let now = Instant::now();
         let mut out = Vec::new();
-        let mut tx = ServerTransaction::new(true, addr(), Reliability::Unreliable, TimerConfig::default());
+        let mut tx = ServerTransaction::new(true, addr(), TimerConfig::default());
         tx.send_response(100, b"100".to_vec(), now, &mut out);
         tx.handle_retransmission(&mut out);
         assert_eq!(out.len(), 2, "a retransmitted INVITE gets the last provisional again");

@@ -21,10 +21,9 @@ use super::digest::{Challenge, Credentials};
 use super::message::{self, new_branch, random_token};
 use super::registrar::ContactChange;
 use super::transaction::{
-    ClientTimeout, ClientTransaction, Reliability, ResponseDisposition, ServerState, ServerTimeout, ServerTransaction,
-    TimerConfig,
+    ClientTimeout, ClientTransaction, ResponseDisposition, ServerState, ServerTimeout, ServerTransaction, TimerConfig,
 };
-use super::{SipError, Transmit, ALLOWED_METHODS, USER_AGENT};
+use super::{Peer, SipError, Transmit, Transport, ALLOWED_METHODS, USER_AGENT};
 
 /// Names one call (one dialog, or the attempt at one) for the life of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,7 +55,7 @@ pub enum UaEvent {
         request_uri: String,
         from: String,
         offer: Vec<u8>,
-        source: SocketAddr,
+        source: Peer,
         authorization: Option<String>,
     },
     /// The callee is ringing (180 or 183).
@@ -83,6 +82,9 @@ pub enum UaEvent {
     Reoffer { call: CallKey, offer: Vec<u8> },
 }
 
+/// The largest request sent over UDP when the path MTU is unknown (§18.1.1).
+const UDP_REQUEST_LIMIT: usize = 1300;
+
 /// The shortest session interval accepted (RFC 4028 §4: at least 90 s).
 pub const MIN_SESSION_EXPIRES: u32 = 90;
 
@@ -101,15 +103,18 @@ pub struct RegisterRequest {
     pub expires: Option<u32>,
     pub call_id: String,
     pub cseq: u32,
-    pub source: SocketAddr,
+    pub source: Peer,
     pub authorization: Option<String>,
 }
 
 /// Settings of a user agent.
 #[derive(Debug, Clone)]
 pub struct UaConfig {
-    /// The address that goes into Via and Contact: the public one when behind NAT.
+    /// The address that goes into Via and Contact: the public one when behind
+    /// NAT. UDP and TCP listen on its port.
     pub advertised: SocketAddr,
+    /// The port TLS listens on, when it does.
+    pub tls_port: Option<u16>,
     pub timers: TimerConfig,
 }
 
@@ -135,7 +140,7 @@ struct Call {
     remote_party: String,
     remote_target: String,
     route_set: Vec<String>,
-    destination: SocketAddr,
+    destination: Peer,
     local_cseq: u32,
     remote_cseq: u32,
     /// The INVITE transaction of the call (server for inbound, client for outbound).
@@ -290,17 +295,40 @@ impl UserAgent {
         id
     }
 
-    fn advertised_host(&self) -> String {
-        match self.config.advertised {
-            SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    /// Our host and port as `transport` reaches us (Via sent-by, Contact).
+    fn advertised_host(&self, transport: Transport) -> String {
+        let port = match transport {
+            Transport::Tls => self.config.tls_port.unwrap_or(5061),
+            Transport::Udp | Transport::Tcp => self.config.advertised.port(),
+        };
+        SocketAddr::new(self.config.advertised.ip(), port).to_string()
+    }
+
+    /// The top Via of a request we send on `transport`, with a new branch.
+    fn via(&self, transport: Transport) -> Header {
+        let sent_by = self.advertised_host(transport);
+        Header::Via(rsip::headers::Via::new(format!(
+            "SIP/2.0/{} {sent_by};branch={};rport",
+            transport.via_name(),
+            new_branch()
+        )))
+    }
+
+    /// Our Contact URI for `user` as reached on `transport`.
+    fn contact(&self, user: &str, transport: Transport) -> String {
+        let host = self.advertised_host(transport);
+        match transport {
+            Transport::Udp => format!("<sip:{user}@{host}>"),
+            Transport::Tcp => format!("<sip:{user}@{host};transport=tcp>"),
+            Transport::Tls => format!("<sips:{user}@{host}>"),
         }
     }
 
     // ----- input -----
 
-    /// Feeds one datagram received from `source`.
-    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
+    /// Feeds one message received from `source`: a UDP datagram, or a message
+    /// framed off a TCP or TLS stream (see [`super::stream::StreamFramer`]).
+    pub fn handle_message(&mut self, now: Instant, source: Peer, data: &[u8]) {
         if message::is_keepalive(data) {
             return;
         }
@@ -311,7 +339,7 @@ impl UserAgent {
                 self.handle_response(now, response, reason)
             }
             Err(error) => {
-                tracing::warn!(%source, %error, "dropping a SIP message that does not parse");
+                tracing::warn!(source = %source.addr, %error, "dropping a SIP message that does not parse");
                 let (code, reason) = if unknown_method(data) { (501, "Not Implemented") } else { (400, "Bad Request") };
                 if let Some(response) = message::raw_error_response(data, code, reason) {
                     self.transmits.push_back(Transmit { destination: source, data: response });
@@ -367,6 +395,33 @@ impl UserAgent {
         }
     }
 
+    /// The connection to `peer` failed, or could not be opened: the client
+    /// transactions waiting on it end as if answered 503 (§8.1.3.1), so a
+    /// call to a peer that cannot be reached fails at once, not at Timer B.
+    pub fn handle_transport_error(&mut self, peer: Peer) {
+        let failed: Vec<(TxId, Method, Option<CallKey>)> = self
+            .transactions
+            .iter_mut()
+            .filter_map(|(id, transaction)| match transaction {
+                Transaction::Client { tx, method, call } if tx.destination() == peer && !tx.is_terminated() => {
+                    tx.handle_transport_error();
+                    Some((*id, *method, *call))
+                }
+                _ => None,
+            })
+            .collect();
+        for (id, method, call) in failed {
+            self.after_transaction_step(id);
+            match (method, call) {
+                (Method::Invite, Some(call)) => self.finish_outbound(call, 503, "Transport Failed".into()),
+                (Method::Options, None) if self.pings.remove(&id) => {
+                    self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 503 })
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn file_transaction(&mut self, id: TxId, (branch, method): (String, Method)) {
         let key = (branch, method as u8);
         self.by_branch.insert(key.clone(), id);
@@ -401,12 +456,12 @@ impl UserAgent {
         }
     }
 
-    fn handle_request(&mut self, now: Instant, source: SocketAddr, mut request: Request) {
-        message::stamp_top_via(&mut request.headers, source);
+    fn handle_request(&mut self, now: Instant, source: Peer, mut request: Request) {
+        message::stamp_top_via(&mut request.headers, source.addr);
         let (branch, (_, cseq_method)) = match (message::top_branch(&request.headers), message::cseq(&request)) {
             (Ok(b), Ok(c)) => (b, c),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(%source, %error, "bad request");
+                tracing::warn!(source = %source.addr, %error, "bad request");
                 return self.reply_stateless(&request, source, 400, None);
             }
         };
@@ -438,7 +493,7 @@ impl UserAgent {
         }
         let id = TxId(self.next_id());
         let invite = request.method == Method::Invite;
-        let tx = ServerTransaction::new(invite, source, Reliability::Unreliable, self.config.timers);
+        let tx = ServerTransaction::new(invite, source, self.config.timers);
         self.transactions.insert(id, Transaction::Server { tx, call: None });
         self.file_transaction(id, (branch, request.method));
 
@@ -461,7 +516,7 @@ impl UserAgent {
         }
     }
 
-    fn handle_out_of_dialog(&mut self, now: Instant, id: TxId, source: SocketAddr, request: Request) {
+    fn handle_out_of_dialog(&mut self, now: Instant, id: TxId, source: Peer, request: Request) {
         match request.method {
             Method::Invite => {
                 // RFC 4028: a caller that supports session timers refreshes
@@ -478,9 +533,15 @@ impl UserAgent {
                 let to = request.to_header().map(|h| h.value().to_string()).unwrap_or_default();
                 let from = request.from_header().map(|h| h.value().to_string()).unwrap_or_default();
                 let remote_target = message::contact_uri(&request).map(|u| u.to_string());
-                let destination = remote_target.as_deref().and_then(message::uri_socket_addr).unwrap_or(source);
                 let mut route_set = message::record_routes(&request.headers);
-                let destination = route_destination(&route_set).unwrap_or(destination);
+                // Over TCP and TLS, requests go back on the caller's
+                // connection (RFC 5923's reuse), which also works behind NAT.
+                let destination = if source.transport.is_reliable() {
+                    source
+                } else {
+                    let target = remote_target.as_deref().and_then(|t| uri_peer(t, source.transport));
+                    route_destination(&route_set, source.transport).or(target).unwrap_or(source)
+                };
                 route_set.shrink_to_fit();
                 let entry = Call {
                     state: CallState::Incoming,
@@ -533,7 +594,7 @@ impl UserAgent {
         }
     }
 
-    fn handle_register(&mut self, now: Instant, id: TxId, source: SocketAddr, request: Request) {
+    fn handle_register(&mut self, now: Instant, id: TxId, source: Peer, request: Request) {
         let user = request.to_header().ok().and_then(|t| t.uri().ok()).and_then(|u| u.user().map(str::to_string));
         let contacts: Vec<String> = request
             .headers
@@ -782,7 +843,7 @@ impl UserAgent {
         }
     }
 
-    fn handle_cancel(&mut self, now: Instant, source: SocketAddr, branch: &str, request: &Request) {
+    fn handle_cancel(&mut self, now: Instant, source: Peer, branch: &str, request: &Request) {
         let invite_tx = self.by_branch.get(&(branch.to_string(), Method::Invite as u8)).copied();
         // The CANCEL gets its own non-INVITE server transaction (§9.2).
         let cancel_key = (branch.to_string(), Method::Cancel);
@@ -795,7 +856,7 @@ impl UserAgent {
             return;
         }
         let id = TxId(self.next_id());
-        let tx = ServerTransaction::new(false, source, Reliability::Unreliable, self.config.timers);
+        let tx = ServerTransaction::new(false, source, self.config.timers);
         self.transactions.insert(id, Transaction::Server { tx, call: None });
         self.file_transaction(id, cancel_key);
         let pending = invite_tx.and_then(|invite_id| match self.transactions.get(&invite_id) {
@@ -855,7 +916,8 @@ impl UserAgent {
     /// ours, which means they were wrong).
     fn answer_challenge(&mut self, call: CallKey, response: &Response, now: Instant) -> bool {
         let proxy = response.status_code.code() == 407;
-        let advertised = self.advertised_host();
+        let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return false };
+        let via = self.via(transport);
         let Some(entry) = self.calls.get_mut(&call) else { return false };
         let Some(credentials) = entry.credentials.clone() else { return false };
         if entry.hangup_requested || entry.state == CallState::Confirmed {
@@ -884,10 +946,7 @@ impl UserAgent {
         let headers = std::mem::take(&mut invite.headers);
         for h in headers.into_iter() {
             match h {
-                Header::Via(_) => invite.headers.push(Header::Via(rsip::headers::Via::new(format!(
-                    "SIP/2.0/UDP {advertised};branch={};rport",
-                    new_branch()
-                )))),
+                Header::Via(_) => invite.headers.push(via.clone()),
                 Header::CSeq(_) => {
                     invite.headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{} INVITE", entry.local_cseq))))
                 }
@@ -922,7 +981,8 @@ impl UserAgent {
     }
 
     fn on_invite_success(&mut self, call: CallKey, response: &Response, now: Instant) {
-        let advertised = self.advertised_host();
+        let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return };
+        let via = self.via(transport);
         let Some(entry) = self.calls.get_mut(&call) else { return };
         if entry.state == CallState::Confirmed {
             return;
@@ -930,19 +990,22 @@ impl UserAgent {
         entry.remote_party = response.to_header().map(|t| t.value().to_string()).unwrap_or_default();
         if let Some(target) = message::contact_uri(response) {
             entry.remote_target = target.to_string();
-            if let Some(addr) = message::uri_socket_addr(&entry.remote_target) {
-                entry.destination = addr;
+            // Over TCP and TLS the dialog stays on the connection we opened.
+            if !transport.is_reliable() {
+                if let Some(peer) = uri_peer(&entry.remote_target, transport) {
+                    entry.destination = peer;
+                }
             }
         }
         let mut routes = message::record_routes(&response.headers);
         routes.reverse();
-        if let Some(addr) = route_destination(&routes) {
-            entry.destination = addr;
+        if let Some(peer) = route_destination(&routes, transport).filter(|_| !transport.is_reliable()) {
+            entry.destination = peer;
         }
         entry.route_set = routes;
         entry.state = CallState::Confirmed;
         let (cseq, _) = message::cseq(&entry.invite).unwrap_or((1, Method::Invite));
-        let ack = in_dialog_request(entry, Method::Ack, cseq, &advertised);
+        let ack = in_dialog_request(entry, Method::Ack, cseq, via);
         let ack = message::print(ack);
         self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
         entry.ack = Some(ack);
@@ -1058,7 +1121,7 @@ impl UserAgent {
     pub fn dial(
         &mut self,
         target: &str,
-        destination: SocketAddr,
+        destination: Peer,
         from_user: &str,
         sdp: Vec<u8>,
         credentials: Option<Credentials>,
@@ -1067,11 +1130,11 @@ impl UserAgent {
         let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
         let call = CallKey(self.next_id());
         let local_tag = random_token();
-        let host = self.advertised_host();
+        let host = self.advertised_host(Transport::Udp);
         let from_user = message::escape_user(from_user);
         let local_party = format!("<sip:{from_user}@{host}>;tag={local_tag}");
         let remote_party = format!("<{uri}>");
-        let entry = Call {
+        let mut entry = Call {
             state: CallState::Calling,
             call_id: format!("{}@{}", random_token(), self.config.advertised.ip()),
             local_tag,
@@ -1102,16 +1165,28 @@ impl UserAgent {
             bye_after_ack: false,
             ringing_reported: false,
         };
-        let mut invite = in_dialog_request(&entry, Method::Invite, 1, &host);
-        invite.headers.push(Header::Contact(rsip::headers::Contact::new(format!("<sip:{from_user}@{host}>"))));
-        invite.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
-        invite.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
-        invite.body = sdp;
-        let id = self.start_client_transaction(invite.clone(), destination, Some(call), now)?;
+        let mut invite = self.initial_invite(&entry, &from_user, sdp.clone());
+        // §18.1.1: a request over UDP_REQUEST_LIMIT goes over TCP instead.
+        if destination.transport == Transport::Udp && message::print(invite.clone()).len() > UDP_REQUEST_LIMIT {
+            entry.destination.transport = Transport::Tcp;
+            invite = self.initial_invite(&entry, &from_user, sdp);
+        }
+        let id = self.start_client_transaction(invite.clone(), entry.destination, Some(call), now)?;
         let entry = Call { invite_tx: id, invite, ..entry };
         self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
         self.calls.insert(call, entry);
         Ok(call)
+    }
+
+    /// The INVITE that starts an outbound call, for its destination's transport.
+    fn initial_invite(&self, entry: &Call, from_user: &str, sdp: Vec<u8>) -> Request {
+        let transport = entry.destination.transport;
+        let mut invite = in_dialog_request(entry, Method::Invite, 1, self.via(transport));
+        invite.headers.push(Header::Contact(rsip::headers::Contact::new(self.contact(from_user, transport))));
+        invite.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
+        invite.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+        invite.body = sdp;
+        invite
     }
 
     /// Ends a call however far it got: BYE when established, CANCEL when
@@ -1150,13 +1225,14 @@ impl UserAgent {
     /// Sends OPTIONS to `target` at `destination` to see that it is still
     /// there (a keep-alive for a registered phone, and its NAT mapping); the
     /// answer comes as [`UaEvent::PingAnswered`].
-    pub fn ping(&mut self, target: &str, destination: SocketAddr, now: Instant) -> Result<RequestKey, SipError> {
+    pub fn ping(&mut self, target: &str, destination: Peer, now: Instant) -> Result<RequestKey, SipError> {
         let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
-        let host = self.advertised_host();
+        let host = self.advertised_host(destination.transport);
         let from = format!("<sip:sipbridge@{host}>;tag={}", random_token());
         let call_id = format!("{}@{}", random_token(), self.config.advertised.ip());
         let to = format!("<{uri}>");
-        let mut options = new_request(Method::Options, uri, (&from, &to), &call_id, 1, &[], &host);
+        let via = self.via(destination.transport);
+        let mut options = new_request(Method::Options, uri, (&from, &to), &call_id, 1, &[], via);
         options.headers.extend(capability_headers());
         let id = self.start_client_transaction(options, destination, None, now)?;
         self.pings.insert(id);
@@ -1164,10 +1240,11 @@ impl UserAgent {
     }
 
     fn send_bye(&mut self, call: CallKey, now: Instant) {
-        let host = self.advertised_host();
+        let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return };
+        let via = self.via(transport);
         let Some(entry) = self.calls.get_mut(&call) else { return };
         entry.local_cseq += 1;
-        let bye = in_dialog_request(entry, Method::Bye, entry.local_cseq, &host);
+        let bye = in_dialog_request(entry, Method::Bye, entry.local_cseq, via);
         let destination = entry.destination;
         self.forget_call(call);
         // in_dialog_request always writes a Via with a branch.
@@ -1189,7 +1266,7 @@ impl UserAgent {
     fn start_client_transaction(
         &mut self,
         request: Request,
-        destination: SocketAddr,
+        destination: Peer,
         call: Option<CallKey>,
         now: Instant,
     ) -> Result<TxId, SipError> {
@@ -1201,7 +1278,6 @@ impl UserAgent {
             method == Method::Invite,
             message::print(request),
             destination,
-            Reliability::Unreliable,
             self.config.timers,
             now,
             &mut out,
@@ -1220,7 +1296,7 @@ impl UserAgent {
         let user = message::uri_parts(&entry.invite.uri.to_string())
             .and_then(|p| p.user)
             .unwrap_or_else(|| "sipbridge".into());
-        Some(format!("<sip:{user}@{}>", self.advertised_host()))
+        Some(self.contact(&user, entry.destination.transport))
     }
 
     /// Sends a response through server transaction `id`.
@@ -1290,7 +1366,7 @@ impl UserAgent {
 
     /// Answers without a transaction: for requests too broken to have one.
     /// An ACK is never answered (§17.1.1.3), broken or not.
-    fn reply_stateless(&mut self, request: &Request, destination: SocketAddr, status: u16, tag: Option<&str>) {
+    fn reply_stateless(&mut self, request: &Request, destination: Peer, status: u16, tag: Option<&str>) {
         if request.method == Method::Ack {
             return;
         }
@@ -1308,10 +1384,10 @@ fn capability_headers() -> Vec<Header> {
 }
 
 /// Builds a request inside (or, for the first INVITE, founding) a dialog (§12.2.1.1).
-fn in_dialog_request(call: &Call, method: Method, cseq: u32, advertised: &str) -> Request {
+fn in_dialog_request(call: &Call, method: Method, cseq: u32, via: Header) -> Request {
     let uri = rsip::Uri::try_from(call.remote_target.as_str()).unwrap_or_else(|_| call.invite.uri.clone());
     let parties = (call.local_party.as_str(), call.remote_party.as_str());
-    new_request(method, uri, parties, &call.call_id, cseq, &call.route_set, advertised)
+    new_request(method, uri, parties, &call.call_id, cseq, &call.route_set, via)
 }
 
 /// A request in a new client transaction: `parties` are its From and To.
@@ -1322,11 +1398,10 @@ fn new_request(
     call_id: &str,
     cseq: u32,
     routes: &[String],
-    advertised: &str,
+    via: Header,
 ) -> Request {
     let mut headers = rsip::Headers::default();
-    headers
-        .push(Header::Via(rsip::headers::Via::new(format!("SIP/2.0/UDP {advertised};branch={};rport", new_branch()))));
+    headers.push(via);
     headers.push(Header::MaxForwards(rsip::headers::MaxForwards::new("70")));
     for route in routes {
         headers.push(Header::Route(rsip::headers::Route::new(route.clone())));
@@ -1370,9 +1445,16 @@ fn same_transaction_request(invite: &Request, method: Method, to: Option<&rsip::
 }
 
 /// Where requests go when a route set exists: its first entry (loose routing).
-fn route_destination(route_set: &[String]) -> Option<SocketAddr> {
-    let first = route_set.first()?;
-    message::uri_socket_addr(first)
+fn route_destination(route_set: &[String], current: Transport) -> Option<Peer> {
+    uri_peer(route_set.first()?, current)
+}
+
+/// The address and transport a URI with a numeric host names; a URI that
+/// names no transport keeps `current` (many phones leave `transport=tcp`
+/// out of a Contact they send over TCP).
+fn uri_peer(uri: &str, current: Transport) -> Option<Peer> {
+    let addr = message::uri_socket_addr(uri)?;
+    Some(Peer { transport: Transport::of_uri(uri).unwrap_or(current), addr })
 }
 
 /// Whether a request that rsip rejected has a well-formed but unknown method,

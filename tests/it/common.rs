@@ -92,3 +92,18 @@ pub fn play_and_listen(local: &mut LocalParticipant, freq: f64, duration: Durati
     }
     heard
 }
+
+/// Plays a 500 Hz tone at `caller` and 1300 Hz at `callee` for 1.5 s, in
+/// their two rooms joined by a call, and checks that each hears the other's
+/// tone, loudly, and not its own.
+pub fn assert_hear_each_other(mut caller: LocalParticipant, mut callee: LocalParticipant) {
+    let listener = std::thread::spawn(move || play_and_listen(&mut callee, 1300.0, Duration::from_millis(1500)));
+    let heard_by_caller = play_and_listen(&mut caller, 500.0, Duration::from_millis(1500));
+    let heard_by_callee = listener.join().unwrap();
+    // The last second: past the jitter buffer's start.
+    let tail = |v: &Vec<i16>| v[v.len().saturating_sub(RATE as usize)..].to_vec();
+    let (c, b) = (tail(&heard_by_caller), tail(&heard_by_callee));
+    assert!(tone_power(&c, 1300.0) > 100.0 * tone_power(&c, 500.0), "the caller hears the callee's tone, not its own");
+    assert!(tone_power(&b, 500.0) > 100.0 * tone_power(&b, 1300.0), "the callee hears the caller's tone, not its own");
+    assert!(tone_power(&c, 1300.0) > 1e5, "and loudly: {}", tone_power(&c, 1300.0));
+}

@@ -142,10 +142,10 @@ fn run_sipp(args: &[&str], dir: &PathBuf) -> std::process::Output {
 }
 
 /// Runs one sipp UAC call into `room` of `server` with `scenario` (`-sn NAME`
-/// or `-sf FILE`), checks that sipp succeeded and that the server logged the
+/// or `-sf FILE`) and `extra` arguments, checks that sipp succeeded and that the server logged the
 /// caller joining and hanging up, and returns the server's "left" line.
-fn uac_call(server: &Server, scenario: [&str; 2], room: &str) -> String {
-    let output = run_uac(&format!("127.0.0.1:{}", server.port), scenario, room, &[]);
+fn uac_call(server: &Server, scenario: [&str; 2], room: &str, extra: &[&str]) -> String {
+    let output = run_uac(&format!("127.0.0.1:{}", server.port), scenario, room, extra);
     assert_sipp_succeeded(&output, "uac");
     let joined = server.expect(&format!("joined room={room}"), Duration::from_secs(2));
     assert!(joined.contains("kind=Inbound"));
@@ -166,7 +166,7 @@ fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
         return;
     }
     let mut server = Server::start();
-    let left = uac_call(&server, ["-sn", "uac_pcap"], "classroom");
+    let left = uac_call(&server, ["-sn", "uac_pcap"], "classroom", &[]);
     // sipp plays the package's g711a.pcap: 236 packets of 30 ms A-law. All must arrive on loopback.
     let received = count(&left, "received");
     assert!(received >= 236, "only {received} RTP packets reached the bridge");
@@ -178,6 +178,19 @@ fn sipp_uac_with_rtp_joins_a_room_and_hangs_up() {
     assert!(status.success(), "serve exits 0 on SIGTERM: {status:?}");
 }
 
+/// The same call over TCP (sipp's `-t t1`: one connection): the INVITE, ACK
+/// and BYE arrive on it and our answers go back on it.
+#[test]
+fn sipp_uac_over_tcp_joins_a_room_and_hangs_up() {
+    if !sipp_available() {
+        return;
+    }
+    let mut server = Server::start();
+    let left = uac_call(&server, ["-sn", "uac_pcap"], "tcp-room", &["-t", "t1"]);
+    assert!(count(&left, "received") >= 236, "{left}");
+    assert!(server.terminate().success());
+}
+
 /// Runs scenario file `tests/sipp/NAME` as one call into `room` of a fresh
 /// server (see [`uac_call`]); the server and its "left" line, or None
 /// when sipp is missing and may be.
@@ -187,7 +200,7 @@ fn scenario_call(name: &str, room: &str) -> Option<(Server, String)> {
     }
     let server = Server::start();
     let scenario = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
-    let left = uac_call(&server, ["-sf", &scenario], room);
+    let left = uac_call(&server, ["-sf", &scenario], room, &[]);
     Some((server, left))
 }
 

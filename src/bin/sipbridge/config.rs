@@ -3,7 +3,7 @@
 //! optional; a command-line flag overrides the file, the file the defaults.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -24,6 +24,11 @@ pub struct ServeConfig {
 #[serde(deny_unknown_fields)]
 pub struct SipSection {
     pub listen: Option<SocketAddr>,
+    pub tcp: Option<bool>,
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_certificate: Option<PathBuf>,
+    pub tls_private_key: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
     pub public_address: Option<IpAddr>,
     pub realm: Option<String>,
     pub create_rooms_on_demand: Option<bool>,

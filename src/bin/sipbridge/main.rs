@@ -32,9 +32,25 @@ struct ServeArgs {
     /// A TOML file with the settings below and users and rooms (docs/config.md).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// SIP/UDP listen address [default: 0.0.0.0:5060].
+    /// SIP listen address, UDP and TCP [default: 0.0.0.0:5060].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Listen on UDP only, not TCP.
+    #[arg(long)]
+    no_tcp: bool,
+    /// SIP over TLS listen address [default: port 5061 of the listen address,
+    /// when a certificate is given].
+    #[arg(long)]
+    tls_listen: Option<SocketAddr>,
+    /// PEM file with the certificate chain TLS presents.
+    #[arg(long)]
+    tls_certificate: Option<PathBuf>,
+    /// PEM file with the certificate's private key.
+    #[arg(long)]
+    tls_private_key: Option<PathBuf>,
+    /// PEM file of CA certificates to trust when calling sips: URIs, besides the public roots.
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
     /// Address to advertise in SDP and Contact (default: the listen address;
     /// 127.0.0.1 when listening on 0.0.0.0, so set it for phones on other hosts).
     #[arg(long)]
@@ -133,8 +149,20 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         (None, None) => (*defaults.rtp_ports.start(), *defaults.rtp_ports.end()),
     };
     let media_timeout = args.media_timeout.or(file.media.media_timeout).unwrap_or(30);
+    let listen = args.listen.or(file.sip.listen).unwrap_or(defaults.listen);
+    let tls_certificate = args.tls_certificate.or(file.sip.tls_certificate);
+    // With a certificate, TLS listens on 5061 unless told where.
+    let tls_listen = args
+        .tls_listen
+        .or(file.sip.tls_listen)
+        .or_else(|| tls_certificate.as_ref().map(|_| SocketAddr::new(listen.ip(), 5061)));
     let endpoint = EndpointConfig {
-        listen: args.listen.or(file.sip.listen).unwrap_or(defaults.listen),
+        listen,
+        tcp: !args.no_tcp && file.sip.tcp.unwrap_or(true),
+        tls_listen,
+        tls_certificate,
+        tls_private_key: args.tls_private_key.or(file.sip.tls_private_key),
+        tls_ca_file: args.tls_ca_file.or(file.sip.tls_ca_file),
         public_address: args.public_address.or(file.sip.public_address),
         rtp_ports: rtp_ports.0..=rtp_ports.1,
         create_rooms_on_demand: !args.no_create_rooms && file.sip.create_rooms_on_demand.unwrap_or(true),
@@ -166,6 +194,7 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
 
 fn serve(settings: Settings) -> Result<(), Error> {
     let Settings { endpoint: config, users, rooms, stats_every } = settings;
+    let tcp = config.tcp;
     let endpoint = Endpoint::start(config)?;
     for user in &users {
         match (&user.password, &user.ha1_md5, &user.ha1_sha256) {
@@ -191,7 +220,14 @@ fn serve(settings: Settings) -> Result<(), Error> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone())?;
     }
-    println!("sipbridge listening on udp:{}", endpoint.local_addr());
+    let mut listening = format!("udp:{}", endpoint.local_addr());
+    if tcp {
+        listening += &format!(" tcp:{}", endpoint.local_addr());
+    }
+    if let Some(tls) = endpoint.tls_addr() {
+        listening += &format!(" tls:{tls}");
+    }
+    println!("sipbridge listening on {listening}");
     let mut last_reports = endpoint.mixer_reports();
     let mut last_print = Instant::now();
     while !stop.load(Ordering::SeqCst) {

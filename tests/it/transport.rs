@@ -1,0 +1,159 @@
+//! SIP over TCP and TLS between real sockets: two endpoints in one process,
+//! and openssl's TLS client as a peer nobody here wrote.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use sipbridge::{Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind};
+
+use crate::common::{assert_hear_each_other, endpoint, rtp_range, wait_event, RATE};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// PEM files of a test CA and a certificate it signed for 127.0.0.1.
+struct TestPki {
+    dir: PathBuf,
+}
+
+impl TestPki {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("sipbridge-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: a leaf named like its issuer looks self-signed.
+        ca_params.distinguished_name.push(DnType::CommonName, "sipbridge test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for TestPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tls_endpoint(pki: &TestPki, ca_file: Option<&Path>) -> Endpoint {
+    Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        tls_certificate: Some(pki.path("cert.pem")),
+        tls_private_key: Some(pki.path("key.pem")),
+        tls_ca_file: ca_file.map(Path::to_path_buf),
+        sample_rate: RATE,
+        rtp_ports: rtp_range(),
+        ..Default::default()
+    })
+    .expect("endpoint with TLS starts")
+}
+
+fn joined(e: &Event) -> Option<ParticipantKind> {
+    match e {
+        Event::ParticipantJoined { kind, .. } if *kind != ParticipantKind::Local => Some(*kind),
+        _ => None,
+    }
+}
+
+fn left(e: &Event) -> Option<LeaveReason> {
+    match e {
+        Event::ParticipantLeft { reason, .. } => Some(*reason),
+        _ => None,
+    }
+}
+
+/// A call over `transport` from one endpoint's room into another's: both
+/// sides hear each other, and the caller's hangup reaches the callee.
+fn call_and_hang_up(caller: &Endpoint, callee: &Endpoint, uri: &str) {
+    let room = callee.create_conference("room").unwrap();
+    let at_callee = room.add_local().unwrap();
+    let out = caller.create_conference("out").unwrap();
+    let at_caller = out.add_local().unwrap();
+    let leg = out.dial(uri).unwrap();
+    assert_eq!(wait_event(caller, WAIT, joined), ParticipantKind::Outbound);
+    assert_eq!(wait_event(callee, WAIT, joined), ParticipantKind::Inbound);
+    assert_hear_each_other(at_caller, at_callee);
+    leg.hangup().unwrap();
+    assert_eq!(wait_event(callee, WAIT, left), LeaveReason::RemoteHangup, "the BYE came over {uri}");
+}
+
+#[test]
+fn calls_over_tcp() {
+    let (caller, callee) = (endpoint(), endpoint());
+    call_and_hang_up(&caller, &callee, &format!("sip:room@{};transport=tcp", callee.local_addr()));
+}
+
+#[test]
+fn calls_over_tls_to_a_sips_uri() {
+    let pki = TestPki::new("call");
+    let callee = tls_endpoint(&pki, None);
+    let caller = tls_endpoint(&pki, Some(&pki.path("ca.pem")));
+    let tls = callee.tls_addr().expect("TLS listens");
+    call_and_hang_up(&caller, &callee, &format!("sips:room@{tls}"));
+}
+
+#[test]
+fn a_tls_server_it_does_not_trust_fails_the_call_at_once() {
+    let pki = TestPki::new("untrusted");
+    let callee = tls_endpoint(&pki, None);
+    let caller = endpoint(); // trusts only the public roots
+    let out = caller.create_conference("out").unwrap();
+    out.dial(&format!("sips:room@{}", callee.tls_addr().unwrap())).unwrap();
+    let status = wait_event(&caller, WAIT, |e| match e {
+        Event::DialFailed { status, .. } => Some(*status),
+        _ => None,
+    });
+    assert_eq!(status, 503, "the handshake failed: a transport error, not Timer B's 408 after 32 s");
+}
+
+/// openssl's TLS client sends OPTIONS over a TLS connection and reads our
+/// 200 on it, then a CRLF keep-alive ping and our pong.
+#[test]
+fn openssl_s_client_gets_an_answer_over_tls() {
+    let pki = TestPki::new("openssl");
+    let server = tls_endpoint(&pki, None);
+    let tls = server.tls_addr().unwrap();
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-connect", &tls.to_string()])
+        .arg("-CAfile")
+        .arg(pki.path("ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    let options = format!(
+        "OPTIONS sip:room@{tls} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:1;branch=z9hG4bKssl1\r\nFrom: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:room@{tls}>\r\nCall-ID: ssl-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n\r\n\r\n"
+    );
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(options.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(stdin);
+    let _ = client.kill();
+    let output = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The pong comes straight from the connection, the 200 through the SIP
+    // task: either may be written first.
+    let response = text.strip_prefix("\r\n").or_else(|| text.strip_suffix("\r\n"));
+    let response = response.unwrap_or_else(|| panic!("no pong: {text:?} {stderr}"));
+    assert!(response.starts_with("SIP/2.0 200 OK\r\n"), "{text:?} {stderr}");
+    assert!(response.contains("Call-ID: ssl-1\r\n") && response.ends_with("\r\n\r\n"), "{text:?}");
+}
