@@ -194,6 +194,11 @@ typedef struct {
    */
   const char *tls_ca_file;
   /**
+   * DNS servers for dialled host names, "IP:PORT" separated by commas,
+   * or NULL for the system's.
+   */
+  const char *dns_servers;
+  /**
    * Address for SDP and Contact, or NULL for the listen address.
    */
   const char *public_address;

@@ -43,6 +43,9 @@ pub struct EndpointConfig {
     /// A PEM file of certificates to trust when calling `sips:` URIs, on top
     /// of the public roots (Mozilla's list, built in).
     pub tls_ca_file: Option<PathBuf>,
+    /// DNS servers for dialled host names (NAPTR, SRV and addresses, RFC
+    /// 3263); empty: the system's (resolv.conf).
+    pub dns_servers: Vec<SocketAddr>,
     /// The address put in SDP and Contact; defaults to the listen address.
     pub public_address: Option<IpAddr>,
     /// RTP ports (even ones are used).
@@ -84,6 +87,7 @@ impl Default for EndpointConfig {
             tls_certificate: None,
             tls_private_key: None,
             tls_ca_file: None,
+            dns_servers: Vec::new(),
             public_address: None,
             rtp_ports: 30000..=30999,
             create_rooms_on_demand: true,

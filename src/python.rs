@@ -129,7 +129,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -152,6 +152,7 @@ impl Endpoint {
         tls_certificate: Option<std::path::PathBuf>,
         tls_private_key: Option<std::path::PathBuf>,
         tls_ca_file: Option<std::path::PathBuf>,
+        dns_servers: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
@@ -161,6 +162,11 @@ impl Endpoint {
         let tls_listen = tls_listen
             .map(|a| a.parse().map_err(|e| InvalidArgumentError::new_err(format!("tls_listen {a:?}: {e}"))))
             .transpose()?;
+        let dns_servers = dns_servers
+            .unwrap_or_default()
+            .iter()
+            .map(|a| a.parse().map_err(|e| InvalidArgumentError::new_err(format!("dns server {a:?}: {e}"))))
+            .collect::<PyResult<Vec<_>>>()?;
         if rtp_ports.0 > rtp_ports.1 {
             return Err(InvalidArgumentError::new_err("rtp_ports must be (first, last) with first <= last"));
         }
@@ -199,6 +205,7 @@ impl Endpoint {
             tls_certificate,
             tls_private_key,
             tls_ca_file,
+            dns_servers,
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;

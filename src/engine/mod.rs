@@ -9,6 +9,7 @@
 //!
 //! [`UserAgent`]: crate::sip::UserAgent
 
+mod dns;
 mod media_task;
 mod ports;
 mod sip_driver;
@@ -242,6 +243,8 @@ pub(crate) struct Shared {
     pub sip_addr: SocketAddr,
     /// Where SIP over TLS listens, if it does.
     pub tls_addr: Option<SocketAddr>,
+    /// Looks up the host names of dialled URIs.
+    pub resolver: hickory_resolver::TokioResolver,
     /// The address that goes into SDP and Contact.
     pub advertised_ip: IpAddr,
     pub registry: Mutex<Registry>,
@@ -676,12 +679,13 @@ impl Engine {
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let (sip_commands, sip_rx) = tokio::sync::mpsc::unbounded_channel();
         let authenticator = Mutex::new(Authenticator::new(&config.realm, std::time::Instant::now()));
-        let transports = {
+        let (transports, resolver) = {
             let _guard = runtime.enter();
-            sip_transports(&config, std_socket, sip_addr)?
+            (sip_transports(&config, std_socket, sip_addr)?, dns::resolver(&config.dns_servers)?)
         };
         let shared = Arc::new(Shared {
             tls_addr: transports.tls_addr,
+            resolver,
             config,
             sip_addr,
             advertised_ip,

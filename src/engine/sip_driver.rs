@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
+use super::dns;
 use super::media_task::{receive_media, LegSockets, ReceiveContext};
 use super::ports::PortLease;
 use super::transport::{Connections, StreamEvent};
@@ -20,6 +21,7 @@ use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
+use crate::sip::locate::{self, Plan};
 use crate::sip::registrar::{self, RegisterError, Registration};
 use crate::sip::stream::KEEPALIVE_PING;
 use crate::sip::ua::{RegisterRequest, RequestKey};
@@ -46,7 +48,8 @@ pub(crate) enum SipCommand {
         participant: ParticipantId,
         target: String,
         credentials: Option<Credentials>,
-        destination: Result<Peer>,
+        /// Where to send, and the host name a TLS server there must prove.
+        destination: Result<(Peer, String)>,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
     Hangup {
@@ -627,37 +630,33 @@ impl Driver {
                     }
                     return;
                 }
-                let transport = Transport::of_uri(&target).unwrap_or(Transport::Udp);
-                match message::uri_socket_addr(&target) {
-                    Some(addr) => {
-                        let result = self.dial(participant, &target, credentials, Peer { transport, addr });
+                match locate::plan(&target) {
+                    Some(Plan::Direct(peer)) => {
+                        let result = self.dial(participant, &target, credentials, peer);
                         self.dial_result(participant, result, reply);
                     }
                     // Look the name up without holding up every other call's signalling.
-                    None => {
+                    Some(plan) => {
                         let commands = self.shared.sip_commands.clone();
+                        let shared = self.shared.clone();
                         self.shared.runtime.spawn(async move {
-                            let (host, port) = (parts.host, parts.port.unwrap_or(5060));
-                            let destination = match tokio::net::lookup_host((host.as_str(), port)).await {
-                                Ok(mut found) => found
-                                    .next()
-                                    .map(|addr| Peer { transport, addr })
-                                    .ok_or_else(|| Error::NotFound(format!("no address for {host}"))),
-                                Err(e) => Err(e.into()),
-                            };
+                            let destination = dns::locate(&shared.resolver, plan).await;
                             let resolved =
                                 SipCommand::Resolved { participant, target, credentials, destination, reply };
                             let _ = commands.send(resolved);
                         });
                     }
+                    None => {
+                        let error = Error::InvalidArgument(format!("bad SIP URI {target:?}"));
+                        self.dial_result(participant, Err(error), reply);
+                    }
                 }
             }
             SipCommand::Resolved { participant, target, credentials, destination, reply } => {
-                if let (Ok(peer), Some(parts)) = (&destination, message::uri_parts(&target)) {
-                    self.connections.resolved(peer.addr, &parts.host);
-                }
-                let result =
-                    destination.and_then(|destination| self.dial(participant, &target, credentials, destination));
+                let result = destination.and_then(|(peer, host)| {
+                    self.connections.resolved(peer.addr, &host);
+                    self.dial(participant, &target, credentials, peer)
+                });
                 self.dial_result(participant, result, reply);
             }
             SipCommand::Hangup { participant, reason } => match self.by_participant.get(&participant).copied() {

@@ -257,6 +257,9 @@ pub struct sb_endpoint_config {
     /// A PEM file of CA certificates to trust when calling sips: URIs,
     /// besides the public roots; or NULL.
     pub tls_ca_file: *const c_char,
+    /// DNS servers for dialled host names, "IP:PORT" separated by commas,
+    /// or NULL for the system's.
+    pub dns_servers: *const c_char,
     /// Address for SDP and Contact, or NULL for the listen address.
     pub public_address: *const c_char,
     pub rtp_port_min: u16,
@@ -294,6 +297,7 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             tls_certificate: std::ptr::null(),
             tls_private_key: std::ptr::null(),
             tls_ca_file: std::ptr::null(),
+            dns_servers: std::ptr::null(),
             public_address: std::ptr::null(),
             rtp_port_min: *defaults.rtp_ports.start(),
             rtp_port_max: *defaults.rtp_ports.end(),
@@ -341,8 +345,16 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             Some(Ok(a)) => Some(a),
             Some(Err(e)) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("tls_listen: {e}")),
         };
+        let dns_servers = match try_optional_str!(config.dns_servers)
+            .map(|list| list.split(',').map(|s| s.trim().parse::<SocketAddr>()).collect::<Result<Vec<_>, _>>())
+        {
+            None => Vec::new(),
+            Some(Ok(servers)) => servers,
+            Some(Err(e)) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("dns_servers: {e}")),
+        };
         let endpoint = try_call!(Endpoint::start(EndpointConfig {
             listen,
+            dns_servers,
             tcp: config.tcp,
             tls_listen,
             tls_certificate: try_optional_str!(config.tls_certificate).map(PathBuf::from),

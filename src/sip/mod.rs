@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod digest;
+pub mod locate;
 pub mod message;
 pub mod registrar;
 pub mod stream;
@@ -47,9 +48,14 @@ impl Transport {
     /// The transport a URI names: `sips:` means TLS, else its `transport`
     /// parameter (§19.1.4); `None` when it names none.
     pub fn of_uri(uri: &str) -> Option<Transport> {
-        if uri.trim_start_matches('<').get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:")) {
+        if is_sips(uri) {
             return Some(Transport::Tls);
         }
+        Transport::of_parameter(uri)
+    }
+
+    /// The transport a URI's `transport` parameter names, if any.
+    pub fn of_parameter(uri: &str) -> Option<Transport> {
         let param = uri
             .split(['>', '?'])
             .next()
@@ -65,6 +71,11 @@ impl Transport {
             _ => None,
         }
     }
+}
+
+/// Whether a URI has the `sips:` scheme.
+pub fn is_sips(uri: &str) -> bool {
+    uri.trim_start_matches('<').get(..5).is_some_and(|s| s.eq_ignore_ascii_case("sips:"))
 }
 
 /// The other end of one hop: an address and the transport to reach it on.

@@ -1,10 +1,18 @@
 //! SIP over TCP and TLS between real sockets: two endpoints in one process,
-//! and openssl's TLS client as a peer nobody here wrote.
+//! and openssl's TLS client as a peer nobody here wrote; and RFC 3263
+//! server location through a DNS server on loopback.
 
 use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::rr::rdata::{A, NAPTR, SRV};
+use hickory_proto::rr::{Name, RData, Record};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use sipbridge::{Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind};
@@ -20,6 +28,11 @@ struct TestPki {
 
 impl TestPki {
     fn new(name: &str) -> Self {
+        Self::for_names(name, "127.0.0.1")
+    }
+
+    /// A certificate for `subject` (an IP address or a DNS name).
+    fn for_names(name: &str, subject: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("sipbridge-tls-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_key = KeyPair::generate().unwrap();
@@ -30,8 +43,8 @@ impl TestPki {
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        let mut params = CertificateParams::new(vec![subject.to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, subject);
         let cert = params.signed_by(&key, &issuer).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
@@ -51,7 +64,12 @@ impl Drop for TestPki {
 }
 
 fn tls_endpoint(pki: &TestPki, ca_file: Option<&Path>) -> Endpoint {
+    tls_endpoint_with_dns(pki, ca_file, Vec::new())
+}
+
+fn tls_endpoint_with_dns(pki: &TestPki, ca_file: Option<&Path>, dns_servers: Vec<SocketAddr>) -> Endpoint {
     Endpoint::start(EndpointConfig {
+        dns_servers,
         listen: "127.0.0.1:0".parse().unwrap(),
         tls_listen: Some("127.0.0.1:0".parse().unwrap()),
         tls_certificate: Some(pki.path("cert.pem")),
@@ -156,4 +174,130 @@ fn openssl_s_client_gets_an_answer_over_tls() {
     let response = response.unwrap_or_else(|| panic!("no pong: {text:?} {stderr}"));
     assert!(response.starts_with("SIP/2.0 200 OK\r\n"), "{text:?} {stderr}");
     assert!(response.contains("Call-ID: ssl-1\r\n") && response.ends_with("\r\n\r\n"), "{text:?}");
+}
+
+/// An authoritative DNS server on loopback answering from `records`, and
+/// the questions it was asked ("TYPE name"), in order.
+struct DnsServer {
+    addr: SocketAddr,
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DnsServer {
+    fn start(records: Vec<Record>) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (addr, stop) = (socket.local_addr().unwrap(), Arc::<AtomicBool>::default());
+        let (log, done) = (Arc::clone(&asked), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !done.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+                let mut response = Message::new();
+                response.set_id(query.id()).set_message_type(MessageType::Response).set_authoritative(true);
+                response.set_recursion_desired(query.recursion_desired()).set_recursion_available(true);
+                for question in query.queries() {
+                    log.lock().unwrap().push(format!("{} {}", question.query_type(), question.name()));
+                    let answers: Vec<Record> = records
+                        .iter()
+                        .filter(|r| r.name() == question.name() && r.record_type() == question.query_type())
+                        .cloned()
+                        .collect();
+                    if answers.is_empty() && !records.iter().any(|r| r.name() == question.name()) {
+                        response.set_response_code(ResponseCode::NXDomain);
+                    }
+                    response.add_query(question.clone());
+                    response.add_answers(answers);
+                }
+                let _ = socket.send_to(&response.to_vec().unwrap(), from);
+            }
+        });
+        Self { addr, asked, stop }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn name(text: &str) -> Name {
+    Name::from_ascii(text).unwrap()
+}
+
+fn record(owner: &str, data: RData) -> Record {
+    Record::from_rdata(name(owner), 60, data)
+}
+
+fn naptr(order: u16, services: &str, replacement: &str) -> RData {
+    RData::NAPTR(NAPTR::new(
+        order,
+        10,
+        b"S".to_vec().into(),
+        services.as_bytes().into(),
+        Box::new([]),
+        name(replacement),
+    ))
+}
+
+fn srv(port: u16, target: &str) -> RData {
+    RData::SRV(SRV::new(10, 0, port, name(target)))
+}
+
+fn loopback() -> RData {
+    RData::A(A::new(127, 0, 0, 1))
+}
+
+/// `sip:room@example.test`: NAPTR prefers TCP, its SRV names the port and
+/// host, and the call reaches the bridge over TCP on that port (nothing
+/// listens on 5060, where the address fallback would go).
+#[test]
+fn naptr_and_srv_lead_a_sip_uri_to_the_server() {
+    let callee = endpoint();
+    let port = callee.local_addr().port();
+    let dns = DnsServer::start(vec![
+        record("example.test.", naptr(20, "SIP+D2U", "_sip._udp.example.test.")),
+        record("example.test.", naptr(10, "SIP+D2T", "_sip._tcp.example.test.")),
+        record("_sip._tcp.example.test.", srv(port, "bridge.example.test.")),
+        record("bridge.example.test.", loopback()),
+    ]);
+    let caller = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dns_servers: vec![dns.addr],
+        sample_rate: RATE,
+        rtp_ports: rtp_range(),
+        ..Default::default()
+    })
+    .unwrap();
+    call_and_hang_up(&caller, &callee, "sip:room@example.test");
+    let asked = dns.asked();
+    let first = |prefix: &str| asked.iter().position(|q| q.starts_with(prefix)).unwrap_or(usize::MAX);
+    assert!(first("NAPTR example.test") < first("SRV _sip._tcp.example.test"), "{asked:?}");
+    assert!(first("SRV _sip._tcp.example.test") < first("A bridge.example.test"), "{asked:?}");
+    assert!(!asked.iter().any(|q| q.contains("_sip._udp")), "TCP came first in NAPTR order: {asked:?}");
+}
+
+/// `sips:room@secure.test` with no NAPTR: the SRV of _sips._tcp gives the
+/// TLS port on another host name, and the certificate must name the
+/// domain of the URI (RFC 5922), which it does.
+#[test]
+fn a_sips_uri_finds_tls_by_srv_and_checks_the_domain_s_certificate() {
+    let pki = TestPki::for_names("srv", "secure.test");
+    let callee = tls_endpoint(&pki, None);
+    let tls_port = callee.tls_addr().unwrap().port();
+    let dns = DnsServer::start(vec![
+        record("_sips._tcp.secure.test.", srv(tls_port, "host1.secure.test.")),
+        record("host1.secure.test.", loopback()),
+    ]);
+    let caller = tls_endpoint_with_dns(&pki, Some(&pki.path("ca.pem")), vec![dns.addr]);
+    call_and_hang_up(&caller, &callee, "sips:room@secure.test");
+    assert!(dns.asked().iter().any(|q| q.starts_with("SRV _sips._tcp.secure.test")), "{:?}", dns.asked());
 }

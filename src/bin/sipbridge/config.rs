@@ -29,6 +29,7 @@ pub struct SipSection {
     pub tls_certificate: Option<PathBuf>,
     pub tls_private_key: Option<PathBuf>,
     pub tls_ca_file: Option<PathBuf>,
+    pub dns_servers: Option<Vec<SocketAddr>>,
     pub public_address: Option<IpAddr>,
     pub realm: Option<String>,
     pub create_rooms_on_demand: Option<bool>,

@@ -51,6 +51,9 @@ struct ServeArgs {
     /// PEM file of CA certificates to trust when calling sips: URIs, besides the public roots.
     #[arg(long)]
     tls_ca_file: Option<PathBuf>,
+    /// DNS servers (IP:PORT, comma-separated) for dialled host names [default: the system's].
+    #[arg(long, value_delimiter = ',')]
+    dns_servers: Vec<SocketAddr>,
     /// Address to advertise in SDP and Contact (default: the listen address;
     /// 127.0.0.1 when listening on 0.0.0.0, so set it for phones on other hosts).
     #[arg(long)]
@@ -163,6 +166,11 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         tls_certificate,
         tls_private_key: args.tls_private_key.or(file.sip.tls_private_key),
         tls_ca_file: args.tls_ca_file.or(file.sip.tls_ca_file),
+        dns_servers: if args.dns_servers.is_empty() {
+            file.sip.dns_servers.unwrap_or_default()
+        } else {
+            args.dns_servers
+        },
         public_address: args.public_address.or(file.sip.public_address),
         rtp_ports: rtp_ports.0..=rtp_ports.1,
         create_rooms_on_demand: !args.no_create_rooms && file.sip.create_rooms_on_demand.unwrap_or(true),
