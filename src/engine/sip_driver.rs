@@ -212,6 +212,8 @@ impl Driver {
                     tracing::warn!(%error, "re-offer went unanswered");
                 }
             }
+            // The driver sends no requests through send_request yet.
+            UaEvent::RequestAnswered { .. } => {}
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;

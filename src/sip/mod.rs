@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod digest;
 pub mod message;
+pub mod register_client;
 pub mod registrar;
 pub mod transaction;
 pub mod ua;
