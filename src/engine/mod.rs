@@ -9,6 +9,7 @@
 //!
 //! [`UserAgent`]: crate::sip::UserAgent
 
+mod accounts;
 mod media_task;
 mod ports;
 mod sip_driver;
@@ -34,6 +35,7 @@ use crate::sip::auth::Authenticator;
 use crate::sip::registrar::Registrar;
 use crate::{Error, Result};
 
+pub(crate) use accounts::account_settings;
 pub(crate) use ports::PortPool;
 pub(crate) use sip_driver::SipCommand;
 
