@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sipbridge::{Account, CodecKind, Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind, RegistrationState};
 
-use crate::common::{endpoint, play_and_listen, rtp_range, tone_power, wait_event, FRAME, RATE};
+use crate::common::{endpoint, play_and_listen, registration, rtp_range, tone_power, wait_event, FRAME, RATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -391,14 +391,6 @@ fn a_leg_that_sends_no_rtp_times_out_and_is_hung_up() {
         }
     };
     assert!(bye.starts_with("BYE sip:phone@"), "{bye}");
-}
-
-/// The state of the next registration event of `account`.
-fn registration(account: sipbridge::AccountId) -> impl FnMut(&Event) -> Option<RegistrationState> {
-    move |e| match e {
-        Event::Registration { account: a, state, .. } if *a == account => Some(state.clone()),
-        _ => None,
-    }
 }
 
 /// One endpoint keeps an account registered with another's built-in
