@@ -249,6 +249,25 @@ int main(void) {
   CHECK(sb_conference_destroy(room) == SB_NOT_FOUND, "destroying twice");
   OK(sb_endpoint_set_event_callback(bridge, NULL, NULL));
 
+  /* --- the caller registers an account with the bridge's registrar --- */
+  OK(sb_endpoint_add_user(bridge, "alice", "secret"));
+  char registrar[64];
+  snprintf(registrar, sizeof registrar, "sip:127.0.0.1:%u", port);
+  sb_account account = {"sip:alice@sipbridge", registrar, NULL, "secret", NULL, 0, "from-registrar"};
+  uint64_t account_id = 0;
+  CHECK(sb_endpoint_register_account(caller, NULL, &account_id) == SB_NULL_PARAMETER, "NULL account");
+  account.password = NULL;
+  CHECK(sb_endpoint_register_account(caller, &account, &account_id) == SB_INVALID_ARGUMENT, "no secret");
+  account.password = "secret";
+  OK(sb_endpoint_register_account(caller, &account, &account_id));
+  CHECK(wait_for(caller, SB_EVENT_REGISTRATION, &event) && event.account == account_id &&
+            event.registration == SB_REGISTRATION_REGISTERED && event.expires == 3600,
+        "registered: %d %u", (int)event.registration, event.expires);
+  OK(sb_endpoint_unregister_account(caller, account_id));
+  CHECK(wait_for(caller, SB_EVENT_REGISTRATION, &event) && event.registration == SB_REGISTRATION_UNREGISTERED,
+        "unregistered");
+  CHECK(sb_endpoint_unregister_account(caller, account_id) == SB_NOT_FOUND, "unregistering twice");
+
   /* --- stop: handles stay safe and say STOPPED --- */
   OK(sb_endpoint_stop(caller));
   CHECK(sb_conference_dial(out, uri, &leg) == SB_STOPPED, "dial after stop");

@@ -128,6 +128,11 @@ typedef enum {
    * A participant's phone put the call on hold (`held` true) or took it off.
    */
   SB_EVENT_HOLD = 10,
+  /**
+   * An account's registration changed: `account`, `registration`;
+   * `expires` when registered, `status` and `detail` (the reason) when failed.
+   */
+  SB_EVENT_REGISTRATION = 11,
 } sb_event_kind;
 
 typedef enum {
@@ -139,6 +144,17 @@ typedef enum {
   SB_LEAVE_CONFERENCE_DESTROYED = 5,
   SB_LEAVE_ENDPOINT_STOPPED = 6,
 } sb_leave_reason;
+
+typedef enum {
+  SB_REGISTRATION_NONE = 0,
+  SB_REGISTRATION_REGISTERED = 1,
+  /**
+   * A REGISTER failed (408 when unanswered, 401/407 for refused
+   * credentials); it is retried after a backoff.
+   */
+  SB_REGISTRATION_FAILED = 2,
+  SB_REGISTRATION_UNREGISTERED = 3,
+} sb_registration_state;
 
 /**
  * The codecs sipbridge negotiates.
@@ -239,6 +255,42 @@ typedef struct {
 } sb_endpoint_config;
 
 /**
+ * An account at an upstream registrar or PBX (see
+ * `sb_endpoint_register_account`). Strings marked optional may be NULL.
+ */
+typedef struct {
+  /**
+   * The address of record, "sip:USER@DOMAIN".
+   */
+  const char *aor;
+  /**
+   * Optional: where REGISTERs go, "sip:HOST[:PORT]" (NULL: the AOR's domain).
+   */
+  const char *registrar;
+  /**
+   * Optional: the digest user name (NULL: the AOR's user).
+   */
+  const char *username;
+  /**
+   * The password; NULL when `ha1` is given instead.
+   */
+  const char *password;
+  /**
+   * Optional: the HA1 hash, hex of MD5 (32 digits) or SHA-256 (64) of
+   * "username:realm:password", instead of the password.
+   */
+  const char *ha1;
+  /**
+   * Seconds to ask the registrar for; 0 for the default, 3600.
+   */
+  uint32_t expires;
+  /**
+   * The room that calls to the account join.
+   */
+  const char *room;
+} sb_account;
+
+/**
  * A snapshot of one participant.
  */
 typedef struct {
@@ -307,11 +359,11 @@ typedef struct {
    */
   sb_leave_reason reason;
   /**
-   * For DIAL_FAILED: the SIP status (408 when nothing answered).
+   * For DIAL_FAILED and a failed REGISTRATION: the SIP status (408 when nothing answered).
    */
   uint16_t status;
   /**
-   * DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+   * DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI.
    */
   char detail[256];
   /**
@@ -335,6 +387,18 @@ typedef struct {
    * For HOLD: whether the call is on hold now.
    */
   bool held;
+  /**
+   * For REGISTRATION: the account, as `sb_endpoint_register_account` gave it.
+   */
+  uint64_t account;
+  /**
+   * For REGISTRATION: where the account stands now.
+   */
+  sb_registration_state registration;
+  /**
+   * For REGISTRATION (registered): the seconds the registrar granted.
+   */
+  uint32_t expires;
 } sb_event;
 
 /**
@@ -401,6 +465,24 @@ sb_status sb_endpoint_tls_port(const sb_endpoint *endpoint, uint16_t *out);
  * (digest) in rooms that require it; only hashes are kept.
  */
 sb_status sb_endpoint_add_user(const sb_endpoint *endpoint, const char *name, const char *password);
+
+/**
+ * Registers `account` with its registrar and keeps it registered
+ * (refreshes, retries with backoff) until `sb_endpoint_unregister_account`
+ * or the endpoint stops; `id` receives the account's id. Looks the
+ * registrar's host name up before returning; SB_EVENT_REGISTRATION reports
+ * the outcome.
+ */
+sb_status sb_endpoint_register_account(const sb_endpoint *endpoint,
+                                       const sb_account *account,
+                                       uint64_t *id);
+
+/**
+ * Un-registers account `id` (Expires: 0) and forgets it; an
+ * SB_EVENT_REGISTRATION with SB_REGISTRATION_UNREGISTERED follows.
+ * SB_NOT_FOUND for an unknown id.
+ */
+sb_status sb_endpoint_unregister_account(const sb_endpoint *endpoint, uint64_t id);
 
 /**
  * Removes a user; SB_NOT_FOUND if there is none by that name.

@@ -17,6 +17,7 @@ use crate::sip::{Credentials, TimerConfig};
 use crate::{Error, Result};
 
 pub use crate::media::mixer::ParticipantId;
+pub use crate::sip::register_client::{AccountId, RegistrationState};
 
 /// The rate conferences mix at unless the app picks another (8000, 16000
 /// or 48000); application audio of a conference is at its rate.
@@ -111,6 +112,61 @@ fn check_user_name(name: &str) -> Result<()> {
         return Err(Error::InvalidArgument(format!("bad user name {name:?}")));
     }
     Ok(())
+}
+
+/// An account with an upstream registrar or PBX that the endpoint keeps
+/// registered (see [`Endpoint::register_account`]); calls the registrar
+/// routes to it join `room`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The address of record, `sip:USER@DOMAIN`.
+    pub aor: String,
+    /// Where REGISTERs go, and their Request-URI: `sip:HOST[:PORT]`
+    /// (`None`: the AOR's domain, port 5060).
+    pub registrar: Option<String>,
+    /// The digest user name (`None`: the AOR's user).
+    pub username: Option<String>,
+    /// The password, or else `ha1`.
+    pub password: Option<String>,
+    /// The HA1 hash (hex) of `username:realm:password`: 32 digits for MD5
+    /// challenges, 64 for SHA-256 ones. Only challenges of its algorithm
+    /// can be answered.
+    pub ha1: Option<String>,
+    /// The registration interval to ask for, in seconds (the registrar may
+    /// grant another; default 3600).
+    pub expires: u32,
+    /// The room an INVITE for the account joins: one whose Request-URI user
+    /// is the AOR's user (registrars forward to the registered Contact,
+    /// which carries it). Such a call comes in without local digest
+    /// authentication when it comes from the registrar's address.
+    pub room: String,
+}
+
+impl Default for Account {
+    fn default() -> Self {
+        Self {
+            aor: String::new(),
+            registrar: None,
+            username: None,
+            password: None,
+            ha1: None,
+            expires: 3600,
+            room: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Account {
+    // Secrets stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("aor", &self.aor)
+            .field("registrar", &self.registrar)
+            .field("username", &self.username)
+            .field("expires", &self.expires)
+            .field("room", &self.room)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One mixer thread's counters (see [`Endpoint::mixer_reports`]).
@@ -247,6 +303,12 @@ pub enum Event {
         participant: ParticipantId,
         digit: char,
         duration_ms: u32,
+    },
+    /// An account's registration changed (see [`Endpoint::register_account`]).
+    Registration {
+        account: AccountId,
+        aor: String,
+        state: RegistrationState,
     },
 }
 
@@ -385,6 +447,31 @@ impl Endpoint {
     /// the first).
     pub fn registrations(&self, name: &str) -> Vec<String> {
         self.shared.registrar.lock().lookup(Instant::now(), name)
+    }
+
+    /// Registers `account` with its registrar, and keeps it registered
+    /// (refreshed before it expires, retried with backoff after failures)
+    /// until [`Endpoint::unregister_account`] or [`Endpoint::stop`].
+    /// Looks the registrar's host name up (system resolver) before it
+    /// returns; the outcome arrives as [`Event::Registration`].
+    pub fn register_account(&self, account: Account) -> Result<AccountId> {
+        self.shared.check_running()?;
+        let (config, route) = crate::engine::account_settings(&self.shared, account)?;
+        let (reply, result) = std::sync::mpsc::channel();
+        self.shared
+            .sip_commands
+            .send(SipCommand::RegisterAccount { config, route, reply })
+            .map_err(|_| Error::Stopped)?;
+        result.recv().map_err(|_| Error::Stopped)?
+    }
+
+    /// Un-registers an account (Expires: 0) and forgets it;
+    /// [`RegistrationState::Unregistered`] follows.
+    pub fn unregister_account(&self, account: AccountId) -> Result<()> {
+        self.shared.check_running()?;
+        let (reply, result) = std::sync::mpsc::channel();
+        self.shared.sip_commands.send(SipCommand::UnregisterAccount { account, reply }).map_err(|_| Error::Stopped)?;
+        result.recv().map_err(|_| Error::Stopped)?
     }
 
     /// Removes a user; calls it already authenticated stay.

@@ -25,8 +25,9 @@ pub mod sdp;
 pub mod sip;
 
 pub use api::{
-    frame_samples, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant,
-    MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
+    frame_samples, Account, AccountId, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason,
+    LocalParticipant, MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState,
+    RegistrationState, DEFAULT_SAMPLE_RATE,
 };
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};

@@ -13,7 +13,8 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
 use crate::{
-    CodecKind, EndpointConfig, Error, LeaveReason, OpusSettings, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
+    CodecKind, EndpointConfig, Error, LeaveReason, OpusSettings, ParticipantKind, ParticipantState, RegistrationState,
+    DEFAULT_SAMPLE_RATE,
 };
 
 create_exception!(_native, SipBridgeError, PyException, "Base class of sipbridge's errors.");
@@ -239,6 +240,34 @@ impl Endpoint {
     /// The contacts registered user `name` can be reached at, most recent first.
     fn registrations(&self, name: &str) -> Vec<String> {
         self.inner.registrations(name)
+    }
+
+    /// Registers an account with an upstream registrar (`registrar`, else
+    /// the AOR's domain) and keeps it registered; calls it routes to the
+    /// account join `room`. Returns the account's id; the outcome arrives as
+    /// "registration" events. The registrar's name is looked up without the GIL.
+    // Python keyword arguments, one per Account field.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (aor, room, *, registrar = None, username = None, password = None, ha1 = None, expires = 3600))]
+    fn register_account(
+        &self,
+        py: Python<'_>,
+        aor: String,
+        room: String,
+        registrar: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+        ha1: Option<String>,
+        expires: u32,
+    ) -> PyResult<u64> {
+        let account = crate::Account { aor, registrar, username, password, ha1, expires, room };
+        Ok(blocking(py, |_| self.inner.register_account(account))?.0)
+    }
+
+    /// Un-registers account `account` (Expires: 0) and forgets it
+    /// (NotFoundError for an unknown id); an "unregistered" event follows.
+    fn unregister_account(&self, py: Python<'_>, account: u64) -> PyResult<()> {
+        blocking(py, |_| self.inner.unregister_account(crate::AccountId(account)))
     }
 
     /// Removes a user (NotFoundError if there is none by that name).
@@ -647,6 +676,13 @@ struct Event {
     duration_ms: Option<u32>,
     talking: Option<bool>,
     held: Option<bool>,
+    /// For "registration": the account, its AOR, and where it stands
+    /// ("registered", "failed" or "unregistered"); `expires` when registered,
+    /// `status` and `status_reason` when failed.
+    account: Option<u64>,
+    aor: Option<String>,
+    registration: Option<&'static str>,
+    expires: Option<u32>,
 }
 
 impl Event {
@@ -666,6 +702,10 @@ impl Event {
             duration_ms: None,
             talking: None,
             held: None,
+            account: None,
+            aor: None,
+            registration: None,
+            expires: None,
         }
     }
 }
@@ -701,6 +741,22 @@ impl From<crate::Event> for Event {
                 duration_ms: Some(duration_ms),
                 ..Event::new("dtmf", conference, Some(participant))
             },
+            E::Registration { account, aor, state } => {
+                let (registration, expires, status, status_reason) = match state {
+                    RegistrationState::Registered { expires } => ("registered", Some(expires), None, None),
+                    RegistrationState::Failed { status, reason } => ("failed", None, Some(status), Some(reason)),
+                    RegistrationState::Unregistered => ("unregistered", None, None, None),
+                };
+                Event {
+                    account: Some(account.0),
+                    aor: Some(aor),
+                    registration: Some(registration),
+                    expires,
+                    status,
+                    status_reason,
+                    ..Event::new("registration", String::new(), None)
+                }
+            }
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -732,6 +788,12 @@ impl Event {
             if let Some(v) = value {
                 parts.push(format!("{name}={}", if v { "True" } else { "False" }));
             }
+        }
+        if let (Some(account), Some(aor), Some(state)) = (self.account, &self.aor, self.registration) {
+            parts.push(format!("account={account}, aor={aor:?}, registration={state:?}"));
+        }
+        if let Some(expires) = self.expires {
+            parts.push(format!("expires={expires}"));
         }
         if let (Some(s), Some(r)) = (self.status, &self.status_reason) {
             parts.push(format!("status={s}, status_reason={r:?}"));

@@ -9,6 +9,7 @@
 //!
 //! [`UserAgent`]: crate::sip::UserAgent
 
+mod accounts;
 mod dns;
 mod media_task;
 mod ports;
@@ -37,6 +38,7 @@ use crate::sip::registrar::Registrar;
 use crate::{Error, Result};
 use transport::{Connections, TlsContext};
 
+pub(crate) use accounts::account_settings;
 pub(crate) use ports::PortPool;
 pub(crate) use sip_driver::SipCommand;
 

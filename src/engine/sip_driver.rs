@@ -11,6 +11,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
 use tokio::task::JoinHandle;
 
+use super::accounts::AccountRoute;
 use super::dns;
 use super::media_task::{receive_media, LegSockets, ReceiveContext};
 use super::ports::PortLease;
@@ -22,6 +23,7 @@ use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, Par
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
 use crate::sip::locate::{self, Plan};
+use crate::sip::register_client::{AccountConfig, AccountId, RegistrationClient, RegistrationState};
 use crate::sip::registrar::{self, RegisterError, Registration};
 use crate::sip::stream::KEEPALIVE_PING;
 use crate::sip::ua::{RegisterRequest, RequestKey};
@@ -55,6 +57,16 @@ pub(crate) enum SipCommand {
     Hangup {
         participant: ParticipantId,
         reason: LeaveReason,
+    },
+    /// Register an account (see `Endpoint::register_account`).
+    RegisterAccount {
+        config: AccountConfig,
+        route: AccountRoute,
+        reply: std::sync::mpsc::Sender<Result<AccountId>>,
+    },
+    UnregisterAccount {
+        account: AccountId,
+        reply: std::sync::mpsc::Sender<Result<()>>,
     },
     /// Hang up everything, send what is queued, then stop.
     Shutdown {
@@ -90,6 +102,9 @@ struct Driver {
     by_participant: HashMap<ParticipantId, CallKey>,
     /// Keep-alive pings in flight: the user and contact each one checks.
     pings: HashMap<RequestKey, (String, String)>,
+    /// Our accounts with upstream registrars, and where their calls go.
+    registrations: RegistrationClient,
+    accounts: HashMap<AccountId, AccountRoute>,
 }
 
 /// The SIP task's sockets: UDP, and the connections of TCP and TLS.
@@ -117,12 +132,15 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
         calls: HashMap::new(),
         by_participant: HashMap::new(),
         pings: HashMap::new(),
+        registrations: RegistrationClient::default(),
+        accounts: HashMap::new(),
     };
     let mut buf = vec![0u8; 65_535];
     let mut keepalive =
         keepalive_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
-        let wake = driver.ua.poll_timeout().map(tokio::time::Instant::from_std);
+        let wake = driver.ua.poll_timeout().into_iter().chain(driver.registrations.poll_timeout()).min();
+        let wake = wake.map(tokio::time::Instant::from_std);
         tokio::select! {
             received = driver.socket.recv_from(&mut buf) => driver.received(received, &buf),
             Some(event) = stream_events.recv() => driver.stream_event(event),
@@ -135,7 +153,7 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
                 Some(command) => driver.handle_command(command),
                 None => return,
             },
-            _ = sleep_until(wake) => driver.ua.handle_timeout(Instant::now()),
+            _ = sleep_until(wake) => driver.handle_timeout(Instant::now()),
             _ = super::next_tick(keepalive.as_mut()) => driver.ping_registrations(),
         }
         driver.pump().await;
@@ -170,6 +188,11 @@ impl Driver {
         }
     }
 
+    fn handle_timeout(&mut self, now: Instant) {
+        self.ua.handle_timeout(now);
+        self.registrations.handle_timeout(&mut self.ua, now);
+    }
+
     /// Sends what the agent queued and acts on its events, until both are empty.
     async fn pump(&mut self) {
         loop {
@@ -181,8 +204,22 @@ impl Driver {
                     tracing::warn!(%error, %destination, "SIP send failed");
                 }
             }
+            self.report_registrations();
             let Some(event) = self.ua.poll_event() else { break };
             self.handle_event(event);
+        }
+    }
+
+    /// Turns the registration client's news into events for the app.
+    fn report_registrations(&mut self) {
+        while let Some(event) = self.registrations.poll_event() {
+            let aor = match event.state {
+                RegistrationState::Unregistered => self.accounts.remove(&event.account).map(|route| route.aor),
+                _ => self.accounts.get(&event.account).map(|route| route.aor.clone()),
+            };
+            tracing::info!(aor, state = ?event.state, "registration");
+            let aor = aor.unwrap_or_default();
+            self.shared.emit(Event::Registration { account: event.account, aor, state: event.state });
         }
     }
 
@@ -190,7 +227,12 @@ impl Driver {
         let now = Instant::now();
         match event {
             UaEvent::IncomingCall { call, request_uri, from, offer, source, authorization } => {
-                match self.admit(&request_uri, source, authorization.as_deref(), now) {
+                let (room, via_registrar) = self.room_for(&request_uri, source);
+                let verdict = match via_registrar {
+                    true => Verdict::Accept { user: String::new() },
+                    false => self.admit(&room, source, authorization.as_deref(), now),
+                };
+                match verdict {
                     Verdict::Accept { .. } => {}
                     Verdict::Challenge(values) => return self.ua.challenge(call, values, now),
                     Verdict::Forbidden => {
@@ -198,7 +240,7 @@ impl Driver {
                         return self.ua.reject(call, 403, now);
                     }
                 }
-                if let Err((status, error)) = self.accept_incoming(call, &request_uri, &from, &offer, now) {
+                if let Err((status, error)) = self.accept_incoming(call, &room, &from, &offer, now) {
                     tracing::info!(source = %source.addr, %request_uri, status, %error, "refusing call");
                     self.ua.reject(call, status, now);
                 }
@@ -251,6 +293,10 @@ impl Driver {
                 if let Err(error) = answered {
                     tracing::warn!(%error, "re-offer went unanswered");
                 }
+            }
+            // Answers to our REGISTERs; the registration client sends no other requests.
+            UaEvent::RequestAnswered { key, status, reason, headers } => {
+                self.registrations.handle_response(&mut self.ua, key, status, &reason, &headers, now);
             }
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
@@ -387,12 +433,23 @@ impl Driver {
         }
     }
 
-    /// Whether a caller may join the room `request_uri` names: anyone, when
-    /// the room (or, for a room it would create, the endpoint) does not
-    /// require authentication; else the authenticator decides.
-    fn admit(&self, request_uri: &str, source: Peer, authorization: Option<&str>, now: Instant) -> Verdict {
-        let room = room_of(request_uri);
-        let required = match self.shared.registry.lock().conferences.get(&room) {
+    /// The room an incoming call joins, and whether it came through the
+    /// registrar of one of our accounts: a Request-URI whose user is an
+    /// account's (its registered Contact, or its AOR) goes to the account's
+    /// room; any other to the room its user names.
+    fn room_for(&self, request_uri: &str, source: Peer) -> (String, bool) {
+        let user = room_of(request_uri);
+        match self.accounts.values().find(|route| route.user == user) {
+            Some(route) => (route.room.clone(), source.addr.ip() == route.registrar_ip),
+            None => (user, false),
+        }
+    }
+
+    /// Whether a caller may join `room`: anyone, when the room (or, for a
+    /// room it would create, the endpoint) does not require authentication;
+    /// else the authenticator decides.
+    fn admit(&self, room: &str, source: Peer, authorization: Option<&str>, now: Instant) -> Verdict {
+        let required = match self.shared.registry.lock().conferences.get(room) {
             Some(conference) => conference.require_authentication,
             None => self.shared.config.require_authentication,
         };
@@ -406,12 +463,11 @@ impl Driver {
         verdict
     }
 
-    /// Joins an inbound call to the room its Request-URI names, or says which
-    /// status to refuse it with.
+    /// Joins an inbound call to `room`, or says which status to refuse it with.
     fn accept_incoming(
         &mut self,
         call: CallKey,
-        request_uri: &str,
+        room: &str,
         from: &str,
         offer: &[u8],
         now: Instant,
@@ -419,7 +475,7 @@ impl Driver {
         if self.shared.check_running().is_err() {
             return Err((503, Error::Stopped));
         }
-        let room = room_of(request_uri);
+        let room = room.to_string();
         if room.is_empty() {
             return Err((404, Error::NotFound("no room in the Request-URI".into())));
         }
@@ -670,6 +726,18 @@ impl Driver {
                 // lookup's result finds it gone.
                 None => self.shared.participant_left(participant, reason),
             },
+            SipCommand::RegisterAccount { config, route, reply } => {
+                let added = self.registrations.add(&mut self.ua, config, now).map_err(Error::from);
+                if let Ok(account) = added {
+                    tracing::info!(aor = route.aor, room = route.room, "registering");
+                    self.accounts.insert(account, route);
+                }
+                let _ = reply.send(added);
+            }
+            SipCommand::UnregisterAccount { account, reply } => {
+                let removed = self.registrations.remove(&mut self.ua, account, now);
+                let _ = reply.send(removed.map_err(|_| Error::NotFound(format!("account {}", account.0))));
+            }
             SipCommand::Shutdown { .. } => unreachable!("handled by the task loop"),
         }
     }
@@ -716,10 +784,12 @@ impl Driver {
         Ok(())
     }
 
-    /// Hangs up every call, then keeps the agent running until the calls are
-    /// gone or `SHUTDOWN_GRACE` passes: a dial still waiting for its first
-    /// response can only be cancelled once one arrives, and an answer that
-    /// crossed the hangup must be ACKed and then ended with BYE.
+    /// Hangs up every call and un-registers every account, then keeps the
+    /// agent running until the calls and accounts are gone or
+    /// `SHUTDOWN_GRACE` passes: a dial still waiting for its first response
+    /// can only be cancelled once one arrives, an answer that crossed the
+    /// hangup must be ACKed and then ended with BYE, and an un-REGISTER may
+    /// be challenged.
     async fn shutdown(&mut self, buf: &mut [u8], stream_events: &mut Receiver<StreamEvent>) {
         const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
         let now = Instant::now();
@@ -730,9 +800,13 @@ impl Driver {
             }
             let _ = self.ua.hangup(call, now);
         }
+        // Our bindings at upstream registrars go too, rather than linger
+        // until they expire with calls routed to nobody.
+        self.registrations.remove_all(&mut self.ua, now);
         self.pump().await;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
-        while self.ua.call_count() > 0 && tokio::time::Instant::now() < deadline {
+        let busy = |driver: &Self| driver.ua.call_count() > 0 || driver.registrations.account_count() > 0;
+        while busy(self) && tokio::time::Instant::now() < deadline {
             let wake = self.ua.poll_timeout().map(tokio::time::Instant::from_std).unwrap_or(deadline).min(deadline);
             tokio::select! {
                 received = self.socket.recv_from(buf) => self.received(received, buf),

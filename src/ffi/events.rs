@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{copy_str, fail, sb_endpoint, sb_participant_kind, sb_status, timeout};
-use crate::{Endpoint, Error, Event, LeaveReason};
+use crate::{Endpoint, Error, Event, LeaveReason, RegistrationState};
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,20 @@ pub enum sb_event_kind {
     SB_EVENT_TALKING = 9,
     /// A participant's phone put the call on hold (`held` true) or took it off.
     SB_EVENT_HOLD = 10,
+    /// An account's registration changed: `account`, `registration`;
+    /// `expires` when registered, `status` and `detail` (the reason) when failed.
+    SB_EVENT_REGISTRATION = 11,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sb_registration_state {
+    SB_REGISTRATION_NONE = 0,
+    SB_REGISTRATION_REGISTERED = 1,
+    /// A REGISTER failed (408 when unanswered, 401/407 for refused
+    /// credentials); it is retried after a backoff.
+    SB_REGISTRATION_FAILED = 2,
+    SB_REGISTRATION_UNREGISTERED = 3,
 }
 
 #[repr(C)]
@@ -53,9 +67,9 @@ pub struct sb_event {
     pub participant_kind: sb_participant_kind,
     /// For PARTICIPANT_LEFT.
     pub reason: sb_leave_reason,
-    /// For DIAL_FAILED: the SIP status (408 when nothing answered).
+    /// For DIAL_FAILED and a failed REGISTRATION: the SIP status (408 when nothing answered).
     pub status: u16,
-    /// DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+    /// DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI.
     pub detail: [c_char; 256],
     /// For PARTICIPANT_LEFT: the call's RTP packet totals.
     pub packets_received: u64,
@@ -68,6 +82,12 @@ pub struct sb_event {
     pub talking: bool,
     /// For HOLD: whether the call is on hold now.
     pub held: bool,
+    /// For REGISTRATION: the account, as `sb_endpoint_register_account` gave it.
+    pub account: u64,
+    /// For REGISTRATION: where the account stands now.
+    pub registration: sb_registration_state,
+    /// For REGISTRATION (registered): the seconds the registrar granted.
+    pub expires: u32,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -85,6 +105,9 @@ fn to_c(event: &Event) -> sb_event {
         duration_ms: 0,
         talking: false,
         held: false,
+        account: 0,
+        registration: sb_registration_state::SB_REGISTRATION_NONE,
+        expires: 0,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -148,6 +171,23 @@ fn to_c(event: &Event) -> sb_event {
             out.digit = *digit as u8 as c_char;
             out.duration_ms = *duration_ms;
             conference
+        }
+        Event::Registration { account, aor: _, state } => {
+            out.kind = sb_event_kind::SB_EVENT_REGISTRATION;
+            out.account = account.0;
+            out.registration = match state {
+                RegistrationState::Registered { expires } => {
+                    out.expires = *expires;
+                    sb_registration_state::SB_REGISTRATION_REGISTERED
+                }
+                RegistrationState::Failed { status, reason } => {
+                    out.status = *status;
+                    copy_str(reason, &mut out.detail);
+                    sb_registration_state::SB_REGISTRATION_FAILED
+                }
+                RegistrationState::Unregistered => sb_registration_state::SB_REGISTRATION_UNREGISTERED,
+            };
+            return out;
         }
         Event::DialFailed { conference, participant, status, reason } => {
             out.kind = sb_event_kind::SB_EVENT_DIAL_FAILED;

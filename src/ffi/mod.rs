@@ -170,6 +170,22 @@ macro_rules! try_str {
     }};
 }
 
+/// Reads an optional NUL-terminated UTF-8 string argument: NULL is `None`.
+macro_rules! try_opt_str {
+    ($ptr:expr) => {{
+        let ptr: *const c_char = $ptr;
+        if ptr.is_null() {
+            None
+        } else {
+            // SAFETY: the caller promises a NUL-terminated string.
+            match unsafe { CStr::from_ptr(ptr) }.to_str() {
+                Ok(s) => Some(s.to_string()),
+                Err(_) => return fail(sb_status::SB_INVALID_ARGUMENT, concat!(stringify!($ptr), " is not UTF-8")),
+            }
+        }
+    }};
+}
+
 /// Propagates an error from a crate call as its status.
 macro_rules! try_call {
     ($result:expr) => {
@@ -459,6 +475,65 @@ pub extern "C" fn sb_endpoint_add_user(
         let endpoint = try_ref!(endpoint);
         from_result(endpoint.endpoint.add_user(try_str!(name), try_str!(password)))
     })
+}
+
+/// An account at an upstream registrar or PBX (see
+/// `sb_endpoint_register_account`). Strings marked optional may be NULL.
+#[repr(C)]
+pub struct sb_account {
+    /// The address of record, "sip:USER@DOMAIN".
+    pub aor: *const c_char,
+    /// Optional: where REGISTERs go, "sip:HOST[:PORT]" (NULL: the AOR's domain).
+    pub registrar: *const c_char,
+    /// Optional: the digest user name (NULL: the AOR's user).
+    pub username: *const c_char,
+    /// The password; NULL when `ha1` is given instead.
+    pub password: *const c_char,
+    /// Optional: the HA1 hash, hex of MD5 (32 digits) or SHA-256 (64) of
+    /// "username:realm:password", instead of the password.
+    pub ha1: *const c_char,
+    /// Seconds to ask the registrar for; 0 for the default, 3600.
+    pub expires: u32,
+    /// The room that calls to the account join.
+    pub room: *const c_char,
+}
+
+/// Registers `account` with its registrar and keeps it registered
+/// (refreshes, retries with backoff) until `sb_endpoint_unregister_account`
+/// or the endpoint stops; `id` receives the account's id. Looks the
+/// registrar's host name up before returning; SB_EVENT_REGISTRATION reports
+/// the outcome.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_register_account(
+    endpoint: *const sb_endpoint,
+    account: *const sb_account,
+    id: *mut u64,
+) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let account = try_ref!(account);
+        let out = try_mut!(id);
+        let defaults = crate::Account::default();
+        let account = crate::Account {
+            aor: try_str!(account.aor).into(),
+            registrar: try_opt_str!(account.registrar),
+            username: try_opt_str!(account.username),
+            password: try_opt_str!(account.password),
+            ha1: try_opt_str!(account.ha1),
+            expires: if account.expires == 0 { defaults.expires } else { account.expires },
+            room: try_str!(account.room).into(),
+        };
+        *out = try_call!(endpoint.endpoint.register_account(account)).0;
+        sb_status::SB_OK
+    })
+}
+
+/// Un-registers account `id` (Expires: 0) and forgets it; an
+/// SB_EVENT_REGISTRATION with SB_REGISTRATION_UNREGISTERED follows.
+/// SB_NOT_FOUND for an unknown id.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_unregister_account(endpoint: *const sb_endpoint, id: u64) -> sb_status {
+    ffi_guard!({ from_result(try_ref!(endpoint).endpoint.unregister_account(crate::AccountId(id))) })
 }
 
 /// Removes a user; SB_NOT_FOUND if there is none by that name.

@@ -96,17 +96,38 @@ impl Challenge {
 
     /// The best of several challenges (one per header): SHA-256 over MD5.
     pub fn choose<'a>(values: impl IntoIterator<Item = &'a str>) -> Option<Challenge> {
-        values.into_iter().filter_map(Challenge::parse).max_by_key(|c| c.algorithm == DigestAlgorithm::Sha256)
+        Challenge::choose_among(values, |_| true)
+    }
+
+    /// As [`Challenge::choose`], among the challenges whose algorithm
+    /// `usable` accepts (a stored HA1 hash answers only its own).
+    pub fn choose_among<'a>(
+        values: impl IntoIterator<Item = &'a str>,
+        usable: impl Fn(DigestAlgorithm) -> bool,
+    ) -> Option<Challenge> {
+        values
+            .into_iter()
+            .filter_map(Challenge::parse)
+            .filter(|c| usable(c.algorithm))
+            .max_by_key(|c| c.algorithm == DigestAlgorithm::Sha256)
     }
 
     /// The Authorization (or Proxy-Authorization) header value answering
     /// this challenge for a `method` request to `uri`; `cnonce` and the
     /// nonce count `nc` matter only with qop=auth.
     pub fn answer(&self, credentials: &Credentials, method: &str, uri: &str, cnonce: &str, nc: u32) -> String {
-        let response = self.response(credentials, method, uri, cnonce, nc);
+        let ha1 = self.algorithm.hash(&format!("{}:{}:{}", credentials.username, self.realm, credentials.password));
+        self.answer_with_ha1(&credentials.username, &ha1, method, uri, cnonce, nc)
+    }
+
+    /// As [`Challenge::answer`], from the HA1 hash (hex, of
+    /// `username:realm:password` in the challenge's algorithm) instead of
+    /// the password, for accounts configured without one.
+    pub fn answer_with_ha1(&self, username: &str, ha1: &str, method: &str, uri: &str, cnonce: &str, nc: u32) -> String {
+        let response = self.response(ha1, method, uri, cnonce, nc);
         let mut value = format!(
             "Digest username=\"{}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", response=\"{response}\", algorithm={}",
-            quote(&credentials.username),
+            quote(username),
             quote(&self.realm),
             quote(&self.nonce),
             self.algorithm.name()
@@ -120,9 +141,8 @@ impl Challenge {
         value
     }
 
-    fn response(&self, credentials: &Credentials, method: &str, uri: &str, cnonce: &str, nc: u32) -> String {
+    fn response(&self, ha1: &str, method: &str, uri: &str, cnonce: &str, nc: u32) -> String {
         let h = |data: &str| self.algorithm.hash(data);
-        let ha1 = h(&format!("{}:{}:{}", credentials.username, self.realm, credentials.password));
         let ha2 = h(&format!("{method}:{uri}"));
         if self.qop_auth {
             h(&format!("{ha1}:{}:{nc:08x}:{cnonce}:auth:{ha2}", self.nonce))

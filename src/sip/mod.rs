@@ -4,6 +4,7 @@ pub mod auth;
 pub mod digest;
 pub mod locate;
 pub mod message;
+pub mod register_client;
 pub mod registrar;
 pub mod stream;
 pub mod transaction;

@@ -80,6 +80,10 @@ pub enum UaEvent {
     /// The user answers with `answer_reoffer` or refuses with `reject_reoffer`,
     /// which leaves the session as it was.
     Reoffer { call: CallKey, offer: Vec<u8> },
+    /// The final response to a request sent with
+    /// [`UserAgent::send_request`]: its status, reason phrase and headers;
+    /// 408 with no headers when none came before Timer F.
+    RequestAnswered { key: RequestKey, status: u16, reason: String, headers: rsip::Headers },
 }
 
 /// The largest request sent over UDP when the path MTU is unknown (§18.1.1).
@@ -91,6 +95,21 @@ pub const MIN_SESSION_EXPIRES: u32 = 90;
 /// Names a request waiting for the user's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RequestKey(u64);
+
+/// A request outside any dialog that the user composes (a REGISTER of the
+/// registration client); the agent adds Via, Max-Forwards and User-Agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRequest {
+    pub method: Method,
+    pub uri: String,
+    /// The From header's value, with its tag.
+    pub from: String,
+    pub to: String,
+    pub call_id: String,
+    pub cseq: u32,
+    /// Further headers (Contact, Expires, Authorization, ...).
+    pub headers: Vec<Header>,
+}
 
 /// What a REGISTER asks (RFC 3261 §10.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,6 +254,8 @@ pub struct UserAgent {
     session_timers: BinaryHeap<Reverse<(Instant, CallKey)>>,
     /// OPTIONS pings waiting for their final answer.
     pings: HashSet<TxId>,
+    /// Requests of `send_request` waiting for their final answer.
+    requests: HashSet<TxId>,
 }
 
 impl UserAgent {
@@ -256,6 +277,7 @@ impl UserAgent {
             registers: HashMap::new(),
             session_timers: BinaryHeap::new(),
             pings: HashSet::new(),
+            requests: HashSet::new(),
         }
     }
 
@@ -378,6 +400,14 @@ impl UserAgent {
                 }
                 Some((Some((ClientTimeout::NoResponse, Method::Options)), _, None)) if self.pings.remove(&id) => {
                     self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 408 });
+                }
+                Some((Some((ClientTimeout::NoResponse, _)), _, None)) if self.requests.remove(&id) => {
+                    self.events.push_back(UaEvent::RequestAnswered {
+                        key: RequestKey(id.0),
+                        status: 408,
+                        reason: message::reason_phrase(408).into(),
+                        headers: rsip::Headers::default(),
+                    });
                 }
                 // §13.3.1.4: the session is confirmed but unacknowledged; end it with BYE.
                 Some((_, Some(ServerTimeout::NoAck), Some(call)))
@@ -898,6 +928,11 @@ impl UserAgent {
         if method == Method::Options && status >= 200 && self.pings.remove(&id) {
             self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status });
         }
+        if status >= 200 && self.requests.remove(&id) {
+            let key = RequestKey(id.0);
+            self.events.push_back(UaEvent::RequestAnswered { key, status, reason, headers: response.headers });
+            return;
+        }
         if disposition == ResponseDisposition::Absorb || method != Method::Invite {
             return;
         }
@@ -1236,6 +1271,28 @@ impl UserAgent {
         options.headers.extend(capability_headers());
         let id = self.start_client_transaction(options, destination, None, now)?;
         self.pings.insert(id);
+        Ok(RequestKey(id.0))
+    }
+
+    /// Sends `request` to `destination` in a client non-INVITE transaction
+    /// (retransmitted until answered, 408 after Timer F); its final answer
+    /// comes as [`UaEvent::RequestAnswered`].
+    pub fn send_request(
+        &mut self,
+        request: OutgoingRequest,
+        destination: Peer,
+        now: Instant,
+    ) -> Result<RequestKey, SipError> {
+        let OutgoingRequest { method, uri, from, to, call_id, cseq, headers } = request;
+        if method == Method::Invite || method == Method::Ack {
+            return Err(SipError::WrongState);
+        }
+        let uri = rsip::Uri::try_from(uri.as_str()).map_err(|e| SipError::InvalidUri(uri.clone(), e.to_string()))?;
+        let via = self.via(destination.transport);
+        let mut request = new_request(method, uri, (&from, &to), &call_id, cseq, &[], via);
+        request.headers.extend(headers);
+        let id = self.start_client_transaction(request, destination, None, now)?;
+        self.requests.insert(id);
         Ok(RequestKey(id.0))
     }
 

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use sipbridge::{Endpoint, EndpointConfig, Event, LocalParticipant};
+use sipbridge::{AccountId, Endpoint, EndpointConfig, Event, LocalParticipant, RegistrationState};
 
 /// The tests' conferences mix at 8 kHz (legs between endpoints still
 /// negotiate Opus, the first codec, so its resampling path runs too).
@@ -42,6 +42,14 @@ pub fn wait_event<T>(endpoint: &Endpoint, timeout: Duration, mut matches: impl F
             }
             Err(e) => panic!("no matching event within {timeout:?}: {e}"),
         }
+    }
+}
+
+/// For [`wait_event`]: the state of the next registration event of `account`.
+pub fn registration(account: AccountId) -> impl FnMut(&Event) -> Option<RegistrationState> {
+    move |e| match e {
+        Event::Registration { account: a, state, .. } if *a == account => Some(state.clone()),
+        _ => None,
     }
 }
 

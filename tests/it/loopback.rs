@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use sipbridge::{CodecKind, Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind};
+use sipbridge::{Account, CodecKind, Endpoint, EndpointConfig, Event, LeaveReason, ParticipantKind, RegistrationState};
 
-use crate::common::{assert_hear_each_other, endpoint, rtp_range, wait_event, FRAME, RATE};
+use crate::common::{assert_hear_each_other, endpoint, registration, rtp_range, wait_event, FRAME, RATE};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -380,4 +380,47 @@ fn a_leg_that_sends_no_rtp_times_out_and_is_hung_up() {
         }
     };
     assert!(bye.starts_with("BYE sip:phone@"), "{bye}");
+}
+
+/// One endpoint keeps an account registered with another's built-in
+/// registrar: a wrong password is reported and the right one registers;
+/// the registrar's dial to the account's AOR reaches the account's room
+/// through the registered Contact; un-registering removes the binding.
+#[test]
+fn an_account_registered_with_another_endpoint_receives_its_calls() {
+    let registrar = endpoint();
+    registrar.add_user("alice", "secret").unwrap();
+    let member = endpoint();
+    let account = Account {
+        aor: "sip:alice@sipbridge".into(),
+        registrar: Some(format!("sip:127.0.0.1:{}", registrar.local_addr().port())),
+        password: Some("wrong".into()),
+        room: "desk".into(),
+        ..Default::default()
+    };
+    let wrong = member.register_account(account.clone()).unwrap();
+    let state = wait_event(&member, WAIT, registration(wrong));
+    assert!(matches!(state, RegistrationState::Failed { status: 401, .. }), "{state:?}");
+    member.unregister_account(wrong).unwrap();
+    assert_eq!(wait_event(&member, WAIT, registration(wrong)), RegistrationState::Unregistered);
+
+    let id = member.register_account(Account { password: Some("secret".into()), ..account }).unwrap();
+    assert_eq!(wait_event(&member, WAIT, registration(id)), RegistrationState::Registered { expires: 3600 });
+    let contact = format!("sip:alice@127.0.0.1:{}", member.local_addr().port());
+    assert_eq!(registrar.registrations("alice"), [contact]);
+
+    let room = registrar.create_conference("call").unwrap();
+    let leg = room.dial("sip:alice@sipbridge").unwrap();
+    let conference = wait_event(&member, WAIT, |e| match e {
+        Event::ParticipantJoined { conference, kind: ParticipantKind::Inbound, .. } => Some(conference.clone()),
+        _ => None,
+    });
+    assert_eq!(conference, "desk");
+    leg.hangup().unwrap();
+    assert_eq!(wait_event(&member, WAIT, left), LeaveReason::RemoteHangup);
+
+    member.unregister_account(id).unwrap();
+    assert_eq!(wait_event(&member, WAIT, registration(id)), RegistrationState::Unregistered);
+    assert!(registrar.registrations("alice").is_empty());
+    assert!(member.unregister_account(id).is_err());
 }

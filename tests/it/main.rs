@@ -2,6 +2,7 @@
 
 mod baresip;
 mod common;
+mod kamailio;
 mod loopback;
 mod mix;
 mod sipp;

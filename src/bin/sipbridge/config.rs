@@ -18,6 +18,8 @@ pub struct ServeConfig {
     pub users: Vec<UserEntry>,
     #[serde(default)]
     pub rooms: Vec<RoomEntry>,
+    #[serde(default)]
+    pub accounts: Vec<AccountEntry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +71,20 @@ pub struct RoomEntry {
     pub noise_suppression: Option<bool>,
 }
 
+/// An account to keep registered with an upstream registrar or PBX; calls
+/// it routes to the account join `room`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountEntry {
+    pub aor: String,
+    pub registrar: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub ha1: Option<String>,
+    pub expires: Option<u32>,
+    pub room: String,
+}
+
 impl ServeConfig {
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -84,6 +100,15 @@ impl ServeConfig {
                         user.name
                     ))
                 }
+            }
+        }
+        for account in &config.accounts {
+            if account.password.is_some() == account.ha1.is_some() {
+                return Err(format!(
+                    "{}: account {:?} needs a password or an ha1, not both",
+                    path.display(),
+                    account.aor
+                ));
             }
         }
         Ok(config)
@@ -111,6 +136,8 @@ mod tests {
             ("[[users]]\nname = \"a\"\n", "needs a password"),
             ("[[users]]\nname = \"a\"\npassword = \"p\"\nha1_md5 = \"x\"\n", "needs a password"),
             ("[media]\nsample_rate = \"fast\"\n", "invalid type"),
+            ("[[accounts]]\naor = \"sip:a@b\"\nroom = \"r\"\n", "needs a password or an ha1"),
+            ("[[accounts]]\naor = \"sip:a@b\"\npassword = \"p\"\n", "missing field `room`"),
         ] {
             let path = dir.join("bad.toml");
             std::fs::write(&path, text).unwrap();
@@ -118,5 +145,24 @@ mod tests {
             assert!(error.contains("bad.toml") && error.contains(expected), "{error}");
         }
         assert!(ServeConfig::read(&dir.join("missing.toml")).unwrap_err().contains("missing.toml"));
+    }
+
+    #[test]
+    fn accounts_are_read() {
+        let dir = std::env::temp_dir().join(format!("sipbridge-accounts-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("accounts.toml");
+        let text = "[[accounts]]\naor = \"sip:conf@pbx.example.com\"\nregistrar = \"sip:10.0.0.1:5070\"\n\
+                    password = \"p\"\nexpires = 600\nroom = \"lobby\"\n\n\
+                    [[accounts]]\naor = \"sip:other@pbx.example.com\"\nha1 = \"0123456789abcdef0123456789abcdef\"\nroom = \"r\"\n";
+        std::fs::write(&path, text).unwrap();
+        let config = ServeConfig::read(&path).unwrap();
+        assert_eq!(config.accounts.len(), 2);
+        let first = &config.accounts[0];
+        assert_eq!(
+            (first.registrar.as_deref(), first.expires, first.room.as_str()),
+            (Some("sip:10.0.0.1:5070"), Some(600), "lobby")
+        );
+        assert!(config.accounts[1].ha1.is_some() && config.accounts[1].registrar.is_none());
     }
 }

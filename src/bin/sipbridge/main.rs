@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use sipbridge::{Endpoint, EndpointConfig, Error, Event, MixerReport};
+use sipbridge::{Account, Endpoint, EndpointConfig, Error, Event, MixerReport, RegistrationState};
 
 mod config;
-use config::{RoomEntry, ServeConfig, UserEntry};
+use config::{AccountEntry, RoomEntry, ServeConfig, UserEntry};
 
 #[derive(Parser)]
 #[command(name = "sipbridge", version, about = "SIP multi-party audio conferencing")]
@@ -140,6 +140,7 @@ struct Settings {
     endpoint: EndpointConfig,
     users: Vec<UserEntry>,
     rooms: Vec<RoomEntry>,
+    accounts: Vec<AccountEntry>,
     stats_every: Option<Duration>,
 }
 
@@ -197,11 +198,11 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         noise_suppression: None,
     }));
     let stats_every = (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every));
-    Ok(Settings { endpoint, users, rooms, stats_every })
+    Ok(Settings { endpoint, users, rooms, accounts: file.accounts, stats_every })
 }
 
 fn serve(settings: Settings) -> Result<(), Error> {
-    let Settings { endpoint: config, users, rooms, stats_every } = settings;
+    let Settings { endpoint: config, users, rooms, accounts, stats_every } = settings;
     let tcp = config.tcp;
     let endpoint = Endpoint::start(config)?;
     for user in &users {
@@ -223,6 +224,20 @@ fn serve(settings: Settings) -> Result<(), Error> {
         if let Some(on) = room.noise_suppression {
             conference.set_noise_suppression(on)?;
         }
+    }
+    for entry in accounts {
+        let AccountEntry { aor, registrar, username, password, ha1, expires, room } = entry;
+        let expires = expires.unwrap_or(Account::default().expires);
+        let id = endpoint.register_account(Account {
+            aor: aor.clone(),
+            registrar,
+            username,
+            password,
+            ha1,
+            expires,
+            room,
+        })?;
+        println!("registering account={} aor={aor}", id.0);
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -294,6 +309,15 @@ fn log_event(event: &Event) {
         Event::Hold { conference, participant, held } => {
             println!("hold room={conference} participant={} held={held}", participant.0)
         }
+        Event::Registration { account, aor, state } => match state {
+            RegistrationState::Registered { expires } => {
+                println!("registered account={} aor={aor} expires={expires}", account.0)
+            }
+            RegistrationState::Failed { status, reason } => {
+                println!("registration-failed account={} aor={aor} status={status} reason={reason}", account.0)
+            }
+            RegistrationState::Unregistered => println!("unregistered account={} aor={aor}", account.0),
+        },
         other => println!("{other:?}"),
     }
 }
