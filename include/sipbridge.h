@@ -128,6 +128,11 @@ typedef enum {
    * A participant's phone put the call on hold (`held` true) or took it off.
    */
   SB_EVENT_HOLD = 10,
+  /**
+   * A prompt ended: `playback`, `completed` (false: stopped); `participant`
+   * is the one it played to, 0 for everyone.
+   */
+  SB_EVENT_PLAYBACK_FINISHED = 11,
 } sb_event_kind;
 
 typedef enum {
@@ -165,6 +170,12 @@ typedef struct sb_frame_reader sb_frame_reader;
  * `sb_local_free` makes it leave and frees it.
  */
 typedef struct sb_local sb_local;
+
+/**
+ * A prompt, decoded: a WAV file, PCM, or a tone. Freed by `sb_playback_free`;
+ * playing it does not consume it.
+ */
+typedef struct sb_playback sb_playback;
 
 /**
  * How to start an endpoint. Fill it with `sb_endpoint_config_init`, then change fields.
@@ -311,6 +322,11 @@ typedef struct {
    * For HOLD: whether the call is on hold now.
    */
   bool held;
+  /**
+   * For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
+   */
+  uint64_t playback;
+  bool completed;
 } sb_event;
 
 /**
@@ -575,6 +591,49 @@ sb_status sb_endpoint_poll_event(const sb_endpoint *endpoint, uint32_t timeout_m
 sb_status sb_endpoint_set_event_callback(const sb_endpoint *endpoint,
                                          sb_event_callback callback,
                                          void *userdata);
+
+/**
+ * Decodes a WAV file (8/16/24/32-bit integer or 32-bit float PCM, any
+ * rate, mono or several channels, mixed down) into `out`.
+ */
+sb_status sb_playback_wav_file(const char *path, sb_playback **out);
+
+/**
+ * A prompt of `len` mono samples at the rate of the conference it is
+ * played in (they are copied).
+ */
+sb_status sb_playback_pcm(const int16_t *pcm, size_t len, sb_playback **out);
+
+/**
+ * A tone: the sum of sines at `count` (1 to 4) `frequencies` in Hz, each at
+ * `level_dbov` (-60 to -3), lasting `duration_ms` (at most 60 s).
+ */
+sb_status sb_playback_tone(const float *frequencies,
+                           size_t count,
+                           uint32_t duration_ms,
+                           float level_dbov,
+                           sb_playback **out);
+
+/**
+ * Frees a prompt; prompts already playing go on. NULL is allowed.
+ */
+void sb_playback_free(sb_playback *playback);
+
+/**
+ * Plays `playback` to everyone (`participant` 0) or to one participant,
+ * after the prompts queued for them, and writes its id to `id`.
+ * SB_EVENT_PLAYBACK_FINISHED reports when it ends.
+ */
+sb_status sb_conference_play(const sb_conference *conference,
+                             const sb_playback *playback,
+                             uint64_t participant,
+                             uint64_t *id);
+
+/**
+ * Stops prompt `id` (playing or queued), or with `id` 0 every prompt of the
+ * conference. A prompt that has ended already is no error.
+ */
+sb_status sb_conference_stop_playback(const sb_conference *conference, uint64_t id);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -15,7 +15,8 @@ use crate::media::mixer::{
 use crate::sip::{Credentials, TimerConfig};
 use crate::{Error, Result};
 
-pub use crate::media::mixer::ParticipantId;
+pub use crate::media::mixer::{ParticipantId, PlaybackEnd, PlaybackId};
+pub use crate::media::playback::Playback;
 
 /// The rate conferences mix at unless the app picks another (8000, 16000
 /// or 48000); application audio of a conference is at its rate.
@@ -227,6 +228,15 @@ pub enum Event {
         digit: char,
         duration_ms: u32,
     },
+    /// A prompt ended: it played to its end, or was stopped (also when its
+    /// conference or its participant went away first).
+    PlaybackFinished {
+        conference: String,
+        /// The participant it played to, or `None` for everyone.
+        participant: Option<ParticipantId>,
+        playback: PlaybackId,
+        end: PlaybackEnd,
+    },
 }
 
 /// A snapshot of one participant.
@@ -417,7 +427,7 @@ impl Endpoint {
 
     /// Events dropped because the application did not read them.
     pub fn events_dropped(&self) -> u64 {
-        self.shared.events_dropped.load(Ordering::Relaxed)
+        self.shared.event_sink.dropped.load(Ordering::Relaxed)
     }
 
     /// Mixer ticks so far and ticks that started late, over all mixer threads.
@@ -551,6 +561,38 @@ impl Conference {
             to_mixer,
             from_mixer: FrameReader { ring: from_mixer, frame },
         })
+    }
+
+    /// Plays `playback` to everyone in the conference, after the prompts
+    /// already queued for everyone. Returns at once; the prompt is decoded
+    /// and resampled to the conference's rate here, off the mixer, and
+    /// [`Event::PlaybackFinished`] says when it ends.
+    pub fn play(&self, playback: &Playback) -> Result<PlaybackId> {
+        self.play_prompt(None, playback)
+    }
+
+    /// Plays `playback` to one participant only (the others do not hear
+    /// it), after the prompts already queued for it; as [`Conference::play`].
+    pub fn play_to(&self, participant: ParticipantId, playback: &Playback) -> Result<PlaybackId> {
+        self.play_prompt(Some(participant), playback)
+    }
+
+    fn play_prompt(&self, participant: Option<ParticipantId>, playback: &Playback) -> Result<PlaybackId> {
+        self.check()?;
+        let samples = playback.render(self.sample_rate)?;
+        self.shared.play(self.id, &self.name, participant, samples)
+    }
+
+    /// Stops a prompt, playing or queued; one that has ended already is no error.
+    pub fn stop_playback(&self, id: PlaybackId) -> Result<()> {
+        self.check()?;
+        self.shared.stop_playback(self.id, Some(id))
+    }
+
+    /// Stops every prompt of the conference, to everyone and to participants.
+    pub fn stop_all_playback(&self) -> Result<()> {
+        self.check()?;
+        self.shared.stop_playback(self.id, None)
     }
 
     /// Starts a feed of the conference mix (everyone, 20 ms frames at the

@@ -26,9 +26,11 @@ pub mod sip;
 
 pub use api::{
     frame_samples, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason, LocalParticipant,
-    MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, DEFAULT_SAMPLE_RATE,
+    MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState, Playback, PlaybackEnd,
+    PlaybackId, DEFAULT_SAMPLE_RATE,
 };
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};
 pub use media::mixer::TalkerPolicy;
+pub use media::playback::PlaybackError;
 pub use sip::Credentials;

@@ -36,6 +36,7 @@ fn to_py(error: Error) -> PyErr {
         Error::Timeout => TimeoutError::new_err(message),
         Error::Sip(_) => SipError::new_err(message),
         Error::Sdp(_) => SdpError::new_err(message),
+        Error::Playback(_) => InvalidArgumentError::new_err(message),
         Error::Io(_) | Error::NoRtpPort => NetworkError::new_err(message),
         Error::Rtp(_) | Error::Interrupted => SipBridgeError::new_err(message),
     }
@@ -359,6 +360,29 @@ impl Conference {
     }
 
     /// Hangs up every leg and removes the conference.
+    /// Plays `playback` to everyone, or to `participant` alone, after the
+    /// prompts queued for them; returns its id. A "playback_finished" event
+    /// says when it ends.
+    #[pyo3(signature = (playback, participant = None))]
+    fn play(&self, py: Python<'_>, playback: &Playback, participant: Option<u64>) -> PyResult<u64> {
+        // Resampling a long file takes a while: not with the GIL held.
+        let played = blocking(py, |_| match participant {
+            None => self.inner.play(&playback.inner),
+            Some(p) => self.inner.play_to(crate::ParticipantId(p), &playback.inner),
+        })?;
+        Ok(played.0)
+    }
+
+    /// Stops prompt `id` (playing or queued), or with None every prompt of the conference.
+    #[pyo3(signature = (id = None))]
+    fn stop_playback(&self, id: Option<u64>) -> PyResult<()> {
+        match id {
+            None => self.inner.stop_all_playback(),
+            Some(id) => self.inner.stop_playback(crate::PlaybackId(id)),
+        }
+        .map_err(to_py)
+    }
+
     fn destroy(&self) -> PyResult<()> {
         self.inner.destroy().map_err(to_py)
     }
@@ -516,6 +540,52 @@ enum Samples<'py> {
     Sequence(Vec<i16>),
 }
 
+impl Samples<'_> {
+    fn to_vec(&self) -> Vec<i16> {
+        match self {
+            Samples::Array(a) => match a.as_slice() {
+                Ok(s) => s.to_vec(),
+                Err(_) => a.as_array().iter().copied().collect(),
+            },
+            Samples::Sequence(v) => v.clone(),
+        }
+    }
+}
+
+/// A prompt to play into a conference: a WAV file, PCM, or a tone, decoded
+/// once and played as often as wanted.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct Playback {
+    inner: crate::Playback,
+}
+
+#[pymethods]
+impl Playback {
+    /// Decodes a WAV file (8/16/24/32-bit integer or 32-bit float PCM, any
+    /// rate, mono or several channels, mixed down).
+    #[staticmethod]
+    fn wav_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = blocking(py, |_| Ok(crate::Playback::wav_file(path)?))?;
+        Ok(Self { inner })
+    }
+
+    /// Mono int16 samples at the rate of the conference the prompt is played in.
+    #[staticmethod]
+    fn pcm(samples: Samples<'_>) -> Self {
+        Self { inner: crate::Playback::pcm(samples.to_vec()) }
+    }
+
+    /// The sum of sines at `frequencies` (1 to 4, Hz), each at `level_dbov`
+    /// (-60 to -3), lasting `duration` seconds (at most 60).
+    #[staticmethod]
+    #[pyo3(signature = (frequencies, duration, level_dbov = -20.0))]
+    fn tone(frequencies: Vec<f32>, duration: f64, level_dbov: f32) -> PyResult<Self> {
+        let duration = seconds(Some(duration))?.unwrap_or_default();
+        let inner = crate::Playback::tone(&frequencies, duration, level_dbov).map_err(|e| to_py(Error::from(e)))?;
+        Ok(Self { inner })
+    }
+}
+
 /// A participant the application feeds with PCM and listens to.
 #[pyclass(frozen, module = "sipbridge._native")]
 struct LocalParticipant {
@@ -546,13 +616,7 @@ impl LocalParticipant {
     #[pyo3(signature = (samples, timeout = None))]
     fn write(&self, py: Python<'_>, samples: Samples<'_>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = seconds(timeout)?;
-        let owned: Vec<i16> = match &samples {
-            Samples::Array(a) => match a.as_slice() {
-                Ok(s) => s.to_vec(),
-                Err(_) => a.as_array().iter().copied().collect(),
-            },
-            Samples::Sequence(v) => v.clone(),
-        };
+        let owned = samples.to_vec();
         blocking(py, |interrupt| self.inner.lock().write_all_interruptible(&owned, timeout, interrupt))
     }
 
@@ -621,6 +685,8 @@ struct Event {
     duration_ms: Option<u32>,
     talking: Option<bool>,
     held: Option<bool>,
+    playback: Option<u64>,
+    completed: Option<bool>,
 }
 
 impl Event {
@@ -640,6 +706,8 @@ impl Event {
             duration_ms: None,
             talking: None,
             held: None,
+            playback: None,
+            completed: None,
         }
     }
 }
@@ -675,6 +743,11 @@ impl From<crate::Event> for Event {
                 duration_ms: Some(duration_ms),
                 ..Event::new("dtmf", conference, Some(participant))
             },
+            E::PlaybackFinished { conference, participant, playback, end } => Event {
+                playback: Some(playback.0),
+                completed: Some(end == crate::PlaybackEnd::Completed),
+                ..Event::new("playback_finished", conference, participant)
+            },
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -702,7 +775,10 @@ impl Event {
         if let (Some(d), Some(ms)) = (self.digit, self.duration_ms) {
             parts.push(format!("digit={d:?}, duration_ms={ms}"));
         }
-        for (name, value) in [("talking", self.talking), ("held", self.held)] {
+        if let Some(p) = self.playback {
+            parts.push(format!("playback={p}"));
+        }
+        for (name, value) in [("talking", self.talking), ("held", self.held), ("completed", self.completed)] {
             if let Some(v) = value {
                 parts.push(format!("{name}={}", if v { "True" } else { "False" }));
             }
@@ -724,6 +800,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LocalParticipant>()?;
     m.add_class::<FrameReader>()?;
     m.add_class::<Event>()?;
+    m.add_class::<Playback>()?;
     for (name, class) in [
         ("SipBridgeError", py.get_type::<SipBridgeError>()),
         ("InvalidArgumentError", py.get_type::<InvalidArgumentError>()),

@@ -1,5 +1,6 @@
 """Type stubs for the compiled module. Checked against it by mypy.stubtest in CI."""
 
+import os
 from types import TracebackType
 from typing import Literal, Optional, Sequence, Tuple, Type, Union
 
@@ -17,6 +18,7 @@ __all__ = [
     "LocalParticipant",
     "FrameReader",
     "Event",
+    "Playback",
     "SipBridgeError",
     "InvalidArgumentError",
     "NotFoundError",
@@ -59,6 +61,7 @@ class Event:
         "media_timeout",
         "talking",
         "hold",
+        "playback_finished",
     ]: ...
     @property
     def conference(self) -> str: ...
@@ -97,6 +100,10 @@ class Event:
     def talking(self) -> Optional[bool]: ...
     @property
     def held(self) -> Optional[bool]: ...
+    @property
+    def playback(self) -> Optional[int]: ...
+    @property
+    def completed(self) -> Optional[bool]: ...
 
 @final
 class ParticipantInfo:
@@ -190,6 +197,20 @@ class FrameReader:
     def read_frame(self, timeout: Optional[float] = 1.0) -> npt.NDArray[np.int16]: ...
 
 @final
+class Playback:
+    @staticmethod
+    def wav_file(path: Union[str, "os.PathLike[str]"]) -> Playback: ...
+    @staticmethod
+    def pcm(samples: Union[npt.NDArray[np.int16], Sequence[int]]) -> Playback: ...
+    @staticmethod
+    def tone(
+        # level_dbov defaults to -20.0 (pyo3 shows negative defaults as "...").
+        frequencies: Sequence[float],
+        duration: float,
+        level_dbov: float = ...,
+    ) -> Playback: ...
+
+@final
 class Conference:
     @property
     def name(self) -> str: ...
@@ -208,6 +229,8 @@ class Conference:
         # start_dbov defaults to -40.0 and stop_dbov to -50.0 (pyo3 shows negative defaults as "...").
         self, *, start_dbov: float = ..., stop_dbov: float = ..., hang_ms: int = 400, max_talkers: int = 4
     ) -> None: ...
+    def play(self, playback: Playback, participant: Optional[int] = None) -> int: ...
+    def stop_playback(self, id: Optional[int] = None) -> None: ...
     def destroy(self) -> None: ...
     def __enter__(self) -> "Conference": ...
     def __exit__(

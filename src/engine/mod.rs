@@ -28,7 +28,8 @@ use crate::media::codec::{CodecKind, EncoderKey};
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegMedia, Mixer, MixerCommand, MixerStats,
-    ParticipantControls, ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
+    ParticipantControls, ParticipantId, ParticipantMix, PlaybackId, PromptMix, SharedEncoder, TalkerPolicy,
+    MAX_SHARED_ENCODERS,
 };
 use crate::sip::auth::Authenticator;
 use crate::sip::registrar::Registrar;
@@ -41,6 +42,23 @@ pub(crate) use sip_driver::SipCommand;
 const EVENT_QUEUE: usize = 10_000;
 /// Commands in flight to the mixer.
 const MIXER_QUEUE: usize = 4096;
+
+/// Hands events to the application from any thread (the reaper reports
+/// finished prompts); what the application's queue cannot take is counted.
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    events: Sender<Event>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl EventSink {
+    pub fn emit(&self, event: Event) {
+        tracing::info!(?event, "event");
+        if self.events.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A conference in the registry.
 pub(crate) struct ConferenceEntry {
@@ -249,9 +267,8 @@ pub(crate) struct Shared {
     /// One per mixer thread.
     pub mixer_stats: Vec<Arc<MixerStats>>,
     pub sip_commands: tokio::sync::mpsc::UnboundedSender<SipCommand>,
-    events_tx: Sender<Event>,
+    pub event_sink: EventSink,
     pub events: Receiver<Event>,
-    pub events_dropped: AtomicU64,
     pub ports: PortPool,
     next_id: AtomicU64,
     pub stopped: AtomicBool,
@@ -273,10 +290,7 @@ impl Shared {
     }
 
     pub fn emit(&self, event: Event) {
-        tracing::info!(?event, "event");
-        if self.events_tx.try_send(event).is_err() {
-            self.events_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.event_sink.emit(event);
     }
 
     pub fn check_running(&self) -> Result<()> {
@@ -561,6 +575,41 @@ impl Shared {
         }
     }
 
+    /// Queues `samples` (at the conference's rate) for everyone in
+    /// conference `name`, or for `participant` alone; reports
+    /// [`Event::PlaybackFinished`] when it ends, however it ends.
+    pub fn play(
+        &self,
+        conference: ConferenceId,
+        name: &str,
+        participant: Option<ParticipantId>,
+        samples: Arc<[i16]>,
+    ) -> Result<PlaybackId> {
+        if let Some(id) = participant {
+            let registry = self.registry.lock();
+            match registry.participants.get(&id) {
+                Some(p) if p.conference_id == conference && p.in_mixer => {}
+                Some(p) if p.conference_id == conference => {
+                    return Err(Error::InvalidArgument(format!("participant {} has no audio yet", id.0)))
+                }
+                _ => return Err(Error::NotFound(format!("participant {}", id.0))),
+            }
+        }
+        let id = PlaybackId(self.next_id());
+        let (sink, conference_name) = (self.event_sink.clone(), name.to_string());
+        let done = Box::new(move |end| {
+            sink.emit(Event::PlaybackFinished { conference: conference_name, participant, playback: id, end })
+        });
+        let prompt = Box::new(PromptMix::new(id, samples, done));
+        self.mixer.lock().send(conference, MixerCommand::Play(conference, participant, prompt))?;
+        Ok(id)
+    }
+
+    /// Stops prompt `id` of a conference, or with `None` all of them.
+    pub fn stop_playback(&self, conference: ConferenceId, id: Option<PlaybackId>) -> Result<()> {
+        self.mixer.lock().send(conference, MixerCommand::StopPlayback(conference, id))
+    }
+
     pub fn set_tap(&self, conference: ConferenceId, tap: Option<rtrb::Producer<i16>>) -> Result<()> {
         self.mixer.lock().send(conference, MixerCommand::SetTap(conference, tap))
     }
@@ -682,9 +731,8 @@ impl Engine {
             mixer: Mutex::new(MixerControl { shards, conferences: HashMap::new() }),
             mixer_stats,
             sip_commands,
-            events_tx,
+            event_sink: EventSink { events: events_tx, dropped: Arc::default() },
             events,
-            events_dropped: AtomicU64::new(0),
             ports,
             next_id: AtomicU64::new(1),
             stopped: AtomicBool::new(false),

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{copy_str, fail, sb_endpoint, sb_participant_kind, sb_status, timeout};
-use crate::{Endpoint, Error, Event, LeaveReason};
+use crate::{Endpoint, Error, Event, LeaveReason, PlaybackEnd};
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum sb_event_kind {
     SB_EVENT_TALKING = 9,
     /// A participant's phone put the call on hold (`held` true) or took it off.
     SB_EVENT_HOLD = 10,
+    /// A prompt ended: `playback`, `completed` (false: stopped); `participant`
+    /// is the one it played to, 0 for everyone.
+    SB_EVENT_PLAYBACK_FINISHED = 11,
 }
 
 #[repr(C)]
@@ -68,6 +71,9 @@ pub struct sb_event {
     pub talking: bool,
     /// For HOLD: whether the call is on hold now.
     pub held: bool,
+    /// For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
+    pub playback: u64,
+    pub completed: bool,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -85,6 +91,8 @@ fn to_c(event: &Event) -> sb_event {
         duration_ms: 0,
         talking: false,
         held: false,
+        playback: 0,
+        completed: false,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -147,6 +155,13 @@ fn to_c(event: &Event) -> sb_event {
             // Digits are ASCII by construction.
             out.digit = *digit as u8 as c_char;
             out.duration_ms = *duration_ms;
+            conference
+        }
+        Event::PlaybackFinished { conference, participant, playback, end } => {
+            out.kind = sb_event_kind::SB_EVENT_PLAYBACK_FINISHED;
+            out.participant = participant.map_or(0, |p| p.0);
+            out.playback = playback.0;
+            out.completed = *end == PlaybackEnd::Completed;
             conference
         }
         Event::DialFailed { conference, participant, status, reason } => {

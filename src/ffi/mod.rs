@@ -22,12 +22,14 @@ use std::ffi::{c_char, CStr};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::media::playback::PlaybackError;
 use crate::{
     Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, OpusSettings, ParticipantId,
     ParticipantKind, ParticipantState,
 };
 
 pub use events::*;
+pub use playback::*;
 
 /// The result of every call.
 #[repr(C)]
@@ -83,6 +85,8 @@ impl From<&Error> for sb_status {
             Error::Sdp(_) => sb_status::SB_SDP,
             Error::Rtp(_) => sb_status::SB_INTERNAL,
             Error::Io(_) => sb_status::SB_IO,
+            Error::Playback(PlaybackError::Wav { source: hound::Error::IoError(_), .. }) => sb_status::SB_IO,
+            Error::Playback(_) => sb_status::SB_INVALID_ARGUMENT,
             Error::InvalidArgument(_) => sb_status::SB_INVALID_ARGUMENT,
             Error::NotFound(_) => sb_status::SB_NOT_FOUND,
             Error::AlreadyExists(_) => sb_status::SB_ALREADY_EXISTS,
@@ -167,8 +171,9 @@ macro_rules! try_call {
     };
 }
 
-// Declared after the macros above, which it uses.
+// Declared after the macros above, which they use.
 mod events;
+mod playback;
 
 fn timeout(ms: u32) -> Option<Duration> {
     (ms != SB_WAIT_FOREVER).then(|| Duration::from_millis(ms as u64))

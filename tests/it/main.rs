@@ -4,4 +4,5 @@ mod baresip;
 mod common;
 mod loopback;
 mod mix;
+mod prompts;
 mod sipp;
