@@ -1,13 +1,14 @@
 /*
  * End-to-end test of the C ABI: two endpoints on loopback, a dial-out between
  * them, audio both ways checked by tone power, participant control, error
- * paths, the event callback, and prompts. Built with -Wall -Wextra -Werror and run
+ * paths, the event callback, prompts and recording. Built with -Wall -Wextra -Werror and run
  * under AddressSanitizer (leaks included) by bindings-tests/run-c-tests.
  */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sipbridge.h"
 
@@ -82,7 +83,7 @@ static void on_event(void *userdata, const sb_event *event) {
   if (event->kind == SB_EVENT_PARTICIPANT_LEFT) atomic_fetch_add(&c->left, 1);
 }
 
-/* Prompts: a tone to one participant only, PCM to everyone, stopped. */
+/* Prompts: a tone to one participant only, PCM to everyone, stopped; a recording. */
 static void test_prompts(sb_endpoint *endpoint) {
   sb_conference *room = NULL;
   sb_local *a = NULL, *b = NULL;
@@ -130,6 +131,32 @@ static void test_prompts(sb_endpoint *endpoint) {
             event.participant == 0,
         "stopped");
   CHECK(sb_conference_play(NULL, music, 0, &playback) == SB_NULL_PARAMETER, "NULL conference");
+
+  /* Recording: the PCM prompt to everyone, 0.2 s of it, into a WAV file. */
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/sipbridge-c-test-%d.wav", (int)getpid());
+  CHECK(sb_conference_start_recording(room, NULL, false) == SB_NULL_PARAMETER, "NULL path");
+  CHECK(sb_conference_stop_recording(room) == SB_NOT_FOUND, "no recording");
+  OK(sb_conference_start_recording(room, path, false));
+  CHECK(wait_for(endpoint, SB_EVENT_RECORDING_STARTED, &event) && strcmp(event.detail, path) == 0, "started");
+  CHECK(sb_conference_start_recording(room, path, false) == SB_ALREADY_EXISTS, "one at a time");
+  OK(sb_conference_play(room, music, 0, &playback));
+  for (int i = 0; i < 10; i++) OK(sb_local_read_frame(b, frame, FRAME_SAMPLES, 1000));
+  OK(sb_conference_pause_recording(room, true));
+  OK(sb_conference_pause_recording(room, false));
+  OK(sb_conference_stop_recording(room));
+  CHECK(wait_for(endpoint, SB_EVENT_RECORDING_STOPPED, &event) && event.frames_dropped == 0 &&
+            strcmp(event.detail, path) == 0,
+        "stopped");
+  /* A finished WAV header: RIFF size and data size filled in. */
+  FILE *wav = fopen(path, "rb");
+  unsigned char header[44] = {0};
+  CHECK(wav && fread(header, 1, 44, wav) == 44, "read the header");
+  if (wav) fclose(wav);
+  uint32_t data_bytes = header[40] | header[41] << 8 | header[42] << 16 | (uint32_t)header[43] << 24;
+  CHECK(memcmp(header, "RIFF", 4) == 0 && data_bytes >= FRAME_SAMPLES * 2 * 8, "data: %u bytes", data_bytes);
+  remove(path);
+  OK(sb_conference_stop_playback(room, playback));
   sb_playback_free(music);
   sb_playback_free(beep);
   sb_playback_free(NULL);

@@ -292,3 +292,28 @@ def test_prompts_play_to_everyone_or_one_and_report_their_end(tmp_path: Path):
             sipbridge.Playback.tone([1000.0], 0.2, level_dbov=3.0)
         with pytest.raises(sipbridge.InvalidArgumentError):
             sipbridge.Playback.wav_file(tmp_path / "missing.wav")
+
+
+def test_recording_writes_the_mix_to_a_wav_file(tmp_path: Path):
+    import wave
+
+    path = tmp_path / "call.wav"
+    with endpoint() as ep:
+        room = ep.create_conference("recorded")
+        talker, listener = room.add_local(), room.add_local()
+        room.start_recording(path, per_participant=True)
+        assert wait_event(ep, "recording_started", participant=None).path == str(path)
+        for i in range(40):
+            talker.write(tone(700, i * FRAME), timeout=1.0)
+            listener.read_frame(timeout=1.0)
+        room.pause_recording()
+        room.resume_recording()
+        room.stop_recording()
+        assert wait_event(ep, "recording_stopped", participant=None).frames_dropped == 0
+        with pytest.raises(sipbridge.NotFoundError):
+            room.stop_recording()
+    with wave.open(str(path), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        mix = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    assert len(mix) > RATE // 2 and power(mix, 700) > 1e5
+    assert (tmp_path / f"call-{talker.id}.wav").exists() and (tmp_path / f"call-{listener.id}.wav").exists()

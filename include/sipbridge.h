@@ -133,6 +133,19 @@ typedef enum {
    * is the one it played to, 0 for everyone.
    */
   SB_EVENT_PLAYBACK_FINISHED = 11,
+  /**
+   * A recording's file was opened: `detail` is its path; `participant` is
+   * the one recorded alone, 0 for the mix.
+   */
+  SB_EVENT_RECORDING_STARTED = 12,
+  /**
+   * A recording's file is complete: `detail`, `participant`, `frames_dropped`.
+   */
+  SB_EVENT_RECORDING_STOPPED = 13,
+  /**
+   * The disk does not keep up: `frames_dropped` so far for the file in `detail`.
+   */
+  SB_EVENT_RECORDING_OVERRUN = 14,
 } sb_event_kind;
 
 typedef enum {
@@ -298,7 +311,8 @@ typedef struct {
    */
   uint16_t status;
   /**
-   * DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+   * DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI;
+   * RECORDING_*: the file's path.
    */
   char detail[256];
   /**
@@ -327,6 +341,10 @@ typedef struct {
    */
   uint64_t playback;
   bool completed;
+  /**
+   * For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+   */
+  uint64_t frames_dropped;
 } sb_event;
 
 /**
@@ -634,6 +652,28 @@ sb_status sb_conference_play(const sb_conference *conference,
  * conference. A prompt that has ended already is no error.
  */
 sb_status sb_conference_stop_playback(const sb_conference *conference, uint64_t id);
+
+/**
+ * Records the conference's mix to a WAV file at `path` (mono 16-bit at the
+ * conference's rate) and, with `per_participant`, each participant's own
+ * audio to `NAME-ID.wav` beside it. One recording at a time
+ * (SB_ALREADY_EXISTS); SB_EVENT_RECORDING_STARTED for each file. A slow
+ * disk drops frames (SB_EVENT_RECORDING_OVERRUN), never holding up the audio.
+ */
+sb_status sb_conference_start_recording(const sb_conference *conference,
+                                        const char *path,
+                                        bool per_participant);
+
+/**
+ * Pauses (`paused` true) or resumes the recording: paused time is left out of its files.
+ */
+sb_status sb_conference_pause_recording(const sb_conference *conference, bool paused);
+
+/**
+ * Stops the recording; returns once its files are complete
+ * (SB_EVENT_RECORDING_STOPPED for each). SB_NOT_FOUND when none runs.
+ */
+sb_status sb_conference_stop_recording(const sb_conference *conference);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -237,6 +237,31 @@ pub enum Event {
         playback: PlaybackId,
         end: PlaybackEnd,
     },
+    /// A file of a conference's recording was opened: the mix's
+    /// (`participant` `None`), or one participant's own audio.
+    RecordingStarted {
+        conference: String,
+        participant: Option<ParticipantId>,
+        path: String,
+    },
+    /// A recording's file is finished (its WAV header written): the
+    /// recording was stopped, or its conference or the endpoint was.
+    /// `frames_dropped` counts 20 ms frames lost because the disk fell behind.
+    RecordingStopped {
+        conference: String,
+        participant: Option<ParticipantId>,
+        path: String,
+        frames_dropped: u64,
+    },
+    /// The disk does not keep up with a recording: frames were dropped
+    /// (`frames_dropped` so far) rather than hold up the audio. Reported at
+    /// most once a second per file.
+    RecordingOverrun {
+        conference: String,
+        participant: Option<ParticipantId>,
+        path: String,
+        frames_dropped: u64,
+    },
 }
 
 /// A snapshot of one participant.
@@ -593,6 +618,38 @@ impl Conference {
     pub fn stop_all_playback(&self) -> Result<()> {
         self.check()?;
         self.shared.stop_playback(self.id, None)
+    }
+
+    /// Records the conference to a WAV file at `path` (mono, 16-bit, at the
+    /// conference's rate): the mix, as a silent listener hears it, with
+    /// the prompts played to everyone. With `per_participant`, each
+    /// participant's own audio (decoded, before its volume; silence while
+    /// it is muted) also goes to a file beside it, `NAME-ID.wav`, from the
+    /// time it joins. One recording at a time; files are written by a
+    /// thread of their own, so a slow disk drops frames
+    /// ([`Event::RecordingOverrun`]) instead of holding up the audio.
+    pub fn start_recording(&self, path: impl AsRef<std::path::Path>, per_participant: bool) -> Result<()> {
+        self.check()?;
+        self.shared.start_recording(&self.name, path.as_ref(), per_participant)
+    }
+
+    /// Pauses the recording: what happens meanwhile is left out of its files.
+    pub fn pause_recording(&self) -> Result<()> {
+        self.check()?;
+        self.shared.pause_recording(&self.name, true)
+    }
+
+    pub fn resume_recording(&self) -> Result<()> {
+        self.check()?;
+        self.shared.pause_recording(&self.name, false)
+    }
+
+    /// Stops the recording; returns once its files are complete
+    /// ([`Event::RecordingStopped`] for each). Destroying the conference or
+    /// stopping the endpoint finishes them too.
+    pub fn stop_recording(&self) -> Result<()> {
+        self.check()?;
+        self.shared.stop_recording(&self.name)
     }
 
     /// Starts a feed of the conference mix (everyone, 20 ms frames at the

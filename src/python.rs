@@ -383,6 +383,29 @@ impl Conference {
         .map_err(to_py)
     }
 
+    /// Records the conference's mix to a WAV file at `path` (mono 16-bit at
+    /// the conference's rate) and, with `per_participant`, each
+    /// participant's own audio to `NAME-ID.wav` beside it. A slow disk drops
+    /// frames ("recording_overrun" events) rather than hold up the audio.
+    #[pyo3(signature = (path, per_participant = false))]
+    fn start_recording(&self, py: Python<'_>, path: std::path::PathBuf, per_participant: bool) -> PyResult<()> {
+        blocking(py, |_| self.inner.start_recording(&path, per_participant))
+    }
+
+    /// Leaves what follows out of the recording until `resume_recording`.
+    fn pause_recording(&self) -> PyResult<()> {
+        self.inner.pause_recording().map_err(to_py)
+    }
+
+    fn resume_recording(&self) -> PyResult<()> {
+        self.inner.resume_recording().map_err(to_py)
+    }
+
+    /// Stops the recording; returns once its files are complete.
+    fn stop_recording(&self, py: Python<'_>) -> PyResult<()> {
+        blocking(py, |_| self.inner.stop_recording())
+    }
+
     fn destroy(&self) -> PyResult<()> {
         self.inner.destroy().map_err(to_py)
     }
@@ -687,6 +710,8 @@ struct Event {
     held: Option<bool>,
     playback: Option<u64>,
     completed: Option<bool>,
+    path: Option<String>,
+    frames_dropped: Option<u64>,
 }
 
 impl Event {
@@ -708,6 +733,8 @@ impl Event {
             held: None,
             playback: None,
             completed: None,
+            path: None,
+            frames_dropped: None,
         }
     }
 }
@@ -748,6 +775,19 @@ impl From<crate::Event> for Event {
                 completed: Some(end == crate::PlaybackEnd::Completed),
                 ..Event::new("playback_finished", conference, participant)
             },
+            E::RecordingStarted { conference, participant, path } => {
+                Event { path: Some(path), ..Event::new("recording_started", conference, participant) }
+            }
+            E::RecordingStopped { conference, participant, path, frames_dropped } => Event {
+                path: Some(path),
+                frames_dropped: Some(frames_dropped),
+                ..Event::new("recording_stopped", conference, participant)
+            },
+            E::RecordingOverrun { conference, participant, path, frames_dropped } => Event {
+                path: Some(path),
+                frames_dropped: Some(frames_dropped),
+                ..Event::new("recording_overrun", conference, participant)
+            },
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -777,6 +817,12 @@ impl Event {
         }
         if let Some(p) = self.playback {
             parts.push(format!("playback={p}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path={p:?}"));
+        }
+        if let Some(n) = self.frames_dropped {
+            parts.push(format!("frames_dropped={n}"));
         }
         for (name, value) in [("talking", self.talking), ("held", self.held), ("completed", self.completed)] {
             if let Some(v) = value {

@@ -31,6 +31,13 @@ pub enum sb_event_kind {
     /// A prompt ended: `playback`, `completed` (false: stopped); `participant`
     /// is the one it played to, 0 for everyone.
     SB_EVENT_PLAYBACK_FINISHED = 11,
+    /// A recording's file was opened: `detail` is its path; `participant` is
+    /// the one recorded alone, 0 for the mix.
+    SB_EVENT_RECORDING_STARTED = 12,
+    /// A recording's file is complete: `detail`, `participant`, `frames_dropped`.
+    SB_EVENT_RECORDING_STOPPED = 13,
+    /// The disk does not keep up: `frames_dropped` so far for the file in `detail`.
+    SB_EVENT_RECORDING_OVERRUN = 14,
 }
 
 #[repr(C)]
@@ -58,7 +65,8 @@ pub struct sb_event {
     pub reason: sb_leave_reason,
     /// For DIAL_FAILED: the SIP status (408 when nothing answered).
     pub status: u16,
-    /// DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+    /// DIAL_FAILED: the reason phrase; PARTICIPANT_JOINED: the remote URI;
+    /// RECORDING_*: the file's path.
     pub detail: [c_char; 256],
     /// For PARTICIPANT_LEFT: the call's RTP packet totals.
     pub packets_received: u64,
@@ -74,6 +82,8 @@ pub struct sb_event {
     /// For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
     pub playback: u64,
     pub completed: bool,
+    /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+    pub frames_dropped: u64,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -93,6 +103,7 @@ fn to_c(event: &Event) -> sb_event {
         held: false,
         playback: 0,
         completed: false,
+        frames_dropped: 0,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -162,6 +173,23 @@ fn to_c(event: &Event) -> sb_event {
             out.participant = participant.map_or(0, |p| p.0);
             out.playback = playback.0;
             out.completed = *end == PlaybackEnd::Completed;
+            conference
+        }
+        Event::RecordingStarted { conference, participant, path } => {
+            out.kind = sb_event_kind::SB_EVENT_RECORDING_STARTED;
+            out.participant = participant.map_or(0, |p| p.0);
+            copy_str(path, &mut out.detail);
+            conference
+        }
+        Event::RecordingStopped { conference, participant, path, frames_dropped }
+        | Event::RecordingOverrun { conference, participant, path, frames_dropped } => {
+            out.kind = match event {
+                Event::RecordingStopped { .. } => sb_event_kind::SB_EVENT_RECORDING_STOPPED,
+                _ => sb_event_kind::SB_EVENT_RECORDING_OVERRUN,
+            };
+            out.participant = participant.map_or(0, |p| p.0);
+            out.frames_dropped = *frames_dropped;
+            copy_str(path, &mut out.detail);
             conference
         }
         Event::DialFailed { conference, participant, status, reason } => {

@@ -30,6 +30,7 @@ use crate::{
 
 pub use events::*;
 pub use playback::*;
+pub use recording::*;
 
 /// The result of every call.
 #[repr(C)]
@@ -174,6 +175,7 @@ macro_rules! try_call {
 // Declared after the macros above, which they use.
 mod events;
 mod playback;
+mod recording;
 
 fn timeout(ms: u32) -> Option<Duration> {
     (ms != SB_WAIT_FOREVER).then(|| Duration::from_millis(ms as u64))

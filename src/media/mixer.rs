@@ -14,7 +14,9 @@
 //! - mute and volume are atomics the control side writes;
 //! - prompts arrive decoded and resampled (`Arc<[i16]>`): the tick copies
 //!   samples out of them and hands each finished one to the reaper, whose
-//!   drop reports how it ended.
+//!   drop reports how it ended;
+//! - recordings leave through a bounded SPSC ring per file, which a writer
+//!   thread drains to disk; when one is full the frame is dropped and counted.
 //!
 //! Participants and conferences stay boxed inside their vectors (clippy's
 //! `vec_box`): the box is what crosses threads, built and freed off the mixer.
@@ -814,6 +816,40 @@ impl LocalLeg {
     }
 }
 
+/// A ring the mixer writes one recorded stream into (a conference's mix, or
+/// one participant's audio), and the frames it dropped because the ring was
+/// full: the writer on the other end fell behind the disk.
+pub struct RecordSink {
+    ring: rtrb::Producer<i16>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RecordSink {
+    pub fn new(ring: rtrb::Producer<i16>, dropped: Arc<AtomicU64>) -> Self {
+        Self { ring, dropped }
+    }
+
+    fn push(&mut self, frame: &[i16]) {
+        if !push_frame(&mut self.ring, frame) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A conference's recording, as the mixer sees it: the mix goes to `mix`,
+/// and participants recorded alone have a sink of their own.
+pub struct RecordingMix {
+    /// Written by the control side: while set, nothing is recorded.
+    paused: Arc<AtomicBool>,
+    mix: RecordSink,
+}
+
+impl RecordingMix {
+    pub fn new(paused: Arc<AtomicBool>, mix: RecordSink) -> Self {
+        Self { paused, mix }
+    }
+}
+
 /// Writes a whole frame into a sample ring, or nothing when it has no room.
 fn push_frame(ring: &mut rtrb::Producer<i16>, frame: &[i16]) -> bool {
     let Ok(mut chunk) = ring.write_chunk(frame.len()) else { return false };
@@ -861,6 +897,8 @@ pub struct ParticipantMix {
     /// What it hears differs from the listeners' mix this tick: it is mixed
     /// in (and must not hear itself), or a prompt plays to it.
     own_mix: bool,
+    /// Where its own audio is recorded, while its conference records each participant.
+    record: Option<RecordSink>,
 }
 
 impl ParticipantMix {
@@ -881,7 +919,13 @@ impl ParticipantMix {
             ticks_since_talking: u32::MAX,
             prompts: None,
             own_mix: false,
+            record: None,
         }
+    }
+
+    /// Records the participant's own audio into `sink`.
+    pub fn set_record_sink(&mut self, sink: Option<RecordSink>) {
+        self.record = sink;
     }
 
     /// Updates talker detection with this tick's level.
@@ -953,6 +997,7 @@ pub struct ConferenceMix {
     tap: Option<rtrb::Producer<i16>>,
     /// Prompts everyone hears, the first one playing.
     prompts: Option<Box<PromptMix>>,
+    recording: Option<Box<RecordingMix>>,
     policy: TalkerPolicy,
     ticks: u32,
 }
@@ -970,6 +1015,7 @@ impl ConferenceMix {
             scratch: vec![0; frame].into_boxed_slice(),
             tap: None,
             prompts: None,
+            recording: None,
             policy: TalkerPolicy::default(),
             ticks: 0,
         }
@@ -985,6 +1031,7 @@ impl ConferenceMix {
         let frame = self.sum.len();
         self.sum.fill(0);
         let policy = self.policy;
+        let recording = self.recording.as_ref().is_some_and(|r| !r.paused.load(Ordering::Relaxed));
         // Each participant's frame, after noise suppression and gain, and its talker state.
         for p in self.participants.iter_mut() {
             let scratch = &mut self.scratch[..frame];
@@ -1010,6 +1057,12 @@ impl ConferenceMix {
                         suppressor.process(scratch);
                     }
                 }
+                if recording {
+                    if let Some(sink) = p.record.as_mut() {
+                        // What it says, cleaned, before its volume applies.
+                        sink.push(scratch);
+                    }
+                }
                 let gain = p.controls.gain_q16.load(Ordering::Relaxed) as i64;
                 for (input, s) in p.input.iter_mut().zip(scratch.iter()) {
                     // Clamped to 16 bits after gain, so 65,536 loud participants fit the
@@ -1023,6 +1076,10 @@ impl ConferenceMix {
                     Leg::Local(_) => None,
                 };
                 level = reported.unwrap_or_else(|| level_dbov(&p.input));
+            } else if let Some(sink) = p.record.as_mut().filter(|_| recording) {
+                // Silent, muted or without audio: silence, so that its file keeps time with the mix.
+                scratch.fill(0);
+                sink.push(scratch);
             }
             p.detect_talking(&policy, level);
         }
@@ -1118,6 +1175,10 @@ impl ConferenceMix {
                 self.controls.tap_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // What a silent listener hears: everyone, and the prompts to everyone.
+        if let Some(r) = self.recording.as_mut().filter(|_| recording) {
+            r.mix.push(&self.listener_mix);
+        }
     }
 
     /// Decides, before any shared encoder runs this tick, which legs send a
@@ -1205,6 +1266,11 @@ pub enum MixerCommand {
     Play(ConferenceId, Option<ParticipantId>, Box<PromptMix>),
     /// Stops a prompt, playing or queued, or with `None` every prompt of the conference.
     StopPlayback(ConferenceId, Option<PlaybackId>),
+    /// Starts recording a conference's mix, or with `None` stops, which
+    /// also stops recording each of its participants.
+    SetRecording(ConferenceId, Option<Box<RecordingMix>>),
+    /// Records one participant's own audio (while its conference records).
+    SetRecordSink(ConferenceId, ParticipantId, RecordSink),
     /// Gives a conference an encoder for the listeners whose legs encode as
     /// it does; ignored when it has one for them or [`MAX_SHARED_ENCODERS`].
     AddSharedEncoder(ConferenceId, Box<SharedEncoder>),
@@ -1221,6 +1287,8 @@ pub enum Garbage {
     NoiseSuppressor(Box<NoiseSuppressor>),
     SharedEncoder(Box<SharedEncoder>),
     Prompt(Box<PromptMix>),
+    Recording(Box<RecordingMix>),
+    RecordSink(RecordSink),
 }
 
 /// Width of a bucket of [`MixerStats::tick_histogram`].
@@ -1459,6 +1527,32 @@ impl Mixer {
                                 }
                             }
                         }
+                    }
+                }
+                MixerCommand::SetRecording(conference, recording) => {
+                    let (reaper, stats) = (&self.garbage, &self.stats);
+                    let Some(c) = self.conferences.iter_mut().find(|c| c.id == conference) else {
+                        recording.into_iter().for_each(|r| discard(reaper, stats, Garbage::Recording(r)));
+                        continue;
+                    };
+                    if recording.is_none() {
+                        for sink in c.participants.iter_mut().filter_map(|p| p.record.take()) {
+                            discard(reaper, stats, Garbage::RecordSink(sink));
+                        }
+                    }
+                    if let Some(old) = std::mem::replace(&mut c.recording, recording) {
+                        discard(reaper, stats, Garbage::Recording(old));
+                    }
+                }
+                MixerCommand::SetRecordSink(conference, id, sink) => {
+                    let participant =
+                        self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
+                    let old = match participant {
+                        Some(p) => p.record.replace(sink),
+                        None => Some(sink),
+                    };
+                    if let Some(old) = old {
+                        self.discard(Garbage::RecordSink(old));
                     }
                 }
                 MixerCommand::SetNoiseSuppressor(conference, id, suppressor) => {
@@ -2271,6 +2365,60 @@ mod tests {
         let mut finished: Vec<_> = done.try_iter().collect();
         finished.sort_by_key(|(id, _)| *id);
         assert_eq!(finished, vec![(1, PlaybackEnd::Completed), (2, PlaybackEnd::Completed)]);
+    }
+
+    #[test]
+    fn recording_drops_and_counts_when_its_writer_falls_behind_and_the_tick_does_not_allocate() {
+        let mut h = harness();
+        conference(&h, 1);
+        let mut ends = add_locals(&h, 1, 2);
+        // Rings with room for three frames, which nobody drains: a writer
+        // stuck on the disk.
+        let (mix_ring, mut mix_written) = rtrb::RingBuffer::new(FRAME * 3);
+        let (own_ring, mut own_written) = rtrb::RingBuffer::new(FRAME * 3);
+        let (mix_dropped, own_dropped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let paused = Arc::new(AtomicBool::new(false));
+        let recording = RecordingMix::new(paused.clone(), RecordSink::new(mix_ring, mix_dropped.clone()));
+        let commands = [
+            MixerCommand::SetRecording(ConferenceId(1), Some(Box::new(recording))),
+            MixerCommand::SetRecordSink(
+                ConferenceId(1),
+                ParticipantId(0),
+                RecordSink::new(own_ring, own_dropped.clone()),
+            ),
+        ];
+        let count = allocations_in(|| {
+            for command in commands {
+                let _ = h.commands.try_send(command);
+            }
+            h.mixer.apply_commands();
+            for tick in 0..10 {
+                feed(&mut ends[0], 100 + tick);
+                feed(&mut ends[1], 1000);
+                h.mixer.tick();
+                for e in ends.iter_mut() {
+                    let _ = e.from_mixer.read_chunk(FRAME).map(|c| c.commit_all());
+                }
+            }
+            // Paused: nothing is pushed, so nothing more is dropped.
+            paused.store(true, Ordering::Relaxed);
+            h.mixer.tick();
+            let _ = h.commands.try_send(MixerCommand::SetRecording(ConferenceId(1), None));
+            h.mixer.apply_commands();
+        });
+        assert_eq!(count, 0, "the tick allocated");
+        // Every tick ran; the first three frames are kept, the other seven dropped and counted.
+        assert_eq!(h.mixer.stats.ticks.load(Ordering::Relaxed), 11);
+        assert_eq!((mix_dropped.load(Ordering::Relaxed), own_dropped.load(Ordering::Relaxed)), (7, 7));
+        let kept = |ring: &mut rtrb::Consumer<i16>| ring.read_chunk(FRAME * 3).unwrap().into_iter().collect::<Vec<_>>();
+        let (mix, own) = (kept(&mut mix_written), kept(&mut own_written));
+        // The mix holds everyone; participant 0's file only what it said.
+        assert_eq!(mix[..FRAME], [1100; FRAME]);
+        assert_eq!(own[..FRAME], [100; FRAME]);
+        assert_eq!(own[FRAME * 2..], [102; FRAME]);
+        // Stopping handed the rings back, so the writer sees them abandoned.
+        reap(&h);
+        assert!(mix_written.is_abandoned() && own_written.is_abandoned());
     }
 
     /// Decoded audio of a 440 Hz tone, fitted to one sinusoid of fixed

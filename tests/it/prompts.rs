@@ -127,3 +127,112 @@ fn bad_prompts_are_refused() {
     let err = room.play_to(sipbridge::ParticipantId(999_999), &beep).unwrap_err();
     assert!(matches!(err, sipbridge::Error::NotFound(_)), "{err}");
 }
+
+/// One frame of `freq` Hz (0: silence) at amplitude 8000, continuing from sample `n`.
+fn frame_of(freq: f64, n: &mut usize, frame: usize) -> Vec<i16> {
+    (0..frame)
+        .map(|_| {
+            *n += 1;
+            (8000.0 * (2.0 * std::f64::consts::PI * freq * *n as f64 / WIDE as f64).sin()) as i16
+        })
+        .collect()
+}
+
+fn read_wav(path: &std::path::Path) -> (hound::WavSpec, Vec<i16>) {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let samples = reader.samples::<i16>().map(Result::unwrap).collect();
+    (reader.spec(), samples)
+}
+
+#[test]
+fn a_recording_holds_the_mix_and_each_participant_and_pause_leaves_a_span_out() {
+    let ep = endpoint();
+    let room = ep.create_conference_with_rate("recorded", WIDE).unwrap();
+    let mut talker = room.add_local().unwrap();
+    let mut listener = room.add_local().unwrap();
+    let frame = talker.frame_samples();
+    let path = temp_path("recorded.wav");
+    room.start_recording(&path, true).unwrap();
+    assert!(matches!(room.start_recording(&path, false), Err(sipbridge::Error::AlreadyExists(_))));
+    // Paced by what the listener hears: 1 s of 440 Hz, a pause over 0.5 s
+    // of 1000 Hz (with 100 ms of silence either side, as the talker's queue
+    // runs ahead of the mixer), then 0.5 s of 440 Hz.
+    let mut n = 0;
+    let mut say = |freq: f64, frames: usize| {
+        for _ in 0..frames {
+            talker.write_all(&frame_of(freq, &mut n, frame), Some(Duration::from_secs(1))).unwrap();
+            listen(&mut listener, 1);
+        }
+    };
+    say(440.0, 50);
+    say(0.0, 5);
+    room.pause_recording().unwrap();
+    say(1000.0, 25);
+    say(0.0, 5);
+    room.resume_recording().unwrap();
+    say(440.0, 25);
+    say(0.0, 5);
+    room.stop_recording().unwrap();
+    assert!(matches!(room.stop_recording(), Err(sipbridge::Error::NotFound(_))));
+
+    let own_path =
+        path.with_file_name(format!("{}-{}.wav", path.file_stem().unwrap().to_string_lossy(), talker.id().0));
+    for (file, who) in [(&path, None), (&own_path, Some(talker.id()))] {
+        let (spec, samples) = read_wav(file);
+        assert_eq!((spec.sample_rate, spec.channels, spec.bits_per_sample), (WIDE, 1, 16));
+        // 1.5 s of tone, give or take the silences' frames around the pause.
+        let seconds = samples.len() as f64 / WIDE as f64;
+        assert!((1.5..=1.75).contains(&seconds), "{who:?}: {seconds:.3} s recorded");
+        let (start, len) = audible_span(&samples);
+        // Before the pause and after it (the cut between them breaks the phase).
+        let end = start + len;
+        for section in [&samples[start + 4800..start + 43200], &samples[end - 19200..end - 4800]] {
+            assert!(purity(section, 440.0, WIDE) > 0.999, "{who:?}: not 440 Hz");
+        }
+        let paused_tone = tone_power_at(&samples, 1000.0, WIDE) / tone_power_at(&samples, 440.0, WIDE);
+        assert!(paused_tone < 1e-4, "{who:?}: the paused span was recorded ({paused_tone:e})");
+        assert!((dbov(&samples[start + 4800..start + 43200]) + 15.24).abs() < 0.3, "{who:?}: level");
+        let stopped = wait_event(&ep, Duration::from_secs(5), |e| match e {
+            Event::RecordingStopped { participant, path, frames_dropped, .. } if *participant == who => {
+                Some((path.clone(), *frames_dropped))
+            }
+            _ => None,
+        });
+        assert_eq!(stopped, (file.display().to_string(), 0));
+        std::fs::remove_file(file).unwrap();
+    }
+    // The listener said nothing: its file is silence, as long as the others.
+    let listener_path =
+        path.with_file_name(format!("{}-{}.wav", path.file_stem().unwrap().to_string_lossy(), listener.id().0));
+    let (_, silence) = read_wav(&listener_path);
+    assert!(silence.len() > WIDE as usize && silence.iter().all(|s| *s == 0));
+    std::fs::remove_file(&listener_path).unwrap();
+}
+
+#[test]
+fn destroying_a_conference_finishes_its_recording() {
+    let ep = endpoint();
+    let room = ep.create_conference_with_rate("recorded-destroyed", WIDE).unwrap();
+    let mut talker = room.add_local().unwrap();
+    let path = temp_path("destroyed.wav");
+    room.start_recording(&path, false).unwrap();
+    let mut n = 0;
+    for _ in 0..25 {
+        talker.write_all(&frame_of(440.0, &mut n, talker.frame_samples()), Some(Duration::from_secs(1))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    room.destroy().unwrap();
+    // The header was finalised: the file says how long it is.
+    let (_, samples) = read_wav(&path);
+    assert!(samples.len() >= WIDE as usize / 2, "{} samples", samples.len());
+    assert!(power_share_above(&samples, 440.0) > 0.9);
+    std::fs::remove_file(&path).unwrap();
+    let bad = ep.create_conference("recorded-bad").unwrap();
+    assert!(matches!(bad.start_recording("/nonexistent/dir/x.wav", false), Err(sipbridge::Error::Io(_))));
+}
+
+/// The share of the power of `samples`' audible span at `freq`.
+fn power_share_above(samples: &[i16], freq: f64) -> f64 {
+    let (start, len) = audible_span(samples);
+    purity(&samples[start..start + len], freq, WIDE)
+}
