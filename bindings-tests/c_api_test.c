@@ -1,13 +1,14 @@
 /*
  * End-to-end test of the C ABI: two endpoints on loopback, a dial-out between
  * them, audio both ways checked by tone power, participant control, error
- * paths, and the event callback. Built with -Wall -Wextra -Werror and run
+ * paths, the event callback, prompts and recording. Built with -Wall -Wextra -Werror and run
  * under AddressSanitizer (leaks included) by bindings-tests/run-c-tests.
  */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sipbridge.h"
 
@@ -80,6 +81,89 @@ static void on_event(void *userdata, const sb_event *event) {
   counters *c = userdata;
   if (event->kind == SB_EVENT_PARTICIPANT_JOINED) atomic_fetch_add(&c->joined, 1);
   if (event->kind == SB_EVENT_PARTICIPANT_LEFT) atomic_fetch_add(&c->left, 1);
+}
+
+/* Prompts: a tone to one participant only, PCM to everyone, stopped; a recording. */
+static void test_prompts(sb_endpoint *endpoint) {
+  sb_conference *room = NULL;
+  sb_local *a = NULL, *b = NULL;
+  OK(sb_endpoint_create_conference(endpoint, "prompts", &room));
+  OK(sb_conference_add_local(room, &a));
+  OK(sb_conference_add_local(room, &b));
+  uint64_t a_id = 0, playback = 0;
+  OK(sb_local_id(a, &a_id));
+
+  sb_playback *beep = NULL;
+  float frequencies[] = {1000.0f};
+  CHECK(sb_playback_tone(frequencies, 0, 300, -20.0f, &beep) == SB_INVALID_ARGUMENT && beep == NULL, "no frequency");
+  CHECK(sb_playback_tone(NULL, 1, 300, -20.0f, &beep) == SB_NULL_PARAMETER, "NULL frequencies");
+  CHECK(sb_playback_wav_file("/nonexistent.wav", &beep) == SB_IO, "missing file");
+  OK(sb_playback_tone(frequencies, 1, 300, -20.0f, &beep));
+  CHECK(sb_conference_play(room, beep, 999999, &playback) == SB_NOT_FOUND, "unknown participant");
+  OK(sb_conference_play(room, beep, a_id, &playback));
+
+  /* 0.3 s of 1000 Hz at -20 dBov (amplitude 4634) to a; b hears nothing. */
+  static int16_t heard_a[FRAME_SAMPLES * 25], heard_b[FRAME_SAMPLES * 25];
+  for (int i = 0; i < 25; i++) {
+    OK(sb_local_read_frame(a, heard_a + i * FRAME_SAMPLES, FRAME_SAMPLES, 1000));
+    OK(sb_local_read_frame(b, heard_b + i * FRAME_SAMPLES, FRAME_SAMPLES, 1000));
+  }
+  double amplitude_a = 2.0 * sqrt(tone_power(heard_a, FRAME_SAMPLES * 25, 1000));
+  double amplitude_b = 2.0 * sqrt(tone_power(heard_b, FRAME_SAMPLES * 25, 1000));
+  /* 0.3 s of the 0.5 s heard. */
+  CHECK(fabs(amplitude_a - 4634.0 * 0.6) < 150.0, "a heard the beep at amplitude %.0f", amplitude_a);
+  CHECK(amplitude_b < 1.0, "b heard %.0f", amplitude_b);
+  sb_event event;
+  CHECK(wait_for(endpoint, SB_EVENT_PLAYBACK_FINISHED, &event) && event.playback == playback && event.completed &&
+            event.participant == a_id,
+        "finished: playback %llu completed %d", (unsigned long long)event.playback, event.completed);
+
+  /* Ten seconds of PCM for everyone, stopped early. */
+  static int16_t pcm[SAMPLE_RATE * 10];
+  for (size_t i = 0; i < sizeof pcm / sizeof pcm[0]; i++) pcm[i] = 1000;
+  sb_playback *music = NULL;
+  OK(sb_playback_pcm(pcm, sizeof pcm / sizeof pcm[0], &music));
+  OK(sb_conference_play(room, music, 0, &playback));
+  int16_t frame[FRAME_SAMPLES];
+  for (int i = 0; i < 5; i++) OK(sb_local_read_frame(b, frame, FRAME_SAMPLES, 1000));
+  OK(sb_conference_stop_playback(room, 0));
+  CHECK(wait_for(endpoint, SB_EVENT_PLAYBACK_FINISHED, &event) && event.playback == playback && !event.completed &&
+            event.participant == 0,
+        "stopped");
+  CHECK(sb_conference_play(NULL, music, 0, &playback) == SB_NULL_PARAMETER, "NULL conference");
+
+  /* Recording: the PCM prompt to everyone, 0.2 s of it, into a WAV file. */
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/sipbridge-c-test-%d.wav", (int)getpid());
+  CHECK(sb_conference_start_recording(room, NULL, false) == SB_NULL_PARAMETER, "NULL path");
+  CHECK(sb_conference_stop_recording(room) == SB_NOT_FOUND, "no recording");
+  OK(sb_conference_start_recording(room, path, false));
+  CHECK(wait_for(endpoint, SB_EVENT_RECORDING_STARTED, &event) && strcmp(event.detail, path) == 0, "started");
+  CHECK(sb_conference_start_recording(room, path, false) == SB_ALREADY_EXISTS, "one at a time");
+  OK(sb_conference_play(room, music, 0, &playback));
+  for (int i = 0; i < 10; i++) OK(sb_local_read_frame(b, frame, FRAME_SAMPLES, 1000));
+  OK(sb_conference_pause_recording(room, true));
+  OK(sb_conference_pause_recording(room, false));
+  OK(sb_conference_stop_recording(room));
+  CHECK(wait_for(endpoint, SB_EVENT_RECORDING_STOPPED, &event) && event.frames_dropped == 0 &&
+            strcmp(event.detail, path) == 0,
+        "stopped");
+  /* A finished WAV header: RIFF size and data size filled in. */
+  FILE *wav = fopen(path, "rb");
+  unsigned char header[44] = {0};
+  CHECK(wav && fread(header, 1, 44, wav) == 44, "read the header");
+  if (wav) fclose(wav);
+  uint32_t data_bytes = header[40] | header[41] << 8 | header[42] << 16 | (uint32_t)header[43] << 24;
+  CHECK(memcmp(header, "RIFF", 4) == 0 && data_bytes >= FRAME_SAMPLES * 2 * 8, "data: %u bytes", data_bytes);
+  remove(path);
+  OK(sb_conference_stop_playback(room, playback));
+  sb_playback_free(music);
+  sb_playback_free(beep);
+  sb_playback_free(NULL);
+  sb_local_free(a);
+  sb_local_free(b);
+  OK(sb_conference_destroy(room));
+  sb_conference_free(room);
 }
 
 int main(void) {
@@ -267,6 +351,7 @@ int main(void) {
   CHECK(wait_for(caller, SB_EVENT_REGISTRATION, &event) && event.registration == SB_REGISTRATION_UNREGISTERED,
         "unregistered");
   CHECK(sb_endpoint_unregister_account(caller, account_id) == SB_NOT_FOUND, "unregistering twice");
+  test_prompts(bridge);
 
   /* --- stop: handles stay safe and say STOPPED --- */
   OK(sb_endpoint_stop(caller));

@@ -255,3 +255,68 @@ def test_python_example_runs_and_hears_the_bot():
     done = subprocess.run([sys.executable, str(example), "--seconds", "2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the caller heard the bot's 440 Hz tone" in done.stdout
+
+
+def test_prompts_play_to_everyone_or_one_and_report_their_end(tmp_path: Path):
+    import wave
+
+    # A WAV file at 8 kHz: 0.4 s of 500 Hz, played into a 16 kHz room.
+    path = tmp_path / "prompt.wav"
+    samples = (8000 * np.sin(2 * np.pi * 500 * np.arange(3200) / 8000)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(samples.tobytes())
+    with endpoint() as ep:
+        room = ep.create_conference("prompts")
+        a, b = room.add_local(), room.add_local()
+        welcome = sipbridge.Playback.wav_file(path)
+        id_ = room.play(welcome)
+        heard = [np.concatenate([x.read_frame(timeout=1.0) for _ in range(30)]) for x in (a, b)]
+        for h in heard:
+            loud = np.flatnonzero(np.abs(h) > 100)
+            assert abs((loud[-1] - loud[0] + 1) - 6400) < 60, "0.4 s at 16 kHz"
+            assert power(h, 500) > 1e5
+        event = wait_event(ep, "playback_finished", playback=id_)
+        assert event.completed and event.participant is None
+
+        beep = sipbridge.Playback.tone([1000.0], 0.2, level_dbov=-20.0)
+        id_ = room.play(beep, participant=b.id)
+        to_a = np.concatenate([a.read_frame(timeout=1.0) for _ in range(20)])
+        to_b = np.concatenate([b.read_frame(timeout=1.0) for _ in range(20)])
+        assert not to_a.any() and power(to_b, 1000) > 1e5
+        assert wait_event(ep, "playback_finished", playback=id_).participant == b.id
+
+        id_ = room.play(sipbridge.Playback.pcm(np.full(RATE * 10, 1000, dtype=np.int16)))
+        room.stop_playback(id_)
+        assert wait_event(ep, "playback_finished", playback=id_).completed is False
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            sipbridge.Playback.tone([1000.0], 0.2, level_dbov=3.0)
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            sipbridge.Playback.wav_file(tmp_path / "missing.wav")
+
+
+def test_recording_writes_the_mix_to_a_wav_file(tmp_path: Path):
+    import wave
+
+    path = tmp_path / "call.wav"
+    with endpoint() as ep:
+        room = ep.create_conference("recorded")
+        talker, listener = room.add_local(), room.add_local()
+        room.start_recording(path, per_participant=True)
+        assert wait_event(ep, "recording_started", participant=None).path == str(path)
+        for i in range(40):
+            talker.write(tone(700, i * FRAME), timeout=1.0)
+            listener.read_frame(timeout=1.0)
+        room.pause_recording()
+        room.resume_recording()
+        room.stop_recording()
+        assert wait_event(ep, "recording_stopped", participant=None).frames_dropped == 0
+        with pytest.raises(sipbridge.NotFoundError):
+            room.stop_recording()
+    with wave.open(str(path), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (RATE, 1, 2)
+        mix = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    assert len(mix) > RATE // 2 and power(mix, 700) > 1e5
+    assert (tmp_path / f"call-{talker.id}.wav").exists() and (tmp_path / f"call-{listener.id}.wav").exists()

@@ -133,6 +133,24 @@ typedef enum {
    * `expires` when registered, `status` and `detail` (the reason) when failed.
    */
   SB_EVENT_REGISTRATION = 11,
+  /**
+   * A prompt ended: `playback`, `completed` (false: stopped); `participant`
+   * is the one it played to, 0 for everyone.
+   */
+  SB_EVENT_PLAYBACK_FINISHED = 12,
+  /**
+   * A recording's file was opened: `detail` is its path; `participant` is
+   * the one recorded alone, 0 for the mix.
+   */
+  SB_EVENT_RECORDING_STARTED = 13,
+  /**
+   * A recording's file is complete: `detail`, `participant`, `frames_dropped`.
+   */
+  SB_EVENT_RECORDING_STOPPED = 14,
+  /**
+   * The disk does not keep up: `frames_dropped` so far for the file in `detail`.
+   */
+  SB_EVENT_RECORDING_OVERRUN = 15,
 } sb_event_kind;
 
 typedef enum {
@@ -181,6 +199,12 @@ typedef struct sb_frame_reader sb_frame_reader;
  * `sb_local_free` makes it leave and frees it.
  */
 typedef struct sb_local sb_local;
+
+/**
+ * A prompt, decoded: a WAV file, PCM, or a tone. Freed by `sb_playback_free`;
+ * playing it does not consume it.
+ */
+typedef struct sb_playback sb_playback;
 
 /**
  * How to start an endpoint. Fill it with `sb_endpoint_config_init`, then change fields.
@@ -363,7 +387,8 @@ typedef struct {
    */
   uint16_t status;
   /**
-   * DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+   * DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI;
+   * RECORDING_*: the file's path.
    */
   char detail[256];
   /**
@@ -399,6 +424,15 @@ typedef struct {
    * For REGISTRATION (registered): the seconds the registrar granted.
    */
   uint32_t expires;
+  /**
+   * For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
+   */
+  uint64_t playback;
+  bool completed;
+  /**
+   * For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+   */
+  uint64_t frames_dropped;
 } sb_event;
 
 /**
@@ -686,6 +720,71 @@ sb_status sb_endpoint_poll_event(const sb_endpoint *endpoint, uint32_t timeout_m
 sb_status sb_endpoint_set_event_callback(const sb_endpoint *endpoint,
                                          sb_event_callback callback,
                                          void *userdata);
+
+/**
+ * Decodes a WAV file (8/16/24/32-bit integer or 32-bit float PCM, any
+ * rate, mono or several channels, mixed down) into `out`.
+ */
+sb_status sb_playback_wav_file(const char *path, sb_playback **out);
+
+/**
+ * A prompt of `len` mono samples at the rate of the conference it is
+ * played in (they are copied).
+ */
+sb_status sb_playback_pcm(const int16_t *pcm, size_t len, sb_playback **out);
+
+/**
+ * A tone: the sum of sines at `count` (1 to 4) `frequencies` in Hz, each at
+ * `level_dbov` (-60 to -3), lasting `duration_ms` (at most 60 s).
+ */
+sb_status sb_playback_tone(const float *frequencies,
+                           size_t count,
+                           uint32_t duration_ms,
+                           float level_dbov,
+                           sb_playback **out);
+
+/**
+ * Frees a prompt; prompts already playing go on. NULL is allowed.
+ */
+void sb_playback_free(sb_playback *playback);
+
+/**
+ * Plays `playback` to everyone (`participant` 0) or to one participant,
+ * after the prompts queued for them, and writes its id to `id`.
+ * SB_EVENT_PLAYBACK_FINISHED reports when it ends.
+ */
+sb_status sb_conference_play(const sb_conference *conference,
+                             const sb_playback *playback,
+                             uint64_t participant,
+                             uint64_t *id);
+
+/**
+ * Stops prompt `id` (playing or queued), or with `id` 0 every prompt of the
+ * conference. A prompt that has ended already is no error.
+ */
+sb_status sb_conference_stop_playback(const sb_conference *conference, uint64_t id);
+
+/**
+ * Records the conference's mix to a WAV file at `path` (mono 16-bit at the
+ * conference's rate) and, with `per_participant`, each participant's own
+ * audio to `NAME-ID.wav` beside it. One recording at a time
+ * (SB_ALREADY_EXISTS); SB_EVENT_RECORDING_STARTED for each file. A slow
+ * disk drops frames (SB_EVENT_RECORDING_OVERRUN), never holding up the audio.
+ */
+sb_status sb_conference_start_recording(const sb_conference *conference,
+                                        const char *path,
+                                        bool per_participant);
+
+/**
+ * Pauses (`paused` true) or resumes the recording: paused time is left out of its files.
+ */
+sb_status sb_conference_pause_recording(const sb_conference *conference, bool paused);
+
+/**
+ * Stops the recording; returns once its files are complete
+ * (SB_EVENT_RECORDING_STOPPED for each). SB_NOT_FOUND when none runs.
+ */
+sb_status sb_conference_stop_recording(const sb_conference *conference);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -16,7 +16,8 @@ use crate::media::mixer::{
 use crate::sip::{Credentials, TimerConfig};
 use crate::{Error, Result};
 
-pub use crate::media::mixer::ParticipantId;
+pub use crate::media::mixer::{ParticipantId, PlaybackEnd, PlaybackId};
+pub use crate::media::playback::Playback;
 pub use crate::sip::register_client::{AccountId, RegistrationState};
 
 /// The rate conferences mix at unless the app picks another (8000, 16000
@@ -310,6 +311,40 @@ pub enum Event {
         aor: String,
         state: RegistrationState,
     },
+    /// A prompt ended: it played to its end, or was stopped (also when its
+    /// conference or its participant went away first).
+    PlaybackFinished {
+        conference: String,
+        /// The participant it played to, or `None` for everyone.
+        participant: Option<ParticipantId>,
+        playback: PlaybackId,
+        end: PlaybackEnd,
+    },
+    /// A file of a conference's recording was opened: the mix's
+    /// (`participant` `None`), or one participant's own audio.
+    RecordingStarted {
+        conference: String,
+        participant: Option<ParticipantId>,
+        path: String,
+    },
+    /// A recording's file is finished (its WAV header written): the
+    /// recording was stopped, or its conference or the endpoint was.
+    /// `frames_dropped` counts 20 ms frames lost because the disk fell behind.
+    RecordingStopped {
+        conference: String,
+        participant: Option<ParticipantId>,
+        path: String,
+        frames_dropped: u64,
+    },
+    /// The disk does not keep up with a recording: frames were dropped
+    /// (`frames_dropped` so far) rather than hold up the audio. Reported at
+    /// most once a second per file.
+    RecordingOverrun {
+        conference: String,
+        participant: Option<ParticipantId>,
+        path: String,
+        frames_dropped: u64,
+    },
 }
 
 /// A snapshot of one participant.
@@ -530,7 +565,7 @@ impl Endpoint {
 
     /// Events dropped because the application did not read them.
     pub fn events_dropped(&self) -> u64 {
-        self.shared.events_dropped.load(Ordering::Relaxed)
+        self.shared.event_sink.dropped.load(Ordering::Relaxed)
     }
 
     /// Mixer ticks so far and ticks that started late, over all mixer threads.
@@ -664,6 +699,70 @@ impl Conference {
             to_mixer,
             from_mixer: FrameReader { ring: from_mixer, frame },
         })
+    }
+
+    /// Plays `playback` to everyone in the conference, after the prompts
+    /// already queued for everyone. Returns at once; the prompt is decoded
+    /// and resampled to the conference's rate here, off the mixer, and
+    /// [`Event::PlaybackFinished`] says when it ends.
+    pub fn play(&self, playback: &Playback) -> Result<PlaybackId> {
+        self.play_prompt(None, playback)
+    }
+
+    /// Plays `playback` to one participant only (the others do not hear
+    /// it), after the prompts already queued for it; as [`Conference::play`].
+    pub fn play_to(&self, participant: ParticipantId, playback: &Playback) -> Result<PlaybackId> {
+        self.play_prompt(Some(participant), playback)
+    }
+
+    fn play_prompt(&self, participant: Option<ParticipantId>, playback: &Playback) -> Result<PlaybackId> {
+        self.check()?;
+        let samples = playback.render(self.sample_rate)?;
+        self.shared.play(self.id, &self.name, participant, samples)
+    }
+
+    /// Stops a prompt, playing or queued; one that has ended already is no error.
+    pub fn stop_playback(&self, id: PlaybackId) -> Result<()> {
+        self.check()?;
+        self.shared.stop_playback(self.id, Some(id))
+    }
+
+    /// Stops every prompt of the conference, to everyone and to participants.
+    pub fn stop_all_playback(&self) -> Result<()> {
+        self.check()?;
+        self.shared.stop_playback(self.id, None)
+    }
+
+    /// Records the conference to a WAV file at `path` (mono, 16-bit, at the
+    /// conference's rate): the mix, as a silent listener hears it, with
+    /// the prompts played to everyone. With `per_participant`, each
+    /// participant's own audio (decoded, before its volume; silence while
+    /// it is muted) also goes to a file beside it, `NAME-ID.wav`, from the
+    /// time it joins. One recording at a time; files are written by a
+    /// thread of their own, so a slow disk drops frames
+    /// ([`Event::RecordingOverrun`]) instead of holding up the audio.
+    pub fn start_recording(&self, path: impl AsRef<std::path::Path>, per_participant: bool) -> Result<()> {
+        self.check()?;
+        self.shared.start_recording(&self.name, path.as_ref(), per_participant)
+    }
+
+    /// Pauses the recording: what happens meanwhile is left out of its files.
+    pub fn pause_recording(&self) -> Result<()> {
+        self.check()?;
+        self.shared.pause_recording(&self.name, true)
+    }
+
+    pub fn resume_recording(&self) -> Result<()> {
+        self.check()?;
+        self.shared.pause_recording(&self.name, false)
+    }
+
+    /// Stops the recording; returns once its files are complete
+    /// ([`Event::RecordingStopped`] for each). Destroying the conference or
+    /// stopping the endpoint finishes them too.
+    pub fn stop_recording(&self) -> Result<()> {
+        self.check()?;
+        self.shared.stop_recording(&self.name)
     }
 
     /// Starts a feed of the conference mix (everyone, 20 ms frames at the

@@ -1,5 +1,6 @@
 //! The crate error: one enum per module, rolled up here.
 
+use crate::media::playback::PlaybackError;
 use crate::media::rtp::RtpError;
 use crate::sdp::SdpError;
 use crate::sip::SipError;
@@ -14,6 +15,8 @@ pub enum Error {
     Sdp(#[from] SdpError),
     #[error("RTP: {0}")]
     Rtp(#[from] RtpError),
+    #[error("playback: {0}")]
+    Playback(#[from] PlaybackError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid argument: {0}")]

@@ -27,9 +27,10 @@ pub mod sip;
 pub use api::{
     frame_samples, Account, AccountId, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason,
     LocalParticipant, MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState,
-    RegistrationState, DEFAULT_SAMPLE_RATE,
+    Playback, PlaybackEnd, PlaybackId, RegistrationState, DEFAULT_SAMPLE_RATE,
 };
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};
 pub use media::mixer::TalkerPolicy;
+pub use media::playback::PlaybackError;
 pub use sip::Credentials;

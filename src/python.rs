@@ -37,6 +37,7 @@ fn to_py(error: Error) -> PyErr {
         Error::Timeout => TimeoutError::new_err(message),
         Error::Sip(_) => SipError::new_err(message),
         Error::Sdp(_) => SdpError::new_err(message),
+        Error::Playback(_) => InvalidArgumentError::new_err(message),
         Error::Io(_) | Error::NoRtpPort => NetworkError::new_err(message),
         Error::Rtp(_) | Error::Interrupted => SipBridgeError::new_err(message),
     }
@@ -414,6 +415,52 @@ impl Conference {
     }
 
     /// Hangs up every leg and removes the conference.
+    /// Plays `playback` to everyone, or to `participant` alone, after the
+    /// prompts queued for them; returns its id. A "playback_finished" event
+    /// says when it ends.
+    #[pyo3(signature = (playback, participant = None))]
+    fn play(&self, py: Python<'_>, playback: &Playback, participant: Option<u64>) -> PyResult<u64> {
+        // Resampling a long file takes a while: not with the GIL held.
+        let played = blocking(py, |_| match participant {
+            None => self.inner.play(&playback.inner),
+            Some(p) => self.inner.play_to(crate::ParticipantId(p), &playback.inner),
+        })?;
+        Ok(played.0)
+    }
+
+    /// Stops prompt `id` (playing or queued), or with None every prompt of the conference.
+    #[pyo3(signature = (id = None))]
+    fn stop_playback(&self, id: Option<u64>) -> PyResult<()> {
+        match id {
+            None => self.inner.stop_all_playback(),
+            Some(id) => self.inner.stop_playback(crate::PlaybackId(id)),
+        }
+        .map_err(to_py)
+    }
+
+    /// Records the conference's mix to a WAV file at `path` (mono 16-bit at
+    /// the conference's rate) and, with `per_participant`, each
+    /// participant's own audio to `NAME-ID.wav` beside it. A slow disk drops
+    /// frames ("recording_overrun" events) rather than hold up the audio.
+    #[pyo3(signature = (path, per_participant = false))]
+    fn start_recording(&self, py: Python<'_>, path: std::path::PathBuf, per_participant: bool) -> PyResult<()> {
+        blocking(py, |_| self.inner.start_recording(&path, per_participant))
+    }
+
+    /// Leaves what follows out of the recording until `resume_recording`.
+    fn pause_recording(&self) -> PyResult<()> {
+        self.inner.pause_recording().map_err(to_py)
+    }
+
+    fn resume_recording(&self) -> PyResult<()> {
+        self.inner.resume_recording().map_err(to_py)
+    }
+
+    /// Stops the recording; returns once its files are complete.
+    fn stop_recording(&self, py: Python<'_>) -> PyResult<()> {
+        blocking(py, |_| self.inner.stop_recording())
+    }
+
     fn destroy(&self) -> PyResult<()> {
         self.inner.destroy().map_err(to_py)
     }
@@ -571,6 +618,52 @@ enum Samples<'py> {
     Sequence(Vec<i16>),
 }
 
+impl Samples<'_> {
+    fn to_vec(&self) -> Vec<i16> {
+        match self {
+            Samples::Array(a) => match a.as_slice() {
+                Ok(s) => s.to_vec(),
+                Err(_) => a.as_array().iter().copied().collect(),
+            },
+            Samples::Sequence(v) => v.clone(),
+        }
+    }
+}
+
+/// A prompt to play into a conference: a WAV file, PCM, or a tone, decoded
+/// once and played as often as wanted.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct Playback {
+    inner: crate::Playback,
+}
+
+#[pymethods]
+impl Playback {
+    /// Decodes a WAV file (8/16/24/32-bit integer or 32-bit float PCM, any
+    /// rate, mono or several channels, mixed down).
+    #[staticmethod]
+    fn wav_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let inner = blocking(py, |_| Ok(crate::Playback::wav_file(path)?))?;
+        Ok(Self { inner })
+    }
+
+    /// Mono int16 samples at the rate of the conference the prompt is played in.
+    #[staticmethod]
+    fn pcm(samples: Samples<'_>) -> Self {
+        Self { inner: crate::Playback::pcm(samples.to_vec()) }
+    }
+
+    /// The sum of sines at `frequencies` (1 to 4, Hz), each at `level_dbov`
+    /// (-60 to -3), lasting `duration` seconds (at most 60).
+    #[staticmethod]
+    #[pyo3(signature = (frequencies, duration, level_dbov = -20.0))]
+    fn tone(frequencies: Vec<f32>, duration: f64, level_dbov: f32) -> PyResult<Self> {
+        let duration = seconds(Some(duration))?.unwrap_or_default();
+        let inner = crate::Playback::tone(&frequencies, duration, level_dbov).map_err(|e| to_py(Error::from(e)))?;
+        Ok(Self { inner })
+    }
+}
+
 /// A participant the application feeds with PCM and listens to.
 #[pyclass(frozen, module = "sipbridge._native")]
 struct LocalParticipant {
@@ -601,13 +694,7 @@ impl LocalParticipant {
     #[pyo3(signature = (samples, timeout = None))]
     fn write(&self, py: Python<'_>, samples: Samples<'_>, timeout: Option<f64>) -> PyResult<()> {
         let timeout = seconds(timeout)?;
-        let owned: Vec<i16> = match &samples {
-            Samples::Array(a) => match a.as_slice() {
-                Ok(s) => s.to_vec(),
-                Err(_) => a.as_array().iter().copied().collect(),
-            },
-            Samples::Sequence(v) => v.clone(),
-        };
+        let owned = samples.to_vec();
         blocking(py, |interrupt| self.inner.lock().write_all_interruptible(&owned, timeout, interrupt))
     }
 
@@ -683,6 +770,10 @@ struct Event {
     aor: Option<String>,
     registration: Option<&'static str>,
     expires: Option<u32>,
+    playback: Option<u64>,
+    completed: Option<bool>,
+    path: Option<String>,
+    frames_dropped: Option<u64>,
 }
 
 impl Event {
@@ -706,6 +797,10 @@ impl Event {
             aor: None,
             registration: None,
             expires: None,
+            playback: None,
+            completed: None,
+            path: None,
+            frames_dropped: None,
         }
     }
 }
@@ -757,6 +852,24 @@ impl From<crate::Event> for Event {
                     ..Event::new("registration", String::new(), None)
                 }
             }
+            E::PlaybackFinished { conference, participant, playback, end } => Event {
+                playback: Some(playback.0),
+                completed: Some(end == crate::PlaybackEnd::Completed),
+                ..Event::new("playback_finished", conference, participant)
+            },
+            E::RecordingStarted { conference, participant, path } => {
+                Event { path: Some(path), ..Event::new("recording_started", conference, participant) }
+            }
+            E::RecordingStopped { conference, participant, path, frames_dropped } => Event {
+                path: Some(path),
+                frames_dropped: Some(frames_dropped),
+                ..Event::new("recording_stopped", conference, participant)
+            },
+            E::RecordingOverrun { conference, participant, path, frames_dropped } => Event {
+                path: Some(path),
+                frames_dropped: Some(frames_dropped),
+                ..Event::new("recording_overrun", conference, participant)
+            },
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -784,7 +897,16 @@ impl Event {
         if let (Some(d), Some(ms)) = (self.digit, self.duration_ms) {
             parts.push(format!("digit={d:?}, duration_ms={ms}"));
         }
-        for (name, value) in [("talking", self.talking), ("held", self.held)] {
+        if let Some(p) = self.playback {
+            parts.push(format!("playback={p}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("path={p:?}"));
+        }
+        if let Some(n) = self.frames_dropped {
+            parts.push(format!("frames_dropped={n}"));
+        }
+        for (name, value) in [("talking", self.talking), ("held", self.held), ("completed", self.completed)] {
             if let Some(v) = value {
                 parts.push(format!("{name}={}", if v { "True" } else { "False" }));
             }
@@ -812,6 +934,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LocalParticipant>()?;
     m.add_class::<FrameReader>()?;
     m.add_class::<Event>()?;
+    m.add_class::<Playback>()?;
     for (name, class) in [
         ("SipBridgeError", py.get_type::<SipBridgeError>()),
         ("InvalidArgumentError", py.get_type::<InvalidArgumentError>()),

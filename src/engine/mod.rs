@@ -13,6 +13,7 @@ mod accounts;
 mod dns;
 mod media_task;
 mod ports;
+mod recorder;
 mod sip_driver;
 mod transport;
 
@@ -31,7 +32,8 @@ use crate::media::codec::{CodecKind, EncoderKey};
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegMedia, Mixer, MixerCommand, MixerStats,
-    ParticipantControls, ParticipantId, ParticipantMix, SharedEncoder, TalkerPolicy, MAX_SHARED_ENCODERS,
+    ParticipantControls, ParticipantId, ParticipantMix, PlaybackId, PromptMix, SharedEncoder, TalkerPolicy,
+    MAX_SHARED_ENCODERS,
 };
 use crate::sip::auth::Authenticator;
 use crate::sip::registrar::Registrar;
@@ -40,12 +42,30 @@ use transport::{Connections, TlsContext};
 
 pub(crate) use accounts::account_settings;
 pub(crate) use ports::PortPool;
+use recorder::Recorder;
 pub(crate) use sip_driver::SipCommand;
 
 /// Events kept for an application that does not read them, before dropping.
 const EVENT_QUEUE: usize = 10_000;
 /// Commands in flight to the mixer.
 const MIXER_QUEUE: usize = 4096;
+
+/// Hands events to the application from any thread (the reaper reports
+/// finished prompts); what the application's queue cannot take is counted.
+#[derive(Clone)]
+pub(crate) struct EventSink {
+    events: Sender<Event>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+impl EventSink {
+    pub fn emit(&self, event: Event) {
+        tracing::info!(?event, "event");
+        if self.events.try_send(event).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// A conference in the registry.
 pub(crate) struct ConferenceEntry {
@@ -61,6 +81,8 @@ pub(crate) struct ConferenceEntry {
     /// Created by a caller's INVITE rather than the app: it ends when its last
     /// participant leaves, so callers cannot pile up empty rooms.
     pub on_demand: bool,
+    /// The recording running, if any.
+    recording: Option<Recorder>,
 }
 
 /// Who creates a conference.
@@ -258,9 +280,8 @@ pub(crate) struct Shared {
     /// One per mixer thread.
     pub mixer_stats: Vec<Arc<MixerStats>>,
     pub sip_commands: tokio::sync::mpsc::UnboundedSender<SipCommand>,
-    events_tx: Sender<Event>,
+    pub event_sink: EventSink,
     pub events: Receiver<Event>,
-    pub events_dropped: AtomicU64,
     pub ports: PortPool,
     next_id: AtomicU64,
     pub stopped: AtomicBool,
@@ -282,10 +303,7 @@ impl Shared {
     }
 
     pub fn emit(&self, event: Event) {
-        tracing::info!(?event, "event");
-        if self.events_tx.try_send(event).is_err() {
-            self.events_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        self.event_sink.emit(event);
     }
 
     pub fn check_running(&self) -> Result<()> {
@@ -341,6 +359,7 @@ impl Shared {
             noise_suppression: false,
             require_authentication: self.config.require_authentication,
             on_demand,
+            recording: None,
         };
         registry.conferences.insert(name.into(), entry);
         Ok((id, true))
@@ -398,9 +417,7 @@ impl Shared {
             if mix.frame_samples() != conference.sample_rate as usize / 50 {
                 return Err(Error::InvalidArgument(format!("participant not built for {} Hz", conference.sample_rate)));
             }
-            if entry.noise_suppression {
-                mix.set_noise_suppressor(NoiseSuppressor::new(conference.sample_rate, mix.frame_samples()));
-            }
+            prepare_mix(conference, id, &entry, &mut mix);
             self.mixer.lock().add_participant(conference.id, mix)?;
         }
         entry.conference = name.into();
@@ -424,11 +441,7 @@ impl Shared {
             registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
         // The conference it dialled for must still be the same one, not a new room of the same name.
         match registry.conferences.get(&entry.conference) {
-            Some(conference) if conference.id == entry.conference_id => {
-                if entry.noise_suppression {
-                    mix.set_noise_suppressor(NoiseSuppressor::new(conference.sample_rate, mix.frame_samples()));
-                }
-            }
+            Some(conference) if conference.id == entry.conference_id => prepare_mix(conference, id, entry, &mut mix),
             _ => return Err(Error::NotFound(entry.conference.clone())),
         }
         self.mixer.lock().add_participant(entry.conference_id, mix)?;
@@ -512,9 +525,12 @@ impl Shared {
         if !empty {
             return;
         }
-        registry.conferences.remove(name);
+        let room = registry.conferences.remove(name);
         let _ = self.mixer.lock().remove_conference(id);
         drop(registry);
+        if let Some(recorder) = room.and_then(|r| r.recording) {
+            recorder.stop();
+        }
         self.emit(Event::ConferenceDestroyed { conference: name.into() });
     }
 
@@ -524,9 +540,68 @@ impl Shared {
         for participant in &entry.participants {
             self.end_participant(*participant, LeaveReason::ConferenceDestroyed);
         }
-        self.mixer.lock().remove_conference(entry.id)?;
+        let removed = self.mixer.lock().remove_conference(entry.id);
+        if let Some(recorder) = entry.recording {
+            recorder.stop();
+        }
+        removed?;
         self.emit(Event::ConferenceDestroyed { conference: name.into() });
         Ok(())
+    }
+
+    /// Starts recording conference `name`'s mix to `path`, and with
+    /// `per_participant` each participant's own audio to a file beside it.
+    pub fn start_recording(&self, name: &str, path: &std::path::Path, per_participant: bool) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let registry = &mut *registry;
+        let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        if conference.recording.is_some() {
+            return Err(Error::AlreadyExists(format!("a recording of {name}")));
+        }
+        let (recorder, mix) =
+            Recorder::start(name, path, per_participant, conference.sample_rate, self.event_sink.clone())?;
+        let mixer = self.mixer.lock();
+        let id = conference.id;
+        let started = mixer.send(id, MixerCommand::SetRecording(id, Some(mix)));
+        if per_participant && started.is_ok() {
+            let in_mixer =
+                conference.participants.iter().filter(|p| registry.participants.get(p).is_some_and(|e| e.in_mixer));
+            for participant in in_mixer {
+                match recorder.add_participant(*participant) {
+                    Ok(sink) => mixer.send(id, MixerCommand::SetRecordSink(id, *participant, sink))?,
+                    Err(e) => tracing::warn!(participant = participant.0, "not recorded: {e}"),
+                }
+            }
+        }
+        drop(mixer);
+        match started {
+            Ok(()) => conference.recording = Some(recorder),
+            Err(_) => recorder.stop(),
+        }
+        started
+    }
+
+    /// Pauses or resumes conference `name`'s recording: paused time is left out of its files.
+    pub fn pause_recording(&self, name: &str, paused: bool) -> Result<()> {
+        let registry = self.registry.lock();
+        let conference = registry.conferences.get(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        let recorder =
+            conference.recording.as_ref().ok_or_else(|| Error::NotFound(format!("a recording of {name}")))?;
+        recorder.set_paused(paused);
+        Ok(())
+    }
+
+    /// Stops conference `name`'s recording; returns once its files are complete.
+    pub fn stop_recording(&self, name: &str) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        let recorder = conference.recording.take().ok_or_else(|| Error::NotFound(format!("a recording of {name}")))?;
+        let id = conference.id;
+        // The writer stops whether or not the mixer heard: it is told to by the flag.
+        let detached = self.mixer.lock().send(id, MixerCommand::SetRecording(id, None));
+        drop(registry);
+        recorder.stop();
+        detached
     }
 
     /// Ends one participant however it is connected.
@@ -568,6 +643,41 @@ impl Shared {
         for event in events {
             self.emit(event);
         }
+    }
+
+    /// Queues `samples` (at the conference's rate) for everyone in
+    /// conference `name`, or for `participant` alone; reports
+    /// [`Event::PlaybackFinished`] when it ends, however it ends.
+    pub fn play(
+        &self,
+        conference: ConferenceId,
+        name: &str,
+        participant: Option<ParticipantId>,
+        samples: Arc<[i16]>,
+    ) -> Result<PlaybackId> {
+        if let Some(id) = participant {
+            let registry = self.registry.lock();
+            match registry.participants.get(&id) {
+                Some(p) if p.conference_id == conference && p.in_mixer => {}
+                Some(p) if p.conference_id == conference => {
+                    return Err(Error::InvalidArgument(format!("participant {} has no audio yet", id.0)))
+                }
+                _ => return Err(Error::NotFound(format!("participant {}", id.0))),
+            }
+        }
+        let id = PlaybackId(self.next_id());
+        let (sink, conference_name) = (self.event_sink.clone(), name.to_string());
+        let done = Box::new(move |end| {
+            sink.emit(Event::PlaybackFinished { conference: conference_name, participant, playback: id, end })
+        });
+        let prompt = Box::new(PromptMix::new(id, samples, done));
+        self.mixer.lock().send(conference, MixerCommand::Play(conference, participant, prompt))?;
+        Ok(id)
+    }
+
+    /// Stops prompt `id` of a conference, or with `None` all of them.
+    pub fn stop_playback(&self, conference: ConferenceId, id: Option<PlaybackId>) -> Result<()> {
+        self.mixer.lock().send(conference, MixerCommand::StopPlayback(conference, id))
     }
 
     pub fn set_tap(&self, conference: ConferenceId, tap: Option<rtrb::Producer<i16>>) -> Result<()> {
@@ -697,9 +807,8 @@ impl Engine {
             mixer: Mutex::new(MixerControl { shards, conferences: HashMap::new() }),
             mixer_stats,
             sip_commands,
-            events_tx,
+            event_sink: EventSink { events: events_tx, dropped: Arc::default() },
             events,
-            events_dropped: AtomicU64::new(0),
             ports,
             next_id: AtomicU64::new(1),
             stopped: AtomicBool::new(false),
@@ -723,6 +832,12 @@ impl Engine {
         self.shared.mixer.lock().stop();
         for t in self.mixer_threads.drain(..) {
             let _ = t.join();
+        }
+        // Their files are finished before stop returns.
+        let recorders: Vec<Recorder> =
+            self.shared.registry.lock().conferences.values_mut().filter_map(|c| c.recording.take()).collect();
+        for recorder in recorders {
+            recorder.stop();
         }
         if let Some(runtime) = self.runtime.take() {
             // Waiting for a runtime to wind down is not allowed from inside
@@ -748,7 +863,20 @@ impl Drop for Engine {
     }
 }
 
-/// Conferences mix at 8, 16 or 48 kHz.
+/// Readies a participant's mixer side for its conference: noise suppression
+/// and a recording of its own, when the conference has them on.
+fn prepare_mix(conference: &ConferenceEntry, id: ParticipantId, entry: &ParticipantEntry, mix: &mut ParticipantMix) {
+    if entry.noise_suppression {
+        mix.set_noise_suppressor(NoiseSuppressor::new(conference.sample_rate, mix.frame_samples()));
+    }
+    if let Some(recorder) = conference.recording.as_ref().filter(|r| r.per_participant) {
+        match recorder.add_participant(id) {
+            Ok(sink) => mix.set_record_sink(Some(sink)),
+            Err(e) => tracing::warn!(participant = id.0, "not recorded: {e}"),
+        }
+    }
+}
+
 /// The SIP socket's receive buffer: room for a burst of requests while the
 /// SIP task is busy. The default (about 200 kB) dropped ACKs and BYEs at
 /// 2,500 calls a second in the call-setup benchmark. The kernel may cap it
@@ -829,6 +957,7 @@ fn check_noise_suppression(conference: &ConferenceEntry, on: bool) -> Result<()>
     Ok(())
 }
 
+/// Conferences mix at 8, 16 or 48 kHz.
 pub(crate) fn check_sample_rate(rate: u32) -> Result<()> {
     if crate::media::resample::SUPPORTED_RATES.contains(&rate) {
         Ok(())

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::{copy_str, fail, sb_endpoint, sb_participant_kind, sb_status, timeout};
-use crate::{Endpoint, Error, Event, LeaveReason, RegistrationState};
+use crate::{Endpoint, Error, Event, LeaveReason, PlaybackEnd, RegistrationState};
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,16 @@ pub enum sb_event_kind {
     /// An account's registration changed: `account`, `registration`;
     /// `expires` when registered, `status` and `detail` (the reason) when failed.
     SB_EVENT_REGISTRATION = 11,
+    /// A prompt ended: `playback`, `completed` (false: stopped); `participant`
+    /// is the one it played to, 0 for everyone.
+    SB_EVENT_PLAYBACK_FINISHED = 12,
+    /// A recording's file was opened: `detail` is its path; `participant` is
+    /// the one recorded alone, 0 for the mix.
+    SB_EVENT_RECORDING_STARTED = 13,
+    /// A recording's file is complete: `detail`, `participant`, `frames_dropped`.
+    SB_EVENT_RECORDING_STOPPED = 14,
+    /// The disk does not keep up: `frames_dropped` so far for the file in `detail`.
+    SB_EVENT_RECORDING_OVERRUN = 15,
 }
 
 #[repr(C)]
@@ -69,7 +79,8 @@ pub struct sb_event {
     pub reason: sb_leave_reason,
     /// For DIAL_FAILED and a failed REGISTRATION: the SIP status (408 when nothing answered).
     pub status: u16,
-    /// DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI.
+    /// DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI;
+    /// RECORDING_*: the file's path.
     pub detail: [c_char; 256],
     /// For PARTICIPANT_LEFT: the call's RTP packet totals.
     pub packets_received: u64,
@@ -88,6 +99,11 @@ pub struct sb_event {
     pub registration: sb_registration_state,
     /// For REGISTRATION (registered): the seconds the registrar granted.
     pub expires: u32,
+    /// For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
+    pub playback: u64,
+    pub completed: bool,
+    /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+    pub frames_dropped: u64,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -108,6 +124,9 @@ fn to_c(event: &Event) -> sb_event {
         account: 0,
         registration: sb_registration_state::SB_REGISTRATION_NONE,
         expires: 0,
+        playback: 0,
+        completed: false,
+        frames_dropped: 0,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -188,6 +207,30 @@ fn to_c(event: &Event) -> sb_event {
                 RegistrationState::Unregistered => sb_registration_state::SB_REGISTRATION_UNREGISTERED,
             };
             return out;
+        }
+        Event::PlaybackFinished { conference, participant, playback, end } => {
+            out.kind = sb_event_kind::SB_EVENT_PLAYBACK_FINISHED;
+            out.participant = participant.map_or(0, |p| p.0);
+            out.playback = playback.0;
+            out.completed = *end == PlaybackEnd::Completed;
+            conference
+        }
+        Event::RecordingStarted { conference, participant, path } => {
+            out.kind = sb_event_kind::SB_EVENT_RECORDING_STARTED;
+            out.participant = participant.map_or(0, |p| p.0);
+            copy_str(path, &mut out.detail);
+            conference
+        }
+        Event::RecordingStopped { conference, participant, path, frames_dropped }
+        | Event::RecordingOverrun { conference, participant, path, frames_dropped } => {
+            out.kind = match event {
+                Event::RecordingStopped { .. } => sb_event_kind::SB_EVENT_RECORDING_STOPPED,
+                _ => sb_event_kind::SB_EVENT_RECORDING_OVERRUN,
+            };
+            out.participant = participant.map_or(0, |p| p.0);
+            out.frames_dropped = *frames_dropped;
+            copy_str(path, &mut out.detail);
+            conference
         }
         Event::DialFailed { conference, participant, status, reason } => {
             out.kind = sb_event_kind::SB_EVENT_DIAL_FAILED;

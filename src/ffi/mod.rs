@@ -23,12 +23,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::media::playback::PlaybackError;
 use crate::{
     Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, OpusSettings, ParticipantId,
     ParticipantKind, ParticipantState,
 };
 
 pub use events::*;
+pub use playback::*;
+pub use recording::*;
 
 /// The result of every call.
 #[repr(C)]
@@ -84,6 +87,8 @@ impl From<&Error> for sb_status {
             Error::Sdp(_) => sb_status::SB_SDP,
             Error::Rtp(_) => sb_status::SB_INTERNAL,
             Error::Io(_) => sb_status::SB_IO,
+            Error::Playback(PlaybackError::Wav { source: hound::Error::IoError(_), .. }) => sb_status::SB_IO,
+            Error::Playback(_) => sb_status::SB_INVALID_ARGUMENT,
             Error::InvalidArgument(_) => sb_status::SB_INVALID_ARGUMENT,
             Error::NotFound(_) => sb_status::SB_NOT_FOUND,
             Error::AlreadyExists(_) => sb_status::SB_ALREADY_EXISTS,
@@ -196,8 +201,10 @@ macro_rules! try_call {
     };
 }
 
-// Declared after the macros above, which it uses.
+// Declared after the macros above, which they use.
 mod events;
+mod playback;
+mod recording;
 
 fn timeout(ms: u32) -> Option<Duration> {
     (ms != SB_WAIT_FOREVER).then(|| Duration::from_millis(ms as u64))

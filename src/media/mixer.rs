@@ -11,7 +11,12 @@
 //! - received RTP arrives through a bounded SPSC ring per leg, application
 //!   audio through SPSC sample rings (rtrb);
 //! - RTP is sent with a non-blocking `send_to` on the leg's own socket;
-//! - mute and volume are atomics the control side writes.
+//! - mute and volume are atomics the control side writes;
+//! - prompts arrive decoded and resampled (`Arc<[i16]>`): the tick copies
+//!   samples out of them and hands each finished one to the reaper, whose
+//!   drop reports how it ended;
+//! - recordings leave through a bounded SPSC ring per file, which a writer
+//!   thread drains to disk; when one is full the frame is dropped and counted.
 //!
 //! Participants and conferences stay boxed inside their vectors (clippy's
 //! `vec_box`): the box is what crosses threads, built and freed off the mixer.
@@ -83,6 +88,94 @@ pub struct ConferenceId(pub u64);
 /// Identifies a participant for the life of an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ParticipantId(pub u64);
+
+/// Identifies a prompt played into a conference, for the life of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlaybackId(pub u64);
+
+/// How a prompt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaybackEnd {
+    /// It played to its end.
+    Completed,
+    /// It was stopped, or its conference or participant went away, first.
+    Stopped,
+}
+
+/// Called once with how a prompt ended.
+pub type PlaybackDone = Box<dyn FnOnce(PlaybackEnd) + Send>;
+
+/// A prompt in the mixer, and the ones queued after it (a list of boxes, so
+/// that queueing one more never grows a vector in the mixer).
+pub struct PromptMix {
+    pub id: PlaybackId,
+    samples: Arc<[i16]>,
+    position: usize,
+    next: Option<Box<PromptMix>>,
+    /// Runs where the prompt is freed, which is never the mixer thread: it
+    /// hands everything it lets go of to the reaper.
+    done: Option<PlaybackDone>,
+}
+
+impl PromptMix {
+    pub fn new(id: PlaybackId, samples: Arc<[i16]>, done: PlaybackDone) -> Self {
+        Self { id, samples, position: 0, next: None, done: Some(done) }
+    }
+}
+
+impl Drop for PromptMix {
+    fn drop(&mut self) {
+        let end = if self.position >= self.samples.len() { PlaybackEnd::Completed } else { PlaybackEnd::Stopped };
+        if let Some(done) = self.done.take() {
+            done(end);
+        }
+    }
+}
+
+/// Queues `prompt` after the prompts in `queue`.
+fn enqueue(queue: &mut Option<Box<PromptMix>>, prompt: Box<PromptMix>) {
+    let mut tail = queue;
+    while let Some(queued) = tail {
+        tail = &mut queued.next;
+    }
+    *tail = Some(prompt);
+}
+
+/// Takes prompt `id` (or, with `None`, the first) out of `queue`, keeping the ones after it queued.
+fn unqueue(queue: &mut Option<Box<PromptMix>>, id: Option<PlaybackId>) -> Option<Box<PromptMix>> {
+    let mut cursor = queue;
+    loop {
+        match cursor {
+            Some(prompt) if id.is_none_or(|id| prompt.id == id) => {
+                let mut found = cursor.take()?;
+                *cursor = found.next.take();
+                return Some(found);
+            }
+            Some(prompt) => cursor = &mut prompt.next,
+            None => return None,
+        }
+    }
+}
+
+/// Adds the next frame of the queued prompts to `out`, one prompt after the
+/// other without a gap, and hands each that finishes to `finished`.
+fn play_prompts(queue: &mut Option<Box<PromptMix>>, out: &mut [i32], finished: &mut impl FnMut(Garbage)) {
+    let mut filled = 0;
+    while let Some(prompt) = queue.as_mut() {
+        let n = (prompt.samples.len() - prompt.position).min(out.len() - filled);
+        for (out, s) in out[filled..filled + n].iter_mut().zip(&prompt.samples[prompt.position..]) {
+            *out = out.wrapping_add(*s as i32);
+        }
+        prompt.position += n;
+        filled += n;
+        if prompt.position < prompt.samples.len() {
+            return;
+        }
+        if let Some(done) = unqueue(queue, None) {
+            finished(Garbage::Prompt(done));
+        }
+    }
+}
 
 /// A datagram received on a leg's RTP port, as the receive task hands it over.
 pub struct ReceivedDatagram {
@@ -723,6 +816,40 @@ impl LocalLeg {
     }
 }
 
+/// A ring the mixer writes one recorded stream into (a conference's mix, or
+/// one participant's audio), and the frames it dropped because the ring was
+/// full: the writer on the other end fell behind the disk.
+pub struct RecordSink {
+    ring: rtrb::Producer<i16>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl RecordSink {
+    pub fn new(ring: rtrb::Producer<i16>, dropped: Arc<AtomicU64>) -> Self {
+        Self { ring, dropped }
+    }
+
+    fn push(&mut self, frame: &[i16]) {
+        if !push_frame(&mut self.ring, frame) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A conference's recording, as the mixer sees it: the mix goes to `mix`,
+/// and participants recorded alone have a sink of their own.
+pub struct RecordingMix {
+    /// Written by the control side: while set, nothing is recorded.
+    paused: Arc<AtomicBool>,
+    mix: RecordSink,
+}
+
+impl RecordingMix {
+    pub fn new(paused: Arc<AtomicBool>, mix: RecordSink) -> Self {
+        Self { paused, mix }
+    }
+}
+
 /// Writes a whole frame into a sample ring, or nothing when it has no room.
 fn push_frame(ring: &mut rtrb::Producer<i16>, frame: &[i16]) -> bool {
     let Ok(mut chunk) = ring.write_chunk(frame.len()) else { return false };
@@ -765,6 +892,13 @@ pub struct ParticipantMix {
     /// This tick's level, unsmoothed, and the ticks since it last talked.
     frame_dbov: f32,
     ticks_since_talking: u32,
+    /// Prompts played to this participant alone, the first one playing.
+    prompts: Option<Box<PromptMix>>,
+    /// What it hears differs from the listeners' mix this tick: it is mixed
+    /// in (and must not hear itself), or a prompt plays to it.
+    own_mix: bool,
+    /// Where its own audio is recorded, while its conference records each participant.
+    record: Option<RecordSink>,
 }
 
 impl ParticipantMix {
@@ -783,7 +917,15 @@ impl ParticipantMix {
             talking: false,
             frame_dbov: -100.0,
             ticks_since_talking: u32::MAX,
+            prompts: None,
+            own_mix: false,
+            record: None,
         }
+    }
+
+    /// Records the participant's own audio into `sink`.
+    pub fn set_record_sink(&mut self, sink: Option<RecordSink>) {
+        self.record = sink;
     }
 
     /// Updates talker detection with this tick's level.
@@ -853,6 +995,9 @@ pub struct ConferenceMix {
     scratch: Box<[i16]>,
     /// The conference mix for the app, when it asked for it.
     tap: Option<rtrb::Producer<i16>>,
+    /// Prompts everyone hears, the first one playing.
+    prompts: Option<Box<PromptMix>>,
+    recording: Option<Box<RecordingMix>>,
     policy: TalkerPolicy,
     ticks: u32,
 }
@@ -869,6 +1014,8 @@ impl ConferenceMix {
             listener_mix: vec![0; frame].into_boxed_slice(),
             scratch: vec![0; frame].into_boxed_slice(),
             tap: None,
+            prompts: None,
+            recording: None,
             policy: TalkerPolicy::default(),
             ticks: 0,
         }
@@ -879,10 +1026,12 @@ impl ConferenceMix {
         self.sum.len()
     }
 
-    fn mix(&mut self) {
+    /// Mixes one tick; what it lets go of (finished prompts) goes to `discard`.
+    fn mix(&mut self, discard: &mut impl FnMut(Garbage)) {
         let frame = self.sum.len();
         self.sum.fill(0);
         let policy = self.policy;
+        let recording = self.recording.as_ref().is_some_and(|r| !r.paused.load(Ordering::Relaxed));
         // Each participant's frame, after noise suppression and gain, and its talker state.
         for p in self.participants.iter_mut() {
             let scratch = &mut self.scratch[..frame];
@@ -908,6 +1057,12 @@ impl ConferenceMix {
                         suppressor.process(scratch);
                     }
                 }
+                if recording {
+                    if let Some(sink) = p.record.as_mut() {
+                        // What it says, cleaned, before its volume applies.
+                        sink.push(scratch);
+                    }
+                }
                 let gain = p.controls.gain_q16.load(Ordering::Relaxed) as i64;
                 for (input, s) in p.input.iter_mut().zip(scratch.iter()) {
                     // Clamped to 16 bits after gain, so 65,536 loud participants fit the
@@ -921,6 +1076,10 @@ impl ConferenceMix {
                     Leg::Local(_) => None,
                 };
                 level = reported.unwrap_or_else(|| level_dbov(&p.input));
+            } else if let Some(sink) = p.record.as_mut().filter(|_| recording) {
+                // Silent, muted or without audio: silence, so that its file keeps time with the mix.
+                scratch.fill(0);
+                sink.push(scratch);
             }
             p.detect_talking(&policy, level);
         }
@@ -964,6 +1123,12 @@ impl ConferenceMix {
                 *sum = sum.wrapping_add(*input);
             }
         }
+        // A prompt to everyone is part of the sum, which nobody subtracts:
+        // the listeners' mix and every `sum - own` carry it.
+        play_prompts(&mut self.prompts, &mut self.sum, discard);
+        for p in self.participants.iter_mut() {
+            p.own_mix = p.contributes || p.prompts.is_some();
+        }
         for (out, sum) in self.listener_mix.iter_mut().zip(self.sum.iter()) {
             *out = (*sum).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
         }
@@ -974,10 +1139,16 @@ impl ConferenceMix {
             encodes += 1;
         }
         for p in self.participants.iter_mut() {
-            // Those mixed in hear the sum less themselves; everyone else the listeners' mix.
-            let mix: &[i16] = if p.contributes {
-                for ((out, sum), input) in p.output.iter_mut().zip(self.sum.iter()).zip(p.input.iter()) {
-                    *out = sum.wrapping_sub(*input).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            // Those mixed in hear the sum less themselves, and those with a
+            // prompt of their own hear it too; everyone else the listeners' mix.
+            let mix: &[i16] = if p.own_mix {
+                // `input` is done with for this tick: it holds the own mix, in 32 bits.
+                for (input, sum) in p.input.iter_mut().zip(self.sum.iter()) {
+                    *input = if p.contributes { sum.wrapping_sub(*input) } else { *sum };
+                }
+                play_prompts(&mut p.prompts, &mut p.input, discard);
+                for (out, own) in p.output.iter_mut().zip(p.input.iter()) {
+                    *out = (*own).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
                 }
                 &p.output
             } else {
@@ -1004,6 +1175,10 @@ impl ConferenceMix {
                 self.controls.tap_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // What a silent listener hears: everyone, and the prompts to everyone.
+        if let Some(r) = self.recording.as_mut().filter(|_| recording) {
+            r.mix.push(&self.listener_mix);
+        }
     }
 
     /// Decides, before any shared encoder runs this tick, which legs send a
@@ -1017,7 +1192,9 @@ impl ConferenceMix {
         for p in self.participants.iter_mut() {
             let Leg::Rtp(leg) = &mut p.leg else { continue };
             let Some(shared) = leg.shared_encoder.and_then(|i| self.shared.get_mut(i)) else { continue };
-            leg.ticks_since_mixed = if p.contributes { 0 } else { leg.ticks_since_mixed.saturating_add(1) };
+            // A leg hearing a mix of its own (it is mixed in, or a prompt
+            // plays to it alone) cannot send the listeners' encoding.
+            leg.ticks_since_mixed = if p.own_mix { 0 } else { leg.ticks_since_mixed.saturating_add(1) };
             let on_shared = leg.ticks_since_mixed > OWN_ENCODER_LINGER_TICKS;
             if leg.on_shared && !on_shared {
                 // The shared encoder has not run yet this tick: its state is
@@ -1084,6 +1261,16 @@ pub enum MixerCommand {
     SetNoiseSuppressor(ConferenceId, ParticipantId, Option<Box<NoiseSuppressor>>),
     /// Changes what an RTP leg sends and receives, after a re-offer.
     SetLegMedia(ConferenceId, ParticipantId, LegMedia),
+    /// Queues a prompt for everyone, or for one participant; one that cannot
+    /// be played (its conference or participant is gone) is stopped.
+    Play(ConferenceId, Option<ParticipantId>, Box<PromptMix>),
+    /// Stops a prompt, playing or queued, or with `None` every prompt of the conference.
+    StopPlayback(ConferenceId, Option<PlaybackId>),
+    /// Starts recording a conference's mix, or with `None` stops, which
+    /// also stops recording each of its participants.
+    SetRecording(ConferenceId, Option<Box<RecordingMix>>),
+    /// Records one participant's own audio (while its conference records).
+    SetRecordSink(ConferenceId, ParticipantId, RecordSink),
     /// Gives a conference an encoder for the listeners whose legs encode as
     /// it does; ignored when it has one for them or [`MAX_SHARED_ENCODERS`].
     AddSharedEncoder(ConferenceId, Box<SharedEncoder>),
@@ -1099,6 +1286,9 @@ pub enum Garbage {
     Tap(rtrb::Producer<i16>),
     NoiseSuppressor(Box<NoiseSuppressor>),
     SharedEncoder(Box<SharedEncoder>),
+    Prompt(Box<PromptMix>),
+    Recording(Box<RecordingMix>),
+    RecordSink(RecordSink),
 }
 
 /// Width of a bucket of [`MixerStats::tick_histogram`].
@@ -1178,6 +1368,15 @@ impl TickClock {
     }
 }
 
+/// Hands `garbage` to the reaper, or leaks it when the reaper's queue is full:
+/// freeing it here could take a lock or make a system call in the tick.
+fn discard(reaper: &Sender<Garbage>, stats: &MixerStats, garbage: Garbage) {
+    if let Err(e) = reaper.try_send(garbage) {
+        stats.leaked.fetch_add(1, Ordering::Relaxed);
+        std::mem::forget(e.into_inner());
+    }
+}
+
 /// The mixer's state; [`Mixer::run`] is the thread body.
 pub struct Mixer {
     conferences: Vec<Box<ConferenceMix>>,
@@ -1197,10 +1396,7 @@ impl Mixer {
     }
 
     fn discard(&self, garbage: Garbage) {
-        if let Err(e) = self.garbage.try_send(garbage) {
-            self.stats.leaked.fetch_add(1, Ordering::Relaxed);
-            std::mem::forget(e.into_inner());
-        }
+        discard(&self.garbage, &self.stats, garbage);
     }
 
     fn conference(&mut self, id: ConferenceId) -> Option<&mut Box<ConferenceMix>> {
@@ -1305,6 +1501,60 @@ impl Mixer {
                         self.discard(Garbage::SharedEncoder(shared));
                     }
                 }
+                MixerCommand::Play(conference, participant, prompt) => {
+                    let queue = self.conference(conference).and_then(|c| match participant {
+                        None => Some(&mut c.prompts),
+                        Some(id) => c.participants.iter_mut().find(|p| p.id == id).map(|p| &mut p.prompts),
+                    });
+                    match queue {
+                        Some(queue) => enqueue(queue, prompt),
+                        None => self.discard(Garbage::Prompt(prompt)),
+                    }
+                }
+                MixerCommand::StopPlayback(conference, id) => {
+                    let (reaper, stats) = (&self.garbage, &self.stats);
+                    let Some(c) = self.conferences.iter_mut().find(|c| c.id == conference) else { continue };
+                    let queues =
+                        std::iter::once(&mut c.prompts).chain(c.participants.iter_mut().map(|p| &mut p.prompts));
+                    for queue in queues {
+                        match id {
+                            // Dropping the head drops the prompts queued after it.
+                            None => queue.take().into_iter().for_each(|p| discard(reaper, stats, Garbage::Prompt(p))),
+                            Some(_) => {
+                                if let Some(p) = unqueue(queue, id) {
+                                    discard(reaper, stats, Garbage::Prompt(p));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                }
+                MixerCommand::SetRecording(conference, recording) => {
+                    let (reaper, stats) = (&self.garbage, &self.stats);
+                    let Some(c) = self.conferences.iter_mut().find(|c| c.id == conference) else {
+                        recording.into_iter().for_each(|r| discard(reaper, stats, Garbage::Recording(r)));
+                        continue;
+                    };
+                    if recording.is_none() {
+                        for sink in c.participants.iter_mut().filter_map(|p| p.record.take()) {
+                            discard(reaper, stats, Garbage::RecordSink(sink));
+                        }
+                    }
+                    if let Some(old) = std::mem::replace(&mut c.recording, recording) {
+                        discard(reaper, stats, Garbage::Recording(old));
+                    }
+                }
+                MixerCommand::SetRecordSink(conference, id, sink) => {
+                    let participant =
+                        self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
+                    let old = match participant {
+                        Some(p) => p.record.replace(sink),
+                        None => Some(sink),
+                    };
+                    if let Some(old) = old {
+                        self.discard(Garbage::RecordSink(old));
+                    }
+                }
                 MixerCommand::SetNoiseSuppressor(conference, id, suppressor) => {
                     let participant =
                         self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
@@ -1322,8 +1572,9 @@ impl Mixer {
 
     /// Mixes one frame of every conference.
     pub fn tick(&mut self) {
+        let (reaper, stats) = (&self.garbage, &self.stats);
         for conference in self.conferences.iter_mut() {
-            conference.mix();
+            conference.mix(&mut |garbage| discard(reaper, stats, garbage));
         }
         self.stats.ticks.fetch_add(1, Ordering::Relaxed);
     }
@@ -1413,13 +1664,13 @@ mod tests {
     struct Harness {
         mixer: Mixer,
         commands: Sender<MixerCommand>,
-        _garbage: Receiver<Garbage>,
+        garbage: Receiver<Garbage>,
     }
 
     fn harness() -> Harness {
         let (commands, rx) = crossbeam_channel::bounded(64);
         let (garbage_tx, garbage) = crossbeam_channel::bounded(64);
-        Harness { mixer: Mixer::new(rx, garbage_tx, Arc::default(), 4), commands, _garbage: garbage }
+        Harness { mixer: Mixer::new(rx, garbage_tx, Arc::default(), 4), commands, garbage }
     }
 
     struct LocalEnds {
@@ -1433,6 +1684,17 @@ mod tests {
         let p =
             ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Local(LocalLeg { from_app, to_app }), FRAME);
         (Box::new(p), LocalEnds { to_mixer, from_mixer })
+    }
+
+    /// Adds local participants 0 to `n - 1` to conference `id`.
+    fn add_locals(h: &Harness, id: u64, n: u64) -> Vec<LocalEnds> {
+        let mut ends = Vec::new();
+        for i in 0..n {
+            let (p, e) = local(i);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(id), p)).unwrap();
+            ends.push(e);
+        }
+        ends
     }
 
     fn feed(ends: &mut LocalEnds, value: i16) {
@@ -1564,12 +1826,7 @@ mod tests {
     fn each_participant_hears_the_others_but_not_itself() {
         let mut h = harness();
         conference(&h, 1);
-        let mut ends = Vec::new();
-        for i in 0..3 {
-            let (p, e) = local(i);
-            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
-            ends.push(e);
-        }
+        let mut ends = add_locals(&h, 1, 3);
         h.mixer.apply_commands();
         for (i, e) in ends.iter_mut().enumerate() {
             feed(e, [100, 20, 3][i]);
@@ -1893,6 +2150,15 @@ mod tests {
         packets
     }
 
+    /// Feeds the talker a frame of `audio`, ticks, and returns how many encodes the tick ran.
+    fn talk_and_tick(h: &mut Harness, talker: &mut LocalEnds, audio: &[i16], controls: &ConferenceControls) -> u64 {
+        let _ = talker.to_mixer.write_chunk_uninit(FRAME).map(|c| c.fill_from_iter(audio.iter().copied()));
+        let before = controls.encodes.load(Ordering::Relaxed);
+        h.mixer.tick();
+        let _ = talker.from_mixer.read_chunk(FRAME).map(|c| c.commit_all());
+        controls.encodes.load(Ordering::Relaxed) - before
+    }
+
     fn listening_peer() -> UdpSocket {
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
         peer.set_nonblocking(true).unwrap();
@@ -1924,16 +2190,9 @@ mod tests {
         let count = allocations_in(|| {
             h.mixer.apply_commands();
             for tick in 0..20 {
-                let _ = talker_ends
-                    .to_mixer
-                    .write_chunk_uninit(FRAME)
-                    .map(|c| c.fill_from_iter(tone[tick * FRAME..].iter().copied()));
-                let before = conference_controls.encodes.load(Ordering::Relaxed);
-                h.mixer.tick();
-                let _ = talker_ends.from_mixer.read_chunk(FRAME).map(|c| c.commit_all());
-                let after = conference_controls.encodes.load(Ordering::Relaxed);
+                let encodes = talk_and_tick(&mut h, &mut talker_ends, &tone[tick * FRAME..], &conference_controls);
                 if tick < encodes_per_tick.capacity() {
-                    encodes_per_tick.push(after - before);
+                    encodes_per_tick.push(encodes);
                 }
             }
         });
@@ -1956,6 +2215,210 @@ mod tests {
             }
         }
         assert_ne!(streams[0][19].1, vec![crate::media::codec::linear_to_ulaw(0); FRAME], "they hear the talker");
+    }
+
+    /// A prompt of `samples`, whose end is sent to `ends` when it is freed.
+    fn prompt(id: u64, samples: &[i16], ends: &crossbeam_channel::Sender<(u64, PlaybackEnd)>) -> Box<PromptMix> {
+        let ends = ends.clone();
+        let done = Box::new(move |end| ends.send((id, end)).unwrap());
+        Box::new(PromptMix::new(PlaybackId(id), samples.into(), done))
+    }
+
+    /// Frees what the mixer let go of, as the reaper does.
+    fn reap(h: &Harness) {
+        while let Ok(garbage) = h.garbage.try_recv() {
+            drop(garbage);
+        }
+    }
+
+    #[test]
+    fn prompts_play_in_turn_to_everyone_or_to_one_participant() {
+        let mut h = harness();
+        conference(&h, 1);
+        let mut ends = add_locals(&h, 1, 3);
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        // Two prompts for everyone, queued: 1.5 frames of 1000, then half a
+        // frame of 3000; and one frame of 500 to participant 2 alone.
+        let half = FRAME / 2;
+        h.commands
+            .send(MixerCommand::Play(ConferenceId(1), None, prompt(7, &[1000; FRAME + FRAME / 2], &done_tx)))
+            .unwrap();
+        h.commands.send(MixerCommand::Play(ConferenceId(1), None, prompt(8, &[3000; FRAME / 2], &done_tx))).unwrap();
+        h.commands
+            .send(MixerCommand::Play(ConferenceId(1), Some(ParticipantId(2)), prompt(9, &[500; FRAME], &done_tx)))
+            .unwrap();
+        // To a participant who is not there: stopped at once.
+        h.commands
+            .send(MixerCommand::Play(ConferenceId(1), Some(ParticipantId(5)), prompt(10, &[1; 10], &done_tx)))
+            .unwrap();
+        h.mixer.apply_commands();
+        let mut heard = |h: &mut Harness, talker: i16| {
+            feed(&mut ends[0], talker);
+            h.mixer.tick();
+            ends.iter_mut().map(take).collect::<Vec<_>>()
+        };
+        // Participant 0 talks at 100: the others hear it, it hears only the prompts.
+        let first = heard(&mut h, 100);
+        assert_eq!(first[0], vec![1000; FRAME]);
+        assert_eq!(first[1], vec![1100; FRAME]);
+        assert_eq!(first[2], vec![1600; FRAME], "its own prompt on top");
+        let second = heard(&mut h, 100);
+        // The second prompt follows the first within the frame, without a gap.
+        assert_eq!(second[1][..half], vec![1100; half]);
+        assert_eq!(second[1][half..], vec![3100; half]);
+        assert_eq!(second[2], second[1], "its prompt has ended");
+        assert_eq!(heard(&mut h, 100)[1], vec![100; FRAME], "all prompts have ended");
+        reap(&h);
+        let mut finished: Vec<_> = done.try_iter().collect();
+        finished.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            finished,
+            vec![
+                (7, PlaybackEnd::Completed),
+                (8, PlaybackEnd::Completed),
+                (9, PlaybackEnd::Completed),
+                (10, PlaybackEnd::Stopped)
+            ]
+        );
+
+        // Stopping one prompt of a queue keeps the others; stopping all ends the rest.
+        for (id, target) in [(11, None), (12, None), (13, Some(ParticipantId(1)))] {
+            h.commands
+                .send(MixerCommand::Play(ConferenceId(1), target, prompt(id, &[2000; FRAME * 10], &done_tx)))
+                .unwrap();
+        }
+        h.mixer.apply_commands();
+        assert_eq!(heard(&mut h, 0)[0], vec![2000; FRAME]);
+        h.commands.send(MixerCommand::StopPlayback(ConferenceId(1), Some(PlaybackId(11)))).unwrap();
+        h.mixer.apply_commands();
+        let after_stop = heard(&mut h, 0);
+        assert_eq!(after_stop[0], vec![2000; FRAME], "the next in the queue plays");
+        assert_eq!(after_stop[1], vec![4000; FRAME]);
+        h.commands.send(MixerCommand::StopPlayback(ConferenceId(1), None)).unwrap();
+        h.mixer.apply_commands();
+        assert_eq!(heard(&mut h, 0), vec![vec![0; FRAME]; 3]);
+        reap(&h);
+        let mut stopped: Vec<_> = done.try_iter().collect();
+        stopped.sort_by_key(|(id, _)| *id);
+        assert_eq!(stopped, vec![(11, PlaybackEnd::Stopped), (12, PlaybackEnd::Stopped), (13, PlaybackEnd::Stopped)]);
+    }
+
+    #[test]
+    fn a_prompt_to_one_listener_takes_it_off_the_shared_encoder_and_the_tick_does_not_allocate() {
+        let mut h = harness();
+        conference_with(&h, 1, TalkerPolicy::default());
+        h.mixer.apply_commands();
+        share_encoder(&h, 1, CodecKind::Pcmu);
+        let (talker, mut talker_ends) = local(1);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), talker)).unwrap();
+        let mut peers = Vec::new();
+        for i in 0..3 {
+            let peer = listening_peer();
+            let (p, _, _) = codec_participant(10 + i, peer.local_addr().unwrap(), CodecKind::Pcmu);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
+            peers.push(peer);
+        }
+        let conference_controls = h.mixer.conferences[0].controls.clone();
+        let tone: Vec<i16> = (0..FRAME * 40).map(|n| ((n as f32 * 0.3).sin() * 6000.0) as i16).collect();
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        // Built off the mixer thread: ten frames for listener 10 alone, and
+        // one frame for everyone, both from tick 10.
+        let mut prompts = Some([
+            MixerCommand::Play(ConferenceId(1), Some(ParticipantId(10)), prompt(1, &[4000; FRAME * 10], &done_tx)),
+            MixerCommand::Play(ConferenceId(1), None, prompt(2, &[4000; FRAME], &done_tx)),
+        ]);
+        let mut encodes_per_tick = Vec::with_capacity(40);
+        let count = allocations_in(|| {
+            h.mixer.apply_commands();
+            for tick in 0..40 {
+                if tick == 10 {
+                    for command in prompts.take().into_iter().flatten() {
+                        let _ = h.commands.try_send(command);
+                    }
+                    h.mixer.apply_commands();
+                }
+                encodes_per_tick.push(talk_and_tick(
+                    &mut h,
+                    &mut talker_ends,
+                    &tone[tick * FRAME..],
+                    &conference_controls,
+                ));
+            }
+        });
+        assert_eq!(count, 0, "the tick allocated");
+        // Listeners share one encoding; the one hearing a prompt encodes for
+        // itself while it plays and five ticks after; then it shares again.
+        assert_eq!(encodes_per_tick[9], 1);
+        assert!(encodes_per_tick[10..20].iter().all(|n| *n == 2), "{encodes_per_tick:?}");
+        assert_eq!(encodes_per_tick[20..25], [2; 5]);
+        assert_eq!(encodes_per_tick[26..], [1; 14]);
+        let streams: Vec<Vec<Vec<u8>>> =
+            peers.iter().map(|p| received(p).into_iter().map(|(_, payload)| payload).collect()).collect();
+        assert!(streams.iter().all(|s| s.len() == 40));
+        // The others heard the same, the talker and the prompt to everyone;
+        // listener 10 heard something else while its prompt played.
+        assert_eq!(streams[1], streams[2]);
+        assert_eq!(streams[0][..10], streams[1][..10]);
+        assert!((10..20).all(|t| streams[0][t] != streams[1][t]));
+        assert_eq!(streams[0][26..], streams[1][26..]);
+        reap(&h);
+        let mut finished: Vec<_> = done.try_iter().collect();
+        finished.sort_by_key(|(id, _)| *id);
+        assert_eq!(finished, vec![(1, PlaybackEnd::Completed), (2, PlaybackEnd::Completed)]);
+    }
+
+    #[test]
+    fn recording_drops_and_counts_when_its_writer_falls_behind_and_the_tick_does_not_allocate() {
+        let mut h = harness();
+        conference(&h, 1);
+        let mut ends = add_locals(&h, 1, 2);
+        // Rings with room for three frames, which nobody drains: a writer
+        // stuck on the disk.
+        let (mix_ring, mut mix_written) = rtrb::RingBuffer::new(FRAME * 3);
+        let (own_ring, mut own_written) = rtrb::RingBuffer::new(FRAME * 3);
+        let (mix_dropped, own_dropped) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let paused = Arc::new(AtomicBool::new(false));
+        let recording = RecordingMix::new(paused.clone(), RecordSink::new(mix_ring, mix_dropped.clone()));
+        let commands = [
+            MixerCommand::SetRecording(ConferenceId(1), Some(Box::new(recording))),
+            MixerCommand::SetRecordSink(
+                ConferenceId(1),
+                ParticipantId(0),
+                RecordSink::new(own_ring, own_dropped.clone()),
+            ),
+        ];
+        let count = allocations_in(|| {
+            for command in commands {
+                let _ = h.commands.try_send(command);
+            }
+            h.mixer.apply_commands();
+            for tick in 0..10 {
+                feed(&mut ends[0], 100 + tick);
+                feed(&mut ends[1], 1000);
+                h.mixer.tick();
+                for e in ends.iter_mut() {
+                    let _ = e.from_mixer.read_chunk(FRAME).map(|c| c.commit_all());
+                }
+            }
+            // Paused: nothing is pushed, so nothing more is dropped.
+            paused.store(true, Ordering::Relaxed);
+            h.mixer.tick();
+            let _ = h.commands.try_send(MixerCommand::SetRecording(ConferenceId(1), None));
+            h.mixer.apply_commands();
+        });
+        assert_eq!(count, 0, "the tick allocated");
+        // Every tick ran; the first three frames are kept, the other seven dropped and counted.
+        assert_eq!(h.mixer.stats.ticks.load(Ordering::Relaxed), 11);
+        assert_eq!((mix_dropped.load(Ordering::Relaxed), own_dropped.load(Ordering::Relaxed)), (7, 7));
+        let kept = |ring: &mut rtrb::Consumer<i16>| ring.read_chunk(FRAME * 3).unwrap().into_iter().collect::<Vec<_>>();
+        let (mix, own) = (kept(&mut mix_written), kept(&mut own_written));
+        // The mix holds everyone; participant 0's file only what it said.
+        assert_eq!(mix[..FRAME], [1100; FRAME]);
+        assert_eq!(own[..FRAME], [100; FRAME]);
+        assert_eq!(own[FRAME * 2..], [102; FRAME]);
+        // Stopping handed the rings back, so the writer sees them abandoned.
+        reap(&h);
+        assert!(mix_written.is_abandoned() && own_written.is_abandoned());
     }
 
     /// Decoded audio of a 440 Hz tone, fitted to one sinusoid of fixed

@@ -1,4 +1,4 @@
-//! Media: RTP, codecs, jitter buffering and the mixer.
+//! Media: RTP, codecs, jitter buffering, the mixer and prompts.
 
 pub mod codec;
 pub mod denoise;
@@ -6,6 +6,7 @@ pub mod dtmf;
 pub mod g722;
 pub mod jitter;
 pub mod mixer;
+pub mod playback;
 pub mod plc;
 pub mod resample;
 pub mod rtcp;

@@ -5,5 +5,6 @@ mod common;
 mod kamailio;
 mod loopback;
 mod mix;
+mod prompts;
 mod sipp;
 mod transport;

@@ -1,0 +1,212 @@
+//! Recording a conference to WAV files: the mixer pushes frames into a
+//! bounded ring per file ([`RecordSink`]), and one writer thread per
+//! recording drains them to disk, so a slow disk costs dropped frames
+//! (counted and reported), never a late tick.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::EventSink;
+use crate::api::Event;
+use crate::media::mixer::{ParticipantId, RecordSink, RecordingMix};
+use crate::{Error, Result};
+
+/// Each ring holds two seconds, which the disk may stall for without a loss.
+const RING_TICKS: usize = 100;
+/// How often the writer drains the rings.
+const WRITE_EVERY: Duration = Duration::from_millis(20);
+/// Overruns are reported at most this often per file, so a dead disk does not flood the events.
+const OVERRUN_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// One file being written, and the ring it is fed from.
+struct Stream {
+    participant: Option<ParticipantId>,
+    path: String,
+    ring: rtrb::Consumer<i16>,
+    /// `None` once writing failed: the rest of that file is lost, not the others.
+    writer: Option<hound::WavWriter<BufWriter<File>>>,
+    dropped: Arc<AtomicU64>,
+    reported_dropped: u64,
+    last_report: Option<Instant>,
+}
+
+/// Identifies where events about a recording belong.
+#[derive(Clone)]
+struct Reporter {
+    conference: String,
+    events: EventSink,
+}
+
+/// A running recording, as the control side holds it.
+pub(crate) struct Recorder {
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    streams: Sender<Stream>,
+    thread: JoinHandle<()>,
+    /// The mix's file, and whether each participant gets a file too.
+    path: PathBuf,
+    pub per_participant: bool,
+    sample_rate: u32,
+    reporter: Reporter,
+}
+
+impl Recorder {
+    /// Creates the mix's file at `path` and starts the writer thread;
+    /// returns the recorder and what the mixer writes the mix into.
+    pub fn start(
+        conference: &str,
+        path: &Path,
+        per_participant: bool,
+        sample_rate: u32,
+        events: EventSink,
+    ) -> Result<(Self, Box<RecordingMix>)> {
+        let reporter = Reporter { conference: conference.into(), events };
+        let (mix_stream, mix_sink) = open_stream(path, None, sample_rate)?;
+        let (streams, new_streams) = crossbeam_channel::unbounded();
+        let (paused, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let writer_stop = stop.clone();
+        let writer_reporter = reporter.clone();
+        reporter.started(&mix_stream);
+        let thread = std::thread::Builder::new()
+            .name("sipbridge-recorder".into())
+            .spawn(move || write_streams(mix_stream, new_streams, writer_stop, writer_reporter))?;
+        let recorder = Self {
+            paused: paused.clone(),
+            stop,
+            streams,
+            thread,
+            path: path.to_path_buf(),
+            per_participant,
+            sample_rate,
+            reporter,
+        };
+        Ok((recorder, Box::new(RecordingMix::new(paused, mix_sink))))
+    }
+
+    /// Opens participant `id`'s file (the mix's path with `-ID` before the
+    /// extension) and returns what the mixer writes its audio into.
+    pub fn add_participant(&self, id: ParticipantId) -> Result<RecordSink> {
+        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let extension = self.path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or("wav".into());
+        let path = self.path.with_file_name(format!("{stem}-{}.{extension}", id.0));
+        let (stream, sink) = open_stream(&path, Some(id), self.sample_rate)?;
+        self.reporter.started(&stream);
+        // The writer ends only in `stop`, which consumes the recorder.
+        let _ = self.streams.send(stream);
+        Ok(sink)
+    }
+
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Writes what the rings hold, finalises every file's header, and
+    /// returns once they are complete on disk.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        if self.thread.join().is_err() {
+            tracing::error!(conference = %self.reporter.conference, "the recording writer panicked");
+        }
+    }
+}
+
+impl Reporter {
+    fn started(&self, stream: &Stream) {
+        self.events.emit(Event::RecordingStarted {
+            conference: self.conference.clone(),
+            participant: stream.participant,
+            path: stream.path.clone(),
+        });
+    }
+}
+
+fn open_stream(path: &Path, participant: Option<ParticipantId>, sample_rate: u32) -> Result<(Stream, RecordSink)> {
+    let spec =
+        hound::WavSpec { channels: 1, sample_rate, bits_per_sample: 16, sample_format: hound::SampleFormat::Int };
+    let writer = hound::WavWriter::create(path, spec).map_err(|e| match e {
+        hound::Error::IoError(e) => Error::Io(e),
+        e => Error::InvalidArgument(format!("cannot record to {}: {e}", path.display())),
+    })?;
+    let (producer, ring) = rtrb::RingBuffer::new(sample_rate as usize / 50 * RING_TICKS);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let stream = Stream {
+        participant,
+        path: path.display().to_string(),
+        ring,
+        writer: Some(writer),
+        dropped: dropped.clone(),
+        reported_dropped: 0,
+        last_report: None,
+    };
+    Ok((stream, RecordSink::new(producer, dropped)))
+}
+
+/// The writer thread: drains every stream's ring to its file every 20 ms
+/// until told to stop, then drains once more and finalises the files.
+fn write_streams(mix: Stream, new_streams: Receiver<Stream>, stop: Arc<AtomicBool>, reporter: Reporter) {
+    let mut streams = vec![mix];
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        streams.extend(new_streams.try_iter());
+        for stream in streams.iter_mut() {
+            stream.drain();
+            stream.report_overrun(&reporter);
+        }
+        if stopping {
+            break;
+        }
+        std::thread::sleep(WRITE_EVERY);
+    }
+    for stream in streams {
+        let frames_dropped = stream.dropped.load(Ordering::Relaxed);
+        if let Some(Err(e)) = stream.writer.map(|w| w.finalize()) {
+            tracing::warn!(path = %stream.path, "cannot finish the recording: {e}");
+        }
+        reporter.events.emit(Event::RecordingStopped {
+            conference: reporter.conference.clone(),
+            participant: stream.participant,
+            path: stream.path,
+            frames_dropped,
+        });
+    }
+}
+
+impl Stream {
+    fn drain(&mut self) {
+        let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) else { return };
+        if let Some(writer) = self.writer.as_mut() {
+            let (a, b) = chunk.as_slices();
+            let mut samples = writer.get_i16_writer(chunk.len() as u32);
+            for s in a.iter().chain(b) {
+                samples.write_sample(*s);
+            }
+            if let Err(e) = samples.flush() {
+                tracing::warn!(path = %self.path, "recording stopped, cannot write: {e}");
+                self.writer = None;
+            }
+        }
+        chunk.commit_all();
+    }
+
+    fn report_overrun(&mut self, reporter: &Reporter) {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let due = self.last_report.is_none_or(|at| at.elapsed() >= OVERRUN_REPORT_EVERY);
+        if dropped > self.reported_dropped && due {
+            self.reported_dropped = dropped;
+            self.last_report = Some(Instant::now());
+            reporter.events.emit(Event::RecordingOverrun {
+                conference: reporter.conference.clone(),
+                participant: self.participant,
+                path: self.path.clone(),
+                frames_dropped: dropped,
+            });
+        }
+    }
+}
