@@ -209,6 +209,7 @@ int main(void) {
   sb_event event;
   uint64_t local_id = 0;
   OK(sb_local_id(at_bridge, &local_id));
+  CHECK(sb_conference_set_held(room, local_id, true) == SB_NOT_FOUND, "only SIP calls can be held");
   CHECK(wait_for(bridge, SB_EVENT_PARTICIPANT_JOINED, &event) && event.participant_kind == SB_PARTICIPANT_LOCAL &&
             event.participant == local_id,
         "the local participant joined first");

@@ -188,6 +188,8 @@ def test_errors_are_exceptions_of_the_hierarchy():
         local = room.add_local()
         with pytest.raises(sipbridge.InvalidArgumentError):
             local.participant.set_volume(float("nan"))
+        with pytest.raises(sipbridge.NotFoundError):
+            local.participant.hold()  # only SIP calls can be held
         with pytest.raises(TypeError):
             local.write("not audio")  # type: ignore[arg-type]
         with pytest.raises(TypeError):

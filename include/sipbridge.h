@@ -610,6 +610,13 @@ sb_status sb_conference_set_muted(const sb_conference *conference,
                                   bool muted);
 
 /**
+ * Puts a SIP participant's call on hold (a re-INVITE offering inactive:
+ * nothing sent to it or mixed from it) or takes it off hold. SB_EVENT_HOLD
+ * comes when the phone answers; a refusal leaves the call as it was.
+ */
+sb_status sb_conference_set_held(const sb_conference *conference, uint64_t participant, bool held);
+
+/**
  * Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).
  */
 sb_status sb_conference_set_volume_db(const sb_conference *conference,

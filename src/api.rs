@@ -998,6 +998,21 @@ impl Participant {
         self.shared.end_participant(self.id, LeaveReason::LocalHangup);
         Ok(())
     }
+
+    /// Puts the participant's call on hold (a re-INVITE offering
+    /// `inactive`: nothing is sent to it or mixed from it) or takes it off
+    /// hold (`sendrecv`). The change takes effect, and [`Event::Hold`]
+    /// comes, when the phone answers; a refusal leaves the call as it was.
+    /// Only SIP participants can be held.
+    pub fn set_held(&self, held: bool) -> Result<()> {
+        self.with_entry(|_| ())?;
+        let (reply, result) = std::sync::mpsc::channel();
+        self.shared
+            .sip_commands
+            .send(SipCommand::Hold { participant: self.id, held, reply })
+            .map_err(|_| Error::Stopped)?;
+        result.recv().map_err(|_| Error::Stopped)?
+    }
 }
 
 /// Reads 20 ms frames from a sample ring the mixer fills.

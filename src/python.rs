@@ -537,6 +537,13 @@ impl Participant {
         self.inner.set_muted(false).map_err(to_py)
     }
 
+    /// Puts a SIP participant's call on hold (re-INVITE, inactive) or takes
+    /// it off hold; a "hold" event comes when the phone answers.
+    #[pyo3(signature = (held = true))]
+    fn hold(&self, held: bool) -> PyResult<()> {
+        self.inner.set_held(held).map_err(to_py)
+    }
+
     /// How loud the participant is in the mix, in dB (0 = as received).
     fn set_volume(&self, db: f32) -> PyResult<()> {
         self.inner.set_volume_db(db).map_err(to_py)

@@ -347,6 +347,19 @@ pub fn offer(local: &LocalMedia) -> SessionDescription {
     description(local, &formats, Direction::SendRecv, true, Some(AUDIO_LEVEL_ID))
 }
 
+/// A new offer in an established session (§8 of RFC 3264): the codec and
+/// payload types in use, in `direction` (inactive to hold, sendrecv to resume).
+pub fn reoffer(local: &LocalMedia, media: &NegotiatedMedia, direction: Direction) -> SessionDescription {
+    let mut formats = vec![Format::Audio(media.codec, media.payload_type)];
+    if let Some(pt) = media.telephone_event {
+        formats.push(Format::TelephoneEvent(media.codec.clock_rate(), pt));
+    }
+    if let Some(pt) = media.comfort_noise {
+        formats.push(Format::ComfortNoise(pt));
+    }
+    description(local, &formats, direction, media.rtcp_mux, media.audio_level)
+}
+
 fn description(
     local: &LocalMedia,
     formats: &[Format],

@@ -18,7 +18,7 @@ use super::ports::PortLease;
 use super::transport::{Connections, StreamEvent};
 use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
-use crate::media::codec::{CodecKind, OpusSettings};
+use crate::media::codec::OpusSettings;
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
@@ -58,6 +58,13 @@ pub(crate) enum SipCommand {
         participant: ParticipantId,
         reason: LeaveReason,
     },
+    /// Puts a participant's call on hold (a re-INVITE with an inactive
+    /// offer) or takes it off hold.
+    Hold {
+        participant: ParticipantId,
+        held: bool,
+        reply: std::sync::mpsc::Sender<Result<()>>,
+    },
     /// Register an account (see `Endpoint::register_account`).
     RegisterAccount {
         config: AccountConfig,
@@ -88,9 +95,9 @@ struct CallLeg {
     receive_task: Option<JoinHandle<()>>,
     /// Why the app hung up, reported when the call ends.
     hangup_reason: Option<LeaveReason>,
-    /// Once media runs: our side of the session and the codec in use, to
-    /// answer re-offers with.
-    session: Option<(LocalMedia, CodecKind)>,
+    /// Once media runs: our side of the session and what was negotiated, to
+    /// answer re-offers and make our own with.
+    session: Option<(LocalMedia, NegotiatedMedia)>,
 }
 
 struct Driver {
@@ -298,6 +305,15 @@ impl Driver {
             UaEvent::RequestAnswered { key, status, reason, headers } => {
                 self.registrations.handle_response(&mut self.ua, key, status, &reason, &headers, now);
             }
+            UaEvent::ReofferAnswered { call, answer } => {
+                if let Err(error) = self.reoffer_answered(call, &answer) {
+                    tracing::warn!(%error, "cannot use the answer to our re-offer; hanging up");
+                    let _ = self.ua.hangup(call, now);
+                }
+            }
+            UaEvent::ReofferFailed { call, status } => {
+                tracing::info!(call = call.0, status, "the peer refused our re-offer; the session stays as it was");
+            }
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
@@ -312,7 +328,7 @@ impl Driver {
                         EndReason::RemoteHangup => LeaveReason::RemoteHangup,
                         EndReason::LocalHangup => LeaveReason::LocalHangup,
                         EndReason::Cancelled => LeaveReason::Cancelled,
-                        EndReason::AckTimeout | EndReason::SessionExpired => LeaveReason::Timeout,
+                        EndReason::AckTimeout | EndReason::SessionExpired | EndReason::PeerGone => LeaveReason::Timeout,
                     });
                     if leg.media.is_none() {
                         self.shared.participant_left(leg.participant, reason);
@@ -498,7 +514,7 @@ impl Driver {
         } else {
             let offer = SessionDescription::parse(offer).map_err(|e| (488, e.into()))?;
             let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
-            let session = Some((media.local.clone(), negotiated.codec));
+            let session = Some((media.local.clone(), negotiated));
             let mix_rate = self.shared.room_sample_rate(&room);
             let (mix, task, dtmf) =
                 self.rtp_leg(participant, controls.clone(), media, negotiated, mix_rate).map_err(|e| (500, e))?;
@@ -535,12 +551,43 @@ impl Driver {
     fn answer_reoffer(&mut self, call: CallKey, offer: &[u8]) -> Result<Vec<u8>> {
         let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
         let participant = leg.participant;
-        let (local, codec) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
+        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
         // Changing codec mid-call would mean a new leg; keep the one in use.
         let keep_codec =
-            LocalMedia { codecs: vec![*codec], session_version: local.session_version + 1, ..local.clone() };
+            LocalMedia { codecs: vec![current.codec], session_version: local.session_version + 1, ..local.clone() };
         let (answer, negotiated) = sdp::answer(&SessionDescription::parse(offer)?, &keep_codec)?;
         local.session_version += 1;
+        *current = negotiated;
+        self.apply_session(participant, &negotiated)?;
+        Ok(answer.print().into_bytes())
+    }
+
+    /// Sends our own re-offer: inactive to hold a participant, sendrecv to
+    /// resume it. The change takes effect when the peer answers.
+    fn hold(&mut self, participant: ParticipantId, held: bool, now: Instant) -> Result<()> {
+        let call = *self.by_participant.get(&participant).ok_or(Error::NotFound("a call".into()))?;
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("a call".into()))?;
+        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
+        local.session_version += 1;
+        let direction = if held { Direction::Inactive } else { Direction::SendRecv };
+        let offer = sdp::reoffer(local, current, direction).print().into_bytes();
+        self.ua.reoffer(call, offer, now)?;
+        Ok(())
+    }
+
+    /// The peer answered our re-offer: its answer becomes the leg's media.
+    fn reoffer_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
+        let participant = leg.participant;
+        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
+        let negotiated = sdp::accept_answer(&SessionDescription::parse(answer)?, local)?;
+        *current = negotiated;
+        self.apply_session(participant, &negotiated)
+    }
+
+    /// Points a leg's sending and receiving at a new offer/answer outcome:
+    /// inactive, receive-only or address 0.0.0.0 means the call is on hold.
+    fn apply_session(&self, participant: ParticipantId, negotiated: &NegotiatedMedia) -> Result<()> {
         let held = matches!(negotiated.direction, Direction::RecvOnly | Direction::Inactive)
             || negotiated.remote.ip().is_unspecified();
         let media = LegMedia {
@@ -549,8 +596,7 @@ impl Driver {
             remote: negotiated.remote,
             payload_type: negotiated.payload_type,
         };
-        self.shared.set_leg_media(participant, media, held)?;
-        Ok(answer.print().into_bytes())
+        self.shared.set_leg_media(participant, media, held)
     }
 
     /// Builds the mixer's side of an RTP leg and starts its receive task.
@@ -641,7 +687,7 @@ impl Driver {
             .map(|p| (p.controls.clone(), p.kind, p.remote.clone().unwrap_or_default(), p.conference.clone()))
             .ok_or(Error::NotFound("participant".into()))?;
         let mix_rate = self.shared.room_sample_rate(&conference);
-        let session = (media.local.clone(), negotiated.codec);
+        let session = (media.local.clone(), negotiated);
         let (mix, task, dtmf) = self.rtp_leg(participant, controls, media, negotiated, mix_rate)?;
         if let Some(leg) = self.calls.get_mut(&call) {
             leg.receive_task = Some(task);
@@ -737,6 +783,9 @@ impl Driver {
             SipCommand::UnregisterAccount { account, reply } => {
                 let removed = self.registrations.remove(&mut self.ua, account, now);
                 let _ = reply.send(removed.map_err(|_| Error::NotFound(format!("account {}", account.0))));
+            }
+            SipCommand::Hold { participant, held, reply } => {
+                let _ = reply.send(self.hold(participant, held, now));
             }
             SipCommand::Shutdown { .. } => unreachable!("handled by the task loop"),
         }

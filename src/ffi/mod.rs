@@ -737,6 +737,14 @@ pub extern "C" fn sb_conference_set_muted(
     with_participant(conference, participant, |p| p.set_muted(muted))
 }
 
+/// Puts a SIP participant's call on hold (a re-INVITE offering inactive:
+/// nothing sent to it or mixed from it) or takes it off hold. SB_EVENT_HOLD
+/// comes when the phone answers; a refusal leaves the call as it was.
+#[no_mangle]
+pub extern "C" fn sb_conference_set_held(conference: *const sb_conference, participant: u64, held: bool) -> sb_status {
+    with_participant(conference, participant, |p| p.set_held(held))
+}
+
 /// Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).
 #[no_mangle]
 pub extern "C" fn sb_conference_set_volume_db(

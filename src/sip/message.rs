@@ -466,6 +466,25 @@ pub fn session_expires(headers: &rsip::Headers) -> Option<u32> {
     value.split(';').next()?.trim().parse().ok()
 }
 
+/// Whether the Session-Expires header names the UAC as the refresher
+/// (`refresher=uac`); `None` when it names neither.
+pub fn uac_refreshes(headers: &rsip::Headers) -> Option<bool> {
+    let value = header_values(headers, "Session-Expires", "x").into_iter().next()?;
+    let refresher = value.split(';').skip(1).find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("refresher").then(|| value.trim().to_ascii_lowercase())
+    })?;
+    Some(refresher == "uac")
+}
+
+/// Whether the Allow headers list `method`.
+pub fn allows(headers: &rsip::Headers, method: &str) -> bool {
+    headers.iter().any(|h| match h {
+        rsip::Header::Allow(a) => a.value().split(',').any(|m| m.trim().eq_ignore_ascii_case(method)),
+        _ => false,
+    })
+}
+
 /// Whether the Supported headers list `option`.
 pub fn supports(headers: &rsip::Headers, option: &str) -> bool {
     header_values(headers, "Supported", "k").iter().any(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case(option)))

@@ -745,8 +745,9 @@ mod tests {
         assert!(net.states().iter().all(failed(401)), "{:?}", net.states());
         assert_eq!(net.states().len(), 1);
         // Retried after 5 s, then 10 s, less up to 20 % of jitter, each
-        // attempt starting from a fresh challenge.
-        net.run_until(start + Duration::from_secs(30));
+        // attempt starting from a fresh challenge. By 25 s the third try
+        // (15 s at the latest) is over and the fourth (28 s at the earliest) not due.
+        net.run_until(start + Duration::from_secs(25));
         let failures: Vec<Duration> = net.events.iter().map(|(at, _)| *at - start).collect();
         assert_eq!(failures.len(), 3, "{failures:?}");
         let gaps: Vec<Duration> = failures.windows(2).map(|w| w[1] - w[0]).collect();

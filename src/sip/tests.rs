@@ -130,21 +130,35 @@ impl Pair {
     }
 
     fn dial(&mut self) -> CallKey {
+        self.dial_with(None)
+    }
+
+    /// Dials from A with `credentials` to answer challenges with.
+    fn dial_with(&mut self, credentials: Option<Credentials>) -> CallKey {
         let target = format!("sip:room@{}", self.b.addr);
-        let call = self
-            .a
-            .ua
-            .dial(
-                &target,
-                Peer { transport: self.transport, addr: self.b.addr },
-                "alice",
-                b"v=0\r\n".to_vec(),
-                None,
-                self.now,
-            )
-            .unwrap();
+        let destination = Peer { transport: self.transport, addr: self.b.addr };
+        let call = self.a.ua.dial(&target, destination, "alice", b"v=0\r\n".to_vec(), credentials, self.now).unwrap();
         self.collect();
         call
+    }
+
+    /// Answers every re-offer either side has been made and not answered yet.
+    fn answer_reoffers(&mut self) {
+        let now = self.now;
+        for agent in [&mut self.a, &mut self.b] {
+            let offers: Vec<CallKey> = agent
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    UaEvent::Reoffer { call, .. } => Some(*call),
+                    _ => None,
+                })
+                .collect();
+            for call in offers {
+                let _ = agent.ua.answer_reoffer(call, b"v=0\r\na=sendrecv\r\n".to_vec(), now);
+            }
+        }
+        self.collect();
     }
 
     fn incoming(&self) -> Option<CallKey> {
@@ -950,4 +964,104 @@ fn transports_named_by_uris() {
     assert_eq!(Transport::of_uri("sip:alice@example.com;lr;transport=tls"), Some(Transport::Tls));
     assert_eq!(Transport::of_uri("sip:alice@example.com:5070"), None);
     assert_eq!(Transport::of_uri("sip:alice@example.com?transport=tcp"), None, "a header, not a parameter");
+}
+
+#[test]
+fn a_re_invite_of_ours_is_answered_and_acked() {
+    let mut p = Pair::new();
+    let call = established(&mut p);
+    p.a.ua.reoffer(call, b"v=0\r\na=inactive\r\n".to_vec(), p.now).unwrap();
+    assert!(matches!(p.a.ua.reoffer(call, b"v=0\r\n".to_vec(), p.now), Err(SipError::WrongState)), "one at a time");
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    let b_call = p.incoming().unwrap();
+    assert!(p.b.events.contains(&UaEvent::Reoffer { call: b_call, offer: b"v=0\r\na=inactive\r\n".to_vec() }));
+    p.answer_reoffers();
+    p.run_for(Duration::from_millis(50));
+    assert!(p.a.events.iter().any(|e| matches!(e, UaEvent::ReofferAnswered { call: c, .. } if *c == call)));
+    assert_eq!(p.count("ACK "), 2, "the call's ACK and the re-INVITE's");
+    let acks: Vec<&String> = p.log.iter().filter(|m| m.starts_with("ACK ")).collect();
+    assert!(acks[1].contains("CSeq: 2 ACK"), "the ACK carries the re-INVITE's CSeq: {}", acks[1]);
+    // A second offer is possible once the first is through.
+    p.a.ua.reoffer(call, b"v=0\r\na=sendrecv\r\n".to_vec(), p.now).unwrap();
+}
+
+#[test]
+fn glare_is_answered_491_and_both_offers_go_through_after_the_rfc_waits() {
+    let mut p = Pair::new();
+    let call = established(&mut p);
+    let b_call = p.incoming().unwrap();
+    let start = p.now;
+    // Both sides offer at once: each INVITE crosses the other's.
+    p.a.ua.reoffer(call, b"v=0\r\na=inactive\r\n".to_vec(), p.now).unwrap();
+    p.b.ua.reoffer(b_call, b"v=0\r\na=sendonly\r\n".to_vec(), p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.count("SIP/2.0 491"), 2, "each side refuses the other's");
+    // B did not make the call: it tries again within 2 s; A, owning the Call-ID, after 2.1-4 s.
+    let mut sent_at = Vec::new();
+    let before = p.count("INVITE ");
+    while p.now < start + Duration::from_secs(5) {
+        let invites = p.count("INVITE ");
+        p.step();
+        if p.count("INVITE ") > invites {
+            let last = p.log.iter().rev().find(|m| m.starts_with("INVITE ")).unwrap();
+            sent_at.push((p.now - start, header(last, "From").contains("alice")));
+        }
+        p.answer_reoffers();
+    }
+    assert_eq!(p.count("INVITE ") - before, 2, "one retry each: {sent_at:?}");
+    let (b_retry, a_retry) = (sent_at.iter().find(|s| !s.1).unwrap().0, sent_at.iter().find(|s| s.1).unwrap().0);
+    assert!(b_retry <= Duration::from_millis(2100), "{b_retry:?}");
+    assert!(a_retry >= Duration::from_millis(2100) && a_retry <= Duration::from_millis(4100), "{a_retry:?}");
+    assert!(p.a.events.iter().any(|e| matches!(e, UaEvent::ReofferAnswered { .. })));
+    assert!(p.b.events.iter().any(|e| matches!(e, UaEvent::ReofferAnswered { .. })));
+}
+
+#[test]
+fn a_challenged_bye_is_sent_again_with_the_call_s_credentials() {
+    let mut p = Pair::new();
+    let credentials = Credentials { username: "alice".into(), password: "secret".into() };
+    let call = p.dial_with(Some(credentials));
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    p.run_for(Duration::from_millis(50));
+    p.drop = Box::new(|m| m.starts_with("BYE "));
+    p.a.ua.hangup(call, p.now).unwrap();
+    p.collect();
+    let bye = p.log.iter().rev().find(|m| m.starts_with("BYE ")).unwrap().clone();
+    let challenge = "WWW-Authenticate: Digest realm=\"pbx\", nonce=\"n1\", qop=\"auth\"\r\n";
+    let from = p.b.addr;
+    let now = p.now;
+    p.a.ua.handle_message(now, Peer::udp(from), response_to(&bye, "401 Unauthorized", challenge).as_bytes());
+    p.collect();
+    let again = p.log.iter().rev().find(|m| m.starts_with("BYE ")).unwrap().clone();
+    assert_ne!(again, bye);
+    assert!(header(&again, "Authorization").contains("username=\"alice\""), "{again}");
+    let (first_cseq, second_cseq) = (header(&bye, "CSeq"), header(&again, "CSeq"));
+    assert_ne!(first_cseq, second_cseq, "a new CSeq for the new transaction");
+    // A second challenge that is not stale means wrong credentials: no third BYE.
+    p.a.ua.handle_message(now, Peer::udp(from), response_to(&again, "401 Unauthorized", challenge).as_bytes());
+    p.collect();
+    assert_eq!(p.count("BYE "), 2);
+}
+
+#[test]
+fn the_caller_refreshes_the_session_and_a_silent_peer_ends_it() {
+    let mut p = Pair::new();
+    let call = established(&mut p);
+    let invite = p.log.iter().find(|m| m.starts_with("INVITE ")).unwrap().clone();
+    assert!(header(&invite, "Session-Expires") == "1800", "{invite}");
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200") && m.contains("INVITE")).unwrap().clone();
+    assert!(header(&ok, "Session-Expires").contains("refresher=uac"), "{ok}");
+    // Two hours: A refreshes every 900 s, so B never expires the session.
+    p.run_for(Duration::from_secs(7200));
+    let refreshes = p.count("INVITE ") + p.count("UPDATE ") - 1;
+    assert!((7..=9).contains(&refreshes), "{refreshes} refreshes");
+    assert!(p.a.ua.call_count() == 1 && p.b.ua.call_count() == 1, "the call is still up");
+    assert!(!p.a.events.iter().any(|e| matches!(e, UaEvent::ReofferAnswered { .. })), "refreshes are not reported");
+    // B vanishes: A's next refresh goes unanswered and A ends the call.
+    p.drop = Box::new(|m| m.starts_with("SIP/2.0"));
+    p.run_for(Duration::from_secs(1000));
+    assert!(p.a.events.contains(&UaEvent::Ended { call, reason: EndReason::PeerGone }), "{:?}", p.a.events);
 }

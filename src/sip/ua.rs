@@ -42,6 +42,9 @@ pub enum EndReason {
     AckTimeout,
     /// The caller stopped refreshing its session timer (RFC 4028): we sent BYE.
     SessionExpired,
+    /// The peer stopped answering requests in the dialog (408, or 481 for a
+    /// dialog it no longer knows, §12.2.1.2): we sent BYE.
+    PeerGone,
 }
 
 /// What the agent tells its user.
@@ -80,6 +83,11 @@ pub enum UaEvent {
     /// The user answers with `answer_reoffer` or refuses with `reject_reoffer`,
     /// which leaves the session as it was.
     Reoffer { call: CallKey, offer: Vec<u8> },
+    /// The peer answered our re-INVITE ([`UserAgent::reoffer`]): `answer` is
+    /// the new session description.
+    ReofferAnswered { call: CallKey, answer: Vec<u8> },
+    /// The peer refused our re-INVITE; the session stays as it was.
+    ReofferFailed { call: CallKey, status: u16 },
     /// The final response to a request sent with
     /// [`UserAgent::send_request`]: its status, reason phrase and headers;
     /// 408 with no headers when none came before Timer F.
@@ -91,6 +99,8 @@ const UDP_REQUEST_LIMIT: usize = 1300;
 
 /// The shortest session interval accepted (RFC 4028 §4: at least 90 s).
 pub const MIN_SESSION_EXPIRES: u32 = 90;
+/// The session interval our INVITEs ask for (RFC 4028's recommendation).
+const OUR_SESSION_EXPIRES: u32 = 1800;
 
 /// Names a request waiting for the user's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -190,6 +200,39 @@ struct Call {
     /// Inbound: the app hung up before our 2xx was ACKed; BYE goes out with the ACK.
     bye_after_ack: bool,
     ringing_reported: bool,
+    /// Whether we sent the INVITE that made the dialog (we own its Call-ID,
+    /// which sets how long to wait after glare, §14.1).
+    we_called: bool,
+    /// Our own re-INVITE: in flight, or waiting out glare.
+    local_reoffer: Option<LocalReoffer>,
+    /// When we refresh the session timer, as its refresher (RFC 4028).
+    refresh_at: Option<Instant>,
+    /// Whether the peer takes UPDATE (its Allow), the cheaper refresh.
+    peer_allows_update: bool,
+}
+
+/// A re-INVITE of ours (§14.1).
+#[derive(Debug)]
+struct LocalReoffer {
+    sdp: Vec<u8>,
+    /// The request and its transaction, once sent.
+    sent: Option<(TxId, Request)>,
+    /// After a 491, when to send it again.
+    retry_at: Option<Instant>,
+    /// A session refresh with the offer we gave before: its answer changes
+    /// nothing and is not reported.
+    refresh: bool,
+}
+
+/// A request in a dialog that a 401/407 makes us send again with
+/// credentials (§22.2), and how many challenges it met.
+#[derive(Debug)]
+struct Resendable {
+    request: Request,
+    destination: Peer,
+    credentials: Credentials,
+    call: Option<CallKey>,
+    challenges: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -249,9 +292,14 @@ pub struct UserAgent {
     events: VecDeque<UaEvent>,
     /// REGISTERs waiting for the user's answer, by their server transaction.
     registers: HashMap<TxId, Request>,
-    /// Calls' session-timer deadlines; an entry that is not its call's
-    /// current deadline is stale and skipped.
-    session_timers: BinaryHeap<Reverse<(Instant, CallKey)>>,
+    /// Instants at which some call has something due: its session-timer
+    /// deadline or refresh, or a re-INVITE to send again after glare. An
+    /// entry with nothing due when it fires is stale and skipped.
+    call_timers: BinaryHeap<Reverse<(Instant, CallKey)>>,
+    /// In-dialog requests sent with credentials to answer challenges with.
+    resendable: HashMap<TxId, Resendable>,
+    /// Session refreshes sent as UPDATE, by their transaction.
+    refreshes: HashMap<TxId, CallKey>,
     /// OPTIONS pings waiting for their final answer.
     pings: HashSet<TxId>,
     /// Requests of `send_request` waiting for their final answer.
@@ -275,7 +323,9 @@ impl UserAgent {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             registers: HashMap::new(),
-            session_timers: BinaryHeap::new(),
+            call_timers: BinaryHeap::new(),
+            resendable: HashMap::new(),
+            refreshes: HashMap::new(),
             pings: HashSet::new(),
             requests: HashSet::new(),
         }
@@ -292,7 +342,7 @@ impl UserAgent {
     /// When [`UserAgent::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let transactions = self.timers.peek().map(|Reverse((at, _))| *at);
-        let sessions = self.session_timers.peek().map(|Reverse((at, _))| *at);
+        let sessions = self.call_timers.peek().map(|Reverse((at, _))| *at);
         transactions.into_iter().chain(sessions).min()
     }
 
@@ -372,7 +422,7 @@ impl UserAgent {
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.expire_sessions(now);
+        self.handle_call_timers(now);
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -394,9 +444,20 @@ impl UserAgent {
             };
             self.transmits.extend(out);
             self.after_transaction_step(id);
+            self.resendable.remove(&id);
             match outcome {
+                Some((Some((ClientTimeout::NoResponse, Method::Invite)), _, Some(call)))
+                    if self.is_reoffer(call, id) =>
+                {
+                    self.reoffer_failed(call, 408, now);
+                }
                 Some((Some((ClientTimeout::NoResponse, Method::Invite)), _, Some(call))) => {
                     self.finish_outbound(call, 408, message::reason_phrase(408).into());
+                }
+                Some((Some((ClientTimeout::NoResponse, Method::Update)), _, None))
+                    if self.refreshes.contains_key(&id) =>
+                {
+                    self.refresh_answered(id, 408, now);
                 }
                 Some((Some((ClientTimeout::NoResponse, Method::Options)), _, None)) if self.pings.remove(&id) => {
                     self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 408 });
@@ -597,6 +658,10 @@ impl UserAgent {
                     cancel_sent: false,
                     bye_after_ack: false,
                     ringing_reported: false,
+                    we_called: false,
+                    local_reoffer: None,
+                    refresh_at: None,
+                    peer_allows_update: message::allows(&request.headers, "UPDATE"),
                 };
                 self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
                 self.calls.insert(call, entry);
@@ -742,6 +807,10 @@ impl UserAgent {
                     self.transactions.get(&entry.invite_tx),
                     Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
                 );
+                if entry.local_reoffer.as_ref().is_some_and(|r| r.sent.is_some()) && !request.body.is_empty() {
+                    // Glare: our own re-INVITE is in flight (§14.2).
+                    return self.respond(id, &request, 491, None, Vec::new(), now);
+                }
                 if previous_unacked || entry.pending_reoffer.is_some() {
                     // §14.2: the last INVITE's 2xx is not ACKed yet; ask for a retry.
                     let seconds = (rand::random::<u8>() % 10 + 1).to_string();
@@ -763,6 +832,9 @@ impl UserAgent {
             }
             // RFC 3311: a refresh, or an offer to answer like a re-INVITE's.
             Method::Update => {
+                if entry.local_reoffer.as_ref().is_some_and(|r| r.sent.is_some()) && !request.body.is_empty() {
+                    return self.respond(id, &request, 491, None, Vec::new(), now);
+                }
                 if entry.pending_reoffer.is_some() {
                     let seconds = (rand::random::<u8>() % 10 + 1).to_string();
                     let retry = Header::RetryAfter(rsip::headers::RetryAfter::new(seconds));
@@ -786,20 +858,34 @@ impl UserAgent {
         }
     }
 
-    /// Ends the calls whose caller stopped refreshing the session timer.
-    fn expire_sessions(&mut self, now: Instant) {
-        while let Some(Reverse((at, call))) = self.session_timers.peek().copied() {
+    /// Acts on what calls have due: ends those whose peer stopped
+    /// refreshing the session timer, refreshes those we refresh, and sends
+    /// re-INVITEs again after glare.
+    fn handle_call_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, call))) = self.call_timers.peek().copied() {
             if at > now {
                 break;
             }
-            self.session_timers.pop();
-            // A refresh since filed a later deadline; this one is stale.
-            if self.calls.get(&call).and_then(|c| c.session_deadline) != Some(at) {
+            self.call_timers.pop();
+            let Some(entry) = self.calls.get_mut(&call) else { continue };
+            let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+            if due(entry.session_deadline) {
+                self.send_bye(call, now);
+                self.events.push_back(UaEvent::Ended { call, reason: EndReason::SessionExpired });
                 continue;
             }
-            self.send_bye(call, now);
-            self.events.push_back(UaEvent::Ended { call, reason: EndReason::SessionExpired });
+            if let Some(reoffer) = entry.local_reoffer.as_mut().filter(|r| due(r.retry_at)) {
+                reoffer.retry_at = None;
+                self.send_reoffer(call, now);
+            }
+            if self.calls.get(&call).is_some_and(|c| due(c.refresh_at)) {
+                self.refresh_session(call, now);
+            }
         }
+    }
+
+    fn file_call_timer(&mut self, call: CallKey, at: Instant) {
+        self.call_timers.push(Reverse((at, call)));
     }
 
     /// Hands an in-dialog offer (re-INVITE or UPDATE) to the user.
@@ -817,9 +903,13 @@ impl UserAgent {
     fn session_refreshed(&mut self, call: CallKey, now: Instant) {
         let Some(entry) = self.calls.get_mut(&call) else { return };
         let Some(interval) = entry.session_interval else { return };
+        if entry.refresh_at.is_some() {
+            // We refresh this session; a refresh from the peer is just early.
+            return;
+        }
         let deadline = now + Duration::from_secs((interval - (interval / 3).min(32)) as u64);
         entry.session_deadline = Some(deadline);
-        self.session_timers.push(Reverse((deadline, call)));
+        self.file_call_timer(call, deadline);
     }
 
     /// INFO in a dialog: DTMF relayed in SIP (application/dtmf-relay, or
@@ -917,14 +1007,29 @@ impl UserAgent {
             }
             return;
         };
-        let Some(Transaction::Client { tx, call, .. }) = self.transactions.get_mut(&id) else { return };
+        let Some(Transaction::Client { call, .. }) = self.transactions.get(&id) else { return };
         let call = *call;
+        let reoffer = call.filter(|c| self.is_reoffer(*c, id));
+        // The INVITE a non-2xx final response is ACKed after: ours of this transaction.
+        let invite = call.and_then(|c| self.calls.get(&c)).map(|c| match (&c.local_reoffer, reoffer) {
+            (Some(LocalReoffer { sent: Some((_, request)), .. }), Some(_)) => request.clone(),
+            _ => c.invite.clone(),
+        });
+        let Some(Transaction::Client { tx, .. }) = self.transactions.get_mut(&id) else { return };
         let mut out = Vec::new();
-        let invite = self.calls.get(&call.unwrap_or(CallKey(0))).map(|c| c.invite.clone());
         let disposition =
             tx.handle_response(status, || invite.map(|i| message::print(non_2xx_ack(&i, &response))), now, &mut out);
         self.transmits.extend(out);
         self.after_transaction_step(id);
+        if disposition == ResponseDisposition::Deliver && status >= 200 {
+            if (status == 401 || status == 407) && self.resend_with_credentials(id, &response, now) {
+                return;
+            }
+            self.resendable.remove(&id);
+        }
+        if method == Method::Update && status >= 200 && self.refreshes.contains_key(&id) {
+            return self.refresh_answered(id, status, now);
+        }
         if method == Method::Options && status >= 200 && self.pings.remove(&id) {
             self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status });
         }
@@ -935,6 +1040,9 @@ impl UserAgent {
         }
         if disposition == ResponseDisposition::Absorb || method != Method::Invite {
             return;
+        }
+        if let Some(call) = reoffer {
+            return self.on_reoffer_response(call, &response, now);
         }
         let Some(call) = call else { return };
         match status {
@@ -950,7 +1058,6 @@ impl UserAgent {
     /// credentials, no usable challenge, or a repeated challenge after
     /// ours, which means they were wrong).
     fn answer_challenge(&mut self, call: CallKey, response: &Response, now: Instant) -> bool {
-        let proxy = response.status_code.code() == 407;
         let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return false };
         let via = self.via(transport);
         let Some(entry) = self.calls.get_mut(&call) else { return false };
@@ -958,38 +1065,14 @@ impl UserAgent {
         if entry.hangup_requested || entry.state == CallState::Confirmed {
             return false;
         }
-        let values = response.headers.iter().filter_map(|h| match h {
-            Header::WwwAuthenticate(v) if !proxy => Some(v.value()),
-            Header::ProxyAuthenticate(v) if proxy => Some(v.value()),
-            _ => None,
-        });
-        let Some(challenge) = Challenge::choose(values) else { return false };
-        if entry.challenges_answered > 0 && !challenge.stale || entry.challenges_answered >= 3 {
+        entry.local_cseq += 1;
+        let Some((invite, stale)) = authorized(&entry.invite, response, &credentials, entry.local_cseq, via) else {
+            return false;
+        };
+        if entry.challenges_answered > 0 && !stale || entry.challenges_answered >= 3 {
             return false;
         }
         entry.challenges_answered += 1;
-        entry.local_cseq += 1;
-        let uri = entry.invite.uri.to_string();
-        let answer = challenge.answer(&credentials, "INVITE", &uri, &random_token(), 1);
-        let header = if proxy {
-            Header::ProxyAuthorization(rsip::headers::ProxyAuthorization::new(answer))
-        } else {
-            Header::Authorization(rsip::headers::Authorization::new(answer))
-        };
-        // The same request in a new transaction: a new branch and CSeq (§22.2).
-        let mut invite = entry.invite.clone();
-        let headers = std::mem::take(&mut invite.headers);
-        for h in headers.into_iter() {
-            match h {
-                Header::Via(_) => invite.headers.push(via.clone()),
-                Header::CSeq(_) => {
-                    invite.headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{} INVITE", entry.local_cseq))))
-                }
-                Header::Authorization(_) | Header::ProxyAuthorization(_) => {}
-                other => invite.headers.push(other),
-            }
-        }
-        invite.headers.push(header);
         let destination = entry.destination;
         let Ok(id) = self.start_client_transaction(invite.clone(), destination, Some(call), now) else { return false };
         if let Some(entry) = self.calls.get_mut(&call) {
@@ -998,6 +1081,198 @@ impl UserAgent {
             entry.state = CallState::Calling;
         }
         true
+    }
+
+    /// Sends an in-dialog request again with credentials after a 401/407,
+    /// once per challenge (a second one means the credentials are wrong,
+    /// unless it only says the nonce went stale). False when the request
+    /// cannot be answered for.
+    fn resend_with_credentials(&mut self, id: TxId, response: &Response, now: Instant) -> bool {
+        let Some(mut resend) = self.resendable.remove(&id) else { return false };
+        let via = self.via(resend.destination.transport);
+        let cseq = message::cseq(&resend.request).map(|c| c.0).unwrap_or(1) + 1;
+        let Some((request, stale)) = authorized(&resend.request, response, &resend.credentials, cseq, via) else {
+            return false;
+        };
+        if resend.challenges > 0 && !stale || resend.challenges >= 3 {
+            return false;
+        }
+        if let Some(entry) = resend.call.and_then(|c| self.calls.get_mut(&c)) {
+            entry.local_cseq = entry.local_cseq.max(cseq);
+        }
+        let Ok(new_id) = self.start_client_transaction(request.clone(), resend.destination, resend.call, now) else {
+            return false;
+        };
+        // A re-INVITE follows its new transaction.
+        if let Some(entry) = resend.call.and_then(|c| self.calls.get_mut(&c)) {
+            if let Some(LocalReoffer { sent: Some((tx, sent)), .. }) = entry.local_reoffer.as_mut() {
+                if *tx == id {
+                    (*tx, *sent) = (new_id, request.clone());
+                }
+            }
+        }
+        if let Some(call) = self.refreshes.remove(&id) {
+            self.refreshes.insert(new_id, call);
+        }
+        resend.challenges += 1;
+        resend.request = request;
+        self.resendable.insert(new_id, resend);
+        true
+    }
+
+    /// Starts a client transaction for an in-dialog request of `call`,
+    /// answering a challenge to it with the call's credentials, if it has any.
+    fn send_in_dialog(&mut self, call: CallKey, request: Request, owned: bool, now: Instant) -> Option<TxId> {
+        let entry = self.calls.get(&call)?;
+        let (destination, credentials) = (entry.destination, entry.credentials.clone());
+        let id = self.start_client_transaction(request.clone(), destination, owned.then_some(call), now).ok()?;
+        if let Some(credentials) = credentials {
+            let call = owned.then_some(call);
+            self.resendable.insert(id, Resendable { request, destination, credentials, call, challenges: 0 });
+        }
+        Some(id)
+    }
+
+    fn is_reoffer(&self, call: CallKey, id: TxId) -> bool {
+        self.calls
+            .get(&call)
+            .and_then(|c| c.local_reoffer.as_ref())
+            .and_then(|r| r.sent.as_ref())
+            .is_some_and(|(tx, _)| *tx == id)
+    }
+
+    /// Sends (again) the re-INVITE the call has waiting.
+    fn send_reoffer(&mut self, call: CallKey, now: Instant) {
+        let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return };
+        let via = self.via(transport);
+        let contact = self.contact_for(call);
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        let Some(sdp) = entry.local_reoffer.as_ref().map(|r| r.sdp.clone()) else { return };
+        entry.local_cseq += 1;
+        let mut invite = in_dialog_request(entry, Method::Invite, entry.local_cseq, via);
+        if let Some(contact) = contact {
+            invite.headers.push(Header::Contact(rsip::headers::Contact::new(contact)));
+        }
+        if let Some(interval) = entry.session_interval.filter(|_| entry.refresh_at.is_some()) {
+            invite.headers.push(Header::Other("Session-Expires".into(), format!("{interval};refresher=uac")));
+            invite.headers.push(Header::Supported(rsip::headers::Supported::new("timer")));
+        }
+        invite.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
+        invite.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
+        invite.body = sdp;
+        match self.send_in_dialog(call, invite.clone(), true, now) {
+            Some(id) => {
+                if let Some(reoffer) = self.calls.get_mut(&call).and_then(|c| c.local_reoffer.as_mut()) {
+                    reoffer.sent = Some((id, invite));
+                }
+            }
+            None => self.reoffer_failed(call, 500, now),
+        }
+    }
+
+    fn on_reoffer_response(&mut self, call: CallKey, response: &Response, now: Instant) {
+        let status = response.status_code.code();
+        match status {
+            100..=199 => {}
+            200..=299 => {
+                let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return };
+                let via = self.via(transport);
+                let Some(entry) = self.calls.get_mut(&call) else { return };
+                let Some(reoffer) = entry.local_reoffer.take() else { return };
+                let cseq = message::cseq(response).map(|c| c.0).unwrap_or(entry.local_cseq);
+                let ack = message::print(in_dialog_request(entry, Method::Ack, cseq, via));
+                self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
+                entry.ack = Some(ack);
+                entry.local_sdp = reoffer.sdp;
+                if reoffer.refresh {
+                    self.session_refresh_done(call, now);
+                } else {
+                    self.events.push_back(UaEvent::ReofferAnswered { call, answer: response.body.clone() });
+                }
+            }
+            // Glare (§14.1): try again after a random wait, longer for the
+            // side that owns the Call-ID, so the two sides do not collide again.
+            491 => {
+                let Some(entry) = self.calls.get_mut(&call) else { return };
+                let millis =
+                    if entry.we_called { rand::random_range(2100..=4000) } else { rand::random_range(0..=2000) };
+                let at = now + Duration::from_millis(millis);
+                if let Some(reoffer) = entry.local_reoffer.as_mut() {
+                    (reoffer.sent, reoffer.retry_at) = (None, Some(at));
+                }
+                self.file_call_timer(call, at);
+            }
+            _ => self.reoffer_failed(call, status, now),
+        }
+    }
+
+    /// Our re-INVITE failed: the session stays as it was, unless the peer is
+    /// gone (408, 481), which ends the call (§14.1).
+    fn reoffer_failed(&mut self, call: CallKey, status: u16, now: Instant) {
+        let Some(reoffer) = self.calls.get_mut(&call).and_then(|c| c.local_reoffer.take()) else { return };
+        if matches!(status, 408 | 481) {
+            self.send_bye(call, now);
+            self.events.push_back(UaEvent::Ended { call, reason: EndReason::PeerGone });
+        } else if !reoffer.refresh {
+            self.events.push_back(UaEvent::ReofferFailed { call, status });
+        }
+    }
+
+    /// We refresh the session now (RFC 4028 §9): by UPDATE when the peer
+    /// takes it, else by re-INVITE with the offer we gave before.
+    fn refresh_session(&mut self, call: CallKey, now: Instant) {
+        let Some(transport) = self.calls.get(&call).map(|c| c.destination.transport) else { return };
+        let via = self.via(transport);
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        entry.refresh_at = None;
+        if entry.local_reoffer.is_some() || entry.pending_reoffer.is_some() {
+            // An offer exchange is under way; it refreshes the session itself.
+            return self.session_refresh_done(call, now);
+        }
+        let interval = entry.session_interval.unwrap_or(MIN_SESSION_EXPIRES);
+        if entry.peer_allows_update {
+            entry.local_cseq += 1;
+            let mut update = in_dialog_request(entry, Method::Update, entry.local_cseq, via);
+            update.headers.push(Header::Other("Session-Expires".into(), format!("{interval};refresher=uac")));
+            update.headers.push(Header::Supported(rsip::headers::Supported::new("timer")));
+            if let Some(id) = self.send_in_dialog(call, update, false, now) {
+                self.refreshes.insert(id, call);
+            }
+        } else {
+            let sdp = entry.local_sdp.clone();
+            entry.local_reoffer = Some(LocalReoffer { sdp, sent: None, retry_at: None, refresh: true });
+            self.send_reoffer(call, now);
+        }
+    }
+
+    fn refresh_answered(&mut self, id: TxId, status: u16, now: Instant) {
+        let Some(call) = self.refreshes.remove(&id) else { return };
+        match status {
+            200..=299 => self.session_refresh_done(call, now),
+            // The peer is gone: the session ends (RFC 4028 §10).
+            408 | 481 => {
+                self.send_bye(call, now);
+                self.events.push_back(UaEvent::Ended { call, reason: EndReason::PeerGone });
+            }
+            // It cannot take UPDATE after all: re-INVITE from now on.
+            405 | 501 => {
+                if let Some(entry) = self.calls.get_mut(&call) {
+                    entry.peer_allows_update = false;
+                }
+                self.refresh_session(call, now);
+            }
+            // Anything else: the session goes on; try again at the next half interval.
+            _ => self.session_refresh_done(call, now),
+        }
+    }
+
+    /// Files the next refresh, half an interval away.
+    fn session_refresh_done(&mut self, call: CallKey, now: Instant) {
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        let Some(interval) = entry.session_interval else { return };
+        let at = now + Duration::from_secs(interval as u64 / 2);
+        entry.refresh_at = Some(at);
+        self.file_call_timer(call, at);
     }
 
     fn on_provisional(&mut self, call: CallKey, response: &Response, now: Instant) {
@@ -1039,6 +1314,11 @@ impl UserAgent {
         }
         entry.route_set = routes;
         entry.state = CallState::Confirmed;
+        entry.peer_allows_update = message::allows(&response.headers, "UPDATE");
+        // RFC 4028 §7.2: a 2xx with Session-Expires names who refreshes; one without has no timer.
+        let session = message::session_expires(&response.headers)
+            .map(|se| (se.max(MIN_SESSION_EXPIRES), message::uac_refreshes(&response.headers).unwrap_or(true)));
+        entry.session_interval = session.map(|(se, _)| se);
         let (cseq, _) = message::cseq(&entry.invite).unwrap_or((1, Method::Invite));
         let ack = in_dialog_request(entry, Method::Ack, cseq, via);
         let ack = message::print(ack);
@@ -1049,6 +1329,11 @@ impl UserAgent {
             self.send_bye(call, now);
             self.events.push_back(UaEvent::Failed { call, status: 487, reason: "Request Terminated".into() });
             return;
+        }
+        match session {
+            Some((_, true)) => self.session_refresh_done(call, now),
+            Some((_, false)) => self.session_refreshed(call, now),
+            None => {}
         }
         self.events.push_back(UaEvent::Answered { call, answer: response.body.clone() });
     }
@@ -1126,6 +1411,32 @@ impl UserAgent {
         Ok(())
     }
 
+    /// Sends a new offer in a re-INVITE (hold, resume, a new codec). The
+    /// answer comes as [`UaEvent::ReofferAnswered`], a refusal as
+    /// [`UaEvent::ReofferFailed`]. Glare (491) is retried after §14.1's
+    /// random wait. Only one offer exchange at a time: `WrongState` while
+    /// one is under way.
+    pub fn reoffer(&mut self, call: CallKey, sdp: Vec<u8>, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get(&call).ok_or(SipError::UnknownCall)?;
+        let unacked = matches!(
+            self.transactions.get(&entry.invite_tx),
+            Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
+        );
+        if entry.state != CallState::Confirmed
+            || unacked
+            || entry.pending_reoffer.is_some()
+            || entry.local_reoffer.as_ref().is_some_and(|r| !r.refresh)
+        {
+            return Err(SipError::WrongState);
+        }
+        if let Some(entry) = self.calls.get_mut(&call) {
+            // A refresh in flight gives way: the new offer refreshes too.
+            entry.local_reoffer = Some(LocalReoffer { sdp, sent: None, retry_at: None, refresh: false });
+        }
+        self.send_reoffer(call, now);
+        Ok(())
+    }
+
     /// Refuses an incoming call with 401 and `www_authenticate` challenges
     /// (header values); the caller may call again with credentials.
     pub fn challenge(&mut self, call: CallKey, www_authenticate: Vec<String>, now: Instant) {
@@ -1199,6 +1510,10 @@ impl UserAgent {
             cancel_sent: false,
             bye_after_ack: false,
             ringing_reported: false,
+            we_called: true,
+            local_reoffer: None,
+            refresh_at: None,
+            peer_allows_update: false,
         };
         let mut invite = self.initial_invite(&entry, &from_user, sdp.clone());
         // §18.1.1: a request over UDP_REQUEST_LIMIT goes over TCP instead.
@@ -1219,6 +1534,10 @@ impl UserAgent {
         let mut invite = in_dialog_request(entry, Method::Invite, 1, self.via(transport));
         invite.headers.push(Header::Contact(rsip::headers::Contact::new(self.contact(from_user, transport))));
         invite.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
+        // A session timer (RFC 4028), so that a peer that vanishes does not
+        // leave its leg in the room: we refresh unless the callee wants to.
+        invite.headers.push(Header::Supported(rsip::headers::Supported::new("timer")));
+        invite.headers.push(Header::Other("Session-Expires".into(), OUR_SESSION_EXPIRES.to_string()));
         invite.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
         invite.body = sdp;
         invite
@@ -1302,10 +1621,9 @@ impl UserAgent {
         let Some(entry) = self.calls.get_mut(&call) else { return };
         entry.local_cseq += 1;
         let bye = in_dialog_request(entry, Method::Bye, entry.local_cseq, via);
-        let destination = entry.destination;
+        // The call is over for us now; the BYE goes on alone, answering a challenge if it meets one.
+        self.send_in_dialog(call, bye, false, now);
         self.forget_call(call);
-        // in_dialog_request always writes a Via with a branch.
-        let _ = self.start_client_transaction(bye, destination, None, now);
     }
 
     fn send_cancel(&mut self, call: CallKey, now: Instant) {
@@ -1383,6 +1701,10 @@ impl UserAgent {
                 response.headers.push(Header::Other("Session-Expires".into(), format!("{interval};refresher=uac")));
                 response.headers.push(Header::Require(rsip::headers::Require::new("timer")));
             }
+        }
+        // What we take, so the peer knows it may refresh or re-offer by UPDATE.
+        if (200..300).contains(&status) && request.method == Method::Invite {
+            response.headers.push(Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)));
         }
         if !body.is_empty() {
             response.headers.push(Header::ContentType(rsip::headers::ContentType::new("application/sdp")));
@@ -1469,6 +1791,45 @@ fn new_request(
     headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{cseq} {method}"))));
     headers.push(Header::UserAgent(rsip::headers::UserAgent::new(USER_AGENT)));
     Request { method, uri, version: rsip::Version::V2, headers, body: Vec::new() }
+}
+
+/// `request` again with an answer to the challenge of `response` (401 or
+/// 407), as a new transaction: a new Via branch, CSeq `cseq` (§22.2). Also
+/// whether the challenge only said the nonce went stale. `None` when no
+/// challenge there can be answered.
+fn authorized(
+    request: &Request,
+    response: &Response,
+    credentials: &Credentials,
+    cseq: u32,
+    via: Header,
+) -> Option<(Request, bool)> {
+    let proxy = response.status_code.code() == 407;
+    let values = response.headers.iter().filter_map(|h| match h {
+        Header::WwwAuthenticate(v) if !proxy => Some(v.value()),
+        Header::ProxyAuthenticate(v) if proxy => Some(v.value()),
+        _ => None,
+    });
+    let challenge = Challenge::choose(values)?;
+    let method = request.method.to_string();
+    let answer = challenge.answer(credentials, &method, &request.uri.to_string(), &random_token(), 1);
+    let header = if proxy {
+        Header::ProxyAuthorization(rsip::headers::ProxyAuthorization::new(answer))
+    } else {
+        Header::Authorization(rsip::headers::Authorization::new(answer))
+    };
+    let mut again = request.clone();
+    let headers = std::mem::take(&mut again.headers);
+    for h in headers.into_iter() {
+        match h {
+            Header::Via(_) => again.headers.push(via.clone()),
+            Header::CSeq(_) => again.headers.push(Header::CSeq(rsip::headers::CSeq::new(format!("{cseq} {method}")))),
+            Header::Authorization(_) | Header::ProxyAuthorization(_) => {}
+            other => again.headers.push(other),
+        }
+    }
+    again.headers.push(header);
+    Some((again, challenge.stale))
 }
 
 /// The ACK for a non-2xx final response (§17.1.1.3).

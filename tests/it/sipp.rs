@@ -472,3 +472,62 @@ fn sipp_uas_answers_a_dial_out() {
     assert_eq!(reason, LeaveReason::LocalHangup);
     assert_sipp_succeeded(&sipp.join().unwrap(), "uas");
 }
+
+/// Runs scenario `tests/sipp/NAME` as a caller into room `room` of an
+/// in-process endpoint, holds the call through the API once the caller has
+/// joined, and resumes it when `resume`; returns sipp's outcome and the
+/// Hold events seen.
+fn held_by_the_bridge(name: &str, room: &str, resume: bool) -> Option<(std::process::Output, Vec<bool>)> {
+    if !sipp_available() {
+        return None;
+    }
+    let bridge = endpoint();
+    let target = bridge.local_addr().to_string();
+    let scenario = format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
+    let room = room.to_string();
+    let sipp = std::thread::spawn(move || run_uac(&target, ["-sf", &scenario], &room, &[]));
+    let joined = |e: &Event| match e {
+        Event::ParticipantJoined { participant, kind: sipbridge::ParticipantKind::Inbound, .. } => Some(*participant),
+        _ => None,
+    };
+    let participant = wait_event(&bridge, Duration::from_secs(10), joined);
+    let conference = bridge.conferences().pop().unwrap();
+    let leg = bridge.conference(&conference).unwrap().participant(participant).unwrap();
+    let hold = |e: &Event| match e {
+        Event::Hold { held, .. } => Some(*held),
+        _ => None,
+    };
+    let mut holds = Vec::new();
+    leg.set_held(true).unwrap();
+    holds.push(wait_event(&bridge, Duration::from_secs(10), hold));
+    assert!(leg.info().unwrap().on_hold);
+    if resume {
+        leg.set_held(false).unwrap();
+        holds.push(wait_event(&bridge, Duration::from_secs(10), hold));
+    }
+    let left = wait_event(&bridge, Duration::from_secs(10), |e| match e {
+        Event::ParticipantLeft { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(left, LeaveReason::RemoteHangup);
+    Some((sipp.join().unwrap(), holds))
+}
+
+/// The bridge holds a caller (an inactive re-offer, the codec and payload
+/// type kept) and resumes it (sendrecv); sipp checks both offers.
+#[test]
+fn sipp_caller_is_held_and_resumed_by_the_bridge() {
+    let Some((output, holds)) = held_by_the_bridge("uac_held_by_bridge.xml", "held", true) else { return };
+    assert_sipp_succeeded(&output, "uac held by the bridge");
+    assert_eq!(holds, [true, false]);
+}
+
+/// Glare: the bridge's hold crosses the caller's own re-INVITE; each gets
+/// 491, and the bridge's second try, within the 2 s the RFC gives the side
+/// that did not make the call, goes through.
+#[test]
+fn sipp_glare_is_refused_with_491_and_retried() {
+    let Some((output, holds)) = held_by_the_bridge("uac_glare.xml", "glare", false) else { return };
+    assert_sipp_succeeded(&output, "uac glare");
+    assert_eq!(holds, [true]);
+}
