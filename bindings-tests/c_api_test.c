@@ -1,7 +1,7 @@
 /*
  * End-to-end test of the C ABI: two endpoints on loopback, a dial-out between
  * them, audio both ways checked by tone power, participant control, error
- * paths, the event callback, prompts and recording. Built with -Wall -Wextra -Werror and run
+ * paths, the event callback, prompts, recording and conference policy. Built with -Wall -Wextra -Werror and run
  * under AddressSanitizer (leaks included) by bindings-tests/run-c-tests.
  */
 #include <math.h>
@@ -160,6 +160,79 @@ static void test_prompts(sb_endpoint *endpoint) {
   sb_playback_free(music);
   sb_playback_free(beep);
   sb_playback_free(NULL);
+  sb_local_free(a);
+  sb_local_free(b);
+  OK(sb_conference_destroy(room));
+  sb_conference_free(room);
+}
+
+/* Finds participant `id` in `room`'s list; returns 1 and fills `out` if it is there. */
+static int participant_info(sb_conference *room, uint64_t id, sb_participant_info *out) {
+  static sb_participant_info infos[8];
+  size_t count = 0;
+  if (sb_conference_participants(room, infos, 8, &count) != SB_OK) return 0;
+  for (size_t i = 0; i < count; i++)
+    if (infos[i].id == id) {
+      *out = infos[i];
+      return 1;
+    }
+  return 0;
+}
+
+/* Conference policy and moderator actions, with local participants only. */
+static void test_policy(sb_endpoint *endpoint) {
+  sb_conference *room = NULL;
+  OK(sb_endpoint_create_conference(endpoint, "policy", &room));
+  sb_conference_policy policy;
+  sb_local *a = NULL, *b = NULL;
+  sb_event event;
+  sb_participant_info info;
+  uint64_t a_id = 0, b_id = 0;
+  CHECK(sb_conference_set_policy(room, NULL) == SB_NULL_PARAMETER, "NULL policy");
+  OK(sb_conference_policy_init(&policy));
+  policy.pin = "1#";
+  CHECK(sb_conference_set_policy(room, &policy) == SB_INVALID_ARGUMENT, "'#' ends a PIN, it is not in one");
+  OK(sb_conference_policy_init(&policy));
+  policy.max_participants = 1;
+  OK(sb_conference_set_policy(room, &policy));
+  OK(sb_conference_add_local(room, &a));
+  OK(sb_local_id(a, &a_id));
+  CHECK(sb_conference_add_local(room, &b) == SB_FULL && b == NULL, "full");
+  CHECK(strcmp(sb_status_name(SB_FULL), "SB_FULL") == 0, "status name");
+
+  OK(sb_conference_policy_init(&policy));
+  policy.locked = true;
+  OK(sb_conference_set_policy(room, &policy));
+  CHECK(wait_for(endpoint, SB_EVENT_LOCKED, &event) && event.locked, "locked");
+  CHECK(sb_conference_add_local(room, &b) == SB_LOCKED && b == NULL, "locked out");
+  OK(sb_conference_lock(room, false));
+  CHECK(wait_for(endpoint, SB_EVENT_LOCKED, &event) && !event.locked, "unlocked");
+
+  OK(sb_conference_policy_init(&policy));
+  policy.mute_on_join = true;
+  policy.pin = "12";
+  OK(sb_conference_set_policy(room, &policy));
+  OK(sb_conference_add_local(room, &b));
+  OK(sb_local_id(b, &b_id));
+  CHECK(participant_info(room, b_id, &info) && info.muted && !info.moderator &&
+            info.admission == SB_ADMISSION_ADMITTED,
+        "the app's participants need no PIN, and join muted");
+  OK(sb_conference_set_moderator(room, a_id, true));
+  CHECK(wait_for(endpoint, SB_EVENT_MODERATOR_JOINED, &event) && event.participant == a_id, "moderator");
+  OK(sb_conference_mute_all(room, false));
+  CHECK(wait_for(endpoint, SB_EVENT_MUTED, &event) && event.participant == b_id && !event.muted, "unmuted");
+  OK(sb_conference_set_deaf(room, b_id, true));
+  CHECK(participant_info(room, b_id, &info) && info.deaf && !info.muted, "deaf");
+  OK(sb_conference_kick(room, b_id));
+  CHECK(wait_for(endpoint, SB_EVENT_PARTICIPANT_LEFT, &event) && event.participant == b_id &&
+            event.reason == SB_LEAVE_KICKED,
+        "kicked");
+  OK(sb_conference_end(room));
+  CHECK(wait_for(endpoint, SB_EVENT_CONFERENCE_ENDED, &event), "ended");
+  CHECK(wait_for(endpoint, SB_EVENT_PARTICIPANT_LEFT, &event) && event.participant == a_id &&
+            event.reason == SB_LEAVE_CONFERENCE_ENDED,
+        "everyone hung up");
+  CHECK(wait_for(endpoint, SB_EVENT_CONFERENCE_EMPTY, &event) && strcmp(event.conference, "policy") == 0, "empty");
   sb_local_free(a);
   sb_local_free(b);
   OK(sb_conference_destroy(room));
@@ -353,6 +426,7 @@ int main(void) {
         "unregistered");
   CHECK(sb_endpoint_unregister_account(caller, account_id) == SB_NOT_FOUND, "unregistering twice");
   test_prompts(bridge);
+  test_policy(bridge);
 
   /* --- stop: handles stay safe and say STOPPED --- */
   OK(sb_endpoint_stop(caller));

@@ -322,3 +322,50 @@ def test_recording_writes_the_mix_to_a_wav_file(tmp_path: Path):
         mix = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     assert len(mix) > RATE // 2 and power(mix, 700) > 1e5
     assert (tmp_path / f"call-{talker.id}.wav").exists() and (tmp_path / f"call-{listener.id}.wav").exists()
+
+
+def test_pin_moderators_and_policy_actions():
+    # Ports of their own (43900-43947): SIP on the 21st of each block.
+    def policy_endpoint(base: int) -> sipbridge.Endpoint:
+        return sipbridge.Endpoint(f"127.0.0.1:{base + 20}", rtp_ports=(base, base + 19), sample_rate=RATE)
+
+    with policy_endpoint(43900) as bridge, policy_endpoint(43924) as caller:
+        room = bridge.create_conference("pin")
+        room.set_policy(pin="1234", moderator_pin="42", mute_on_join=True)
+        assert room.policy.pin == "1234" and room.policy.max_participants is None
+        assert "1234" not in repr(room.policy), "PINs stay out of reprs"
+        out = caller.create_conference("out")
+        leg = out.dial(bridge.room_uri("pin"))
+        wait_event(caller, "answered", participant=leg.id)
+        inbound = room.participant(wait_event(bridge, "participant_joined", participant_kind="inbound").participant)
+        assert inbound.info().admission == "entering_pin"
+        leg.send_dtmf("9#")
+        assert wait_event(bridge, "pin_rejected", participant=inbound.id).tries_left == 2
+        leg.send_dtmf("42#")
+        assert wait_event(bridge, "pin_accepted", participant=inbound.id).moderator
+        wait_event(bridge, "moderator_joined", participant=inbound.id)
+        info = inbound.info()
+        assert info.moderator and info.admission == "admitted" and not info.muted
+
+        local = room.add_local()
+        assert local.participant.info().muted, "a non-moderator joins muted"
+        room.mute_all(False)
+        assert wait_event(bridge, "muted", participant=local.id).muted is False
+        local.participant.set_deaf()
+        assert local.participant.info().deaf
+
+        room.lock()
+        assert wait_event(bridge, "locked").locked
+        with pytest.raises(sipbridge.LockedError):
+            room.add_local()
+        room.unlock()
+        room.set_policy(max_participants=2)
+        with pytest.raises(sipbridge.FullError):
+            room.add_local()
+
+        inbound.kick()
+        assert wait_event(bridge, "participant_left", participant=inbound.id).reason == "kicked"
+        room.end()
+        wait_event(bridge, "conference_ended")
+        assert wait_event(bridge, "participant_left", participant=local.id).reason == "conference_ended"
+        wait_event(bridge, "conference_empty", conference="pin")

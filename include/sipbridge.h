@@ -87,6 +87,14 @@ typedef enum {
    */
   SB_PANIC = 13,
   SB_INTERNAL = 14,
+  /**
+   * The conference is locked: no one new may join.
+   */
+  SB_LOCKED = 15,
+  /**
+   * The conference has its policy's maximum of participants.
+   */
+  SB_FULL = 16,
 } sb_status;
 
 /**
@@ -103,6 +111,24 @@ typedef enum {
   SB_STATE_RINGING = 1,
   SB_STATE_CONNECTED = 2,
 } sb_participant_state;
+
+/**
+ * Where a participant stands with the conference policy.
+ */
+typedef enum {
+  /**
+   * In the mix.
+   */
+  SB_ADMISSION_ADMITTED = 0,
+  /**
+   * Typing its PIN: hears only the prompt, is not heard.
+   */
+  SB_ADMISSION_ENTERING_PIN = 1,
+  /**
+   * Waiting for a moderator: hears hold music, is not heard.
+   */
+  SB_ADMISSION_WAITING_FOR_MODERATOR = 2,
+} sb_admission;
 
 typedef enum {
   SB_EVENT_CONFERENCE_CREATED = 0,
@@ -151,6 +177,34 @@ typedef enum {
    * The disk does not keep up: `frames_dropped` so far for the file in `detail`.
    */
   SB_EVENT_RECORDING_OVERRUN = 15,
+  /**
+   * A moderator got in (by its PIN, or made one by the app): `participant`.
+   */
+  SB_EVENT_MODERATOR_JOINED = 16,
+  /**
+   * The conference was locked (`locked` true) or unlocked.
+   */
+  SB_EVENT_LOCKED = 17,
+  /**
+   * A participant was muted (`muted` true) or unmuted.
+   */
+  SB_EVENT_MUTED = 18,
+  /**
+   * A caller typed the right PIN; `moderator` when it was the moderator PIN.
+   */
+  SB_EVENT_PIN_ACCEPTED = 19,
+  /**
+   * A caller typed a wrong PIN or took too long; `tries_left` 0: it is hung up.
+   */
+  SB_EVENT_PIN_REJECTED = 20,
+  /**
+   * The last participant left.
+   */
+  SB_EVENT_CONFERENCE_EMPTY = 21,
+  /**
+   * The conference was ended: everyone in it is being hung up.
+   */
+  SB_EVENT_CONFERENCE_ENDED = 22,
 } sb_event_kind;
 
 typedef enum {
@@ -161,6 +215,12 @@ typedef enum {
   SB_LEAVE_TIMEOUT = 4,
   SB_LEAVE_CONFERENCE_DESTROYED = 5,
   SB_LEAVE_ENDPOINT_STOPPED = 6,
+  SB_LEAVE_KICKED = 7,
+  SB_LEAVE_CONFERENCE_ENDED = 8,
+  /**
+   * Wrong PINs, too many.
+   */
+  SB_LEAVE_PIN_REJECTED = 9,
 } sb_leave_reason;
 
 typedef enum {
@@ -362,6 +422,18 @@ typedef struct {
    * The remote party's SIP URI ("" for local participants), cut to fit.
    */
   char remote[256];
+  /**
+   * Whether it is a moderator.
+   */
+  bool moderator;
+  /**
+   * In the mix, typing its PIN, or waiting for a moderator.
+   */
+  sb_admission admission;
+  /**
+   * Whether it is deafened: it hears nothing of the conference.
+   */
+  bool deaf;
 } sb_participant_info;
 
 /**
@@ -433,6 +505,22 @@ typedef struct {
    * For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
    */
   uint64_t frames_dropped;
+  /**
+   * For LOCKED: whether the conference is locked now.
+   */
+  bool locked;
+  /**
+   * For MUTED: whether the participant is muted now.
+   */
+  bool muted;
+  /**
+   * For PIN_ACCEPTED: whether the PIN was the moderator PIN.
+   */
+  bool moderator;
+  /**
+   * For PIN_REJECTED: tries left; 0 means the caller is hung up.
+   */
+  uint32_t tries_left;
 } sb_event;
 
 /**
@@ -440,6 +528,57 @@ typedef struct {
  * during the call.
  */
 typedef void (*sb_event_callback)(void *userdata, const sb_event *event);
+
+/**
+ * A conference's rules. Fill it with `sb_conference_policy_init` (which
+ * admits everyone at once), then change fields.
+ */
+typedef struct {
+  /**
+   * Participants at most, 0 for no limit: a caller beyond it gets 486,
+   * the app's dial or local participant SB_FULL.
+   */
+  uint32_t max_participants;
+  /**
+   * The PIN callers type, then '#' (digits 0-9, A-D; NULL: none). While
+   * they type it they neither hear the conference nor are heard.
+   */
+  const char *pin;
+  /**
+   * The PIN that makes a caller a moderator (NULL: none). With it and no
+   * `pin`, '#' alone lets a caller in as an ordinary participant.
+   */
+  const char *moderator_pin;
+  /**
+   * No one new may join: callers get 403, the app SB_LOCKED.
+   */
+  bool locked;
+  /**
+   * Non-moderators hear hold music, and are not heard, until a moderator is there.
+   */
+  bool wait_for_moderator;
+  /**
+   * When the last moderator leaves, everyone is hung up.
+   */
+  bool end_when_moderator_leaves;
+  /**
+   * Non-moderators join muted.
+   */
+  bool mute_on_join;
+  /**
+   * How long a caller may take over its PIN, from the prompt or its last digit.
+   */
+  uint32_t pin_timeout_ms;
+  /**
+   * Played to a caller asked for its PIN (NULL: a beep); copied by
+   * `sb_conference_set_policy`, so it may be freed after.
+   */
+  const sb_playback *pin_prompt;
+  /**
+   * Played over and over to those waiting for a moderator (NULL: a soft tone).
+   */
+  const sb_playback *hold_music;
+} sb_conference_policy;
 
 
 
@@ -770,6 +909,54 @@ sb_status sb_conference_play(const sb_conference *conference,
  * conference. A prompt that has ended already is no error.
  */
 sb_status sb_conference_stop_playback(const sb_conference *conference, uint64_t id);
+
+/**
+ * Fills `policy` with the default: no limit, no PIN, unlocked, no moderator rules.
+ */
+sb_status sb_conference_policy_init(sb_conference_policy *policy);
+
+/**
+ * Sets the conference's policy: it applies to those who join from now on;
+ * of those present, it changes who waits for a moderator.
+ * SB_EVENT_LOCKED when it locks or unlocks the conference.
+ */
+sb_status sb_conference_set_policy(const sb_conference *conference,
+                                   const sb_conference_policy *policy);
+
+/**
+ * Locks (`locked` true) or unlocks the conference (SB_EVENT_LOCKED on a change).
+ */
+sb_status sb_conference_lock(const sb_conference *conference, bool locked);
+
+/**
+ * Mutes (or unmutes) everyone but the moderators (SB_EVENT_MUTED for each change).
+ */
+sb_status sb_conference_mute_all(const sb_conference *conference, bool muted);
+
+/**
+ * Hangs everyone up (SB_LEAVE_CONFERENCE_ENDED) and reports
+ * SB_EVENT_CONFERENCE_ENDED; the conference stays, empty, until destroyed.
+ */
+sb_status sb_conference_end(const sb_conference *conference);
+
+/**
+ * Makes a participant a moderator (SB_EVENT_MODERATOR_JOINED) or not; a
+ * caller still typing its PIN is let in.
+ */
+sb_status sb_conference_set_moderator(const sb_conference *conference,
+                                      uint64_t participant,
+                                      bool moderator);
+
+/**
+ * Deafens a participant (it hears nothing of the conference; the others
+ * still hear it), or lets it hear again.
+ */
+sb_status sb_conference_set_deaf(const sb_conference *conference, uint64_t participant, bool deaf);
+
+/**
+ * Hangs a participant up, reported as SB_LEAVE_KICKED.
+ */
+sb_status sb_conference_kick(const sb_conference *conference, uint64_t participant);
 
 /**
  * Records the conference's mix to a WAV file at `path` (mono 16-bit at the

@@ -13,6 +13,7 @@ use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{
     gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, TalkerPolicy, TICK_HISTOGRAM_STEP,
 };
+use crate::policy::{Admission, ConferencePolicy};
 use crate::sip::{Credentials, TimerConfig};
 use crate::{Error, Result};
 
@@ -239,6 +240,13 @@ pub enum LeaveReason {
     Timeout,
     ConferenceDestroyed,
     EndpointStopped,
+    /// The app kicked it ([`Participant::kick`]).
+    Kicked,
+    /// The conference was ended ([`Conference::end`], or its last
+    /// moderator left a conference whose policy ends it then).
+    ConferenceEnded,
+    /// It entered a wrong PIN too often.
+    PinRejected,
 }
 
 /// What happened, in order, for the application.
@@ -336,6 +344,44 @@ pub enum Event {
         path: String,
         frames_dropped: u64,
     },
+    /// A moderator got in: by its PIN, or made one by the app.
+    ModeratorJoined {
+        conference: String,
+        participant: ParticipantId,
+    },
+    /// The conference was locked (no one new may join) or unlocked.
+    Locked {
+        conference: String,
+        locked: bool,
+    },
+    /// A participant was muted or unmuted (by the app, or by mute all).
+    Muted {
+        conference: String,
+        participant: ParticipantId,
+        muted: bool,
+    },
+    /// A caller typed the right PIN (`moderator`: the moderator PIN) and is let in.
+    PinAccepted {
+        conference: String,
+        participant: ParticipantId,
+        moderator: bool,
+    },
+    /// A caller typed a wrong PIN or took too long; with no `tries_left`
+    /// it is hung up ([`LeaveReason::PinRejected`]).
+    PinRejected {
+        conference: String,
+        participant: ParticipantId,
+        tries_left: u32,
+    },
+    /// The last participant left (a room a caller created is then destroyed).
+    ConferenceEmpty {
+        conference: String,
+    },
+    /// The conference was ended: everyone in it is being hung up
+    /// ([`LeaveReason::ConferenceEnded`]).
+    ConferenceEnded {
+        conference: String,
+    },
     /// The disk does not keep up with a recording: frames were dropped
     /// (`frames_dropped` so far) rather than hold up the audio. Reported at
     /// most once a second per file.
@@ -363,6 +409,12 @@ pub struct ParticipantInfo {
     pub talking: bool,
     /// Whether its phone has put the call on hold (see [`Event::Hold`]).
     pub on_hold: bool,
+    /// Whether it is a moderator (see [`ConferencePolicy`]).
+    pub moderator: bool,
+    /// Whether it is in the mix, typing its PIN, or waiting for a moderator.
+    pub admission: Admission,
+    /// Whether it is deafened (hears nothing of the conference).
+    pub deaf: bool,
     pub packets_received: u64,
     pub packets_sent: u64,
     pub dropped: u64,
@@ -822,6 +874,47 @@ impl Conference {
         Ok(())
     }
 
+    /// Sets the conference's policy (PINs, moderators, locking, the most
+    /// participants; see [`ConferencePolicy`]). It applies to those who join
+    /// from now on; of those present, it changes who waits for a
+    /// moderator. Prompts are rendered here, off the mixer.
+    pub fn set_policy(&self, policy: ConferencePolicy) -> Result<()> {
+        self.check()?;
+        self.shared.set_policy(&self.name, self.id, self.sample_rate, policy)
+    }
+
+    /// The conference's policy.
+    pub fn policy(&self) -> Result<ConferencePolicy> {
+        self.shared.check_running()?;
+        self.shared.policy(&self.name, self.id)
+    }
+
+    /// Locks the conference: callers get 403, the app's dials and local
+    /// participants [`Error::Locked`] ([`Event::Locked`]).
+    pub fn lock(&self) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.set_locked(&self.name, self.id, true)
+    }
+
+    pub fn unlock(&self) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.set_locked(&self.name, self.id, false)
+    }
+
+    /// Mutes (or unmutes) everyone but the moderators ([`Event::Muted`] for each change).
+    pub fn mute_all(&self, muted: bool) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.mute_all(&self.name, self.id, muted)
+    }
+
+    /// Ends the conference: hangs everyone up ([`LeaveReason::ConferenceEnded`])
+    /// and reports [`Event::ConferenceEnded`]. A conference the app created
+    /// stays, empty, until it is destroyed.
+    pub fn end(&self) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.end_conference(&self.name, self.id)
+    }
+
     /// Sets how talkers are detected and how many participants are mixed
     /// (by default -40 dBov to start, -50 dBov for 400 ms to stop, at most 4
     /// mixed: talkers first, the loudest first). Talking starts and stops
@@ -890,6 +983,9 @@ fn info(id: ParticipantId, p: &ParticipantEntry) -> ParticipantInfo {
         noise_suppression: p.noise_suppression,
         talking: c.talking.load(Ordering::Relaxed),
         on_hold: c.held.load(Ordering::Relaxed),
+        moderator: p.policy.moderator,
+        admission: p.policy.admission(),
+        deaf: c.deaf.load(Ordering::Relaxed),
         packets_received: c.packets_received.load(Ordering::Relaxed),
         packets_sent: c.packets_sent.load(Ordering::Relaxed),
         dropped: c.dropped.load(Ordering::Relaxed),
@@ -940,9 +1036,34 @@ impl Participant {
         self.with_entry(|p| info(self.id, p))
     }
 
-    /// Mutes or unmutes what this participant contributes to the mix.
+    /// Mutes or unmutes what this participant contributes to the mix
+    /// ([`Event::Muted`] when that changes it).
     pub fn set_muted(&self, muted: bool) -> Result<()> {
-        self.with_entry(|p| p.controls.muted.store(muted, Ordering::Relaxed))
+        self.shared.check_running()?;
+        self.shared.set_muted(self.id, muted)
+    }
+
+    /// Deafens the participant (it hears nothing of the conference, only
+    /// prompts played to it alone; others still hear it), or lets it hear again.
+    pub fn set_deaf(&self, deaf: bool) -> Result<()> {
+        self.with_entry(|p| p.controls.deaf.store(deaf, Ordering::Relaxed))
+    }
+
+    /// Makes the participant a moderator ([`Event::ModeratorJoined`]) or an
+    /// ordinary participant. Moderators are spared by
+    /// [`Conference::mute_all`]; what they change under the conference's
+    /// policy is described at [`ConferencePolicy`]. A caller still typing
+    /// its PIN is let in.
+    pub fn set_moderator(&self, moderator: bool) -> Result<()> {
+        self.shared.check_running()?;
+        self.shared.set_moderator(self.id, moderator)
+    }
+
+    /// Hangs the participant up, reported as [`LeaveReason::Kicked`].
+    pub fn kick(&self) -> Result<()> {
+        self.with_entry(|_| ())?;
+        self.shared.end_participant(self.id, LeaveReason::Kicked);
+        Ok(())
     }
 
     /// Sets how loud this participant is in the mix, in dB (0 = as received; ±40 at most).

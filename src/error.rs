@@ -25,6 +25,12 @@ pub enum Error {
     NotFound(String),
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The conference's policy has it locked: no one new may join.
+    #[error("conference {0} is locked")]
+    Locked(String),
+    /// The conference has its policy's maximum of participants.
+    #[error("conference {0} is full")]
+    Full(String),
     #[error("no free RTP port in the configured range")]
     NoRtpPort,
     #[error("the endpoint has stopped")]

@@ -19,6 +19,7 @@ mod engine;
 mod error;
 pub mod ffi;
 pub mod media;
+pub mod policy;
 #[cfg(feature = "python")]
 mod python;
 pub mod sdp;
@@ -33,4 +34,5 @@ pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};
 pub use media::mixer::TalkerPolicy;
 pub use media::playback::PlaybackError;
+pub use policy::{Admission, ConferencePolicy};
 pub use sip::Credentials;

@@ -26,6 +26,8 @@ create_exception!(_native, TimeoutError, SipBridgeError, "Nothing arrived within
 create_exception!(_native, SipError, SipBridgeError, "A SIP message or state problem.");
 create_exception!(_native, SdpError, SipBridgeError, "A session description problem.");
 create_exception!(_native, NetworkError, SipBridgeError, "A socket or name resolution failure, or no free RTP port.");
+create_exception!(_native, LockedError, SipBridgeError, "The conference is locked: no one new may join.");
+create_exception!(_native, FullError, SipBridgeError, "The conference has its policy's maximum of participants.");
 
 fn to_py(error: Error) -> PyErr {
     let message = error.to_string();
@@ -33,6 +35,8 @@ fn to_py(error: Error) -> PyErr {
         Error::InvalidArgument(_) => InvalidArgumentError::new_err(message),
         Error::NotFound(_) => NotFoundError::new_err(message),
         Error::AlreadyExists(_) => AlreadyExistsError::new_err(message),
+        Error::Locked(_) => LockedError::new_err(message),
+        Error::Full(_) => FullError::new_err(message),
         Error::Stopped => StoppedError::new_err(message),
         Error::Timeout => TimeoutError::new_err(message),
         Error::Sip(_) => SipError::new_err(message),
@@ -114,6 +118,17 @@ fn reason_name(reason: LeaveReason) -> &'static str {
         LeaveReason::Timeout => "timeout",
         LeaveReason::ConferenceDestroyed => "conference_destroyed",
         LeaveReason::EndpointStopped => "endpoint_stopped",
+        LeaveReason::Kicked => "kicked",
+        LeaveReason::ConferenceEnded => "conference_ended",
+        LeaveReason::PinRejected => "pin_rejected",
+    }
+}
+
+fn admission_name(admission: crate::Admission) -> &'static str {
+    match admission {
+        crate::Admission::Admitted => "admitted",
+        crate::Admission::EnteringPin => "entering_pin",
+        crate::Admission::WaitingForModerator => "waiting_for_moderator",
     }
 }
 
@@ -414,6 +429,85 @@ impl Conference {
         self.inner.set_talker_policy(policy).map_err(to_py)
     }
 
+    /// Sets the conference's policy (see the Rust `ConferencePolicy`):
+    /// `max_participants` (callers beyond get 486), `pin` and
+    /// `moderator_pin` (typed by callers, then '#'; three tries),
+    /// `locked` (callers get 403), `wait_for_moderator` (others hear
+    /// `hold_music` until one is there), `end_when_moderator_leaves`,
+    /// `mute_on_join`, `pin_prompt`, and `pin_timeout` in seconds. It
+    /// applies to who joins from now on.
+    #[pyo3(signature = (
+        *, max_participants = None, pin = None, moderator_pin = None, locked = false, wait_for_moderator = false,
+        end_when_moderator_leaves = false, mute_on_join = false, pin_prompt = None, hold_music = None,
+        pin_timeout = 20.0
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python keywords, one per policy field
+    fn set_policy(
+        &self,
+        py: Python<'_>,
+        max_participants: Option<usize>,
+        pin: Option<String>,
+        moderator_pin: Option<String>,
+        locked: bool,
+        wait_for_moderator: bool,
+        end_when_moderator_leaves: bool,
+        mute_on_join: bool,
+        pin_prompt: Option<&Playback>,
+        hold_music: Option<&Playback>,
+        pin_timeout: f64,
+    ) -> PyResult<()> {
+        let policy = crate::ConferencePolicy {
+            max_participants,
+            pin,
+            moderator_pin,
+            locked,
+            wait_for_moderator,
+            end_when_moderator_leaves,
+            mute_on_join,
+            pin_prompt: pin_prompt.map(|p| p.inner.clone()),
+            hold_music: hold_music.map(|p| p.inner.clone()),
+            pin_timeout: seconds(Some(pin_timeout))?.unwrap_or_default(),
+        };
+        // Prompts are resampled here: not with the GIL held.
+        blocking(py, |_| self.inner.set_policy(policy))
+    }
+
+    /// The conference's policy.
+    #[getter]
+    fn policy(&self) -> PyResult<ConferencePolicy> {
+        let p = self.inner.policy().map_err(to_py)?;
+        Ok(ConferencePolicy {
+            max_participants: p.max_participants,
+            pin: p.pin,
+            moderator_pin: p.moderator_pin,
+            locked: p.locked,
+            wait_for_moderator: p.wait_for_moderator,
+            end_when_moderator_leaves: p.end_when_moderator_leaves,
+            mute_on_join: p.mute_on_join,
+            pin_timeout: p.pin_timeout.as_secs_f64(),
+        })
+    }
+
+    /// No one new may join: callers get 403, the app a LockedError.
+    fn lock(&self) -> PyResult<()> {
+        self.inner.lock().map_err(to_py)
+    }
+
+    fn unlock(&self) -> PyResult<()> {
+        self.inner.unlock().map_err(to_py)
+    }
+
+    /// Mutes (or unmutes) everyone but the moderators.
+    #[pyo3(signature = (muted = true))]
+    fn mute_all(&self, muted: bool) -> PyResult<()> {
+        self.inner.mute_all(muted).map_err(to_py)
+    }
+
+    /// Hangs everyone up ("conference_ended"); the conference stays, empty, until destroyed.
+    fn end(&self) -> PyResult<()> {
+        self.inner.end().map_err(to_py)
+    }
+
     /// Hangs up every leg and removes the conference.
     /// Plays `playback` to everyone, or to `participant` alone, after the
     /// prompts queued for them; returns its id. A "playback_finished" event
@@ -511,6 +605,9 @@ impl Participant {
             noise_suppression: i.noise_suppression,
             talking: i.talking,
             on_hold: i.on_hold,
+            moderator: i.moderator,
+            admission: admission_name(i.admission),
+            deaf: i.deaf,
             packets_received: i.packets_received,
             packets_sent: i.packets_sent,
             dropped: i.dropped,
@@ -564,6 +661,24 @@ impl Participant {
         self.inner.hangup().map_err(to_py)
     }
 
+    /// Makes the participant a moderator (spared by mute_all; see the
+    /// policy), or an ordinary participant. A caller typing its PIN is let in.
+    #[pyo3(signature = (moderator = true))]
+    fn set_moderator(&self, moderator: bool) -> PyResult<()> {
+        self.inner.set_moderator(moderator).map_err(to_py)
+    }
+
+    /// Deafens the participant (it hears nothing of the conference; the others still hear it).
+    #[pyo3(signature = (deaf = true))]
+    fn set_deaf(&self, deaf: bool) -> PyResult<()> {
+        self.inner.set_deaf(deaf).map_err(to_py)
+    }
+
+    /// Hangs the participant up; it leaves with reason "kicked".
+    fn kick(&self) -> PyResult<()> {
+        self.inner.kick().map_err(to_py)
+    }
+
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -592,6 +707,10 @@ struct ParticipantInfo {
     noise_suppression: bool,
     talking: bool,
     on_hold: bool,
+    moderator: bool,
+    /// "admitted", "entering_pin" or "waiting_for_moderator".
+    admission: &'static str,
+    deaf: bool,
     packets_received: u64,
     packets_sent: u64,
     dropped: u64,
@@ -614,6 +733,38 @@ impl ParticipantInfo {
         format!(
             "ParticipantInfo(id={}, conference={:?}, kind={:?}, state={:?}, remote={:?}, codec={:?}, muted={}, volume_db={}, packets_received={}, packets_sent={}, loss_percent={}, mos={:?})",
             self.id, self.conference, self.kind, self.state, self.remote, self.codec, self.muted, self.volume_db, self.packets_received, self.packets_sent, self.loss_percent, self.mos
+        )
+    }
+}
+
+/// A conference's policy, as `Conference.policy` reads it (the prompts are not shown).
+#[pyclass(frozen, get_all, module = "sipbridge._native")]
+struct ConferencePolicy {
+    max_participants: Option<usize>,
+    pin: Option<String>,
+    moderator_pin: Option<String>,
+    locked: bool,
+    wait_for_moderator: bool,
+    end_when_moderator_leaves: bool,
+    mute_on_join: bool,
+    pin_timeout: f64,
+}
+
+#[pymethods]
+impl ConferencePolicy {
+    fn __repr__(&self) -> String {
+        // The PINs are secrets: only whether there are any.
+        let yes = |b: bool| if b { "True" } else { "False" };
+        format!(
+            "ConferencePolicy(max_participants={:?}, pin={}, moderator_pin={}, locked={}, wait_for_moderator={}, end_when_moderator_leaves={}, mute_on_join={}, pin_timeout={})",
+            self.max_participants,
+            yes(self.pin.is_some()),
+            yes(self.moderator_pin.is_some()),
+            yes(self.locked),
+            yes(self.wait_for_moderator),
+            yes(self.end_when_moderator_leaves),
+            yes(self.mute_on_join),
+            self.pin_timeout
         )
     }
 }
@@ -781,6 +932,13 @@ struct Event {
     completed: Option<bool>,
     path: Option<String>,
     frames_dropped: Option<u64>,
+    /// For "locked": whether the conference is locked now; for "muted":
+    /// whether the participant is; for "pin_accepted": whether the PIN made
+    /// it a moderator; for "pin_rejected": tries left (0: it is hung up).
+    locked: Option<bool>,
+    muted: Option<bool>,
+    moderator: Option<bool>,
+    tries_left: Option<u32>,
 }
 
 impl Event {
@@ -808,6 +966,10 @@ impl Event {
             completed: None,
             path: None,
             frames_dropped: None,
+            locked: None,
+            muted: None,
+            moderator: None,
+            tries_left: None,
         }
     }
 }
@@ -877,6 +1039,23 @@ impl From<crate::Event> for Event {
                 frames_dropped: Some(frames_dropped),
                 ..Event::new("recording_overrun", conference, participant)
             },
+            E::ModeratorJoined { conference, participant } => {
+                Event::new("moderator_joined", conference, Some(participant))
+            }
+            E::Locked { conference, locked } => {
+                Event { locked: Some(locked), ..Event::new("locked", conference, None) }
+            }
+            E::Muted { conference, participant, muted } => {
+                Event { muted: Some(muted), ..Event::new("muted", conference, Some(participant)) }
+            }
+            E::PinAccepted { conference, participant, moderator } => {
+                Event { moderator: Some(moderator), ..Event::new("pin_accepted", conference, Some(participant)) }
+            }
+            E::PinRejected { conference, participant, tries_left } => {
+                Event { tries_left: Some(tries_left), ..Event::new("pin_rejected", conference, Some(participant)) }
+            }
+            E::ConferenceEmpty { conference } => Event::new("conference_empty", conference, None),
+            E::ConferenceEnded { conference } => Event::new("conference_ended", conference, None),
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -913,7 +1092,17 @@ impl Event {
         if let Some(n) = self.frames_dropped {
             parts.push(format!("frames_dropped={n}"));
         }
-        for (name, value) in [("talking", self.talking), ("held", self.held), ("completed", self.completed)] {
+        if let Some(n) = self.tries_left {
+            parts.push(format!("tries_left={n}"));
+        }
+        for (name, value) in [
+            ("talking", self.talking),
+            ("held", self.held),
+            ("completed", self.completed),
+            ("locked", self.locked),
+            ("muted", self.muted),
+            ("moderator", self.moderator),
+        ] {
             if let Some(v) = value {
                 parts.push(format!("{name}={}", if v { "True" } else { "False" }));
             }
@@ -942,6 +1131,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<FrameReader>()?;
     m.add_class::<Event>()?;
     m.add_class::<Playback>()?;
+    m.add_class::<ConferencePolicy>()?;
     for (name, class) in [
         ("SipBridgeError", py.get_type::<SipBridgeError>()),
         ("InvalidArgumentError", py.get_type::<InvalidArgumentError>()),
@@ -952,6 +1142,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ("SipError", py.get_type::<SipError>()),
         ("SdpError", py.get_type::<SdpError>()),
         ("NetworkError", py.get_type::<NetworkError>()),
+        ("LockedError", py.get_type::<LockedError>()),
+        ("FullError", py.get_type::<FullError>()),
     ] {
         m.add(name, class)?;
     }

@@ -177,7 +177,7 @@ pub(crate) async fn receive_media(
                 state.on_rtp(&packet, arrival, leg.clock_rate, &leg.controls);
                 if leg.telephone_event == Some(packet.payload_type) {
                     for DtmfDigit { digit, duration_ms } in digits.handle(packet.timestamp, packet.payload) {
-                        leg.emit(|conference| Event::Dtmf { conference, participant, digit, duration_ms });
+                        leg.shared.dtmf(participant, digit, duration_ms);
                     }
                     continue;
                 }

@@ -12,6 +12,7 @@
 mod accounts;
 mod dns;
 mod media_task;
+mod policy;
 mod ports;
 mod recorder;
 mod sip_driver;
@@ -22,7 +23,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -35,12 +36,15 @@ use crate::media::mixer::{
     ParticipantControls, ParticipantId, ParticipantMix, PlaybackId, PromptMix, SharedEncoder, TalkerPolicy,
     MAX_SHARED_ENCODERS,
 };
+use crate::policy::ConferencePolicy;
 use crate::sip::auth::Authenticator;
 use crate::sip::registrar::Registrar;
 use crate::{Error, Result};
 use transport::{Connections, TlsContext};
 
 pub(crate) use accounts::account_settings;
+use policy::PolicyAudio;
+pub(crate) use policy::PolicyState;
 pub(crate) use ports::PortPool;
 use recorder::Recorder;
 pub(crate) use sip_driver::SipCommand;
@@ -83,6 +87,18 @@ pub(crate) struct ConferenceEntry {
     pub on_demand: bool,
     /// The recording running, if any.
     recording: Option<Recorder>,
+    pub policy: ConferencePolicy,
+    /// The policy's prompts at the conference's rate, once a policy is set
+    /// (the default one plays none).
+    policy_audio: Option<PolicyAudio>,
+    /// It was ended and has participants still leaving.
+    ending: bool,
+}
+
+impl ConferenceEntry {
+    fn policy_audio(&self) -> Result<&PolicyAudio> {
+        self.policy_audio.as_ref().ok_or_else(|| Error::NotFound("the policy's prompts".into()))
+    }
 }
 
 /// Who creates a conference.
@@ -114,6 +130,8 @@ pub(crate) struct ParticipantEntry {
     pub noise_suppression: bool,
     /// The mixer's count of talking changes that events have been sent for.
     pub talk_changes_seen: u32,
+    /// Its role and admission under the conference policy.
+    pub policy: PolicyState,
 }
 
 impl ParticipantEntry {
@@ -137,6 +155,7 @@ impl ParticipantEntry {
             codec: None,
             noise_suppression: false,
             talk_changes_seen: 0,
+            policy: PolicyState::default(),
         }
     }
 }
@@ -360,6 +379,9 @@ impl Shared {
             require_authentication: self.config.require_authentication,
             on_demand,
             recording: None,
+            policy: ConferencePolicy::default(),
+            policy_audio: None,
+            ending: false,
         };
         registry.conferences.insert(name.into(), entry);
         Ok((id, true))
@@ -408,7 +430,9 @@ impl Shared {
         mut entry: ParticipantEntry,
         mix: Option<Box<ParticipantMix>>,
     ) -> Result<()> {
-        let conference = registry.conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        let Registry { conferences, participants } = registry;
+        let conference = conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
+        policy::check_room_open(name, conference)?;
         entry.in_mixer = mix.is_some();
         entry.noise_suppression = conference.noise_suppression;
         if let Some(mut mix) = mix {
@@ -417,13 +441,17 @@ impl Shared {
             if mix.frame_samples() != conference.sample_rate as usize / 50 {
                 return Err(Error::InvalidArgument(format!("participant not built for {} Hz", conference.sample_rate)));
             }
+            let present = policy::moderator_present(conference, participants);
+            policy::on_entry(conference, present, &mut entry, Instant::now());
             prepare_mix(conference, id, &entry, &mut mix);
-            self.mixer.lock().add_participant(conference.id, mix)?;
+            let mut mixer = self.mixer.lock();
+            mixer.add_participant(conference.id, mix)?;
+            self.start_admission_audio(&mixer, conference, id, &mut entry);
         }
         entry.conference = name.into();
         entry.conference_id = conference.id;
         conference.participants.insert(id);
-        registry.participants.insert(id, entry);
+        participants.insert(id, entry);
         Ok(())
     }
 
@@ -436,15 +464,20 @@ impl Shared {
         codec: CodecKind,
     ) -> Result<()> {
         let mut registry = self.registry.lock();
-        let registry = &mut *registry;
-        let entry =
-            registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
+        let Registry { conferences, participants } = &mut *registry;
+        let name =
+            participants.get(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?.conference.clone();
         // The conference it dialled for must still be the same one, not a new room of the same name.
-        match registry.conferences.get(&entry.conference) {
-            Some(conference) if conference.id == entry.conference_id => prepare_mix(conference, id, entry, &mut mix),
-            _ => return Err(Error::NotFound(entry.conference.clone())),
-        }
-        self.mixer.lock().add_participant(entry.conference_id, mix)?;
+        let conference = conferences.get(&name).ok_or_else(|| Error::NotFound(name.clone()))?;
+        let present = policy::moderator_present(conference, participants);
+        let entry = participants.get_mut(&id).filter(|e| e.conference_id == conference.id);
+        let entry = entry.ok_or_else(|| Error::NotFound(name.clone()))?;
+        policy::on_entry(conference, present, entry, Instant::now());
+        prepare_mix(conference, id, entry, &mut mix);
+        let mut mixer = self.mixer.lock();
+        mixer.add_participant(entry.conference_id, mix)?;
+        self.start_admission_audio(&mixer, conference, id, entry);
+        drop(mixer);
         entry.in_mixer = true;
         entry.dtmf = dtmf;
         entry.codec = Some(codec);
@@ -512,6 +545,7 @@ impl Shared {
             if let Some(event) = event(&entry) {
                 self.emit(event);
             }
+            self.policy_after_leave(&entry.conference, entry.conference_id, &entry);
             self.end_if_empty_on_demand(&entry.conference, entry.conference_id);
         }
     }
@@ -815,7 +849,7 @@ impl Engine {
             runtime: runtime.handle().clone(),
         });
         runtime.spawn(sip_driver::run(shared.clone(), transports, sip_rx));
-        runtime.spawn(watch_talkers(Arc::downgrade(&shared)));
+        runtime.spawn(control_tick(Arc::downgrade(&shared)));
         tracing::info!(%sip_addr, %advertised_ip, "endpoint started");
         Ok(Self { shared, runtime: Some(runtime), mixer_threads, reaper_thread: Some(reaper_thread) })
     }
@@ -932,14 +966,18 @@ pub(crate) async fn next_tick(interval: Option<&mut tokio::time::Interval>) {
     }
 }
 
-/// Turns the mixer's talking flags into events, a tick's time after they change.
-async fn watch_talkers(shared: std::sync::Weak<Shared>) {
+/// The control side's tick: turns the mixer's talking flags into events, a
+/// tick's time after they change, and runs the conference policy's timers.
+async fn control_tick(shared: std::sync::Weak<Shared>) {
     let mut interval = tokio::time::interval(crate::media::mixer::TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
         match shared.upgrade() {
-            Some(shared) if !shared.stopped.load(Ordering::Relaxed) => shared.report_talking(),
+            Some(shared) if !shared.stopped.load(Ordering::Relaxed) => {
+                shared.report_talking();
+                shared.policy_tick(Instant::now());
+            }
             _ => return,
         }
     }

@@ -254,12 +254,7 @@ impl Driver {
             }
             UaEvent::Dtmf { call, digit, duration_ms } => {
                 if let Some(leg) = self.calls.get(&call) {
-                    self.emit_for(leg.participant, |conference, participant| Event::Dtmf {
-                        conference,
-                        participant,
-                        digit,
-                        duration_ms,
-                    });
+                    self.shared.dtmf(leg.participant, digit, duration_ms);
                 }
             }
             UaEvent::Ringing { call } => {
@@ -499,6 +494,9 @@ impl Driver {
         if !exists && !self.shared.config.create_rooms_on_demand {
             return Err((404, Error::NotFound(room)));
         }
+        // The conference policy: a locked room gets 403, a full one 486,
+        // before a port is taken; joining checks again under the registry's lock.
+        self.shared.check_room_open(&room).map_err(refusal)?;
         let media = self.local_media().map_err(|e| (503, e))?;
         let participant = ParticipantId(self.shared.next_id());
         let controls = Arc::new(ParticipantControls::default());
@@ -528,7 +526,7 @@ impl Driver {
             }
             (sdp, joined.map(|()| (None, Some(task))), session)
         };
-        let (media, receive_task) = joined.map_err(|e| (500, e))?;
+        let (media, receive_task) = joined.map_err(refusal)?;
         let _ = self.ua.ring(call, now);
         let _ = self.ua.answer(call, sdp.print().into_bytes(), now);
         let started = receive_task.is_some();
@@ -875,6 +873,16 @@ impl Driver {
 }
 
 /// The room a Request-URI names: its user part, percent-unescaped; empty when it has none.
+/// The status that refuses a caller the room would not take.
+fn refusal(error: Error) -> (u16, Error) {
+    let status = match error {
+        Error::Locked(_) => 403,
+        Error::Full(_) => 486,
+        _ => 500,
+    };
+    (status, error)
+}
+
 fn room_of(request_uri: &str) -> String {
     message::uri_parts(request_uri).and_then(|u| u.user).and_then(|u| message::unescape_user(&u)).unwrap_or_default()
 }

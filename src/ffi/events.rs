@@ -41,6 +41,20 @@ pub enum sb_event_kind {
     SB_EVENT_RECORDING_STOPPED = 14,
     /// The disk does not keep up: `frames_dropped` so far for the file in `detail`.
     SB_EVENT_RECORDING_OVERRUN = 15,
+    /// A moderator got in (by its PIN, or made one by the app): `participant`.
+    SB_EVENT_MODERATOR_JOINED = 16,
+    /// The conference was locked (`locked` true) or unlocked.
+    SB_EVENT_LOCKED = 17,
+    /// A participant was muted (`muted` true) or unmuted.
+    SB_EVENT_MUTED = 18,
+    /// A caller typed the right PIN; `moderator` when it was the moderator PIN.
+    SB_EVENT_PIN_ACCEPTED = 19,
+    /// A caller typed a wrong PIN or took too long; `tries_left` 0: it is hung up.
+    SB_EVENT_PIN_REJECTED = 20,
+    /// The last participant left.
+    SB_EVENT_CONFERENCE_EMPTY = 21,
+    /// The conference was ended: everyone in it is being hung up.
+    SB_EVENT_CONFERENCE_ENDED = 22,
 }
 
 #[repr(C)]
@@ -64,6 +78,10 @@ pub enum sb_leave_reason {
     SB_LEAVE_TIMEOUT = 4,
     SB_LEAVE_CONFERENCE_DESTROYED = 5,
     SB_LEAVE_ENDPOINT_STOPPED = 6,
+    SB_LEAVE_KICKED = 7,
+    SB_LEAVE_CONFERENCE_ENDED = 8,
+    /// Wrong PINs, too many.
+    SB_LEAVE_PIN_REJECTED = 9,
 }
 
 /// One event. Strings are NUL-terminated and cut to fit.
@@ -104,6 +122,14 @@ pub struct sb_event {
     pub completed: bool,
     /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
     pub frames_dropped: u64,
+    /// For LOCKED: whether the conference is locked now.
+    pub locked: bool,
+    /// For MUTED: whether the participant is muted now.
+    pub muted: bool,
+    /// For PIN_ACCEPTED: whether the PIN was the moderator PIN.
+    pub moderator: bool,
+    /// For PIN_REJECTED: tries left; 0 means the caller is hung up.
+    pub tries_left: u32,
 }
 
 fn to_c(event: &Event) -> sb_event {
@@ -127,6 +153,10 @@ fn to_c(event: &Event) -> sb_event {
         playback: 0,
         completed: false,
         frames_dropped: 0,
+        locked: false,
+        muted: false,
+        moderator: false,
+        tries_left: 0,
     };
     let conference = match event {
         Event::ConferenceCreated { conference } => conference,
@@ -151,6 +181,9 @@ fn to_c(event: &Event) -> sb_event {
                 LeaveReason::Timeout => sb_leave_reason::SB_LEAVE_TIMEOUT,
                 LeaveReason::ConferenceDestroyed => sb_leave_reason::SB_LEAVE_CONFERENCE_DESTROYED,
                 LeaveReason::EndpointStopped => sb_leave_reason::SB_LEAVE_ENDPOINT_STOPPED,
+                LeaveReason::Kicked => sb_leave_reason::SB_LEAVE_KICKED,
+                LeaveReason::ConferenceEnded => sb_leave_reason::SB_LEAVE_CONFERENCE_ENDED,
+                LeaveReason::PinRejected => sb_leave_reason::SB_LEAVE_PIN_REJECTED,
             };
             out.packets_received = *packets_received;
             out.packets_sent = *packets_sent;
@@ -230,6 +263,42 @@ fn to_c(event: &Event) -> sb_event {
             out.participant = participant.map_or(0, |p| p.0);
             out.frames_dropped = *frames_dropped;
             copy_str(path, &mut out.detail);
+            conference
+        }
+        Event::ModeratorJoined { conference, participant } => {
+            out.kind = sb_event_kind::SB_EVENT_MODERATOR_JOINED;
+            out.participant = participant.0;
+            conference
+        }
+        Event::Locked { conference, locked } => {
+            out.kind = sb_event_kind::SB_EVENT_LOCKED;
+            out.locked = *locked;
+            conference
+        }
+        Event::Muted { conference, participant, muted } => {
+            out.kind = sb_event_kind::SB_EVENT_MUTED;
+            out.participant = participant.0;
+            out.muted = *muted;
+            conference
+        }
+        Event::PinAccepted { conference, participant, moderator } => {
+            out.kind = sb_event_kind::SB_EVENT_PIN_ACCEPTED;
+            out.participant = participant.0;
+            out.moderator = *moderator;
+            conference
+        }
+        Event::PinRejected { conference, participant, tries_left } => {
+            out.kind = sb_event_kind::SB_EVENT_PIN_REJECTED;
+            out.participant = participant.0;
+            out.tries_left = *tries_left;
+            conference
+        }
+        Event::ConferenceEmpty { conference } => {
+            out.kind = sb_event_kind::SB_EVENT_CONFERENCE_EMPTY;
+            conference
+        }
+        Event::ConferenceEnded { conference } => {
+            out.kind = sb_event_kind::SB_EVENT_CONFERENCE_ENDED;
             conference
         }
         Event::DialFailed { conference, participant, status, reason } => {

@@ -31,6 +31,7 @@ use crate::{
 
 pub use events::*;
 pub use playback::*;
+pub use policy::*;
 pub use recording::*;
 
 /// The result of every call.
@@ -57,6 +58,10 @@ pub enum sb_status {
     /// A bug in sipbridge: the call panicked. The message says where.
     SB_PANIC = 13,
     SB_INTERNAL = 14,
+    /// The conference is locked: no one new may join.
+    SB_LOCKED = 15,
+    /// The conference has its policy's maximum of participants.
+    SB_FULL = 16,
 }
 
 /// Wait without a time limit, where a call takes `timeout_ms`.
@@ -92,6 +97,8 @@ impl From<&Error> for sb_status {
             Error::InvalidArgument(_) => sb_status::SB_INVALID_ARGUMENT,
             Error::NotFound(_) => sb_status::SB_NOT_FOUND,
             Error::AlreadyExists(_) => sb_status::SB_ALREADY_EXISTS,
+            Error::Locked(_) => sb_status::SB_LOCKED,
+            Error::Full(_) => sb_status::SB_FULL,
             Error::NoRtpPort => sb_status::SB_NO_RTP_PORT,
             Error::Stopped => sb_status::SB_STOPPED,
             Error::Timeout => sb_status::SB_TIMEOUT,
@@ -204,6 +211,7 @@ macro_rules! try_call {
 // Declared after the macros above, which they use.
 mod events;
 mod playback;
+mod policy;
 mod recording;
 
 fn timeout(ms: u32) -> Option<Duration> {
@@ -242,7 +250,7 @@ pub extern "C" fn sb_last_error(buf: *mut c_char, len: usize) -> usize {
 /// number that is no status. Takes a plain integer: a C caller may pass any.
 #[no_mangle]
 pub extern "C" fn sb_status_name(status: std::ffi::c_int) -> *const c_char {
-    const NAMES: [&CStr; 15] = [
+    const NAMES: [&CStr; 17] = [
         c"SB_OK",
         c"SB_NULL_PARAMETER",
         c"SB_INVALID_ARGUMENT",
@@ -258,8 +266,10 @@ pub extern "C" fn sb_status_name(status: std::ffi::c_int) -> *const c_char {
         c"SB_BUFFER_TOO_SMALL",
         c"SB_PANIC",
         c"SB_INTERNAL",
+        c"SB_LOCKED",
+        c"SB_FULL",
     ];
-    const _: () = assert!(sb_status::SB_INTERNAL as usize == NAMES.len() - 1);
+    const _: () = assert!(sb_status::SB_FULL as usize == NAMES.len() - 1);
     let name = usize::try_from(status).ok().and_then(|i| NAMES.get(i)).copied().unwrap_or(c"SB_UNKNOWN");
     name.as_ptr()
 }
@@ -866,6 +876,12 @@ pub struct sb_participant_info {
     pub codec: [c_char; 16],
     /// The remote party's SIP URI ("" for local participants), cut to fit.
     pub remote: [c_char; 256],
+    /// Whether it is a moderator.
+    pub moderator: bool,
+    /// In the mix, typing its PIN, or waiting for a moderator.
+    pub admission: sb_admission,
+    /// Whether it is deafened: it hears nothing of the conference.
+    pub deaf: bool,
 }
 
 /// Fills `out` (room for `capacity`) with the participants; `count` receives
@@ -920,6 +936,9 @@ pub extern "C" fn sb_conference_participants(
                     mos: p.mos.unwrap_or(0.0),
                     codec,
                     remote,
+                    moderator: p.moderator,
+                    admission: p.admission.into(),
+                    deaf: p.deaf,
                 };
             }
         }

@@ -9,7 +9,7 @@ use crate::{Error, ParticipantId, Playback, PlaybackId};
 /// A prompt, decoded: a WAV file, PCM, or a tone. Freed by `sb_playback_free`;
 /// playing it does not consume it.
 pub struct sb_playback {
-    playback: Playback,
+    pub(super) playback: Playback,
 }
 
 fn new_playback(playback: Playback, out: *mut *mut sb_playback) -> sb_status {

@@ -225,6 +225,13 @@ pub struct ParticipantControls {
     pub talk_changes: AtomicU32,
     /// The peer has put the call on hold (so silence from it is expected).
     pub held: AtomicBool,
+    /// The app deafened it: it hears nothing of the conference (silence,
+    /// or only the prompts played to it alone).
+    pub deaf: AtomicBool,
+    /// The conference policy lets it into the mix; false while it enters
+    /// its PIN or waits for a moderator: then it is neither heard nor hears
+    /// the others, only the prompts played to it alone.
+    pub admitted: AtomicBool,
 }
 
 impl Default for ParticipantControls {
@@ -251,6 +258,8 @@ impl Default for ParticipantControls {
             talking: AtomicBool::new(false),
             talk_changes: AtomicU32::new(0),
             held: AtomicBool::new(false),
+            deaf: AtomicBool::new(false),
+            admitted: AtomicBool::new(true),
         }
     }
 }
@@ -895,8 +904,11 @@ pub struct ParticipantMix {
     /// Prompts played to this participant alone, the first one playing.
     prompts: Option<Box<PromptMix>>,
     /// What it hears differs from the listeners' mix this tick: it is mixed
-    /// in (and must not hear itself), or a prompt plays to it.
+    /// in (and must not hear itself), a prompt plays to it, or it hears
+    /// nothing of the conference.
     own_mix: bool,
+    /// It hears the conference this tick: admitted and not deaf.
+    hears_conference: bool,
     /// Where its own audio is recorded, while its conference records each participant.
     record: Option<RecordSink>,
 }
@@ -919,6 +931,7 @@ impl ParticipantMix {
             ticks_since_talking: u32::MAX,
             prompts: None,
             own_mix: false,
+            hears_conference: true,
             record: None,
         }
     }
@@ -1045,8 +1058,12 @@ impl ConferenceMix {
                 }
                 Leg::Local(leg) => (leg.read_frame(scratch), false),
             };
-            p.audible = heard && !comfort_noise && !p.controls.muted.load(Ordering::Relaxed);
-            p.contributes = heard && !p.controls.muted.load(Ordering::Relaxed);
+            let admitted = p.controls.admitted.load(Ordering::Relaxed);
+            p.hears_conference = admitted && !p.controls.deaf.load(Ordering::Relaxed);
+            // Its frame was still read above: the jitter buffer keeps its time.
+            let silenced = !admitted || p.controls.muted.load(Ordering::Relaxed);
+            p.audible = heard && !comfort_noise && !silenced;
+            p.contributes = heard && !silenced;
             let mut level = -100.0;
             if p.contributes {
                 // Cleaned only when it could be mixed, and not quieter than
@@ -1127,7 +1144,7 @@ impl ConferenceMix {
         // the listeners' mix and every `sum - own` carry it.
         play_prompts(&mut self.prompts, &mut self.sum, discard);
         for p in self.participants.iter_mut() {
-            p.own_mix = p.contributes || p.prompts.is_some();
+            p.own_mix = p.contributes || p.prompts.is_some() || !p.hears_conference;
         }
         for (out, sum) in self.listener_mix.iter_mut().zip(self.sum.iter()) {
             *out = (*sum).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
@@ -1139,12 +1156,20 @@ impl ConferenceMix {
             encodes += 1;
         }
         for p in self.participants.iter_mut() {
-            // Those mixed in hear the sum less themselves, and those with a
-            // prompt of their own hear it too; everyone else the listeners' mix.
+            // Those mixed in hear the sum less themselves, those with a
+            // prompt of their own hear it too, and those that hear nothing
+            // of the conference hear silence or their own prompts only (a
+            // leg of theirs encodes that itself, like any own mix, so the
+            // shared encoder's hand-overs stay as they are); everyone else
+            // hears the listeners' mix.
             let mix: &[i16] = if p.own_mix {
                 // `input` is done with for this tick: it holds the own mix, in 32 bits.
-                for (input, sum) in p.input.iter_mut().zip(self.sum.iter()) {
-                    *input = if p.contributes { sum.wrapping_sub(*input) } else { *sum };
+                if p.hears_conference {
+                    for (input, sum) in p.input.iter_mut().zip(self.sum.iter()) {
+                        *input = if p.contributes { sum.wrapping_sub(*input) } else { *sum };
+                    }
+                } else {
+                    p.input.fill(0);
                 }
                 play_prompts(&mut p.prompts, &mut p.input, discard);
                 for (out, own) in p.output.iter_mut().zip(p.input.iter()) {
@@ -1899,6 +1924,39 @@ mod tests {
         assert_eq!(take(&mut ea)[0], 0);
     }
 
+    #[test]
+    fn a_deaf_participant_hears_silence_and_one_not_admitted_neither_hears_nor_is_heard() {
+        let mut h = harness();
+        conference(&h, 1);
+        let mut ends = add_locals(&h, 1, 3);
+        h.mixer.apply_commands();
+        let controls: Vec<Arc<ParticipantControls>> =
+            h.mixer.conferences[0].participants.iter().map(|p| p.controls.clone()).collect();
+        let tick = |h: &mut Harness, ends: &mut Vec<LocalEnds>| {
+            for (e, value) in ends.iter_mut().zip([100, 20, 3]) {
+                feed(e, value);
+            }
+            h.mixer.tick();
+            ends.iter_mut().map(|e| take(e)[0]).collect::<Vec<i16>>()
+        };
+        controls[0].deaf.store(true, Ordering::Relaxed);
+        assert_eq!(tick(&mut h, &mut ends), vec![0, 103, 120], "0 hears nothing but is still heard");
+        controls[0].deaf.store(false, Ordering::Relaxed);
+        controls[1].admitted.store(false, Ordering::Relaxed);
+        assert_eq!(tick(&mut h, &mut ends), vec![3, 0, 100], "1 neither hears nor is heard");
+        // A prompt to the one waiting outside is all it hears.
+        let (done, ended) = crossbeam_channel::unbounded();
+        h.commands
+            .send(MixerCommand::Play(ConferenceId(1), Some(ParticipantId(1)), prompt(7, &[900; FRAME], &done)))
+            .unwrap();
+        h.mixer.apply_commands();
+        assert_eq!(tick(&mut h, &mut ends), vec![3, 900, 100]);
+        controls[1].admitted.store(true, Ordering::Relaxed);
+        assert_eq!(tick(&mut h, &mut ends), vec![23, 103, 120]);
+        reap(&h);
+        assert_eq!(ended.try_recv(), Ok((7, PlaybackEnd::Completed)));
+    }
+
     fn rtp_participant(
         id: u64,
         peer: SocketAddr,
@@ -1990,6 +2048,8 @@ mod tests {
         let (opus, mut opus_ring, _) = codec_participant(13, peer.local_addr().unwrap(), CodecKind::Opus);
         let (g722, mut g722_ring, _) = codec_participant(14, peer.local_addr().unwrap(), CodecKind::G722);
         let (loc, mut ends) = local(12);
+        // Deafened and kept out of the mix (PIN entry) halfway through.
+        let (deafened, outside) = (rtp_a.controls.clone(), loc.controls.clone());
         // A 48 kHz room whose talker has noise suppression, switched on by command.
         const WIDE: usize = 960;
         h.commands
@@ -2046,6 +2106,8 @@ mod tests {
                 for s in &noise[seq as usize * WIDE..][..WIDE] {
                     let _ = wide_talker.push(*s);
                 }
+                deafened.deaf.store(seq >= 2, Ordering::Relaxed);
+                outside.admitted.store(seq < 2, Ordering::Relaxed);
                 h.mixer.tick();
             }
             h.commands.try_send(MixerCommand::RemoveParticipant(ConferenceId(1), ParticipantId(11))).ok();

@@ -5,6 +5,7 @@ mod common;
 mod kamailio;
 mod loopback;
 mod mix;
+mod policy;
 mod prompts;
 mod sipp;
 mod transport;

@@ -5,7 +5,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use serde::Deserialize;
+use sipbridge::{ConferencePolicy, Playback};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,13 +65,45 @@ pub struct UserEntry {
 }
 
 /// A room created at start, with its policy.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomEntry {
     pub name: String,
     pub sample_rate: Option<u32>,
     pub require_authentication: Option<bool>,
     pub noise_suppression: Option<bool>,
+    /// The conference policy (sipbridge::ConferencePolicy); prompts are WAV
+    /// files, the PIN timeout is in seconds.
+    pub max_participants: Option<usize>,
+    pub pin: Option<String>,
+    pub moderator_pin: Option<String>,
+    pub locked: Option<bool>,
+    pub wait_for_moderator: Option<bool>,
+    pub end_when_moderator_leaves: Option<bool>,
+    pub mute_on_join: Option<bool>,
+    pub pin_prompt: Option<PathBuf>,
+    pub hold_music: Option<PathBuf>,
+    pub pin_timeout: Option<u64>,
+}
+
+impl RoomEntry {
+    /// The room's conference policy: the defaults, changed by what the entry sets.
+    pub fn policy(&self) -> Result<ConferencePolicy, sipbridge::Error> {
+        let wav = |path: &Option<PathBuf>| path.as_ref().map(Playback::wav_file).transpose();
+        let default = ConferencePolicy::default();
+        Ok(ConferencePolicy {
+            max_participants: self.max_participants,
+            pin: self.pin.clone(),
+            moderator_pin: self.moderator_pin.clone(),
+            locked: self.locked.unwrap_or(default.locked),
+            wait_for_moderator: self.wait_for_moderator.unwrap_or(default.wait_for_moderator),
+            end_when_moderator_leaves: self.end_when_moderator_leaves.unwrap_or(default.end_when_moderator_leaves),
+            mute_on_join: self.mute_on_join.unwrap_or(default.mute_on_join),
+            pin_prompt: wav(&self.pin_prompt)?,
+            hold_music: wav(&self.hold_music)?,
+            pin_timeout: self.pin_timeout.map_or(default.pin_timeout, Duration::from_secs),
+        })
+    }
 }
 
 /// An account to keep registered with an upstream registrar or PBX; calls
@@ -164,5 +199,22 @@ mod tests {
             (Some("sip:10.0.0.1:5070"), Some(600), "lobby")
         );
         assert!(config.accounts[1].ha1.is_some() && config.accounts[1].registrar.is_none());
+    }
+
+    #[test]
+    fn room_policies_are_read() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sipbridge.toml");
+        let config = ServeConfig::read(&path).unwrap();
+        let room = config.rooms.iter().find(|r| r.name == "standup").expect("the example's PIN room");
+        let policy = room.policy().unwrap();
+        assert_eq!((policy.pin.as_deref(), policy.moderator_pin.as_deref()), (Some("4321"), Some("9999")));
+        assert_eq!(policy.max_participants, Some(20));
+        assert!(policy.wait_for_moderator && policy.mute_on_join && !policy.locked);
+        assert_eq!(policy.pin_timeout, Duration::from_secs(30));
+        policy.validate().unwrap();
+        let lobby = config.rooms.iter().find(|r| r.name == "lobby").unwrap().policy().unwrap();
+        assert!(!lobby.asks_pin() && lobby.max_participants.is_none());
+        let missing = RoomEntry { hold_music: Some("/nonexistent.wav".into()), ..Default::default() };
+        assert!(missing.policy().is_err());
     }
 }

@@ -191,12 +191,7 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         ha1_sha256: None,
     }));
     let mut rooms = file.rooms;
-    rooms.extend(args.rooms.into_iter().map(|name| RoomEntry {
-        name,
-        sample_rate: None,
-        require_authentication: None,
-        noise_suppression: None,
-    }));
+    rooms.extend(args.rooms.into_iter().map(|name| RoomEntry { name, ..Default::default() }));
     let stats_every = (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every));
     Ok(Settings { endpoint, users, rooms, accounts: file.accounts, stats_every })
 }
@@ -224,6 +219,7 @@ fn serve(settings: Settings) -> Result<(), Error> {
         if let Some(on) = room.noise_suppression {
             conference.set_noise_suppression(on)?;
         }
+        conference.set_policy(room.policy()?)?;
     }
     for entry in accounts {
         let AccountEntry { aor, registrar, username, password, ha1, expires, room } = entry;
