@@ -190,6 +190,10 @@ def test_errors_are_exceptions_of_the_hierarchy():
             local.participant.set_volume(float("nan"))
         with pytest.raises(sipbridge.NotFoundError):
             local.participant.hold()  # only SIP calls can be held
+        with pytest.raises(sipbridge.NotFoundError):
+            local.participant.transfer("sip:carol@127.0.0.1:5070")
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            local.participant.transfer("not a uri")
         with pytest.raises(TypeError):
             local.write("not audio")  # type: ignore[arg-type]
         with pytest.raises(TypeError):

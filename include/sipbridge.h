@@ -205,6 +205,16 @@ typedef enum {
    * The conference was ended: everyone in it is being hung up.
    */
   SB_EVENT_CONFERENCE_ENDED = 22,
+  /**
+   * A participant's phone asks to transfer: `detail` is the target. Answer
+   * with `sb_conference_answer_transfer`.
+   */
+  SB_EVENT_TRANSFER_REQUESTED = 23,
+  /**
+   * How a transfer asked with `sb_conference_transfer` goes: `status`,
+   * and `done` once it is over.
+   */
+  SB_EVENT_TRANSFER_PROGRESS = 24,
 } sb_event_kind;
 
 typedef enum {
@@ -221,6 +231,10 @@ typedef enum {
    * Wrong PINs, too many.
    */
   SB_LEAVE_PIN_REJECTED = 9,
+  /**
+   * Its phone took the transfer we asked for.
+   */
+  SB_LEAVE_TRANSFERRED = 10,
 } sb_leave_reason;
 
 typedef enum {
@@ -506,6 +520,10 @@ typedef struct {
    */
   uint64_t frames_dropped;
   /**
+   * For TRANSFER_PROGRESS: whether the transfer is over.
+   */
+  bool done;
+  /**
    * For LOCKED: whether the conference is locked now.
    */
   bool locked;
@@ -754,6 +772,23 @@ sb_status sb_conference_set_muted(const sb_conference *conference,
  * comes when the phone answers; a refusal leaves the call as it was.
  */
 sb_status sb_conference_set_held(const sb_conference *conference, uint64_t participant, bool held);
+
+/**
+ * Transfers a SIP participant to `uri` (REFER, a blind transfer): its phone
+ * calls `uri`, and once that is answered we hang up; SB_EVENT_TRANSFER_PROGRESS
+ * reports how it goes.
+ */
+sb_status sb_conference_transfer(const sb_conference *conference,
+                                 uint64_t participant,
+                                 const char *uri);
+
+/**
+ * Answers a participant's SB_EVENT_TRANSFER_REQUESTED: `accept` dials its
+ * target into the participant's conference; otherwise 603 Decline.
+ */
+sb_status sb_conference_answer_transfer(const sb_conference *conference,
+                                        uint64_t participant,
+                                        bool accept);
 
 /**
  * Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).

@@ -247,6 +247,9 @@ pub enum LeaveReason {
     ConferenceEnded,
     /// It entered a wrong PIN too often.
     PinRejected,
+    /// The participant's phone took a transfer we asked for (REFER) and
+    /// called the target; we hung up our leg.
+    Transferred,
 }
 
 /// What happened, in order, for the application.
@@ -297,6 +300,25 @@ pub enum Event {
         conference: String,
         participant: ParticipantId,
         talking: bool,
+    },
+    /// A participant's phone asks us to call `target` (REFER, a blind
+    /// transfer): the app answers with [`Participant::accept_transfer`],
+    /// which dials `target` into the participant's conference, or
+    /// [`Participant::reject_transfer`]. Answer promptly: the phone waits.
+    TransferRequested {
+        conference: String,
+        participant: ParticipantId,
+        target: String,
+    },
+    /// How a transfer asked with [`Participant::transfer`] goes: the status
+    /// of the phone's call to the target (or of its refusal of the REFER);
+    /// `done` when it is over. A 2xx when done means the participant left
+    /// ([`LeaveReason::Transferred`]).
+    TransferProgress {
+        conference: String,
+        participant: ParticipantId,
+        status: u16,
+        done: bool,
     },
     /// A participant's phone put the call on hold (a re-INVITE offering
     /// sendonly or inactive, or address 0.0.0.0), or took it off hold. A held
@@ -1126,12 +1148,38 @@ impl Participant {
     /// comes, when the phone answers; a refusal leaves the call as it was.
     /// Only SIP participants can be held.
     pub fn set_held(&self, held: bool) -> Result<()> {
+        self.sip_command(|participant, reply| SipCommand::Hold { participant, held, reply })
+    }
+
+    /// Transfers the participant to `uri` (a blind transfer: REFER, RFC
+    /// 3515): its phone calls `uri`, and once that call is answered we hang
+    /// up ours. Progress comes as [`Event::TransferProgress`].
+    pub fn transfer(&self, uri: &str) -> Result<()> {
+        validate_sip_uri(uri)?;
+        let target = uri.to_string();
+        self.sip_command(|participant, reply| SipCommand::Transfer { participant, target, reply })
+    }
+
+    /// Accepts the participant's transfer request ([`Event::TransferRequested`]):
+    /// its target is dialled into this participant's conference, and the
+    /// phone hears how the call goes.
+    pub fn accept_transfer(&self) -> Result<()> {
+        self.sip_command(|participant, reply| SipCommand::AnswerTransfer { participant, accept: true, reply })
+    }
+
+    /// Refuses the participant's transfer request (603 Decline).
+    pub fn reject_transfer(&self) -> Result<()> {
+        self.sip_command(|participant, reply| SipCommand::AnswerTransfer { participant, accept: false, reply })
+    }
+
+    /// Hands the SIP task a command about this participant's call and waits for its answer.
+    fn sip_command(
+        &self,
+        make: impl FnOnce(ParticipantId, std::sync::mpsc::Sender<Result<()>>) -> SipCommand,
+    ) -> Result<()> {
         self.with_entry(|_| ())?;
         let (reply, result) = std::sync::mpsc::channel();
-        self.shared
-            .sip_commands
-            .send(SipCommand::Hold { participant: self.id, held, reply })
-            .map_err(|_| Error::Stopped)?;
+        self.shared.sip_commands.send(make(self.id, reply)).map_err(|_| Error::Stopped)?;
         result.recv().map_err(|_| Error::Stopped)?
     }
 }

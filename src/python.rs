@@ -121,6 +121,7 @@ fn reason_name(reason: LeaveReason) -> &'static str {
         LeaveReason::Kicked => "kicked",
         LeaveReason::ConferenceEnded => "conference_ended",
         LeaveReason::PinRejected => "pin_rejected",
+        LeaveReason::Transferred => "transferred",
     }
 }
 
@@ -641,6 +642,23 @@ impl Participant {
         self.inner.set_held(held).map_err(to_py)
     }
 
+    /// Transfers a SIP participant to `uri` (REFER): its phone calls `uri`,
+    /// and once that is answered we hang up; "transfer_progress" events.
+    fn transfer(&self, uri: &str) -> PyResult<()> {
+        self.inner.transfer(uri).map_err(to_py)
+    }
+
+    /// Accepts the participant's "transfer_requested": its target is dialled
+    /// into the participant's conference.
+    fn accept_transfer(&self) -> PyResult<()> {
+        self.inner.accept_transfer().map_err(to_py)
+    }
+
+    /// Refuses the participant's "transfer_requested" (603 Decline).
+    fn reject_transfer(&self) -> PyResult<()> {
+        self.inner.reject_transfer().map_err(to_py)
+    }
+
     /// How loud the participant is in the mix, in dB (0 = as received).
     fn set_volume(&self, db: f32) -> PyResult<()> {
         self.inner.set_volume_db(db).map_err(to_py)
@@ -939,6 +957,10 @@ struct Event {
     muted: Option<bool>,
     moderator: Option<bool>,
     tries_left: Option<u32>,
+    /// For "transfer_requested": where the phone asks to be transferred;
+    /// for "transfer_progress": `status`, and `done` once it is over.
+    target: Option<String>,
+    done: Option<bool>,
 }
 
 impl Event {
@@ -970,6 +992,8 @@ impl Event {
             muted: None,
             moderator: None,
             tries_left: None,
+            target: None,
+            done: None,
         }
     }
 }
@@ -997,6 +1021,14 @@ impl From<crate::Event> for Event {
             E::Talking { conference, participant, talking } => {
                 Event { talking: Some(talking), ..Event::new("talking", conference, Some(participant)) }
             }
+            E::TransferRequested { conference, participant, target } => {
+                Event { target: Some(target), ..Event::new("transfer_requested", conference, Some(participant)) }
+            }
+            E::TransferProgress { conference, participant, status, done } => Event {
+                status: Some(status),
+                done: Some(done),
+                ..Event::new("transfer_progress", conference, Some(participant))
+            },
             E::Hold { conference, participant, held } => {
                 Event { held: Some(held), ..Event::new("hold", conference, Some(participant)) }
             }

@@ -49,7 +49,7 @@ pub(crate) struct LegSockets {
 
 impl ReceiveContext {
     fn emit(&self, make: impl FnOnce(String) -> Event) {
-        let conference = self.shared.registry.lock().participants.get(&self.participant).map(|p| p.conference.clone());
+        let conference = self.shared.conference_of(self.participant);
         if let Some(conference) = conference {
             self.shared.emit(make(conference));
         }

@@ -503,6 +503,11 @@ impl Shared {
         Ok(())
     }
 
+    /// The name of the conference a participant is in.
+    pub fn conference_of(&self, participant: ParticipantId) -> Option<String> {
+        self.registry.lock().participants.get(&participant).map(|p| p.conference.clone())
+    }
+
     pub fn set_state(&self, id: ParticipantId, state: ParticipantState) {
         if let Some(entry) = self.registry.lock().participants.get_mut(&id) {
             entry.state = state;

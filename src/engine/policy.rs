@@ -339,7 +339,7 @@ impl Shared {
     pub fn dtmf(&self, participant: ParticipantId, digit: char, duration_ms: u32) {
         let mut effects = Effects::default();
         if !self.pin_digit(participant, digit, &mut effects) {
-            let conference = self.registry.lock().participants.get(&participant).map(|p| p.conference.clone());
+            let conference = self.conference_of(participant);
             if let Some(conference) = conference {
                 effects.events.push(Event::Dtmf { conference, participant, digit, duration_ms });
             }

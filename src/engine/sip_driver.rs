@@ -58,6 +58,18 @@ pub(crate) enum SipCommand {
         participant: ParticipantId,
         reason: LeaveReason,
     },
+    /// Asks a participant's phone to call `target` instead (REFER).
+    Transfer {
+        participant: ParticipantId,
+        target: String,
+        reply: std::sync::mpsc::Sender<Result<()>>,
+    },
+    /// Accepts or refuses a participant's REFER.
+    AnswerTransfer {
+        participant: ParticipantId,
+        accept: bool,
+        reply: std::sync::mpsc::Sender<Result<()>>,
+    },
     /// Puts a participant's call on hold (a re-INVITE with an inactive
     /// offer) or takes it off hold.
     Hold {
@@ -98,6 +110,8 @@ struct CallLeg {
     /// Once media runs: our side of the session and what was negotiated, to
     /// answer re-offers and make our own with.
     session: Option<(LocalMedia, NegotiatedMedia)>,
+    /// The peer's REFER waiting for the app's answer, and its target.
+    transfer_request: Option<(RequestKey, String)>,
 }
 
 struct Driver {
@@ -107,6 +121,9 @@ struct Driver {
     connections: Connections,
     calls: HashMap<CallKey, CallLeg>,
     by_participant: HashMap<ParticipantId, CallKey>,
+    /// Calls placed for a peer's REFER, by their participant: the referrer's
+    /// call, which hears of their progress in NOTIFYs.
+    transfers: HashMap<ParticipantId, CallKey>,
     /// Keep-alive pings in flight: the user and contact each one checks.
     pings: HashMap<RequestKey, (String, String)>,
     /// Our accounts with upstream registrars, and where their calls go.
@@ -139,6 +156,7 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
         calls: HashMap::new(),
         by_participant: HashMap::new(),
         pings: HashMap::new(),
+        transfers: HashMap::new(),
         registrations: RegistrationClient::default(),
         accounts: HashMap::new(),
     };
@@ -258,22 +276,49 @@ impl Driver {
                 }
             }
             UaEvent::Ringing { call } => {
-                if let Some(leg) = self.calls.get(&call) {
-                    self.shared.set_state(leg.participant, ParticipantState::Ringing);
-                    self.emit_for(leg.participant, |conference, participant| Event::Ringing {
-                        conference,
-                        participant,
-                    });
+                if let Some(participant) = self.calls.get(&call).map(|leg| leg.participant) {
+                    self.shared.set_state(participant, ParticipantState::Ringing);
+                    self.emit_for(participant, |conference, participant| Event::Ringing { conference, participant });
+                    self.report_transfer(participant, 180, now);
                 }
             }
             UaEvent::Answered { call, answer } | UaEvent::Acknowledged { call, answer } => {
                 let awaiting_answer = self.calls.get(&call).is_some_and(|leg| leg.media.is_some());
                 if awaiting_answer {
-                    if let Err(error) = self.offer_answered(call, &answer) {
-                        tracing::warn!(%error, "cannot use the answer; hanging up");
-                        let _ = self.ua.hangup(call, now);
+                    match self.offer_answered(call, &answer) {
+                        Ok(participant) => self.report_transfer(participant, 200, now),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot use the answer; hanging up");
+                            let _ = self.ua.hangup(call, now);
+                        }
                     }
                 }
+            }
+            UaEvent::TransferRequested { call, key, target } => {
+                if let Some(leg) = self.calls.get_mut(&call) {
+                    leg.transfer_request = Some((key, target.clone()));
+                    let participant = leg.participant;
+                    self.emit_for(participant, |conference, participant| Event::TransferRequested {
+                        conference,
+                        participant,
+                        target,
+                    });
+                }
+            }
+            UaEvent::TransferProgress { call, status, done } => {
+                let Some(leg) = self.calls.get_mut(&call) else { return };
+                let participant = leg.participant;
+                if done && (200..300).contains(&status) {
+                    // Transferred: our part in the call is over (RFC 5589 §6.1).
+                    leg.hangup_reason = Some(LeaveReason::Transferred);
+                    let _ = self.ua.hangup(call, now);
+                }
+                self.emit_for(participant, |conference, participant| Event::TransferProgress {
+                    conference,
+                    participant,
+                    status,
+                    done,
+                });
             }
             UaEvent::Register(register) => self.handle_register(register, now),
             UaEvent::PingAnswered { key, status } => {
@@ -312,6 +357,7 @@ impl Driver {
             UaEvent::Failed { call, status, reason } => {
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
+                    self.report_transfer(participant, status, now);
                     self.shared.participant_gone(participant, |entry| {
                         Some(Event::DialFailed { conference: entry.conference.clone(), participant, status, reason })
                     });
@@ -338,8 +384,42 @@ impl Driver {
         }
     }
 
+    /// Tells the referrer how a call placed for its REFER goes.
+    fn report_transfer(&mut self, participant: ParticipantId, status: u16, now: Instant) {
+        let Some(referrer) = self.transfers.get(&participant).copied() else { return };
+        if status >= 200 {
+            self.transfers.remove(&participant);
+        }
+        if let Err(error) = self.ua.notify_transfer(referrer, status, now) {
+            tracing::debug!(%error, "the referrer is gone; no NOTIFY");
+        }
+    }
+
+    /// Answers a participant's REFER: accepted, the target is dialled into
+    /// the participant's conference and the participant hears how it goes;
+    /// refused, 603.
+    fn answer_transfer(&mut self, participant: ParticipantId, accept: bool, now: Instant) -> Result<()> {
+        let call = *self.by_participant.get(&participant).ok_or(Error::NotFound("a call".into()))?;
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("a call".into()))?;
+        let (key, target) = leg.transfer_request.take().ok_or(Error::NotFound("a transfer request".into()))?;
+        if !accept {
+            return Ok(self.ua.reject_transfer(key, 603, now)?);
+        }
+        self.ua.accept_transfer(key, now)?;
+        let conference = self.shared.conference_of(participant).ok_or(Error::NotFound("participant".into()))?;
+        let id = ParticipantId(self.shared.next_id());
+        let controls = Arc::new(ParticipantControls::default());
+        let entry =
+            ParticipantEntry::new(ParticipantKind::Outbound, Some(target.clone()), ParticipantState::Calling, controls);
+        self.shared.add_participant(id, &conference, entry, None)?;
+        self.transfers.insert(id, call);
+        let (reply, _) = std::sync::mpsc::channel();
+        self.handle_command(SipCommand::Dial { participant: id, target, credentials: None, reply });
+        Ok(())
+    }
+
     fn emit_for(&self, participant: ParticipantId, make: impl FnOnce(String, ParticipantId) -> Event) {
-        let conference = self.shared.registry.lock().participants.get(&participant).map(|p| p.conference.clone());
+        let conference = self.shared.conference_of(participant);
         if let Some(conference) = conference {
             self.shared.emit(make(conference, participant));
         }
@@ -530,7 +610,8 @@ impl Driver {
         let _ = self.ua.ring(call, now);
         let _ = self.ua.answer(call, sdp.print().into_bytes(), now);
         let started = receive_task.is_some();
-        self.calls.insert(call, CallLeg { participant, media, receive_task, hangup_reason: None, session });
+        let leg = CallLeg { participant, media, receive_task, hangup_reason: None, session, transfer_request: None };
+        self.calls.insert(call, leg);
         self.by_participant.insert(participant, call);
         if started {
             self.shared.emit(Event::ParticipantJoined {
@@ -671,7 +752,7 @@ impl Driver {
 
     /// The peer answered our offer (in a 2xx, or in the ACK of a late-offer
     /// call): start the media and report the participant as joined.
-    fn offer_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
+    fn offer_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<ParticipantId> {
         let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
         let media = leg.media.take().ok_or(Error::NotFound("media".into()))?;
         let participant = leg.participant;
@@ -701,7 +782,7 @@ impl Driver {
             kind,
             remote,
         });
-        Ok(())
+        Ok(participant)
     }
 
     fn handle_command(&mut self, command: SipCommand) {
@@ -785,12 +866,28 @@ impl Driver {
             SipCommand::Hold { participant, held, reply } => {
                 let _ = reply.send(self.hold(participant, held, now));
             }
+            SipCommand::Transfer { participant, target, reply } => {
+                let result = match self.by_participant.get(&participant) {
+                    Some(call) => self.ua.refer(*call, &target, now).map_err(Error::from),
+                    None => Err(Error::NotFound("a call".into())),
+                };
+                let _ = reply.send(result);
+            }
+            SipCommand::AnswerTransfer { participant, accept, reply } => {
+                let _ = reply.send(self.answer_transfer(participant, accept, now));
+            }
             SipCommand::Shutdown { .. } => unreachable!("handled by the task loop"),
         }
     }
 
-    fn dial_result(&self, participant: ParticipantId, result: Result<()>, reply: std::sync::mpsc::Sender<Result<()>>) {
+    fn dial_result(
+        &mut self,
+        participant: ParticipantId,
+        result: Result<()>,
+        reply: std::sync::mpsc::Sender<Result<()>>,
+    ) {
         if result.is_err() {
+            self.report_transfer(participant, 503, Instant::now());
             self.shared.participant_gone(participant, |_| None);
         }
         let _ = reply.send(result);
@@ -815,17 +912,17 @@ impl Driver {
         // it), else as the conference.
         let from_user = match &credentials {
             Some(credentials) => credentials.username.clone(),
-            None => self
-                .shared
-                .registry
-                .lock()
-                .participants
-                .get(&participant)
-                .map(|p| p.conference.clone())
-                .unwrap_or_else(|| "sipbridge".into()),
+            None => self.shared.conference_of(participant).unwrap_or_else(|| "sipbridge".into()),
         };
         let call = self.ua.dial(target, destination, &from_user, offer, credentials, Instant::now())?;
-        let leg = CallLeg { participant, media: Some(media), receive_task: None, hangup_reason: None, session: None };
+        let leg = CallLeg {
+            participant,
+            media: Some(media),
+            receive_task: None,
+            hangup_reason: None,
+            session: None,
+            transfer_request: None,
+        };
         self.calls.insert(call, leg);
         self.by_participant.insert(participant, call);
         Ok(())

@@ -55,6 +55,12 @@ pub enum sb_event_kind {
     SB_EVENT_CONFERENCE_EMPTY = 21,
     /// The conference was ended: everyone in it is being hung up.
     SB_EVENT_CONFERENCE_ENDED = 22,
+    /// A participant's phone asks to transfer: `detail` is the target. Answer
+    /// with `sb_conference_answer_transfer`.
+    SB_EVENT_TRANSFER_REQUESTED = 23,
+    /// How a transfer asked with `sb_conference_transfer` goes: `status`,
+    /// and `done` once it is over.
+    SB_EVENT_TRANSFER_PROGRESS = 24,
 }
 
 #[repr(C)]
@@ -82,6 +88,8 @@ pub enum sb_leave_reason {
     SB_LEAVE_CONFERENCE_ENDED = 8,
     /// Wrong PINs, too many.
     SB_LEAVE_PIN_REJECTED = 9,
+    /// Its phone took the transfer we asked for.
+    SB_LEAVE_TRANSFERRED = 10,
 }
 
 /// One event. Strings are NUL-terminated and cut to fit.
@@ -122,6 +130,8 @@ pub struct sb_event {
     pub completed: bool,
     /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
     pub frames_dropped: u64,
+    /// For TRANSFER_PROGRESS: whether the transfer is over.
+    pub done: bool,
     /// For LOCKED: whether the conference is locked now.
     pub locked: bool,
     /// For MUTED: whether the participant is muted now.
@@ -153,6 +163,7 @@ fn to_c(event: &Event) -> sb_event {
         playback: 0,
         completed: false,
         frames_dropped: 0,
+        done: false,
         locked: false,
         muted: false,
         moderator: false,
@@ -184,6 +195,7 @@ fn to_c(event: &Event) -> sb_event {
                 LeaveReason::Kicked => sb_leave_reason::SB_LEAVE_KICKED,
                 LeaveReason::ConferenceEnded => sb_leave_reason::SB_LEAVE_CONFERENCE_ENDED,
                 LeaveReason::PinRejected => sb_leave_reason::SB_LEAVE_PIN_REJECTED,
+                LeaveReason::Transferred => sb_leave_reason::SB_LEAVE_TRANSFERRED,
             };
             out.packets_received = *packets_received;
             out.packets_sent = *packets_sent;
@@ -299,6 +311,19 @@ fn to_c(event: &Event) -> sb_event {
         }
         Event::ConferenceEnded { conference } => {
             out.kind = sb_event_kind::SB_EVENT_CONFERENCE_ENDED;
+            conference
+        }
+        Event::TransferRequested { conference, participant, target } => {
+            out.kind = sb_event_kind::SB_EVENT_TRANSFER_REQUESTED;
+            out.participant = participant.0;
+            copy_str(target, &mut out.detail);
+            conference
+        }
+        Event::TransferProgress { conference, participant, status, done } => {
+            out.kind = sb_event_kind::SB_EVENT_TRANSFER_PROGRESS;
+            out.participant = participant.0;
+            out.status = *status;
+            out.done = *done;
             conference
         }
         Event::DialFailed { conference, participant, status, reason } => {

@@ -755,6 +755,32 @@ pub extern "C" fn sb_conference_set_held(conference: *const sb_conference, parti
     with_participant(conference, participant, |p| p.set_held(held))
 }
 
+/// Transfers a SIP participant to `uri` (REFER, a blind transfer): its phone
+/// calls `uri`, and once that is answered we hang up; SB_EVENT_TRANSFER_PROGRESS
+/// reports how it goes.
+#[no_mangle]
+pub extern "C" fn sb_conference_transfer(
+    conference: *const sb_conference,
+    participant: u64,
+    uri: *const c_char,
+) -> sb_status {
+    ffi_guard!({
+        let uri = try_str!(uri);
+        with_participant(conference, participant, |p| p.transfer(uri))
+    })
+}
+
+/// Answers a participant's SB_EVENT_TRANSFER_REQUESTED: `accept` dials its
+/// target into the participant's conference; otherwise 603 Decline.
+#[no_mangle]
+pub extern "C" fn sb_conference_answer_transfer(
+    conference: *const sb_conference,
+    participant: u64,
+    accept: bool,
+) -> sb_status {
+    with_participant(conference, participant, |p| if accept { p.accept_transfer() } else { p.reject_transfer() })
+}
+
 /// Sets how loud a participant is in the mix, in dB (0 = as received; ±40 at most).
 #[no_mangle]
 pub extern "C" fn sb_conference_set_volume_db(

@@ -477,6 +477,16 @@ pub fn uac_refreshes(headers: &rsip::Headers) -> Option<bool> {
     Some(refresher == "uac")
 }
 
+/// The status code of a message/sipfrag body holding a status line
+/// (RFC 3420), as a REFER's NOTIFYs carry (RFC 3515 §2.4.5).
+pub fn sipfrag_status(body: &[u8]) -> Option<u16> {
+    let line = std::str::from_utf8(body).ok()?.lines().next()?;
+    let mut parts = line.split_whitespace();
+    let version = parts.next()?;
+    let status: u16 = parts.next()?.parse().ok()?;
+    (version.eq_ignore_ascii_case("SIP/2.0") && (100..700).contains(&status)).then_some(status)
+}
+
 /// Whether the Allow headers list `method`.
 pub fn allows(headers: &rsip::Headers, method: &str) -> bool {
     headers.iter().any(|h| match h {

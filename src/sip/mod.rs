@@ -20,7 +20,7 @@ pub use ua::{CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 pub const USER_AGENT: &str = concat!("sipbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The methods sipbridge handles, for Allow headers and 405 answers.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER, UPDATE";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER, UPDATE, REFER, NOTIFY";
 
 /// The transport a SIP message travels on (RFC 3261 §18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1065,3 +1065,102 @@ fn the_caller_refreshes_the_session_and_a_silent_peer_ends_it() {
     p.run_for(Duration::from_secs(1000));
     assert!(p.a.events.contains(&UaEvent::Ended { call, reason: EndReason::PeerGone }), "{:?}", p.a.events);
 }
+
+/// A call from A to B in which B has sent A a REFER to carol: A's call and B's.
+fn referred(p: &mut Pair) -> (CallKey, CallKey) {
+    let call = established(p);
+    let b_call = p.incoming().unwrap();
+    p.b.ua.refer(b_call, "sip:carol@127.0.0.1:5070", p.now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    (call, b_call)
+}
+
+#[test]
+fn a_transfer_is_offered_accepted_and_its_progress_notified() {
+    let mut p = Pair::new();
+    let (call, _) = referred(&mut p);
+    let refer = p.log.iter().find(|m| m.starts_with("REFER ")).unwrap().clone();
+    assert_eq!(header(&refer, "Refer-To"), "<sip:carol@127.0.0.1:5070>");
+    let key =
+        p.a.events
+            .iter()
+            .find_map(|e| match e {
+                UaEvent::TransferRequested { call: c, key, target } if *c == call => {
+                    assert_eq!(target, "sip:carol@127.0.0.1:5070");
+                    Some(*key)
+                }
+                _ => None,
+            })
+            .expect("offered to the user");
+    let now = p.now;
+    p.a.ua.accept_transfer(key, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(p.count("SIP/2.0 202"), 1);
+    let progress = |p: &Pair| -> Vec<(u16, bool)> {
+        p.b.events
+            .iter()
+            .filter_map(|e| match e {
+                UaEvent::TransferProgress { status, done, .. } => Some((*status, *done)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(progress(&p), [(100, false)], "the first NOTIFY says it is being tried");
+    let now = p.now;
+    p.a.ua.notify_transfer(call, 180, now).unwrap();
+    p.a.ua.notify_transfer(call, 200, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(progress(&p), [(100, false), (180, false), (200, true)]);
+    let last = p.log.iter().rev().find(|m| m.starts_with("NOTIFY ")).unwrap();
+    assert!(header(last, "Subscription-State").starts_with("terminated"), "{last}");
+    assert!(last.ends_with("SIP/2.0 200 OK\r\n"), "a sipfrag of the status line: {last}");
+    assert!(matches!(p.a.ua.notify_transfer(call, 200, now), Err(SipError::WrongState)), "the subscription is over");
+}
+
+#[test]
+fn a_refused_transfer_reports_the_refusal() {
+    let mut p = Pair::new();
+    let (call, b_call) = referred(&mut p);
+    let key = p.a.events.iter().find_map(|e| match e {
+        UaEvent::TransferRequested { key, .. } => Some(*key),
+        _ => None,
+    });
+    let now = p.now;
+    p.a.ua.reject_transfer(key.unwrap(), 603, now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    assert!(p.b.events.contains(&UaEvent::TransferProgress { call: b_call, status: 603, done: true }));
+    assert!(p.a.ua.notify_transfer(call, 200, now).is_err(), "no subscription after a refusal");
+    // A NOTIFY for another event package is not ours to take.
+    let notify = format!(
+        "NOTIFY sip:alice@127.0.0.1:5061 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKpres\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 999999 NOTIFY\r\nEvent: presence\r\nContent-Length: 0\r\n\r\n",
+        header(p.log.iter().find(|m| m.starts_with("REFER ")).unwrap(), "From"),
+        header(p.log.iter().find(|m| m.starts_with("REFER ")).unwrap(), "To"),
+        header(p.log.iter().find(|m| m.starts_with("REFER ")).unwrap(), "Call-ID"),
+    );
+    let from = p.b.addr;
+    p.a.ua.handle_message(now, Peer::udp(from), notify.as_bytes());
+    p.collect();
+    assert!(p.log.last().unwrap().starts_with("SIP/2.0 489"), "{}", p.log.last().unwrap());
+}
+
+#[test]
+fn a_re_offer_made_before_the_ack_waits_for_it() {
+    let mut p = Pair::new();
+    p.dial();
+    p.run_for(Duration::from_millis(50));
+    answer_all(&mut p);
+    let b_call = p.incoming().unwrap();
+    // B answered; its 200 is in flight and not ACKed yet.
+    p.b.ua.reoffer(b_call, b"v=0\r\na=inactive\r\n".to_vec(), p.now).unwrap();
+    p.collect();
+    assert_eq!(p.count("INVITE "), 1, "not before the ACK");
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.count("INVITE "), 2, "right after it");
+    let acks = p.log.iter().position(|m| m.starts_with("ACK ")).unwrap();
+    let reinvite = p.log.iter().rposition(|m| m.starts_with("INVITE ")).unwrap();
+    assert!(acks < reinvite);
+}

@@ -88,6 +88,14 @@ pub enum UaEvent {
     ReofferAnswered { call: CallKey, answer: Vec<u8> },
     /// The peer refused our re-INVITE; the session stays as it was.
     ReofferFailed { call: CallKey, status: u16 },
+    /// The peer asks us to call `target` (REFER, RFC 3515). The user answers
+    /// with [`UserAgent::accept_transfer`] (202, then progress by
+    /// [`UserAgent::notify_transfer`]) or [`UserAgent::reject_transfer`].
+    TransferRequested { call: CallKey, key: RequestKey, target: String },
+    /// How a transfer we asked for ([`UserAgent::refer`]) goes: the status
+    /// the REFER was refused with, or that of the call the peer makes (its
+    /// NOTIFYs); `done` once it is over.
+    TransferProgress { call: CallKey, status: u16, done: bool },
     /// The final response to a request sent with
     /// [`UserAgent::send_request`]: its status, reason phrase and headers;
     /// 408 with no headers when none came before Timer F.
@@ -209,6 +217,9 @@ struct Call {
     refresh_at: Option<Instant>,
     /// Whether the peer takes UPDATE (its Allow), the cheaper refresh.
     peer_allows_update: bool,
+    /// The REFER of the peer's we accepted, by its CSeq (the `id` of the
+    /// implicit subscription our NOTIFYs report to, RFC 3515 §2.4.6).
+    transfer_subscription: Option<u32>,
 }
 
 /// A re-INVITE of ours (§14.1).
@@ -300,6 +311,10 @@ pub struct UserAgent {
     resendable: HashMap<TxId, Resendable>,
     /// Session refreshes sent as UPDATE, by their transaction.
     refreshes: HashMap<TxId, CallKey>,
+    /// Our REFERs waiting for their answer.
+    refers: HashMap<TxId, CallKey>,
+    /// The peers' REFERs waiting for the user's answer.
+    transfer_requests: HashMap<TxId, (CallKey, Request)>,
     /// OPTIONS pings waiting for their final answer.
     pings: HashSet<TxId>,
     /// Requests of `send_request` waiting for their final answer.
@@ -326,6 +341,8 @@ impl UserAgent {
             call_timers: BinaryHeap::new(),
             resendable: HashMap::new(),
             refreshes: HashMap::new(),
+            refers: HashMap::new(),
+            transfer_requests: HashMap::new(),
             pings: HashSet::new(),
             requests: HashSet::new(),
         }
@@ -458,6 +475,11 @@ impl UserAgent {
                     if self.refreshes.contains_key(&id) =>
                 {
                     self.refresh_answered(id, 408, now);
+                }
+                Some((Some((ClientTimeout::NoResponse, Method::Refer)), _, None)) if self.refers.contains_key(&id) => {
+                    if let Some(call) = self.refers.remove(&id) {
+                        self.events.push_back(UaEvent::TransferProgress { call, status: 408, done: true });
+                    }
                 }
                 Some((Some((ClientTimeout::NoResponse, Method::Options)), _, None)) if self.pings.remove(&id) => {
                     self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 408 });
@@ -662,6 +684,7 @@ impl UserAgent {
                     local_reoffer: None,
                     refresh_at: None,
                     peer_allows_update: message::allows(&request.headers, "UPDATE"),
+                    transfer_subscription: None,
                 };
                 self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
                 self.calls.insert(call, entry);
@@ -853,6 +876,8 @@ impl UserAgent {
                 }
             }
             Method::Info => self.handle_info(id, call, &request, now),
+            Method::Refer => self.handle_refer(id, call, request, now),
+            Method::Notify => self.handle_notify(id, call, &request, now),
             Method::Options => self.respond_with_capabilities(id, &request, now),
             _ => self.respond_not_allowed(id, &request, now),
         }
@@ -912,6 +937,38 @@ impl UserAgent {
         self.file_call_timer(call, deadline);
     }
 
+    /// A REFER in a dialog (RFC 3515): handed to the user, who accepts or refuses it.
+    fn handle_refer(&mut self, id: TxId, call: CallKey, request: Request, now: Instant) {
+        let targets = message::header_values(&request.headers, "Refer-To", "r");
+        let target = match targets.as_slice() {
+            [one] => one.trim().trim_start_matches('<').split('>').next().unwrap_or("").to_string(),
+            // §2.4.1: exactly one Refer-To.
+            _ => return self.respond(id, &request, 400, None, Vec::new(), now),
+        };
+        if message::uri_parts(&target).is_none() {
+            return self.respond(id, &request, 400, None, Vec::new(), now);
+        }
+        self.transfer_requests.insert(id, (call, request));
+        self.events.push_back(UaEvent::TransferRequested { call, key: RequestKey(id.0), target });
+    }
+
+    /// A NOTIFY in a dialog: the progress of a transfer we asked for, as a
+    /// sipfrag of the status line of the peer's call (RFC 3515 §2.4.5).
+    fn handle_notify(&mut self, id: TxId, call: CallKey, request: &Request, now: Instant) {
+        let event = message::header_values(&request.headers, "Event", "o");
+        if !event.iter().any(|e| e.split(';').next().is_some_and(|name| name.trim().eq_ignore_ascii_case("refer"))) {
+            return self.respond(id, request, 489, None, Vec::new(), now);
+        }
+        let Some(status) = message::sipfrag_status(&request.body) else {
+            return self.respond(id, request, 400, None, Vec::new(), now);
+        };
+        let terminated = message::header_values(&request.headers, "Subscription-State", "")
+            .iter()
+            .any(|state| state.trim().to_ascii_lowercase().starts_with("terminated"));
+        self.respond(id, request, 200, None, Vec::new(), now);
+        self.events.push_back(UaEvent::TransferProgress { call, status, done: terminated || status >= 200 });
+    }
+
     /// INFO in a dialog: DTMF relayed in SIP (application/dtmf-relay, or
     /// application/dtmf) becomes a `Dtmf` event; an empty INFO is a keep-alive.
     fn handle_info(&mut self, id: TxId, call: CallKey, request: &Request, now: Instant) {
@@ -956,6 +1013,11 @@ impl UserAgent {
             self.after_transaction_step(id);
             if first && !bye_after_ack {
                 self.events.push_back(UaEvent::Acknowledged { call, answer: request.body.clone() });
+                // A re-offer the user made before the ACK goes out now (§14.1).
+                let waiting = self.calls.get(&call).and_then(|c| c.local_reoffer.as_ref());
+                if waiting.is_some_and(|r| r.sent.is_none() && r.retry_at.is_none()) {
+                    self.send_reoffer(call, now);
+                }
             }
         }
         if bye_after_ack {
@@ -1029,6 +1091,13 @@ impl UserAgent {
         }
         if method == Method::Update && status >= 200 && self.refreshes.contains_key(&id) {
             return self.refresh_answered(id, status, now);
+        }
+        if method == Method::Refer && status >= 200 {
+            // Accepted: its progress comes in NOTIFYs. Refused: that is the outcome.
+            if let (Some(call), true) = (self.refers.remove(&id), status >= 300) {
+                self.events.push_back(UaEvent::TransferProgress { call, status, done: true });
+            }
+            return;
         }
         if method == Method::Options && status >= 200 && self.pings.remove(&id) {
             self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status });
@@ -1411,11 +1480,74 @@ impl UserAgent {
         Ok(())
     }
 
+    /// Asks the peer to call `target` instead (REFER, RFC 3515: a blind
+    /// transfer). Its progress comes as [`UaEvent::TransferProgress`].
+    pub fn refer(&mut self, call: CallKey, target: &str, now: Instant) -> Result<(), SipError> {
+        rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
+        let entry = self.calls.get(&call).ok_or(SipError::UnknownCall)?;
+        if entry.state != CallState::Confirmed {
+            return Err(SipError::WrongState);
+        }
+        let via = self.via(entry.destination.transport);
+        let referred_by = entry.local_party.split(";tag=").next().unwrap_or("").to_string();
+        let Some(entry) = self.calls.get_mut(&call) else { return Err(SipError::UnknownCall) };
+        entry.local_cseq += 1;
+        let mut refer = in_dialog_request(entry, Method::Refer, entry.local_cseq, via);
+        refer.headers.push(Header::Other("Refer-To".into(), format!("<{target}>")));
+        refer.headers.push(Header::Other("Referred-By".into(), referred_by));
+        let id = self.send_in_dialog(call, refer, false, now).ok_or(SipError::UnknownCall)?;
+        self.refers.insert(id, call);
+        Ok(())
+    }
+
+    /// Accepts a peer's REFER: 202, and a first NOTIFY saying the call it
+    /// asks for is being tried. Report how it goes with `notify_transfer`.
+    pub fn accept_transfer(&mut self, key: RequestKey, now: Instant) -> Result<(), SipError> {
+        let id = TxId(key.0);
+        let (call, request) = self.transfer_requests.remove(&id).ok_or(SipError::UnknownCall)?;
+        self.respond(id, &request, 202, None, Vec::new(), now);
+        let cseq = message::cseq(&request).map(|c| c.0).unwrap_or(0);
+        let entry = self.calls.get_mut(&call).ok_or(SipError::UnknownCall)?;
+        entry.transfer_subscription = Some(cseq);
+        self.notify_transfer(call, 100, now)
+    }
+
+    /// Refuses a peer's REFER with `status` (603 Decline, 403 Forbidden).
+    pub fn reject_transfer(&mut self, key: RequestKey, status: u16, now: Instant) -> Result<(), SipError> {
+        let id = TxId(key.0);
+        let (_, request) = self.transfer_requests.remove(&id).ok_or(SipError::UnknownCall)?;
+        self.respond(id, &request, status, None, Vec::new(), now);
+        Ok(())
+    }
+
+    /// Tells the peer how the call its REFER asked for goes (a NOTIFY with
+    /// that call's status line); a final status ends the subscription.
+    pub fn notify_transfer(&mut self, call: CallKey, status: u16, now: Instant) -> Result<(), SipError> {
+        let entry = self.calls.get(&call).ok_or(SipError::UnknownCall)?;
+        let id = entry.transfer_subscription.ok_or(SipError::WrongState)?;
+        let via = self.via(entry.destination.transport);
+        let Some(entry) = self.calls.get_mut(&call) else { return Err(SipError::UnknownCall) };
+        let state = if status >= 200 {
+            entry.transfer_subscription = None;
+            "terminated;reason=noresource".to_string()
+        } else {
+            "active;expires=60".to_string()
+        };
+        entry.local_cseq += 1;
+        let mut notify = in_dialog_request(entry, Method::Notify, entry.local_cseq, via);
+        notify.headers.push(Header::Event(rsip::headers::Event::new(format!("refer;id={id}"))));
+        notify.headers.push(Header::Other("Subscription-State".into(), state));
+        notify.headers.push(Header::ContentType(rsip::headers::ContentType::new("message/sipfrag;version=2.0")));
+        notify.body = format!("SIP/2.0 {status} {}\r\n", message::reason_phrase(status)).into_bytes();
+        self.send_in_dialog(call, notify, false, now).ok_or(SipError::UnknownCall)?;
+        Ok(())
+    }
+
     /// Sends a new offer in a re-INVITE (hold, resume, a new codec). The
     /// answer comes as [`UaEvent::ReofferAnswered`], a refusal as
     /// [`UaEvent::ReofferFailed`]. Glare (491) is retried after §14.1's
-    /// random wait. Only one offer exchange at a time: `WrongState` while
-    /// one is under way.
+    /// random wait. Made before the ACK of our 2xx, it waits for it. Only
+    /// one offer exchange at a time: `WrongState` while one is under way.
     pub fn reoffer(&mut self, call: CallKey, sdp: Vec<u8>, now: Instant) -> Result<(), SipError> {
         let entry = self.calls.get(&call).ok_or(SipError::UnknownCall)?;
         let unacked = matches!(
@@ -1423,7 +1555,6 @@ impl UserAgent {
             Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
         );
         if entry.state != CallState::Confirmed
-            || unacked
             || entry.pending_reoffer.is_some()
             || entry.local_reoffer.as_ref().is_some_and(|r| !r.refresh)
         {
@@ -1433,7 +1564,9 @@ impl UserAgent {
             // A refresh in flight gives way: the new offer refreshes too.
             entry.local_reoffer = Some(LocalReoffer { sdp, sent: None, retry_at: None, refresh: false });
         }
-        self.send_reoffer(call, now);
+        if !unacked {
+            self.send_reoffer(call, now);
+        }
         Ok(())
     }
 
@@ -1514,6 +1647,7 @@ impl UserAgent {
             local_reoffer: None,
             refresh_at: None,
             peer_allows_update: false,
+            transfer_subscription: None,
         };
         let mut invite = self.initial_invite(&entry, &from_user, sdp.clone());
         // §18.1.1: a request over UDP_REQUEST_LIMIT goes over TCP instead.

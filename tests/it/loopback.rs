@@ -424,3 +424,48 @@ fn an_account_registered_with_another_endpoint_receives_its_calls() {
     assert!(registrar.registrations("alice").is_empty());
     assert!(member.unregister_account(id).is_err());
 }
+
+/// A blind transfer between three endpoints: the bridge asks a phone
+/// (REFER) to call a third endpoint instead; the phone's app accepts, the
+/// phone dials it into its own room and reports progress (NOTIFY); once it
+/// is answered, the bridge hangs up its leg. A refused REFER leaves the call.
+#[test]
+fn a_participant_is_transferred_by_refer() {
+    let (bridge, phone, target) = (endpoint(), endpoint(), endpoint());
+    let room = bridge.create_conference("room").unwrap();
+    let desk = phone.create_conference("desk").unwrap();
+    let leg = room.dial(&phone.room_uri("desk")).unwrap();
+    wait_event(&bridge, WAIT, joined(ParticipantKind::Outbound));
+    let at_phone = wait_event(&phone, WAIT, joined(ParticipantKind::Inbound));
+    let requested = |e: &Event| match e {
+        Event::TransferRequested { participant, target, .. } => Some((*participant, target.clone())),
+        _ => None,
+    };
+    let progress = |e: &Event| match e {
+        Event::TransferProgress { status, done, .. } => Some((*status, *done)),
+        _ => None,
+    };
+
+    leg.transfer(&target.room_uri("elsewhere")).unwrap();
+    let (asked, uri) = wait_event(&phone, WAIT, requested);
+    assert_eq!((asked, uri.as_str()), (at_phone, target.room_uri("elsewhere").as_str()));
+    desk.participant(asked).unwrap().reject_transfer().unwrap();
+    assert_eq!(wait_event(&bridge, WAIT, progress), (603, true));
+    assert!(leg.info().is_ok(), "a refused transfer leaves the call up");
+
+    let sales = target.room_uri("sales");
+    leg.transfer(&sales).unwrap();
+    let (asked, uri) = wait_event(&phone, WAIT, requested);
+    assert_eq!(uri, sales);
+    desk.participant(asked).unwrap().accept_transfer().unwrap();
+    wait_event(&target, WAIT, joined(ParticipantKind::Inbound));
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|(_, done)| !done) {
+        seen.push(wait_event(&bridge, WAIT, progress));
+    }
+    assert_eq!(seen.first(), Some(&(100, false)), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(200, true)), "{seen:?}");
+    assert_eq!(wait_event(&bridge, WAIT, left), LeaveReason::Transferred);
+    assert_eq!(wait_event(&phone, WAIT, left), LeaveReason::RemoteHangup, "the bridge's leg hung up");
+    assert_eq!(desk.participants().unwrap().len(), 1, "the phone's room now holds the transfer target");
+}

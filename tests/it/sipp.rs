@@ -531,3 +531,32 @@ fn sipp_glare_is_refused_with_491_and_retried() {
     assert_sipp_succeeded(&output, "uac glare");
     assert_eq!(holds, [true]);
 }
+
+/// sipp transfers the bridge (REFER, RFC 3515): the app accepts, the
+/// target (another endpoint) is dialled into the caller's room, and sipp
+/// gets 202 and NOTIFYs of 100, 180 and 200 (it checks the sipfrags and
+/// the subscription's end) before it hangs up.
+#[test]
+fn sipp_refer_is_offered_to_the_app_and_notified() {
+    if !sipp_available() {
+        return;
+    }
+    let (bridge, target) = (endpoint(), endpoint());
+    let bridge_addr = bridge.local_addr().to_string();
+    let target_uri = target.room_uri("sales");
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_refer.xml");
+    let sipp =
+        std::thread::spawn(move || run_uac(&bridge_addr, ["-sf", scenario], "lobby", &["-set", "target", &target_uri]));
+    let (participant, asked) = wait_event(&bridge, Duration::from_secs(10), |e| match e {
+        Event::TransferRequested { participant, target, .. } => Some((*participant, target.clone())),
+        _ => None,
+    });
+    assert_eq!(asked, target.room_uri("sales"));
+    bridge.conference("lobby").unwrap().participant(participant).unwrap().accept_transfer().unwrap();
+    wait_event(&target, Duration::from_secs(5), |e| {
+        matches!(e, Event::ParticipantJoined { kind: sipbridge::ParticipantKind::Inbound, .. }).then_some(())
+    });
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uac refer");
+    let lobby = bridge.conference("lobby").unwrap().participants().unwrap();
+    assert!(lobby.iter().any(|p| p.remote.as_deref() == Some(target.room_uri("sales").as_str())), "{lobby:?}");
+}
