@@ -29,6 +29,7 @@ from ._native import (
     SipBridgeError,
     SipError,
     StoppedError,
+    Tap,
     TimeoutError,
     __version__,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "SipBridgeError",
     "SipError",
     "StoppedError",
+    "Tap",
     "TimeoutError",
     "__version__",
 ]

@@ -41,6 +41,10 @@ pub enum sb_event_kind {
     SB_EVENT_RECORDING_STOPPED = 14,
     /// The disk does not keep up: `frames_dropped` so far for the file in `detail`.
     SB_EVENT_RECORDING_OVERRUN = 15,
+    /// The app does not read a participant's tap in time: `frames_dropped` so far.
+    SB_EVENT_TAP_OVERRUN = 16,
+    /// `participant` moved to `conference` from the conference named in `detail`.
+    SB_EVENT_PARTICIPANT_MOVED = 17,
 }
 
 #[repr(C)]
@@ -80,7 +84,7 @@ pub struct sb_event {
     /// For DIAL_FAILED and a failed REGISTRATION: the SIP status (408 when nothing answered).
     pub status: u16,
     /// DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI;
-    /// RECORDING_*: the file's path.
+    /// RECORDING_*: the file's path; PARTICIPANT_MOVED: the conference it left.
     pub detail: [c_char; 256],
     /// For PARTICIPANT_LEFT: the call's RTP packet totals.
     pub packets_received: u64,
@@ -102,7 +106,8 @@ pub struct sb_event {
     /// For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
     pub playback: u64,
     pub completed: bool,
-    /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+    /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because
+    /// the disk fell behind; for TAP_OVERRUN, because the app did not read.
     pub frames_dropped: u64,
 }
 
@@ -231,6 +236,18 @@ fn to_c(event: &Event) -> sb_event {
             out.frames_dropped = *frames_dropped;
             copy_str(path, &mut out.detail);
             conference
+        }
+        Event::TapOverrun { conference, participant, frames_dropped } => {
+            out.kind = sb_event_kind::SB_EVENT_TAP_OVERRUN;
+            out.participant = participant.0;
+            out.frames_dropped = *frames_dropped;
+            conference
+        }
+        Event::ParticipantMoved { participant, from, to } => {
+            out.kind = sb_event_kind::SB_EVENT_PARTICIPANT_MOVED;
+            out.participant = participant.0;
+            copy_str(from, &mut out.detail);
+            to
         }
         Event::DialFailed { conference, participant, status, reason } => {
             out.kind = sb_event_kind::SB_EVENT_DIAL_FAILED;

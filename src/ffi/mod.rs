@@ -32,6 +32,7 @@ use crate::{
 pub use events::*;
 pub use playback::*;
 pub use recording::*;
+pub use routing::*;
 
 /// The result of every call.
 #[repr(C)]
@@ -205,6 +206,7 @@ macro_rules! try_call {
 mod events;
 mod playback;
 mod recording;
+mod routing;
 
 fn timeout(ms: u32) -> Option<Duration> {
     (ms != SB_WAIT_FOREVER).then(|| Duration::from_millis(ms as u64))

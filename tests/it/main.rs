@@ -6,5 +6,6 @@ mod kamailio;
 mod loopback;
 mod mix;
 mod prompts;
+mod routing;
 mod sipp;
 mod transport;
