@@ -17,6 +17,7 @@ __all__ = [
     "ParticipantInfo",
     "LocalParticipant",
     "FrameReader",
+    "Tap",
     "Event",
     "Playback",
     "SipBridgeError",
