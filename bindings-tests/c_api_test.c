@@ -1,7 +1,7 @@
 /*
  * End-to-end test of the C ABI: two endpoints on loopback, a dial-out between
  * them, audio both ways checked by tone power, participant control, error
- * paths, the event callback, prompts, recording and conference policy. Built with -Wall -Wextra -Werror and run
+ * paths, the event callback, prompts, recording, conference policy, taps, whisper and breakout rooms. Built with -Wall -Wextra -Werror and run
  * under AddressSanitizer (leaks included) by bindings-tests/run-c-tests.
  */
 #include <math.h>
@@ -239,6 +239,100 @@ static void test_policy(sb_endpoint *endpoint) {
   sb_conference_free(room);
 }
 
+/* Runs 13 ticks: `n` locals each write their tone (0: silence) and read
+ * what they hear; the last 10 frames go to heard[i] (the first may still
+ * have been mixed before the last change). */
+static void talk(sb_local **locals, const double *tones, int n, int16_t (*heard)[FRAME_SAMPLES * 10]) {
+  static unsigned long phases[4];
+  int16_t frame[FRAME_SAMPLES];
+  for (int f = 0; f < 13; f++) {
+    for (int i = 0; i < n; i++) {
+      if (tones[i] > 0)
+        tone(frame, tones[i], &phases[i]);
+      else
+        memset(frame, 0, sizeof frame);
+      OK(sb_local_write(locals[i], frame, FRAME_SAMPLES, 1000));
+    }
+    for (int i = 0; i < n; i++) {
+      OK(sb_local_read_frame(locals[i], frame, FRAME_SAMPLES, 1000));
+      if (f >= 3) memcpy(heard[i] + (f - 3) * FRAME_SAMPLES, frame, sizeof frame);
+    }
+  }
+}
+
+/* A tap, listen / whisper / barge, and a move to a breakout room and back. */
+static void test_taps_matrix_and_breakout(void) {
+  sb_endpoint *endpoint = start(45960);
+  sb_conference *main_room = NULL, *side = NULL;
+  OK(sb_endpoint_create_conference(endpoint, "main", &main_room));
+  OK(sb_endpoint_create_conference(endpoint, "side", &side));
+  sb_local *locals[4] = {NULL};
+  uint64_t ids[4] = {0};
+  for (int i = 0; i < 4; i++) {
+    OK(sb_conference_add_local(i < 3 ? main_room : side, &locals[i]));
+    OK(sb_local_id(locals[i], &ids[i]));
+  }
+  /* Supervisor (0, 1000 Hz), agent (1), customer (2) in main; a peer (3, 600 Hz) in side. */
+  static int16_t heard[4][FRAME_SAMPLES * 10];
+  const double supervisor_only[4] = {1000, 0, 0, 600};
+  const size_t n = FRAME_SAMPLES * 10;
+
+  sb_tap *tap = NULL, *second = NULL;
+  OK(sb_conference_tap(main_room, ids[0], &tap));
+  CHECK(sb_conference_tap(main_room, ids[0], &second) == SB_ALREADY_EXISTS && second == NULL, "one tap at a time");
+  talk(locals, supervisor_only, 4, heard);
+  static int16_t tapped[FRAME_SAMPLES * 10];
+  sb_tap_frame info = {0}, first = {0};
+  for (int i = 0; i < 10; i++) {
+    OK(sb_tap_read(tap, tapped + i * FRAME_SAMPLES, FRAME_SAMPLES, 1000, &info));
+    if (i == 0) first = info;
+  }
+  CHECK(info.timestamp == first.timestamp + 9 * FRAME_SAMPLES, "timestamps %llu, %llu",
+        (unsigned long long)first.timestamp, (unsigned long long)info.timestamp);
+  CHECK(info.talking && tone_power(tapped, n, 1000) > 1e5, "the tap has the supervisor's tone");
+  uint64_t dropped = 1;
+  OK(sb_tap_frames_dropped(tap, &dropped));
+  CHECK(dropped == 0, "dropped %llu", (unsigned long long)dropped);
+  sb_tap_free(tap);
+  sb_tap_free(NULL);
+
+  /* Listening: nobody hears the supervisor. */
+  OK(sb_conference_set_heard_only_by(main_room, ids[0], false, NULL, 0));
+  talk(locals, supervisor_only, 4, heard);
+  CHECK(tone_power(heard[1], n, 1000) < 1.0 && tone_power(heard[2], n, 1000) < 1.0, "nobody hears the supervisor");
+  /* Whispering: the agent does, the customer does not. */
+  CHECK(sb_conference_set_heard_only_by(main_room, ids[0], false, NULL, 1) == SB_NULL_PARAMETER, "NULL ids");
+  OK(sb_conference_set_heard_only_by(main_room, ids[0], false, &ids[1], 1));
+  talk(locals, supervisor_only, 4, heard);
+  CHECK(tone_power(heard[1], n, 1000) > 1e5 && tone_power(heard[2], n, 1000) < 1.0, "a whisper to the agent");
+  /* Barging: everyone does; the customer hears only the agent when asked to. */
+  OK(sb_conference_set_heard_only_by(main_room, ids[0], true, NULL, 0));
+  OK(sb_conference_set_hears_only(main_room, ids[2], false, &ids[1], 1));
+  talk(locals, supervisor_only, 4, heard);
+  CHECK(tone_power(heard[1], n, 1000) > 1e5 && tone_power(heard[2], n, 1000) < 1.0, "barge; hears only the agent");
+  OK(sb_conference_set_hears_only(main_room, ids[2], true, NULL, 0));
+
+  /* The agent goes to the side room, hears its peer, and comes back with it. */
+  OK(sb_conference_move_participant(main_room, ids[1], side));
+  sb_event event;
+  CHECK(wait_for(endpoint, SB_EVENT_PARTICIPANT_MOVED, &event) && event.participant == ids[1] &&
+            strcmp(event.conference, "side") == 0 && strcmp(event.detail, "main") == 0,
+        "moved");
+  CHECK(sb_conference_move_participant(main_room, ids[1], side) == SB_NOT_FOUND, "no longer in main");
+  talk(locals, supervisor_only, 4, heard);
+  CHECK(tone_power(heard[1], n, 600) > 1e5 && tone_power(heard[1], n, 1000) < 1.0, "the agent hears the side room");
+  OK(sb_conference_move_all(side, main_room));
+  talk(locals, supervisor_only, 4, heard);
+  CHECK(tone_power(heard[1], n, 600) > 1e5 && tone_power(heard[1], n, 1000) > 1e5, "everyone is back");
+  CHECK(sb_conference_move_all(NULL, main_room) == SB_NULL_PARAMETER, "NULL conference");
+
+  for (int i = 0; i < 4; i++) sb_local_free(locals[i]);
+  sb_conference_free(main_room);
+  sb_conference_free(side);
+  OK(sb_endpoint_stop(endpoint));
+  sb_endpoint_free(endpoint);
+}
+
 int main(void) {
   sb_endpoint *bridge = start(24000);
   sb_endpoint *caller = start(24100);
@@ -430,6 +524,8 @@ int main(void) {
   CHECK(sb_endpoint_unregister_account(caller, account_id) == SB_NOT_FOUND, "unregistering twice");
   test_prompts(bridge);
   test_policy(bridge);
+
+  test_taps_matrix_and_breakout();
 
   /* --- stop: handles stay safe and say STOPPED --- */
   OK(sb_endpoint_stop(caller));

@@ -373,3 +373,42 @@ def test_pin_moderators_and_policy_actions():
         wait_event(bridge, "conference_ended")
         assert wait_event(bridge, "participant_left", participant=local.id).reason == "conference_ended"
         wait_event(bridge, "conference_empty", conference="pin")
+
+
+def test_a_tap_a_whisper_and_a_breakout_room():
+    with sipbridge.Endpoint("127.0.0.1:0", rtp_ports=(46900, 46919), sample_rate=RATE) as ep:
+        main, side = ep.create_conference("main"), ep.create_conference("side")
+        supervisor, agent, customer = main.add_local(), main.add_local(), main.add_local()
+        peer = side.add_local()
+        tones = [(supervisor, 1000), (agent, 0), (customer, 0), (peer, 600)]
+
+        def talk(frames: int = 10) -> list[np.ndarray]:
+            heard: list[list[np.ndarray]] = [[] for _ in tones]
+            for i in range(frames + 3):
+                for local, freq in tones:
+                    local.write(tone(freq, i * FRAME), timeout=1.0)
+                for frames_heard, (local, _) in zip(heard, tones):
+                    frames_heard.append(local.read_frame(timeout=1.0))
+            # The first frames may have been mixed before the last change.
+            return [np.concatenate(h[3:]) for h in heard]
+
+        with supervisor.participant.tap() as tap:
+            talk()
+            frames = [tap.read_frame(timeout=1.0) for _ in range(10)]
+            assert [t for _, t, _ in frames] == [frames[0][1] + i * FRAME for i in range(10)]
+            assert frames[-1][2], "talking"
+            assert power(np.concatenate([f for f, _, _ in frames]), 1000) > 1e5
+            with pytest.raises(sipbridge.AlreadyExistsError):
+                supervisor.participant.tap()
+
+        supervisor.participant.set_heard_only_by([agent.id])
+        heard = talk()
+        assert power(heard[1], 1000) > 1e5 and power(heard[2], 1000) < 1.0, "a whisper to the agent only"
+        supervisor.participant.set_heard_only_by(None)
+
+        main.move_participant(agent.id, side)
+        event = wait_event(ep, "participant_moved", participant=agent.id)
+        assert event.conference == "side" and event.moved_from == "main"
+        heard = talk()
+        assert power(heard[1], 600) > 1e5 and power(heard[1], 1000) < 1.0, "the agent hears the side room"
+        assert sorted(side.move_all_to(main)) == sorted([agent.id, peer.id])

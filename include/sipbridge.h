@@ -34,6 +34,11 @@
 #define SB_DEFAULT_SAMPLE_RATE 48000
 
 /**
+ * The most participants a hears-only or heard-only-by list holds.
+ */
+#define SB_MAX_PARTICIPANT_SET 16
+
+/**
  * The one sample rate RNNoise works at.
  */
 #define DENOISE_SAMPLE_RATE 48000
@@ -215,6 +220,14 @@ typedef enum {
    * and `done` once it is over.
    */
   SB_EVENT_TRANSFER_PROGRESS = 24,
+  /**
+   * The app does not read a participant's tap in time: `frames_dropped` so far.
+   */
+  SB_EVENT_TAP_OVERRUN = 25,
+  /**
+   * `participant` moved to `conference` from the conference named in `detail`.
+   */
+  SB_EVENT_PARTICIPANT_MOVED = 26,
 } sb_event_kind;
 
 typedef enum {
@@ -279,6 +292,11 @@ typedef struct sb_local sb_local;
  * playing it does not consume it.
  */
 typedef struct sb_playback sb_playback;
+
+/**
+ * A tap on one participant's own audio.
+ */
+typedef struct sb_tap sb_tap;
 
 /**
  * How to start an endpoint. Fill it with `sb_endpoint_config_init`, then change fields.
@@ -474,7 +492,7 @@ typedef struct {
   uint16_t status;
   /**
    * DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI;
-   * RECORDING_*: the file's path.
+   * RECORDING_*: the file's path; PARTICIPANT_MOVED: the conference it left.
    */
   char detail[256];
   /**
@@ -516,7 +534,8 @@ typedef struct {
   uint64_t playback;
   bool completed;
   /**
-   * For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+   * For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because
+   * the disk fell behind; for TAP_OVERRUN, because the app did not read.
    */
   uint64_t frames_dropped;
   /**
@@ -597,6 +616,21 @@ typedef struct {
    */
   const sb_playback *hold_music;
 } sb_conference_policy;
+
+/**
+ * What `sb_tap_read` says about the frame it read.
+ */
+typedef struct {
+  /**
+   * Where the frame starts, in samples at the conference's rate; a jump
+   * of more than one frame means frames were dropped.
+   */
+  uint64_t timestamp;
+  /**
+   * Whether the participant was talking.
+   */
+  bool talking;
+} sb_tap_frame;
 
 
 
@@ -1014,6 +1048,72 @@ sb_status sb_conference_pause_recording(const sb_conference *conference, bool pa
  * (SB_EVENT_RECORDING_STOPPED for each). SB_NOT_FOUND when none runs.
  */
 sb_status sb_conference_stop_recording(const sb_conference *conference);
+
+/**
+ * Opens a tap on a participant's own audio (decoded, after noise
+ * suppression, before its volume; 20 ms frames at the conference's rate,
+ * buffered one second). One tap per participant (SB_ALREADY_EXISTS);
+ * frames not read in time are dropped (SB_EVENT_TAP_OVERRUN). It follows
+ * the participant to another conference; `sb_tap_free` closes it.
+ */
+sb_status sb_conference_tap(const sb_conference *conference, uint64_t participant, sb_tap **out);
+
+/**
+ * Reads the participant's next frame into `out` (`len` must be a frame),
+ * waiting up to `timeout_ms`, and describes it in `frame` (which may be
+ * NULL). SB_NOT_FOUND once the participant has left and all was read.
+ */
+sb_status sb_tap_read(sb_tap *tap,
+                      int16_t *out,
+                      size_t len,
+                      uint32_t timeout_ms,
+                      sb_tap_frame *frame);
+
+/**
+ * Frames the tap dropped because they were not read in time.
+ */
+sb_status sb_tap_frames_dropped(const sb_tap *tap, uint64_t *out);
+
+/**
+ * Closes and frees a tap. NULL is allowed.
+ */
+void sb_tap_free(sb_tap *tap);
+
+/**
+ * Makes a participant hear only the `count` participants at `ids` (none
+ * when `count` is 0; at most SB_MAX_PARTICIPANT_SET), or with `everyone`
+ * everyone (`ids` is then ignored). Prompts still reach it.
+ */
+sb_status sb_conference_set_hears_only(const sb_conference *conference,
+                                       uint64_t participant,
+                                       bool everyone,
+                                       const uint64_t *ids,
+                                       size_t count);
+
+/**
+ * Lets only the `count` participants at `ids` hear a participant, or with
+ * `everyone` everyone. A supervisor listening in: `count` 0; whispering to
+ * an agent: the agent's id; barging in: `everyone`.
+ */
+sb_status sb_conference_set_heard_only_by(const sb_conference *conference,
+                                          uint64_t participant,
+                                          bool everyone,
+                                          const uint64_t *ids,
+                                          size_t count);
+
+/**
+ * Moves a participant of `from` to conference `to` (a breakout room, or
+ * back) without a new call; both must mix at the same rate
+ * (SB_INVALID_ARGUMENT). SB_EVENT_PARTICIPANT_MOVED follows.
+ */
+sb_status sb_conference_move_participant(const sb_conference *from,
+                                         uint64_t participant,
+                                         const sb_conference *to);
+
+/**
+ * Moves everyone in `from` to `to` (bringing a breakout room back).
+ */
+sb_status sb_conference_move_all(const sb_conference *from, const sb_conference *to);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use crate::engine::{Creator, Engine, ParticipantEntry, Shared, SipCommand};
 use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{
-    gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, TalkerPolicy, TICK_HISTOGRAM_STEP,
+    gain_q16_from_db, Leg, LocalLeg, ParticipantControls, ParticipantMix, ParticipantSet, TalkerPolicy,
+    TICK_HISTOGRAM_STEP,
 };
 use crate::policy::{Admission, ConferencePolicy};
 use crate::sip::{Credentials, TimerConfig};
 use crate::{Error, Result};
 
-pub use crate::media::mixer::{ParticipantId, PlaybackEnd, PlaybackId};
+pub use crate::media::mixer::{ParticipantId, PlaybackEnd, PlaybackId, TapFrame, MAX_PARTICIPANT_SET};
 pub use crate::media::playback::Playback;
 pub use crate::sip::register_client::{AccountId, RegistrationState};
 
@@ -412,6 +413,22 @@ pub enum Event {
         participant: Option<ParticipantId>,
         path: String,
         frames_dropped: u64,
+    },
+    /// The app does not read a participant's tap in time: frames were
+    /// dropped (`frames_dropped` so far) rather than hold up the audio.
+    /// Reported at most once a second per tap.
+    TapOverrun {
+        conference: String,
+        participant: ParticipantId,
+        frames_dropped: u64,
+    },
+    /// A participant moved to another conference (a breakout room, and
+    /// back): one event rather than a leave and a join, since its call and
+    /// its id go on. Events about it name `to` from now on.
+    ParticipantMoved {
+        participant: ParticipantId,
+        from: String,
+        to: String,
     },
 }
 
@@ -955,6 +972,30 @@ impl Conference {
         self.shared.set_talker_policy(self.id, policy)
     }
 
+    /// Moves participant `id` to conference `to` (a breakout room, or back
+    /// to the main room) without a new call: its leg, id and taps stay, and
+    /// it hears `to` from the next tick on, without a gap when the two
+    /// conferences mix on one thread (at most one frame's gap otherwise).
+    /// Both must mix at the same rate ([`Error::InvalidArgument`]).
+    /// Reported as [`Event::ParticipantMoved`]. A room a caller created ends
+    /// when its last participant moves out.
+    pub fn move_participant(&self, id: ParticipantId, to: &Conference) -> Result<()> {
+        self.check()?;
+        self.shared.move_participant(id, self.id, to.id, &to.name)
+    }
+
+    /// Moves everyone in this conference to `to` (bringing a breakout room
+    /// back); returns who moved.
+    pub fn move_all_to(&self, to: &Conference) -> Result<Vec<ParticipantId>> {
+        self.check()?;
+        let ids = self.shared.registry.lock().conferences.get(&self.name).map(|c| c.participants.clone());
+        let ids: Vec<ParticipantId> = ids.unwrap_or_default().into_iter().collect();
+        for id in &ids {
+            self.move_participant(*id, to)?;
+        }
+        Ok(ids)
+    }
+
     /// Hangs up every leg and removes the conference.
     pub fn destroy(&self) -> Result<()> {
         self.check()?;
@@ -1135,6 +1176,47 @@ impl Participant {
         })?
     }
 
+    /// Opens a tap on this participant's own audio, as the mixer has it
+    /// before mixing: decoded, after noise suppression, before its volume,
+    /// at the conference's rate, in 20 ms frames with a timestamp and the
+    /// talking flag; silence while it is muted, on hold or heard by nobody.
+    /// It holds one second; frames the app does not read in time are
+    /// dropped ([`Event::TapOverrun`]), never waited for. One tap per
+    /// participant at a time ([`Error::AlreadyExists`]); it follows the
+    /// participant to another conference. Taps cost the mixer nothing
+    /// while none is open.
+    pub fn tap(&self) -> Result<TapReader> {
+        self.shared.check_running()?;
+        let ends = self.shared.open_tap(self.id)?;
+        Ok(TapReader {
+            participant: self.clone(),
+            samples: ends.samples,
+            frames: ends.frames,
+            dropped: ends.dropped,
+            frame: ends.frame,
+        })
+    }
+
+    /// Makes this participant hear only `participants` of its conference
+    /// (at most [`MAX_PARTICIPANT_SET`]; empty: nobody), or with `None`
+    /// everyone. Prompts still reach it.
+    pub fn set_hears_only(&self, participants: Option<&[ParticipantId]>) -> Result<()> {
+        let set = participant_set(participants)?;
+        self.shared.check_running()?;
+        self.shared.set_routing(self.id, |routing| routing.hears_only = set)
+    }
+
+    /// Lets only `participants` hear this one (at most
+    /// [`MAX_PARTICIPANT_SET`]), or with `None` everyone. A supervisor
+    /// listening in is heard by nobody (`Some(&[])`), and takes no mixing
+    /// slot; whispering to an agent, by the agent (`Some(&[agent])`);
+    /// barging in, by everyone (`None`).
+    pub fn set_heard_only_by(&self, participants: Option<&[ParticipantId]>) -> Result<()> {
+        let set = participant_set(participants)?;
+        self.shared.check_running()?;
+        self.shared.set_routing(self.id, |routing| routing.heard_only_by = set)
+    }
+
     /// Ends the participant: BYE when connected, CANCEL when ringing.
     pub fn hangup(&self) -> Result<()> {
         self.with_entry(|_| ())?;
@@ -1184,6 +1266,17 @@ impl Participant {
     }
 }
 
+/// The listen/talk matrix's set of `participants`, checked for size.
+fn participant_set(participants: Option<&[ParticipantId]>) -> Result<Option<ParticipantSet>> {
+    participants
+        .map(|ids| {
+            ParticipantSet::new(ids).ok_or_else(|| {
+                Error::InvalidArgument(format!("at most {MAX_PARTICIPANT_SET} participants, not {}", ids.len()))
+            })
+        })
+        .transpose()
+}
+
 /// Reads 20 ms frames from a sample ring the mixer fills.
 pub struct FrameReader {
     ring: rtrb::Consumer<i16>,
@@ -1209,23 +1302,102 @@ impl FrameReader {
         interrupt: Interrupt<'_>,
     ) -> Result<()> {
         let frame = self.frame;
-        if out.len() != frame {
-            return Err(Error::InvalidArgument(format!("a frame is {frame} samples, not {}", out.len())));
-        }
+        check_frame(out, frame)?;
         let ring = &self.ring;
         wait_for(timeout, interrupt, || (ring.slots() >= frame).then_some(()))?;
-        // Only this reader consumes, so the frame that was there still is.
-        let chunk = self.ring.read_chunk(frame).map_err(|_| Error::Timeout)?;
-        let (a, b) = chunk.as_slices();
-        out[..a.len()].copy_from_slice(a);
-        out[a.len()..].copy_from_slice(b);
-        chunk.commit_all();
-        Ok(())
+        pop_samples(&mut self.ring, out)
     }
 
     /// Frames ready to read without waiting.
     pub fn frames_available(&self) -> usize {
         self.ring.slots() / self.frame
+    }
+}
+
+/// Checks that `out` holds one frame of `frame` samples.
+fn check_frame(out: &[i16], frame: usize) -> Result<()> {
+    if out.len() != frame {
+        return Err(Error::InvalidArgument(format!("a frame is {frame} samples, not {}", out.len())));
+    }
+    Ok(())
+}
+
+/// Fills `out` with the next `out.len()` samples of a ring they are known to be in.
+fn pop_samples(ring: &mut rtrb::Consumer<i16>, out: &mut [i16]) -> Result<()> {
+    // Only this reader consumes, so samples that were there still are.
+    let chunk = ring.read_chunk(out.len()).map_err(|_| Error::Timeout)?;
+    let (a, b) = chunk.as_slices();
+    out[..a.len()].copy_from_slice(a);
+    out[a.len()..].copy_from_slice(b);
+    chunk.commit_all();
+    Ok(())
+}
+
+/// Reads one participant's own audio (see [`Participant::tap`]). Dropping
+/// it (or [`TapReader::close`]) closes the tap.
+#[derive(Debug)]
+pub struct TapReader {
+    participant: Participant,
+    samples: rtrb::Consumer<i16>,
+    frames: rtrb::Consumer<TapFrame>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    frame: usize,
+}
+
+impl TapReader {
+    /// The participant tapped.
+    pub fn participant(&self) -> &Participant {
+        &self.participant
+    }
+
+    /// Samples in one frame (20 ms at the conference's rate).
+    pub fn frame_samples(&self) -> usize {
+        self.frame
+    }
+
+    /// Fills `out` (one frame) with the participant's next frame, waiting
+    /// up to `timeout`, and says when it starts and whether the participant
+    /// talked. [`Error::NotFound`] once the participant has left and every
+    /// frame was read.
+    pub fn read_frame(&mut self, out: &mut [i16], timeout: Option<Duration>) -> Result<TapFrame> {
+        self.read_frame_interruptible(out, timeout, &mut never)
+    }
+
+    pub fn read_frame_interruptible(
+        &mut self,
+        out: &mut [i16],
+        timeout: Option<Duration>,
+        interrupt: Interrupt<'_>,
+    ) -> Result<TapFrame> {
+        check_frame(out, self.frame)?;
+        let frames = &mut self.frames;
+        let (participant, samples) = (self.participant.id, &mut self.samples);
+        wait_for(timeout, interrupt, || match frames.pop() {
+            // The mixer pushes a frame's samples before its header.
+            Ok(info) => Some(pop_samples(samples, out).map(|()| info)),
+            Err(_) if frames.is_abandoned() => Some(Err(Error::NotFound(format!("participant {}", participant.0)))),
+            Err(_) => None,
+        })?
+    }
+
+    /// Frames ready to read without waiting.
+    pub fn frames_available(&self) -> usize {
+        self.frames.slots()
+    }
+
+    /// Frames dropped because they were not read in time (see [`Event::TapOverrun`]).
+    pub fn frames_dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Closes the tap, as dropping the reader does.
+    pub fn close(self) {}
+}
+
+impl Drop for TapReader {
+    fn drop(&mut self) {
+        // Gone with its participant, or with the endpoint, is closed already.
+        let _ = self.participant.shared.close_tap(self.participant.id);
     }
 }
 

@@ -28,7 +28,8 @@ pub mod sip;
 pub use api::{
     frame_samples, Account, AccountId, Conference, Endpoint, EndpointConfig, Event, FrameReader, LeaveReason,
     LocalParticipant, MixerReport, Participant, ParticipantId, ParticipantInfo, ParticipantKind, ParticipantState,
-    Playback, PlaybackEnd, PlaybackId, RegistrationState, DEFAULT_SAMPLE_RATE,
+    Playback, PlaybackEnd, PlaybackId, RegistrationState, TapFrame, TapReader, DEFAULT_SAMPLE_RATE,
+    MAX_PARTICIPANT_SET,
 };
 pub use error::{Error, Result};
 pub use media::codec::{CodecKind, OpusSettings};

@@ -79,17 +79,18 @@ fn blocking<T: Send>(
     }
 }
 
-/// Reads one frame through `read` without the GIL, as a numpy array.
-fn read_frame<'py>(
+/// Reads one frame through `read` without the GIL, as a numpy array, with
+/// what `read` says about it.
+fn read_frame<'py, T: Send>(
     py: Python<'py>,
     timeout: Option<f64>,
     frame_samples: usize,
-    read: impl FnOnce(&mut [i16], Option<Duration>, &mut dyn FnMut() -> bool) -> crate::Result<()> + Send,
-) -> PyResult<Bound<'py, PyArray1<i16>>> {
+    read: impl FnOnce(&mut [i16], Option<Duration>, &mut dyn FnMut() -> bool) -> crate::Result<T> + Send,
+) -> PyResult<(Bound<'py, PyArray1<i16>>, T)> {
     let timeout = seconds(timeout)?;
     let mut frame = vec![0i16; frame_samples];
-    blocking(py, |interrupt| read(&mut frame, timeout, interrupt))?;
-    Ok(PyArray1::from_vec(py, frame))
+    let about = blocking(py, |interrupt| read(&mut frame, timeout, interrupt))?;
+    Ok((PyArray1::from_vec(py, frame), about))
 }
 
 fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
@@ -410,6 +411,18 @@ impl Conference {
         Ok(Participant { inner: self.inner.participant(crate::ParticipantId(id)).map_err(to_py)? })
     }
 
+    /// Moves participant `id` to conference `to` (a breakout room, or back)
+    /// without a new call; both must mix at the same rate.
+    fn move_participant(&self, py: Python<'_>, id: u64, to: &Conference) -> PyResult<()> {
+        blocking(py, |_| self.inner.move_participant(crate::ParticipantId(id), &to.inner))
+    }
+
+    /// Moves everyone to conference `to`; returns who moved.
+    fn move_all_to(&self, py: Python<'_>, to: &Conference) -> PyResult<Vec<u64>> {
+        let moved = blocking(py, |_| self.inner.move_all_to(&to.inner))?;
+        Ok(moved.into_iter().map(|id| id.0).collect())
+    }
+
     /// Noise suppression (RNNoise) for everyone now and whoever joins later;
     /// needs a 48 kHz conference.
     #[pyo3(signature = (on = true))]
@@ -697,6 +710,28 @@ impl Participant {
         self.inner.kick().map_err(to_py)
     }
 
+    /// Opens a tap on this participant's own audio (before mixing).
+    fn tap(&self) -> PyResult<Tap> {
+        let reader = self.inner.tap().map_err(to_py)?;
+        Ok(Tap {
+            frame_samples: reader.frame_samples(),
+            participant: reader.participant().id().0,
+            inner: Mutex::new(Some(reader)),
+        })
+    }
+
+    /// Hears only these participants (an empty list: nobody), or with None everyone.
+    fn set_hears_only(&self, participants: Option<Vec<u64>>) -> PyResult<()> {
+        let ids = participants.map(|ids| ids.into_iter().map(crate::ParticipantId).collect::<Vec<_>>());
+        self.inner.set_hears_only(ids.as_deref()).map_err(to_py)
+    }
+
+    /// Heard only by these participants (an empty list: nobody), or with None by everyone.
+    fn set_heard_only_by(&self, participants: Option<Vec<u64>>) -> PyResult<()> {
+        let ids = participants.map(|ids| ids.into_iter().map(crate::ParticipantId).collect::<Vec<_>>());
+        self.inner.set_heard_only_by(ids.as_deref()).map_err(to_py)
+    }
+
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -709,6 +744,64 @@ impl Participant {
 
     fn __repr__(&self) -> String {
         format!("Participant({})", self.inner.id().0)
+    }
+}
+
+/// A tap on one participant's own audio: 20 ms frames with a timestamp (in
+/// samples) and whether it was talking. `close()` or leaving a `with` block closes it.
+#[pyclass(frozen, module = "sipbridge._native")]
+struct Tap {
+    participant: u64,
+    frame_samples: usize,
+    inner: Mutex<Option<crate::TapReader>>,
+}
+
+#[pymethods]
+impl Tap {
+    #[getter]
+    fn participant(&self) -> u64 {
+        self.participant
+    }
+
+    #[getter]
+    fn frame_samples(&self) -> usize {
+        self.frame_samples
+    }
+
+    /// Frames dropped because they were not read in time.
+    #[getter]
+    fn frames_dropped(&self) -> u64 {
+        self.inner.lock().as_ref().map_or(0, |reader| reader.frames_dropped())
+    }
+
+    /// The next frame: (int16 samples, timestamp in samples, talking).
+    #[pyo3(signature = (timeout = 1.0))]
+    fn read_frame<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<(Bound<'py, PyArray1<i16>>, u64, bool)> {
+        let (frame, info) = read_frame(py, timeout, self.frame_samples, |frame, timeout, interrupt| {
+            match self.inner.lock().as_mut() {
+                Some(reader) => reader.read_frame_interruptible(frame, timeout, interrupt),
+                None => Err(Error::InvalidArgument("the tap is closed".into())),
+            }
+        })?;
+        Ok((frame, info.timestamp, info.talking))
+    }
+
+    fn close(&self) {
+        self.inner.lock().take();
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.close();
+        false
     }
 }
 
@@ -881,6 +974,7 @@ impl LocalParticipant {
         read_frame(py, timeout, frame_samples, |frame, timeout, interrupt| {
             self.inner.lock().read_frame_interruptible(frame, timeout, interrupt)
         })
+        .map(|(frame, ())| frame)
     }
 
     fn hangup(&self) -> PyResult<()> {
@@ -919,6 +1013,7 @@ impl FrameReader {
         read_frame(py, timeout, frame_samples, |frame, timeout, interrupt| {
             self.inner.lock().read_frame_interruptible(frame, timeout, interrupt)
         })
+        .map(|(frame, ())| frame)
     }
 }
 
@@ -961,6 +1056,8 @@ struct Event {
     /// for "transfer_progress": `status`, and `done` once it is over.
     target: Option<String>,
     done: Option<bool>,
+    /// For "participant_moved": the conference it left (`conference` is where it went).
+    moved_from: Option<String>,
 }
 
 impl Event {
@@ -994,6 +1091,7 @@ impl Event {
             tries_left: None,
             target: None,
             done: None,
+            moved_from: None,
         }
     }
 }
@@ -1088,6 +1186,13 @@ impl From<crate::Event> for Event {
             }
             E::ConferenceEmpty { conference } => Event::new("conference_empty", conference, None),
             E::ConferenceEnded { conference } => Event::new("conference_ended", conference, None),
+            E::TapOverrun { conference, participant, frames_dropped } => Event {
+                frames_dropped: Some(frames_dropped),
+                ..Event::new("tap_overrun", conference, Some(participant))
+            },
+            E::ParticipantMoved { participant, from, to } => {
+                Event { moved_from: Some(from), ..Event::new("participant_moved", to, Some(participant)) }
+            }
             E::DialFailed { conference, participant, status, reason } => Event {
                 status: Some(status),
                 status_reason: Some(reason),
@@ -1120,6 +1225,9 @@ impl Event {
         }
         if let Some(p) = &self.path {
             parts.push(format!("path={p:?}"));
+        }
+        if let Some(from) = &self.moved_from {
+            parts.push(format!("moved_from={from:?}"));
         }
         if let Some(n) = self.frames_dropped {
             parts.push(format!("frames_dropped={n}"));
@@ -1161,6 +1269,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ParticipantInfo>()?;
     m.add_class::<LocalParticipant>()?;
     m.add_class::<FrameReader>()?;
+    m.add_class::<Tap>()?;
     m.add_class::<Event>()?;
     m.add_class::<Playback>()?;
     m.add_class::<ConferencePolicy>()?;

@@ -32,6 +32,7 @@ from ._native import (
     SipBridgeError,
     SipError,
     StoppedError,
+    Tap,
     TimeoutError,
     __version__,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "SipBridgeError",
     "SipError",
     "StoppedError",
+    "Tap",
     "TimeoutError",
     "__version__",
 ]

@@ -33,8 +33,8 @@ use crate::media::codec::{CodecKind, EncoderKey};
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
     ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegMedia, Mixer, MixerCommand, MixerStats,
-    ParticipantControls, ParticipantId, ParticipantMix, PlaybackId, PromptMix, SharedEncoder, TalkerPolicy,
-    MAX_SHARED_ENCODERS,
+    ParticipantControls, ParticipantId, ParticipantMix, PlaybackId, PromptMix, RecordSink, Routing, SharedEncoder,
+    TalkerPolicy, TapFrame, TapSink, MAX_SHARED_ENCODERS,
 };
 use crate::policy::ConferencePolicy;
 use crate::sip::auth::Authenticator;
@@ -53,6 +53,13 @@ pub(crate) use sip_driver::SipCommand;
 const EVENT_QUEUE: usize = 10_000;
 /// Commands in flight to the mixer.
 const MIXER_QUEUE: usize = 4096;
+/// A participant's tap holds one second, the conference mix feed's size.
+const TAP_TICKS: usize = 50;
+/// Tap overruns are reported at most this often per tap, as recording overruns are.
+const TAP_OVERRUN_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How long a move across mixer threads waits for the first thread to let
+/// the participant go (it does at its next tick, within 20 ms).
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Hands events to the application from any thread (the reaper reports
 /// finished prompts); what the application's queue cannot take is counted.
@@ -132,6 +139,28 @@ pub(crate) struct ParticipantEntry {
     pub talk_changes_seen: u32,
     /// Its role and admission under the conference policy.
     pub policy: PolicyState,
+    /// How its leg encodes, once it has one: a conference it moves to needs
+    /// a shared encoder of that kind.
+    pub encoder_key: Option<EncoderKey>,
+    /// Who it hears and who hears it; kept here for a leg that joins the mixer later.
+    pub routing: Routing,
+    /// Its tap, while the app has one open.
+    pub tap: Option<TapWatch>,
+}
+
+/// A participant's open tap, as the control side watches it for overruns.
+pub(crate) struct TapWatch {
+    dropped: Arc<AtomicU64>,
+    reported: u64,
+    last_report: Option<Instant>,
+}
+
+/// The app's end of a participant's tap.
+pub(crate) struct TapEnds {
+    pub samples: rtrb::Consumer<i16>,
+    pub frames: rtrb::Consumer<TapFrame>,
+    pub dropped: Arc<AtomicU64>,
+    pub frame: usize,
 }
 
 impl ParticipantEntry {
@@ -156,6 +185,9 @@ impl ParticipantEntry {
             noise_suppression: false,
             talk_changes_seen: 0,
             policy: PolicyState::default(),
+            encoder_key: None,
+            routing: Routing::default(),
+            tap: None,
         }
     }
 }
@@ -245,12 +277,18 @@ impl MixerControl {
     }
 
     fn add_participant(&mut self, conference: ConferenceId, participant: Box<ParticipantMix>) -> Result<()> {
+        let index = self.make_room(conference, participant.encoder_key())?;
+        self.shards[index].send(MixerCommand::AddParticipant(conference, participant))
+    }
+
+    /// Readies `conference` for one more participant, whose leg encodes as
+    /// `key` says, and counts it; returns the conference's thread.
+    fn make_room(&mut self, conference: ConferenceId, key: Option<EncoderKey>) -> Result<usize> {
         let slot = self.slot(conference)?;
         let (index, (len, cap), sample_rate) = (slot.shard, slot.participants, slot.sample_rate);
         // The first leg of its kind brings the encoder its fellow listeners will share.
-        let new_key = participant
-            .encoder_key()
-            .filter(|key| !slot.shared_encoders.contains(key) && slot.shared_encoders.len() < MAX_SHARED_ENCODERS);
+        let new_key =
+            key.filter(|key| !slot.shared_encoders.contains(key) && slot.shared_encoders.len() < MAX_SHARED_ENCODERS);
         let shard = &self.shards[index];
         if let Some(key) = new_key {
             let codec = key.new_coder().map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -260,22 +298,54 @@ impl MixerControl {
         if len == cap {
             shard.send(MixerCommand::ParticipantStorage(conference, Vec::with_capacity(cap * 2)))?;
         }
-        shard.send(MixerCommand::AddParticipant(conference, participant))?;
         let slot = self.slot(conference)?;
         slot.shared_encoders.extend(new_key);
         slot.participants = (len + 1, if len == cap { cap * 2 } else { cap });
         self.shards[index].participants += 1;
-        Ok(())
+        Ok(index)
     }
 
-    fn remove_participant(&mut self, conference: ConferenceId, participant: ParticipantId) -> Result<()> {
+    /// Stops counting a participant of `conference`; returns the conference's thread.
+    fn forget_participant(&mut self, conference: ConferenceId) -> Result<usize> {
         let slot = self.slot(conference)?;
         let index = slot.shard;
         if slot.participants.0 > 0 {
             slot.participants.0 -= 1;
             self.shards[index].participants -= 1;
         }
+        Ok(index)
+    }
+
+    fn remove_participant(&mut self, conference: ConferenceId, participant: ParticipantId) -> Result<()> {
+        let index = self.forget_participant(conference)?;
         self.shards[index].send(MixerCommand::RemoveParticipant(conference, participant))
+    }
+
+    /// Moves a participant (whose leg encodes as `key` says) between two
+    /// conferences. On one thread that is one command, between two ticks.
+    /// Across threads the first thread hands the participant out through
+    /// the mailbox returned, which the caller must pass to
+    /// [`MixerControl::add_participant`]: the two threads tick on their own
+    /// schedules, so no command could move it at once on both, and one
+    /// tick of its audio (the first thread's) is skipped.
+    fn move_participant(
+        &mut self,
+        from: ConferenceId,
+        to: ConferenceId,
+        participant: ParticipantId,
+        key: Option<EncoderKey>,
+    ) -> Result<Option<rtrb::Consumer<Box<ParticipantMix>>>> {
+        let (from_shard, to_shard) = (self.slot(from)?.shard, self.slot(to)?.shard);
+        if from_shard != to_shard {
+            let (mailbox, arrival) = rtrb::RingBuffer::new(1);
+            self.shards[from_shard].send(MixerCommand::DetachParticipant(from, participant, mailbox))?;
+            self.forget_participant(from)?;
+            return Ok(Some(arrival));
+        }
+        self.make_room(to, key)?;
+        self.shards[to_shard].send(MixerCommand::MoveParticipant { from, to, participant })?;
+        self.forget_participant(from)?;
+        Ok(None)
     }
 }
 
@@ -444,6 +514,7 @@ impl Shared {
             let present = policy::moderator_present(conference, participants);
             policy::on_entry(conference, present, &mut entry, Instant::now());
             prepare_mix(conference, id, &entry, &mut mix);
+            entry.encoder_key = mix.encoder_key();
             let mut mixer = self.mixer.lock();
             mixer.add_participant(conference.id, mix)?;
             self.start_admission_audio(&mixer, conference, id, &mut entry);
@@ -474,6 +545,7 @@ impl Shared {
         let entry = entry.ok_or_else(|| Error::NotFound(name.clone()))?;
         policy::on_entry(conference, present, entry, Instant::now());
         prepare_mix(conference, id, entry, &mut mix);
+        entry.encoder_key = mix.encoder_key();
         let mut mixer = self.mixer.lock();
         mixer.add_participant(entry.conference_id, mix)?;
         self.start_admission_audio(&mixer, conference, id, entry);
@@ -723,6 +795,132 @@ impl Shared {
         self.mixer.lock().send(conference, MixerCommand::SetTap(conference, tap))
     }
 
+    /// Opens participant `id`'s tap (one at a time): its own audio, frame
+    /// by frame, for the app to read from the ends returned.
+    pub fn open_tap(&self, id: ParticipantId) -> Result<TapEnds> {
+        let mut registry = self.registry.lock();
+        let entry =
+            registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
+        if !entry.in_mixer {
+            return Err(Error::InvalidArgument(format!("participant {} has no audio yet", id.0)));
+        }
+        if entry.tap.is_some() {
+            return Err(Error::AlreadyExists(format!("a tap of participant {}", id.0)));
+        }
+        let mut mixer = self.mixer.lock();
+        let frame = crate::api::frame_samples(mixer.slot(entry.conference_id)?.sample_rate);
+        let (samples_in, samples) = rtrb::RingBuffer::new(frame * TAP_TICKS);
+        let (frames_in, frames) = rtrb::RingBuffer::new(TAP_TICKS);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let sink = Box::new(TapSink::new(samples_in, frames_in, dropped.clone()));
+        let conference = entry.conference_id;
+        mixer.send(conference, MixerCommand::SetParticipantTap(conference, id, Some(sink)))?;
+        entry.tap = Some(TapWatch { dropped: dropped.clone(), reported: 0, last_report: None });
+        Ok(TapEnds { samples, frames, dropped, frame })
+    }
+
+    /// Closes participant `id`'s tap, if it has one open.
+    pub fn close_tap(&self, id: ParticipantId) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let Some(entry) = registry.participants.get_mut(&id).filter(|p| p.tap.is_some()) else { return Ok(()) };
+        entry.tap = None;
+        let conference = entry.conference_id;
+        self.mixer.lock().send(conference, MixerCommand::SetParticipantTap(conference, id, None))
+    }
+
+    /// Reports taps that dropped frames since their last report, at most
+    /// once a second each.
+    fn report_tap_overruns(&self) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for (id, p) in self.registry.lock().participants.iter_mut() {
+            let Some(tap) = p.tap.as_mut() else { continue };
+            let dropped = tap.dropped.load(Ordering::Relaxed);
+            let due = tap.last_report.is_none_or(|at| now.duration_since(at) >= TAP_OVERRUN_REPORT_EVERY);
+            if dropped > tap.reported && due {
+                tap.reported = dropped;
+                tap.last_report = Some(now);
+                let conference = p.conference.clone();
+                events.push(Event::TapOverrun { conference, participant: *id, frames_dropped: dropped });
+            }
+        }
+        for event in events {
+            self.emit(event);
+        }
+    }
+
+    /// Changes who participant `id` hears and who hears it.
+    pub fn set_routing(&self, id: ParticipantId, change: impl FnOnce(&mut Routing)) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let entry =
+            registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?;
+        change(&mut entry.routing);
+        if !entry.in_mixer {
+            // It gets its routing when it joins the mixer.
+            return Ok(());
+        }
+        let conference = entry.conference_id;
+        self.mixer.lock().send(conference, MixerCommand::SetRouting(conference, id, boxed_routing(entry.routing)))
+    }
+
+    /// Moves participant `id` from conference `from` to conference `to`
+    /// (called `to_name`): its leg, call and id stay; only what it hears
+    /// and who hears it change. Both must mix at one rate: its leg's
+    /// resamplers, buffers and noise suppressor were built for its rate,
+    /// and rebuilding them would break its audio, which a move must not.
+    pub fn move_participant(
+        &self,
+        id: ParticipantId,
+        from: ConferenceId,
+        to: ConferenceId,
+        to_name: &str,
+    ) -> Result<()> {
+        let mut guard = self.registry.lock();
+        let registry = &mut *guard;
+        let not_found = || Error::NotFound(format!("participant {}", id.0));
+        let entry = registry.participants.get_mut(&id).filter(|p| p.conference_id == from).ok_or_else(not_found)?;
+        let from_name = entry.conference.clone();
+        let source = registry.conferences.get(&from_name).filter(|c| c.id == from).ok_or_else(not_found)?;
+        let destination =
+            registry.conferences.get(to_name).filter(|c| c.id == to).ok_or_else(|| Error::NotFound(to_name.into()))?;
+        if from == to {
+            return Ok(());
+        }
+        if source.sample_rate != destination.sample_rate {
+            return Err(Error::InvalidArgument(format!(
+                "{from_name} mixes at {} Hz and {to_name} at {} Hz: participants move only between conferences of one rate",
+                source.sample_rate, destination.sample_rate
+            )));
+        }
+        if entry.in_mixer {
+            let arrival = self.mixer.lock().move_participant(from, to, id, entry.encoder_key)?;
+            if let Some(arrival) = arrival {
+                // Not holding the mixers' lock while the first thread reaches its next tick.
+                let handed_over = await_handover(arrival);
+                // Lost to the mixer (it stopped, or never had it): still a
+                // participant, but without audio.
+                entry.in_mixer = handed_over.is_ok();
+                self.mixer.lock().add_participant(to, handed_over?)?;
+            }
+            // Its file of the old conference's recording has ended; the new one may record it too.
+            if let Some(sink) = record_alone(destination, id) {
+                self.mixer.lock().send(to, MixerCommand::SetRecordSink(to, id, sink))?;
+            }
+        }
+        entry.conference = to_name.into();
+        entry.conference_id = to;
+        if let Some(source) = registry.conferences.get_mut(&from_name) {
+            source.participants.remove(&id);
+        }
+        if let Some(destination) = registry.conferences.get_mut(to_name) {
+            destination.participants.insert(id);
+        }
+        drop(guard);
+        self.emit(Event::ParticipantMoved { participant: id, from: from_name.clone(), to: to_name.into() });
+        self.end_if_empty_on_demand(&from_name, from);
+        Ok(())
+    }
+
     /// Switches noise suppression for everyone in conference `name`, and for
     /// whoever joins it later.
     pub fn set_conference_noise_suppression(&self, name: &str, on: bool) -> Result<()> {
@@ -903,16 +1101,43 @@ impl Drop for Engine {
 }
 
 /// Readies a participant's mixer side for its conference: noise suppression
-/// and a recording of its own, when the conference has them on.
+/// and a recording of its own, when the conference has them on, and who it
+/// hears and is heard by.
 fn prepare_mix(conference: &ConferenceEntry, id: ParticipantId, entry: &ParticipantEntry, mix: &mut ParticipantMix) {
     if entry.noise_suppression {
         mix.set_noise_suppressor(NoiseSuppressor::new(conference.sample_rate, mix.frame_samples()));
     }
-    if let Some(recorder) = conference.recording.as_ref().filter(|r| r.per_participant) {
-        match recorder.add_participant(id) {
-            Ok(sink) => mix.set_record_sink(Some(sink)),
-            Err(e) => tracing::warn!(participant = id.0, "not recorded: {e}"),
+    mix.set_record_sink(record_alone(conference, id));
+    mix.set_routing(boxed_routing(entry.routing));
+}
+
+/// Opens participant `id`'s own file when `conference` records each participant.
+fn record_alone(conference: &ConferenceEntry, id: ParticipantId) -> Option<RecordSink> {
+    let recorder = conference.recording.as_ref().filter(|r| r.per_participant)?;
+    recorder.add_participant(id).inspect_err(|e| tracing::warn!(participant = id.0, "not recorded: {e}")).ok()
+}
+
+/// What the mixer keeps of a participant's routing: nothing when it is open,
+/// so the tick's common case looks at no routing at all.
+fn boxed_routing(routing: Routing) -> Option<Box<Routing>> {
+    (!routing.is_open()).then(|| Box::new(routing))
+}
+
+/// Waits for a mixer thread to hand over a participant it let go of.
+fn await_handover(mut arrival: rtrb::Consumer<Box<ParticipantMix>>) -> Result<Box<ParticipantMix>> {
+    let deadline = Instant::now() + HANDOVER_TIMEOUT;
+    loop {
+        if let Ok(participant) = arrival.pop() {
+            return Ok(participant);
         }
+        // Let go of without it: the mixer did not have it.
+        if arrival.is_abandoned() && arrival.is_empty() {
+            return Err(Error::NotFound("participant in the mixer".into()));
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Timeout);
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -982,6 +1207,7 @@ async fn control_tick(shared: std::sync::Weak<Shared>) {
             Some(shared) if !shared.stopped.load(Ordering::Relaxed) => {
                 shared.report_talking();
                 shared.policy_tick(Instant::now());
+                shared.report_tap_overruns();
             }
             _ => return,
         }

@@ -61,6 +61,10 @@ pub enum sb_event_kind {
     /// How a transfer asked with `sb_conference_transfer` goes: `status`,
     /// and `done` once it is over.
     SB_EVENT_TRANSFER_PROGRESS = 24,
+    /// The app does not read a participant's tap in time: `frames_dropped` so far.
+    SB_EVENT_TAP_OVERRUN = 25,
+    /// `participant` moved to `conference` from the conference named in `detail`.
+    SB_EVENT_PARTICIPANT_MOVED = 26,
 }
 
 #[repr(C)]
@@ -106,7 +110,7 @@ pub struct sb_event {
     /// For DIAL_FAILED and a failed REGISTRATION: the SIP status (408 when nothing answered).
     pub status: u16,
     /// DIAL_FAILED and a failed REGISTRATION: the reason phrase; PARTICIPANT_JOINED: the remote URI;
-    /// RECORDING_*: the file's path.
+    /// RECORDING_*: the file's path; PARTICIPANT_MOVED: the conference it left.
     pub detail: [c_char; 256],
     /// For PARTICIPANT_LEFT: the call's RTP packet totals.
     pub packets_received: u64,
@@ -128,7 +132,8 @@ pub struct sb_event {
     /// For PLAYBACK_FINISHED: the prompt, and whether it played to its end.
     pub playback: u64,
     pub completed: bool,
-    /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because the disk fell behind.
+    /// For RECORDING_STOPPED and RECORDING_OVERRUN: 20 ms frames lost because
+    /// the disk fell behind; for TAP_OVERRUN, because the app did not read.
     pub frames_dropped: u64,
     /// For TRANSFER_PROGRESS: whether the transfer is over.
     pub done: bool,
@@ -325,6 +330,18 @@ fn to_c(event: &Event) -> sb_event {
             out.status = *status;
             out.done = *done;
             conference
+        }
+        Event::TapOverrun { conference, participant, frames_dropped } => {
+            out.kind = sb_event_kind::SB_EVENT_TAP_OVERRUN;
+            out.participant = participant.0;
+            out.frames_dropped = *frames_dropped;
+            conference
+        }
+        Event::ParticipantMoved { participant, from, to } => {
+            out.kind = sb_event_kind::SB_EVENT_PARTICIPANT_MOVED;
+            out.participant = participant.0;
+            copy_str(from, &mut out.detail);
+            to
         }
         Event::DialFailed { conference, participant, status, reason } => {
             out.kind = sb_event_kind::SB_EVENT_DIAL_FAILED;

@@ -33,6 +33,7 @@ pub use events::*;
 pub use playback::*;
 pub use policy::*;
 pub use recording::*;
+pub use routing::*;
 
 /// The result of every call.
 #[repr(C)]
@@ -213,6 +214,7 @@ mod events;
 mod playback;
 mod policy;
 mod recording;
+mod routing;
 
 fn timeout(ms: u32) -> Option<Duration> {
     (ms != SB_WAIT_FOREVER).then(|| Duration::from_millis(ms as u64))

@@ -870,6 +870,92 @@ fn push_frame(ring: &mut rtrb::Producer<i16>, frame: &[i16]) -> bool {
     true
 }
 
+/// One frame of a participant's tap, as the app reads it with the frame's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TapFrame {
+    /// Where the frame starts on the tap's media clock, in samples at the
+    /// conference's rate: the conference's clock when the tap opened, then
+    /// one frame more every tick, delivered or dropped (so a gap is a drop).
+    pub timestamp: u64,
+    /// Whether the participant was talking in this frame.
+    pub talking: bool,
+}
+
+/// Where the mixer hands one participant's own audio (decoded, after noise
+/// suppression, before its volume) to the app: a sample ring and a ring of
+/// frame headers, both bounded; when either is full the frame is dropped
+/// and counted, never waited for.
+pub struct TapSink {
+    samples: rtrb::Producer<i16>,
+    frames: rtrb::Producer<TapFrame>,
+    clock: u64,
+    dropped: Arc<AtomicU64>,
+}
+
+impl TapSink {
+    pub fn new(samples: rtrb::Producer<i16>, frames: rtrb::Producer<TapFrame>, dropped: Arc<AtomicU64>) -> Self {
+        Self { samples, frames, clock: 0, dropped }
+    }
+
+    fn push(&mut self, frame: &[i16], talking: bool) {
+        let timestamp = self.clock;
+        self.clock = self.clock.wrapping_add(frame.len() as u64);
+        // Samples first: a reader that finds a header finds its samples.
+        if self.frames.slots() == 0 || !push_frame(&mut self.samples, frame) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        // Room was checked above, and only the mixer pushes.
+        let _ = self.frames.push(TapFrame { timestamp, talking });
+    }
+}
+
+/// How many participants a [`ParticipantSet`] holds: enough for a
+/// supervisor's team or a small group, and small enough to live inline, so
+/// the tick looks sets up without a pointer chase or an allocation.
+pub const MAX_PARTICIPANT_SET: usize = 16;
+
+/// A few participant ids, stored inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParticipantSet {
+    len: usize,
+    ids: [ParticipantId; MAX_PARTICIPANT_SET],
+}
+
+impl ParticipantSet {
+    /// The set of `ids`, or `None` when they are more than [`MAX_PARTICIPANT_SET`].
+    pub fn new(ids: &[ParticipantId]) -> Option<Self> {
+        let mut set = Self { len: ids.len(), ids: [ParticipantId(0); MAX_PARTICIPANT_SET] };
+        set.ids.get_mut(..ids.len())?.copy_from_slice(ids);
+        Some(set)
+    }
+
+    pub fn ids(&self) -> &[ParticipantId] {
+        &self.ids[..self.len]
+    }
+
+    fn contains(&self, id: ParticipantId) -> bool {
+        self.ids().contains(&id)
+    }
+}
+
+/// Who a participant hears and who hears it, when that is not everyone (the
+/// listen/talk matrix): `None` means everyone. A supervisor listening in
+/// is heard only by nobody; whispering to an agent, heard only by the
+/// agent; barging in, heard by everyone again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Routing {
+    pub hears_only: Option<ParticipantSet>,
+    pub heard_only_by: Option<ParticipantSet>,
+}
+
+impl Routing {
+    /// Whether it changes nothing: everyone hears it and it hears everyone.
+    pub fn is_open(&self) -> bool {
+        self.hears_only.is_none() && self.heard_only_by.is_none()
+    }
+}
+
 // The RTP variant is the big one, and the usual one; the whole leg lives in a
 // Box<ParticipantMix> already, so boxing it again would only add a hop.
 #[allow(clippy::large_enum_variant)]
@@ -911,6 +997,10 @@ pub struct ParticipantMix {
     hears_conference: bool,
     /// Where its own audio is recorded, while its conference records each participant.
     record: Option<RecordSink>,
+    /// Where the app reads its own audio, when it asked.
+    tap: Option<Box<TapSink>>,
+    /// Who it hears and who hears it, when not everyone.
+    routing: Option<Box<Routing>>,
 }
 
 impl ParticipantMix {
@@ -933,7 +1023,33 @@ impl ParticipantMix {
             own_mix: false,
             hears_conference: true,
             record: None,
+            tap: None,
+            routing: None,
         }
+    }
+
+    /// Sets who it hears and who hears it (`None`: everyone both ways).
+    pub fn set_routing(&mut self, routing: Option<Box<Routing>>) {
+        self.routing = routing;
+    }
+
+    /// Whether everyone hears it (it is part of the listeners' sum).
+    fn heard_by_everyone(&self) -> bool {
+        self.routing.as_ref().is_none_or(|r| r.heard_only_by.is_none())
+    }
+
+    /// Whether nobody hears it: then it is as good as muted.
+    fn heard_by_nobody(&self) -> bool {
+        self.routing.as_ref().and_then(|r| r.heard_only_by).is_some_and(|set| set.len == 0)
+    }
+
+    /// Whether it hears `talker`, as far as the listen/talk matrix goes.
+    fn hears(&self, talker: &ParticipantMix) -> bool {
+        let hears_only = self.routing.as_ref().and_then(|r| r.hears_only.as_ref());
+        let heard_only_by = talker.routing.as_ref().and_then(|r| r.heard_only_by.as_ref());
+        self.id != talker.id
+            && hears_only.is_none_or(|set| set.contains(talker.id))
+            && heard_only_by.is_none_or(|set| set.contains(self.id))
     }
 
     /// Records the participant's own audio into `sink`.
@@ -1013,6 +1129,10 @@ pub struct ConferenceMix {
     recording: Option<Box<RecordingMix>>,
     policy: TalkerPolicy,
     ticks: u32,
+    /// Samples mixed so far: where participants' taps start their clocks.
+    clock: u64,
+    /// One participant's mix, in 32 bits, while the listen/talk matrix makes it differ.
+    routed_sum: Box<[i32]>,
 }
 
 impl ConferenceMix {
@@ -1031,6 +1151,8 @@ impl ConferenceMix {
             recording: None,
             policy: TalkerPolicy::default(),
             ticks: 0,
+            clock: 0,
+            routed_sum: vec![0; frame].into_boxed_slice(),
         }
     }
 
@@ -1045,8 +1167,12 @@ impl ConferenceMix {
         self.sum.fill(0);
         let policy = self.policy;
         let recording = self.recording.as_ref().is_some_and(|r| !r.paused.load(Ordering::Relaxed));
+        // Whether anyone hears or is heard by fewer than everyone: the
+        // common case, nobody, keeps to `sum - own` and the listeners' mix.
+        let mut routed = false;
         // Each participant's frame, after noise suppression and gain, and its talker state.
         for p in self.participants.iter_mut() {
+            routed |= p.routing.is_some();
             let scratch = &mut self.scratch[..frame];
             let (heard, comfort_noise) = match &mut p.leg {
                 Leg::Rtp(leg) => {
@@ -1061,7 +1187,8 @@ impl ConferenceMix {
             let admitted = p.controls.admitted.load(Ordering::Relaxed);
             p.hears_conference = admitted && !p.controls.deaf.load(Ordering::Relaxed);
             // Its frame was still read above: the jitter buffer keeps its time.
-            let silenced = !admitted || p.controls.muted.load(Ordering::Relaxed);
+            // Nobody to hear it is as good as muted: it takes no mixing slot.
+            let silenced = !admitted || p.controls.muted.load(Ordering::Relaxed) || p.heard_by_nobody();
             p.audible = heard && !comfort_noise && !silenced;
             p.contributes = heard && !silenced;
             let mut level = -100.0;
@@ -1099,6 +1226,13 @@ impl ConferenceMix {
                 sink.push(scratch);
             }
             p.detect_talking(&policy, level);
+            if let Some(tap) = p.tap.as_mut() {
+                // As its recording: silence while it is not heard, so the tap keeps time.
+                if !p.contributes {
+                    scratch.fill(0);
+                }
+                tap.push(scratch, p.talking);
+            }
         }
         if policy.max_talkers > 0 {
             // At most `max_talkers` are mixed. When everyone heard fits, all
@@ -1135,7 +1269,8 @@ impl ConferenceMix {
                 }
             }
         }
-        for p in self.participants.iter().filter(|p| p.contributes) {
+        // Those heard by only some are added to their listeners' mixes instead.
+        for p in self.participants.iter().filter(|p| p.contributes && p.heard_by_everyone()) {
             for (sum, input) in self.sum.iter_mut().zip(p.input.iter()) {
                 *sum = sum.wrapping_add(*input);
             }
@@ -1143,8 +1278,21 @@ impl ConferenceMix {
         // A prompt to everyone is part of the sum, which nobody subtracts:
         // the listeners' mix and every `sum - own` carry it.
         play_prompts(&mut self.prompts, &mut self.sum, discard);
-        for p in self.participants.iter_mut() {
-            p.own_mix = p.contributes || p.prompts.is_some() || !p.hears_conference;
+        if routed {
+            for i in 0..self.participants.len() {
+                let listener = &self.participants[i];
+                // Its mix differs when some talker is in the sum and not
+                // heard by it (itself, or one it does not hear), or heard
+                // by it and not in the sum (a whisper).
+                let differs =
+                    self.participants.iter().any(|t| t.contributes && t.heard_by_everyone() != listener.hears(t));
+                let p = &mut self.participants[i];
+                p.own_mix = differs || p.prompts.is_some() || !p.hears_conference;
+            }
+        } else {
+            for p in self.participants.iter_mut() {
+                p.own_mix = p.contributes || p.prompts.is_some() || !p.hears_conference;
+            }
         }
         for (out, sum) in self.listener_mix.iter_mut().zip(self.sum.iter()) {
             *out = (*sum).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
@@ -1155,14 +1303,20 @@ impl ConferenceMix {
             shared.encode(&self.listener_mix);
             encodes += 1;
         }
+        if routed {
+            self.mix_routed(discard);
+        }
         for p in self.participants.iter_mut() {
-            // Those mixed in hear the sum less themselves, those with a
+            // Those mixed in hear the sum less themselves (or, with a
+            // listen/talk matrix, what `mix_routed` made them), those with a
             // prompt of their own hear it too, and those that hear nothing
             // of the conference hear silence or their own prompts only (a
             // leg of theirs encodes that itself, like any own mix, so the
             // shared encoder's hand-overs stay as they are); everyone else
             // hears the listeners' mix.
-            let mix: &[i16] = if p.own_mix {
+            let mix: &[i16] = if p.own_mix && routed && p.hears_conference {
+                &p.output
+            } else if p.own_mix {
                 // `input` is done with for this tick: it holds the own mix, in 32 bits.
                 if p.hears_conference {
                     for (input, sum) in p.input.iter_mut().zip(self.sum.iter()) {
@@ -1204,6 +1358,73 @@ impl ConferenceMix {
         if let Some(r) = self.recording.as_mut().filter(|_| recording) {
             r.mix.push(&self.listener_mix);
         }
+        self.clock = self.clock.wrapping_add(frame as u64);
+    }
+
+    /// Writes the mix of everyone whose mix differs from the listeners'
+    /// while the listen/talk matrix is in use: the sum, less the talkers in
+    /// it that the participant does not hear, plus those outside it that it
+    /// does (whispers), plus its own prompts. Inputs stay as they are, since
+    /// every listener reads them.
+    fn mix_routed(&mut self, discard: &mut impl FnMut(Garbage)) {
+        for i in 0..self.participants.len() {
+            let listener = &self.participants[i];
+            // One that hears nothing of the conference gets silence and its
+            // prompts in the tick's own-mix pass.
+            if !listener.own_mix || !listener.hears_conference {
+                continue;
+            }
+            self.routed_sum.copy_from_slice(&self.sum);
+            for talker in self.participants.iter().filter(|t| t.contributes) {
+                let sign = match (talker.heard_by_everyone(), listener.hears(talker)) {
+                    (true, false) => -1,
+                    (false, true) => 1,
+                    _ => continue,
+                };
+                for (own, input) in self.routed_sum.iter_mut().zip(talker.input.iter()) {
+                    *own = own.wrapping_add(sign * input);
+                }
+            }
+            let p = &mut self.participants[i];
+            play_prompts(&mut p.prompts, &mut self.routed_sum, discard);
+            for (out, own) in p.output.iter_mut().zip(self.routed_sum.iter()) {
+                *out = (*own).clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            }
+        }
+    }
+
+    /// Takes in a participant, if it has room (the control side made sure),
+    /// and points its leg at the shared encoder for its kind.
+    fn admit(&mut self, p: Box<ParticipantMix>) -> Result<(), Box<ParticipantMix>> {
+        if self.participants.len() == self.participants.capacity() {
+            return Err(p);
+        }
+        self.participants.push(p);
+        for index in 0..self.shared.len() {
+            self.assign_shared_encoder(index);
+        }
+        Ok(())
+    }
+
+    /// Takes participant `id` out to mix in another conference. Its leg
+    /// leaves this conference's shared encoder for its own, taking over its
+    /// state as when it starts talking, so its peer decodes no seam; it
+    /// lingers on it in the next conference until it converged on that
+    /// one's shared encoder. Its recording here ends.
+    fn release(&mut self, id: ParticipantId) -> Option<(Box<ParticipantMix>, Option<RecordSink>)> {
+        let i = self.participants.iter().position(|p| p.id == id)?;
+        let mut p = self.participants.swap_remove(i);
+        if let Leg::Rtp(leg) = &mut p.leg {
+            if let Some(shared) = leg.shared_encoder.take().and_then(|i| self.shared.get(i)) {
+                if leg.on_shared {
+                    leg.leave_shared_encoder(shared);
+                }
+            }
+            leg.on_shared = false;
+            leg.ticks_since_mixed = 0;
+        }
+        let record = p.record.take();
+        Some((p, record))
     }
 
     /// Decides, before any shared encoder runs this tick, which legs send a
@@ -1299,6 +1520,21 @@ pub enum MixerCommand {
     /// Gives a conference an encoder for the listeners whose legs encode as
     /// it does; ignored when it has one for them or [`MAX_SHARED_ENCODERS`].
     AddSharedEncoder(ConferenceId, Box<SharedEncoder>),
+    /// Starts (or with `None` stops) handing a participant's own audio to the app.
+    SetParticipantTap(ConferenceId, ParticipantId, Option<Box<TapSink>>),
+    /// Sets who a participant hears and who hears it (`None`: everyone).
+    SetRouting(ConferenceId, ParticipantId, Option<Box<Routing>>),
+    /// Moves a participant to another conference of this mixer between two
+    /// ticks, so its audio goes on without a gap; the control side has made
+    /// room for it there.
+    MoveParticipant {
+        from: ConferenceId,
+        to: ConferenceId,
+        participant: ParticipantId,
+    },
+    /// Takes a participant out of its conference into `mailbox`, from where
+    /// the control side hands it to another mixer thread.
+    DetachParticipant(ConferenceId, ParticipantId, rtrb::Producer<Box<ParticipantMix>>),
     Stop,
 }
 
@@ -1314,6 +1550,10 @@ pub enum Garbage {
     Prompt(Box<PromptMix>),
     Recording(Box<RecordingMix>),
     RecordSink(RecordSink),
+    ParticipantTap(Box<TapSink>),
+    Routing(Box<Routing>),
+    /// A detached participant's way out, whose consumer may be gone already.
+    Mailbox(rtrb::Producer<Box<ParticipantMix>>),
 }
 
 /// Width of a bucket of [`MixerStats::tick_histogram`].
@@ -1453,19 +1693,68 @@ impl Mixer {
                     }
                 }
                 MixerCommand::AddParticipant(conference, p) => {
-                    let rejected = match self.conference(conference) {
-                        Some(c) if c.participants.len() < c.participants.capacity() => {
-                            c.participants.push(p);
-                            for index in 0..c.shared.len() {
-                                c.assign_shared_encoder(index);
-                            }
-                            None
-                        }
-                        _ => Some(p),
+                    let admitted = match self.conference(conference) {
+                        Some(c) => c.admit(p),
+                        None => Err(p),
                     };
-                    if let Some(p) = rejected {
+                    if let Err(p) = admitted {
                         self.discard(Garbage::Participant(p));
                     }
+                }
+                MixerCommand::MoveParticipant { from, to, participant } => {
+                    let Some((p, record)) = self.conference(from).and_then(|c| c.release(participant)) else {
+                        continue;
+                    };
+                    record.into_iter().for_each(|sink| self.discard(Garbage::RecordSink(sink)));
+                    // Not there (the control side's bug): it stays where it was, which has room.
+                    let admitted = match self.conference(to) {
+                        Some(c) => c.admit(p),
+                        None => Err(p),
+                    };
+                    let back = admitted.err().map(|p| match self.conference(from) {
+                        Some(c) => c.admit(p),
+                        None => Err(p),
+                    });
+                    if let Some(Err(p)) = back {
+                        self.discard(Garbage::Participant(p));
+                    }
+                }
+                MixerCommand::DetachParticipant(conference, participant, mut mailbox) => {
+                    if let Some((p, record)) = self.conference(conference).and_then(|c| c.release(participant)) {
+                        record.into_iter().for_each(|sink| self.discard(Garbage::RecordSink(sink)));
+                        // The mailbox holds one, and it is new.
+                        if let Err(rtrb::PushError::Full(p)) = mailbox.push(p) {
+                            self.discard(Garbage::Participant(p));
+                        }
+                    }
+                    self.discard(Garbage::Mailbox(mailbox));
+                }
+                MixerCommand::SetParticipantTap(conference, id, tap) => {
+                    let Some(c) = self.conferences.iter_mut().find(|c| c.id == conference) else {
+                        tap.into_iter().for_each(|t| self.discard(Garbage::ParticipantTap(t)));
+                        continue;
+                    };
+                    let clock = c.clock;
+                    let old = match c.participants.iter_mut().find(|p| p.id == id) {
+                        Some(p) => std::mem::replace(
+                            &mut p.tap,
+                            tap.map(|mut tap| {
+                                tap.clock = clock;
+                                tap
+                            }),
+                        ),
+                        None => tap,
+                    };
+                    old.into_iter().for_each(|t| self.discard(Garbage::ParticipantTap(t)));
+                }
+                MixerCommand::SetRouting(conference, id, routing) => {
+                    let participant =
+                        self.conference(conference).and_then(|c| c.participants.iter_mut().find(|p| p.id == id));
+                    let old = match participant {
+                        Some(p) => std::mem::replace(&mut p.routing, routing),
+                        None => routing,
+                    };
+                    old.into_iter().for_each(|r| self.discard(Garbage::Routing(r)));
                 }
                 MixerCommand::RemoveParticipant(conference, id) => {
                     let removed = self.conference(conference).and_then(|c| {
@@ -2067,6 +2356,8 @@ mod tests {
         let suppressor = NoiseSuppressor::new(48_000, WIDE);
         let noise: Vec<i16> = (0..WIDE * 4).map(|n| ((n * 7919) % 4001) as i16 - 2000).collect();
         let (tap_tx, mut tap_rx) = rtrb::RingBuffer::new(FRAME * 4);
+        let (participant_tap, mut tap_ends) = tap(2);
+        let (mailbox, mut arrival) = rtrb::RingBuffer::new(1);
         let bigger: Vec<Box<ParticipantMix>> = Vec::with_capacity(32);
         // Prepared off the "mixer thread": everything the commands carry.
         let prepared = [
@@ -2077,6 +2368,9 @@ mod tests {
             MixerCommand::AddParticipant(ConferenceId(1), g722),
             MixerCommand::ParticipantStorage(ConferenceId(1), bigger),
             MixerCommand::SetTap(ConferenceId(1), Some(tap_tx)),
+            // The local participant whispers to leg 10, whose own audio the app taps.
+            MixerCommand::SetRouting(ConferenceId(1), ParticipantId(12), routing(None, Some(&[10]))),
+            MixerCommand::SetParticipantTap(ConferenceId(1), ParticipantId(10), Some(participant_tap)),
             MixerCommand::AddParticipant(ConferenceId(3), noisy),
             MixerCommand::SetNoiseSuppressor(ConferenceId(3), ParticipantId(15), suppressor),
         ];
@@ -2111,10 +2405,21 @@ mod tests {
                 h.mixer.tick();
             }
             h.commands.try_send(MixerCommand::RemoveParticipant(ConferenceId(1), ParticipantId(11))).ok();
+            // Into a breakout room and out to another thread.
+            let to_breakout = MixerCommand::MoveParticipant {
+                from: ConferenceId(1),
+                to: ConferenceId(2),
+                participant: ParticipantId(13),
+            };
+            h.commands.try_send(to_breakout).ok();
+            h.commands.try_send(MixerCommand::DetachParticipant(ConferenceId(1), ParticipantId(14), mailbox)).ok();
             h.mixer.apply_commands();
             h.mixer.tick();
         });
         assert_eq!(count, 0, "the tick allocated");
+        assert!(tap_ends.frames.pop().is_ok(), "the tap got frames");
+        assert_eq!(arrival.pop().map(|p| p.id).ok(), Some(ParticipantId(14)));
+        assert_eq!(h.mixer.conferences[1].participants[0].id, ParticipantId(13));
         // And it did real work: RTP went out and the app got frames.
         let mut buf = [0u8; 2048];
         assert!(peer.recv_from(&mut buf).is_ok());
@@ -2594,5 +2899,195 @@ mod tests {
             loud_frames_heard += take(&mut app_ends).iter().all(|s| *s > 7000) as u32;
         }
         assert_eq!(loud_frames_heard, 10, "every frame of speech is heard, from the first");
+    }
+
+    /// The app's ends of a tap.
+    struct TapEnds {
+        frames: rtrb::Consumer<TapFrame>,
+        samples: rtrb::Consumer<i16>,
+        dropped: Arc<AtomicU64>,
+    }
+
+    /// A tap's sink for the mixer and the app's ends: `frames` frames fit.
+    fn tap(frames: usize) -> (Box<TapSink>, TapEnds) {
+        let (samples_in, samples) = rtrb::RingBuffer::new(FRAME * frames);
+        let (frames_in, frames) = rtrb::RingBuffer::new(frames);
+        let dropped = Arc::new(AtomicU64::new(0));
+        (Box::new(TapSink::new(samples_in, frames_in, dropped.clone())), TapEnds { frames, samples, dropped })
+    }
+
+    /// Routing with these sets of participant ids, as the control side boxes it.
+    fn routing(hears_only: Option<&[u64]>, heard_only_by: Option<&[u64]>) -> Option<Box<Routing>> {
+        let set = |ids: &[u64]| {
+            let ids: Vec<ParticipantId> = ids.iter().map(|id| ParticipantId(*id)).collect();
+            ParticipantSet::new(&ids).unwrap()
+        };
+        let routing = Routing { hears_only: hears_only.map(set), heard_only_by: heard_only_by.map(set) };
+        (!routing.is_open()).then(|| Box::new(routing))
+    }
+
+    #[test]
+    fn a_tap_hands_over_a_participants_frames_and_drops_what_is_not_read() {
+        let mut h = harness();
+        conference(&h, 1);
+        let mut ends = add_locals(&h, 1, 2);
+        h.mixer.apply_commands();
+        // A tick before the tap opens: the tap's clock starts at the conference's.
+        let mut tick = |h: &mut Harness, value: i16| {
+            feed(&mut ends[0], value);
+            feed(&mut ends[1], 1);
+            h.mixer.tick();
+            take(&mut ends[0]);
+            take(&mut ends[1])[0]
+        };
+        tick(&mut h, 0);
+        let (sink, TapEnds { mut frames, mut samples, dropped }) = tap(2);
+        h.commands.send(MixerCommand::SetParticipantTap(ConferenceId(1), ParticipantId(0), Some(sink))).unwrap();
+        h.mixer.apply_commands();
+        // Three frames into a tap that holds two: the third is dropped, the mix goes on.
+        for value in [5000, 6000, 7000] {
+            assert_eq!(tick(&mut h, value), value);
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 1);
+        for (timestamp, value) in [(FRAME as u64, 5000), (2 * FRAME as u64, 6000)] {
+            assert_eq!(frames.pop().unwrap(), TapFrame { timestamp, talking: true });
+            assert_eq!(samples.read_chunk(FRAME).unwrap().into_iter().collect::<Vec<_>>(), vec![value; FRAME]);
+        }
+        // Read in time again: the clock shows the dropped frame as a gap.
+        tick(&mut h, 4000);
+        assert_eq!(frames.pop().unwrap().timestamp, 4 * FRAME as u64);
+        h.commands.send(MixerCommand::SetParticipantTap(ConferenceId(1), ParticipantId(0), None)).unwrap();
+        h.mixer.apply_commands();
+        reap(&h);
+        assert!(frames.is_abandoned(), "closing the tap hands its sink to the reaper");
+    }
+
+    #[test]
+    fn the_listen_talk_matrix_lets_a_supervisor_listen_whisper_and_barge() {
+        let mut h = harness();
+        conference(&h, 1);
+        // A customer (0), the agent (1), their supervisor (2), and a listener (3).
+        let mut ends = add_locals(&h, 1, 4);
+        h.mixer.apply_commands();
+        let mut heard = |h: &mut Harness, id: u64, routing: Option<Box<Routing>>| {
+            h.commands.send(MixerCommand::SetRouting(ConferenceId(1), ParticipantId(id), routing)).unwrap();
+            h.mixer.apply_commands();
+            for (e, level) in ends.iter_mut().zip([1000, 100, 10, 0]) {
+                feed(e, level);
+            }
+            h.mixer.tick();
+            ends.iter_mut().map(|e| take(e)[0]).collect::<Vec<_>>()
+        };
+        assert_eq!(heard(&mut h, 2, None), vec![110, 1010, 1100, 1110]);
+        // Listening in: the supervisor hears everyone, nobody hears it.
+        assert_eq!(heard(&mut h, 2, routing(None, Some(&[]))), vec![100, 1000, 1100, 1100]);
+        // Whispering: only the agent hears it.
+        assert_eq!(heard(&mut h, 2, routing(None, Some(&[1]))), vec![100, 1010, 1100, 1100]);
+        // Barging in: everyone does.
+        assert_eq!(heard(&mut h, 2, None), vec![110, 1010, 1100, 1110]);
+        // The listener hears only the agent.
+        assert_eq!(heard(&mut h, 3, routing(Some(&[1]), None)), vec![110, 1010, 1100, 100]);
+    }
+
+    #[test]
+    fn a_listening_supervisor_takes_no_mixing_slot() {
+        let mut h = harness();
+        conference_with(&h, 1, TalkerPolicy { max_talkers: 2, ..Default::default() });
+        let mut ends = add_locals(&h, 1, 3);
+        h.commands.send(MixerCommand::SetRouting(ConferenceId(1), ParticipantId(2), routing(None, Some(&[])))).unwrap();
+        h.mixer.apply_commands();
+        let mut heard = Vec::new();
+        for _ in 0..5 {
+            // The supervisor is the loudest, but nobody hears it: both others are mixed.
+            for (e, level) in ends.iter_mut().zip([1000, 2000, 8000]) {
+                feed(e, level);
+            }
+            h.mixer.tick();
+            heard = ends.iter_mut().map(|e| take(e)[0]).collect();
+        }
+        assert_eq!(heard, vec![2000, 1000, 3000]);
+    }
+
+    #[test]
+    fn a_whisper_takes_only_its_listener_off_the_shared_encoder_and_the_tick_does_not_allocate() {
+        let mut h = harness();
+        conference_with(&h, 1, TalkerPolicy::default());
+        h.mixer.apply_commands();
+        share_encoder(&h, 1, CodecKind::Pcmu);
+        // A talking customer (1), a supervisor (2) whispering to agent leg 10;
+        // legs 11 and 12 listen.
+        let (customer, mut customer_ends) = local(1);
+        let (supervisor, mut supervisor_ends) = local(2);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), customer)).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), supervisor)).unwrap();
+        let peers: Vec<UdpSocket> = (0..3).map(|_| listening_peer()).collect();
+        for (i, peer) in peers.iter().enumerate() {
+            let (p, _, _) = codec_participant(10 + i as u64, peer.local_addr().unwrap(), CodecKind::Pcmu);
+            h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), p)).unwrap();
+        }
+        let whisper = MixerCommand::SetRouting(ConferenceId(1), ParticipantId(2), routing(None, Some(&[10])));
+        h.commands.send(whisper).unwrap();
+        let controls = h.mixer.conferences[0].controls.clone();
+        let tone: Vec<i16> = (0..FRAME * 20).map(|n| ((n as f32 * 0.3).sin() * 6000.0) as i16).collect();
+        let whispered: Vec<i16> = (0..FRAME * 20).map(|n| ((n as f32 * 0.7).sin() * 6000.0) as i16).collect();
+        let mut encodes_per_tick = Vec::with_capacity(20);
+        let count = allocations_in(|| {
+            h.mixer.apply_commands();
+            for tick in 0..20 {
+                let frame = &whispered[tick * FRAME..][..FRAME];
+                let _ =
+                    supervisor_ends.to_mixer.write_chunk_uninit(FRAME).map(|c| c.fill_from_iter(frame.iter().copied()));
+                let encodes = talk_and_tick(&mut h, &mut customer_ends, &tone[tick * FRAME..], &controls);
+                let _ = supervisor_ends.from_mixer.read_chunk(FRAME).map(|c| c.commit_all());
+                if tick < encodes_per_tick.capacity() {
+                    encodes_per_tick.push(encodes);
+                }
+            }
+        });
+        assert_eq!(count, 0, "the tick allocated");
+        // The agent's leg encodes its own mix; the other two share one encoding.
+        assert_eq!(encodes_per_tick.last(), Some(&2));
+        let streams: Vec<Vec<(u32, Vec<u8>)>> = peers.iter().map(received).collect();
+        let payloads = |s: &[(u32, Vec<u8>)]| s[10..].iter().map(|(_, p)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(payloads(&streams[1]), payloads(&streams[2]));
+        assert_ne!(payloads(&streams[0]), payloads(&streams[1]), "the agent hears the whisper too");
+    }
+
+    #[test]
+    fn a_participant_moves_between_conferences_of_one_thread_without_a_gap() {
+        let mut h = harness();
+        conference(&h, 1);
+        conference(&h, 2);
+        // Room 1: a talker (0) and the one who moves (1); room 2: a talker (2).
+        let (talker, mut talker_ends) = local(0);
+        let (mover, mut mover_ends) = local(1);
+        let (other, mut other_ends) = local(2);
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), talker)).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(1), mover)).unwrap();
+        h.commands.send(MixerCommand::AddParticipant(ConferenceId(2), other)).unwrap();
+        h.mixer.apply_commands();
+        let mut tick = |h: &mut Harness, command: Option<MixerCommand>| {
+            if let Some(command) = command {
+                h.commands.send(command).unwrap();
+                h.mixer.apply_commands();
+            }
+            feed(&mut talker_ends, 100);
+            feed(&mut mover_ends, 7);
+            feed(&mut other_ends, 1000);
+            h.mixer.tick();
+            // Exactly one frame a tick, before and after the move.
+            assert_eq!(mover_ends.from_mixer.slots(), FRAME);
+            [take(&mut talker_ends)[0], take(&mut mover_ends)[0], take(&mut other_ends)[0]]
+        };
+        let move_to = |from, to| MixerCommand::MoveParticipant {
+            from: ConferenceId(from),
+            to: ConferenceId(to),
+            participant: ParticipantId(1),
+        };
+        assert_eq!(tick(&mut h, None), [7, 100, 0]);
+        assert_eq!(tick(&mut h, Some(move_to(1, 2))), [0, 1000, 7]);
+        assert_eq!(tick(&mut h, Some(move_to(2, 1))), [7, 100, 0]);
+        // To a conference that is not there: it stays.
+        assert_eq!(tick(&mut h, Some(move_to(1, 9))), [7, 100, 0]);
     }
 }

@@ -7,5 +7,6 @@ mod loopback;
 mod mix;
 mod policy;
 mod prompts;
+mod routing;
 mod sipp;
 mod transport;
