@@ -334,6 +334,11 @@ typedef struct {
    * Address for SDP and Contact, or NULL for the listen address.
    */
   const char *public_address;
+  /**
+   * "host:port" of a STUN server asked at start for the public address
+   * when `public_address` is NULL; or NULL.
+   */
+  const char *stun_server;
   uint16_t rtp_port_min;
   uint16_t rtp_port_max;
   /**

@@ -52,6 +52,10 @@ pub struct EndpointConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// The address put in SDP and Contact; defaults to the listen address.
     pub public_address: Option<IpAddr>,
+    /// A STUN server ("host:port") asked at start for our public address,
+    /// when `public_address` is not set: behind a NAT, what the server sees
+    /// goes into SDP and Contact. Starting fails when it does not answer.
+    pub stun_server: Option<String>,
     /// RTP ports (even ones are used).
     pub rtp_ports: RangeInclusive<u16>,
     /// Whether an INVITE to an unknown room creates it (else 404).
@@ -93,6 +97,7 @@ impl Default for EndpointConfig {
             tls_ca_file: None,
             dns_servers: Vec::new(),
             public_address: None,
+            stun_server: None,
             rtp_ports: 30000..=30999,
             create_rooms_on_demand: true,
             codecs: vec![CodecKind::Opus, CodecKind::G722, CodecKind::Pcmu, CodecKind::Pcma],
@@ -529,6 +534,12 @@ impl Endpoint {
     /// Where SIP over TLS listens, when it does.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.shared.tls_addr
+    }
+
+    /// The address put in SDP and Contact: the configured public address,
+    /// the one STUN found, or the listen address.
+    pub fn public_address(&self) -> IpAddr {
+        self.shared.advertised_ip
     }
 
     /// A SIP URI that calls into `room` on this endpoint.

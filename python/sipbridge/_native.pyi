@@ -396,6 +396,7 @@ class Endpoint:
         tls_private_key: Optional[Union[str, "os.PathLike[str]"]] = None,
         tls_ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         dns_servers: Optional[Sequence[str]] = None,
+        stun_server: Optional[str] = None,
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...

@@ -994,7 +994,11 @@ impl Engine {
             .build()?;
         let std_socket = sip_socket(config.listen)?;
         let sip_addr = std_socket.local_addr()?;
-        let advertised_ip = config.public_address.unwrap_or_else(|| match sip_addr.ip() {
+        let discovered = match (config.public_address, &config.stun_server) {
+            (None, Some(server)) => Some(stun_public_address(&std_socket, server)?.ip()),
+            _ => None,
+        };
+        let advertised_ip = config.public_address.or(discovered).unwrap_or_else(|| match sip_addr.ip() {
             ip if ip.is_unspecified() => {
                 tracing::warn!("listening on an unspecified address with no public address set; advertising 127.0.0.1");
                 IpAddr::from([127, 0, 0, 1])
@@ -1155,6 +1159,57 @@ fn sip_socket(listen: SocketAddr) -> Result<std::net::UdpSocket> {
     socket.bind(&listen.into())?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// How long a STUN binding request waits for its answer before it is sent
+/// again; it doubles each time (RFC 5389 §7.2.1), over STUN_TRIES tries.
+const STUN_RTO: Duration = Duration::from_millis(500);
+const STUN_TRIES: u32 = 3;
+
+/// Asks `server` ("host:port") where the SIP socket's packets come from: the
+/// public address behind a NAT. It runs before the SIP task starts, so the
+/// socket is read here directly; the answer keeps the NAT mapping SIP uses.
+fn stun_public_address(socket: &std::net::UdpSocket, server: &str) -> Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let local = socket.local_addr()?;
+    let server_addr = server
+        .to_socket_addrs()
+        .map_err(|e| Error::InvalidArgument(format!("STUN server {server:?}: {e}")))?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| Error::InvalidArgument(format!("STUN server {server:?}: no address of our IP version")))?;
+    let request = crate::sip::stun::BindingRequest::new()?;
+    socket.set_nonblocking(false)?;
+    let mut buf = [0u8; 1500];
+    let mut wait = STUN_RTO;
+    let mut mapped = None;
+    'tries: for _ in 0..STUN_TRIES {
+        socket.send_to(&request.data, server_addr)?;
+        let deadline = std::time::Instant::now() + wait;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()).filter(|l| !l.is_zero()) {
+            socket.set_read_timeout(Some(left))?;
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) if from == server_addr => {
+                    if let Some(address) = request.mapped_address(&buf[..n]) {
+                        mapped = Some(address);
+                        break 'tries;
+                    }
+                }
+                // Something else on the SIP port this early: not ours to answer.
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        wait *= 2;
+    }
+    socket.set_read_timeout(None)?;
+    socket.set_nonblocking(true)?;
+    let Some(mapped) = mapped else {
+        tracing::warn!(%server_addr, "the STUN server did not answer");
+        return Err(Error::Timeout);
+    };
+    tracing::info!(%server_addr, %mapped, "STUN: our public address");
+    Ok(mapped)
 }
 
 /// Binds TCP on the UDP socket's address and TLS where configured. Must

@@ -297,6 +297,9 @@ pub struct sb_endpoint_config {
     pub dns_servers: *const c_char,
     /// Address for SDP and Contact, or NULL for the listen address.
     pub public_address: *const c_char,
+    /// "host:port" of a STUN server asked at start for the public address
+    /// when `public_address` is NULL; or NULL.
+    pub stun_server: *const c_char,
     pub rtp_port_min: u16,
     pub rtp_port_max: u16,
     /// Whether INVITEs to unknown rooms create them (else they get 404).
@@ -334,6 +337,7 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             tls_ca_file: std::ptr::null(),
             dns_servers: std::ptr::null(),
             public_address: std::ptr::null(),
+            stun_server: std::ptr::null(),
             rtp_port_min: *defaults.rtp_ports.start(),
             rtp_port_max: *defaults.rtp_ports.end(),
             create_rooms_on_demand: defaults.create_rooms_on_demand,
@@ -390,6 +394,7 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
         let endpoint = try_call!(Endpoint::start(EndpointConfig {
             listen,
             dns_servers,
+            stun_server: try_optional_str!(config.stun_server).map(str::to_string),
             tcp: config.tcp,
             tls_listen,
             tls_certificate: try_optional_str!(config.tls_certificate).map(PathBuf::from),

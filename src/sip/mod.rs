@@ -7,6 +7,7 @@ pub mod message;
 pub mod register_client;
 pub mod registrar;
 pub mod stream;
+pub mod stun;
 pub mod transaction;
 pub mod ua;
 

@@ -5,6 +5,7 @@ mod common;
 mod kamailio;
 mod loopback;
 mod mix;
+mod nat;
 mod policy;
 mod prompts;
 mod routing;

@@ -560,3 +560,35 @@ fn sipp_refer_is_offered_to_the_app_and_notified() {
     let lobby = bridge.conference("lobby").unwrap().participants().unwrap();
     assert!(lobby.iter().any(|p| p.remote.as_deref() == Some(target.room_uri("sales").as_str())), "{lobby:?}");
 }
+
+/// Ten calls with a fifth of all messages lost on the way (sipp's `-lost
+/// 20`, both directions): lost INVITEs, ACKs, BYEs and answers are all
+/// recovered by retransmission, ours (the 2xx until its ACK, the BYE's
+/// answer again) and sipp's, and every call joins and leaves as hung up.
+#[test]
+fn sipp_calls_survive_lost_acks_byes_and_answers() {
+    if !sipp_available() {
+        return;
+    }
+    let mut server = Server::start();
+    let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
+    let target = format!("127.0.0.1:{}", server.port);
+    let args = ["-sn", "uac", &target, "-s", "lossy", "-m", "10", "-r", "5", "-l", "5", "-lost", "20"];
+    let mut args = args.to_vec();
+    args.extend(["-i", "127.0.0.1", "-p", &port, "-mp", &media_port, "-timeout", "90s", "-nostdin"]);
+    let output = run_sipp(&args, &pcap_dir());
+    assert_sipp_succeeded(&output, "uac with 20 % loss");
+    for _ in 0..10 {
+        let left = server.expect("left room=lossy", Duration::from_secs(40));
+        assert!(left.contains("reason=RemoteHangup"), "{left}");
+    }
+    assert!(server.terminate().success());
+}
+
+/// A CANCEL that crosses the bridge's answer gets 200 and changes nothing:
+/// the call stands until the caller's BYE (sipp checks the CSeqs).
+#[test]
+fn sipp_cancel_racing_the_answer_leaves_the_call_up() {
+    let Some((mut server, _)) = scenario_call("uac_cancel_race.xml", "race") else { return };
+    assert!(server.terminate().success());
+}

@@ -36,6 +36,7 @@ pub struct SipSection {
     pub tls_ca_file: Option<PathBuf>,
     pub dns_servers: Option<Vec<SocketAddr>>,
     pub public_address: Option<IpAddr>,
+    pub stun_server: Option<String>,
     pub realm: Option<String>,
     pub create_rooms_on_demand: Option<bool>,
     pub require_authentication: Option<bool>,

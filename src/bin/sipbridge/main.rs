@@ -58,6 +58,9 @@ struct ServeArgs {
     /// 127.0.0.1 when listening on 0.0.0.0, so set it for phones on other hosts).
     #[arg(long)]
     public_address: Option<IpAddr>,
+    /// A STUN server (HOST:PORT) to ask for the public address at start, when none is given.
+    #[arg(long)]
+    stun_server: Option<String>,
     /// RTP port range, FIRST-LAST [default: 30000-30999].
     #[arg(long, value_parser = parse_range)]
     rtp_ports: Option<(u16, u16)>,
@@ -173,6 +176,7 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
             args.dns_servers
         },
         public_address: args.public_address.or(file.sip.public_address),
+        stun_server: args.stun_server.or(file.sip.stun_server),
         rtp_ports: rtp_ports.0..=rtp_ports.1,
         create_rooms_on_demand: !args.no_create_rooms && file.sip.create_rooms_on_demand.unwrap_or(true),
         media_timeout: (media_timeout > 0).then(|| Duration::from_secs(media_timeout)),
@@ -246,7 +250,7 @@ fn serve(settings: Settings) -> Result<(), Error> {
     if let Some(tls) = endpoint.tls_addr() {
         listening += &format!(" tls:{tls}");
     }
-    println!("sipbridge listening on {listening}");
+    println!("sipbridge listening on {listening} public:{}", endpoint.public_address());
     let mut last_reports = endpoint.mixer_reports();
     let mut last_print = Instant::now();
     while !stop.load(Ordering::SeqCst) {
