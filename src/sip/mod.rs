@@ -1,6 +1,7 @@
 //! The SIP core: message helpers, transactions and the user agent, all sans-IO.
 
 pub mod auth;
+pub mod conference_info;
 pub mod digest;
 pub mod locate;
 pub mod message;
