@@ -876,12 +876,9 @@ impl UserAgent {
         let Some(entry) = self.calls.get_mut(&call) else {
             return self.respond(id, &request, 481, None, Vec::new(), now);
         };
-        let cseq = message::cseq(&request).map(|c| c.0).unwrap_or(0);
-        if cseq < entry.remote_cseq {
-            // §12.2.2: out of order.
+        if !in_order(&mut entry.remote_cseq, &request) {
             return self.respond(id, &request, 500, None, Vec::new(), now);
         }
-        entry.remote_cseq = cseq;
         match request.method {
             Method::Bye => {
                 let (state, invite_tx) = (entry.state, entry.invite_tx);
@@ -2021,12 +2018,9 @@ impl UserAgent {
         let Some(entry) = self.subscriptions.get_mut(&key) else {
             return self.respond(id, &request, 481, None, Vec::new(), now);
         };
-        let cseq = message::cseq(&request).map(|c| c.0).unwrap_or(0);
-        if cseq < entry.remote_cseq {
-            // §12.2.2: out of order.
+        if !in_order(&mut entry.remote_cseq, &request) {
             return self.respond(id, &request, 500, None, Vec::new(), now);
         }
-        entry.remote_cseq = cseq;
         if request.method != Method::Subscribe {
             return self.respond_not_allowed(id, &request, now);
         }
@@ -2389,6 +2383,17 @@ fn dialog_destination(source: Peer, remote_target: Option<&str>, route_set: &[St
     }
     let target = remote_target.and_then(|t| uri_peer(t, source.transport));
     route_destination(route_set, source.transport).or(target).unwrap_or(source)
+}
+
+/// Whether a request in a dialog whose last request from the peer had CSeq
+/// `remote_cseq` comes in order (§12.2.2); if so its CSeq becomes the last.
+fn in_order(remote_cseq: &mut u32, request: &Request) -> bool {
+    let cseq = message::cseq(request).map(|c| c.0).unwrap_or(0);
+    if cseq < *remote_cseq {
+        return false;
+    }
+    *remote_cseq = cseq;
+    true
 }
 
 /// The event package a SUBSCRIBE names (lower case), and its `id` parameter.
