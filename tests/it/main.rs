@@ -7,6 +7,7 @@ mod loopback;
 mod mix;
 mod policy;
 mod prompts;
+mod roster;
 mod routing;
 mod sipp;
 mod transport;
