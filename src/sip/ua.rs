@@ -119,7 +119,7 @@ const OUR_SESSION_EXPIRES: u32 = 1800;
 
 /// Subscription intervals (RFC 6665 §4.2.1.1): a SUBSCRIBE asking for less
 /// (but not 0, which ends one) gets 423 with this as Min-Expires.
-pub const MIN_SUBSCRIPTION_EXPIRES: u32 = 60;
+const MIN_SUBSCRIPTION_EXPIRES: u32 = 60;
 /// The longest interval granted, and the one granted when a SUBSCRIBE
 /// names none (RFC 4575's default), so a subscriber that vanishes is gone
 /// within the hour.
