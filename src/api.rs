@@ -84,6 +84,11 @@ pub struct EndpointConfig {
     /// How often registered phones get an OPTIONS ping; one that does not
     /// answer loses its registration. `None`: no pings.
     pub keepalive_interval: Option<Duration>,
+    /// Whether SIP phones may SUBSCRIBE to a room's conference events (RFC
+    /// 4575, `Event: conference`) and be sent its roster when it changes.
+    pub conference_events: bool,
+    /// The most such subscriptions to one room; more are refused (403).
+    pub max_subscriptions_per_room: usize,
 }
 
 impl Default for EndpointConfig {
@@ -110,6 +115,8 @@ impl Default for EndpointConfig {
             require_authentication: false,
             realm: "sipbridge".into(),
             keepalive_interval: Some(Duration::from_secs(30)),
+            conference_events: true,
+            max_subscriptions_per_room: 64,
         }
     }
 }

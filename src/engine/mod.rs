@@ -392,6 +392,12 @@ impl Shared {
     }
 
     pub fn emit(&self, event: Event) {
+        // What changes a room's roster reaches its subscribers (RFC 4575).
+        if self.config.conference_events {
+            for conference in sip_driver::rosters_changed(&event).into_iter().flatten() {
+                let _ = self.sip_commands.send(SipCommand::RosterChanged { conference: conference.to_string() });
+            }
+        }
         self.event_sink.emit(event);
     }
 

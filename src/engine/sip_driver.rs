@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver};
@@ -20,8 +20,10 @@ use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::OpusSettings;
 use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
+use crate::policy::Admission;
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
+use crate::sip::conference_info::{ConferenceInfo, EndpointStatus, JoiningMethod, MediaStatus, User};
 use crate::sip::locate::{self, Plan};
 use crate::sip::register_client::{AccountConfig, AccountId, RegistrationClient, RegistrationState};
 use crate::sip::registrar::{self, RegisterError, Registration};
@@ -36,6 +38,9 @@ use crate::{Error, Result};
 const RTP_RING: usize = 16;
 /// Digits the app may queue for one leg ahead of the mixer sending them.
 const DTMF_QUEUE: usize = 64;
+/// Roster changes of a room within this long go to its subscribers in one
+/// NOTIFY each, so a room filling up does not send one per join.
+const ROSTER_COALESCE: Duration = Duration::from_millis(150);
 
 /// What the application asks of the SIP task.
 pub(crate) enum SipCommand {
@@ -87,6 +92,11 @@ pub(crate) enum SipCommand {
         account: AccountId,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
+    /// Something changed a room's roster: its subscribers hear of it
+    /// (RFC 4575), with the changes that follow within `ROSTER_COALESCE`.
+    RosterChanged {
+        conference: String,
+    },
     /// Hang up everything, send what is queued, then stop.
     Shutdown {
         done: std::sync::mpsc::Sender<()>,
@@ -129,6 +139,9 @@ struct Driver {
     /// Our accounts with upstream registrars, and where their calls go.
     registrations: RegistrationClient,
     accounts: HashMap<AccountId, AccountRoute>,
+    /// Rooms with watched rosters that changed, and when their subscribers
+    /// are sent the new one.
+    roster_due: HashMap<String, Instant>,
 }
 
 /// The SIP task's sockets: UDP, and the connections of TCP and TLS.
@@ -159,12 +172,15 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
         transfers: HashMap::new(),
         registrations: RegistrationClient::default(),
         accounts: HashMap::new(),
+        roster_due: HashMap::new(),
     };
     let mut buf = vec![0u8; 65_535];
     let mut keepalive =
         keepalive_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
     loop {
-        let wake = driver.ua.poll_timeout().into_iter().chain(driver.registrations.poll_timeout()).min();
+        let roster_due = driver.roster_due.values().min().copied();
+        let wake =
+            driver.ua.poll_timeout().into_iter().chain(driver.registrations.poll_timeout()).chain(roster_due).min();
         let wake = wake.map(tokio::time::Instant::from_std);
         tokio::select! {
             received = driver.socket.recv_from(&mut buf) => driver.received(received, &buf),
@@ -216,6 +232,76 @@ impl Driver {
     fn handle_timeout(&mut self, now: Instant) {
         self.ua.handle_timeout(now);
         self.registrations.handle_timeout(&mut self.ua, now);
+        self.send_rosters(now);
+    }
+
+    /// Sends the rosters that are due to their rooms' subscribers; a room
+    /// that is gone ends its subscriptions.
+    fn send_rosters(&mut self, now: Instant) {
+        let due: Vec<String> = self.roster_due.iter().filter(|(_, at)| **at <= now).map(|(r, _)| r.clone()).collect();
+        for room in due {
+            self.roster_due.remove(&room);
+            match self.roster(&room) {
+                Some(info) => self.ua.notify_room(&room, info, now),
+                None => self.ua.end_subscriptions(Some(&room), now),
+            }
+        }
+    }
+
+    /// Room `room`'s roster as conference-info (RFC 4575), if the room exists.
+    fn roster(&self, room: &str) -> Option<ConferenceInfo> {
+        let host = SocketAddr::new(self.shared.advertised_ip, self.shared.sip_addr.port());
+        let registry = self.shared.registry.lock();
+        let conference = registry.conferences.get(room)?;
+        let users = conference
+            .participants
+            .iter()
+            .filter_map(|id| registry.participants.get(id).map(|entry| roster_user(*id, entry, host)))
+            .collect();
+        Some(ConferenceInfo {
+            entity: format!("sip:{}@{host}", message::escape_user(room)),
+            subject: room.to_string(),
+            locked: conference.policy.locked,
+            users,
+        })
+    }
+
+    /// A SUBSCRIBE to a room's conference events: refused when the
+    /// endpoint does not offer them (489), the room does not exist (404; a
+    /// subscription creates no room), the room takes authenticated callers
+    /// only and this one is not (401, 403), or it has its fill of
+    /// subscriptions (403). Else the subscriber gets the roster at once.
+    fn handle_subscribe(
+        &mut self,
+        key: RequestKey,
+        request_uri: &str,
+        source: Peer,
+        authorization: Option<&str>,
+        now: Instant,
+    ) -> crate::Result<()> {
+        if !self.shared.config.conference_events {
+            return Ok(self.ua.reject_subscription(key, 489, Vec::new(), now)?);
+        }
+        let (room, via_registrar) = self.room_for(request_uri, source);
+        let Some(info) = self.roster(&room) else {
+            return Ok(self.ua.reject_subscription(key, 404, Vec::new(), now)?);
+        };
+        // The roster names everyone in the room: it is as private as the room.
+        let verdict = match via_registrar {
+            true => Verdict::Accept { user: String::new() },
+            false => self.admit(&room, source, "SUBSCRIBE", authorization, now),
+        };
+        match verdict {
+            Verdict::Accept { .. } => {}
+            Verdict::Challenge(values) => return Ok(self.ua.reject_subscription(key, 401, values, now)?),
+            Verdict::Forbidden => return Ok(self.ua.reject_subscription(key, 403, Vec::new(), now)?),
+        }
+        if self.ua.subscription_count(&room) >= self.shared.config.max_subscriptions_per_room {
+            tracing::info!(%room, source = %source.addr, "refusing a subscription beyond the room's limit");
+            return Ok(self.ua.reject_subscription(key, 403, Vec::new(), now)?);
+        }
+        tracing::info!(%room, source = %source.addr, "conference events subscribed");
+        Ok(self.ua.accept_subscription(key, &room, info, now)?)
     }
 
     /// Sends what the agent queued and acts on its events, until both are empty.
@@ -255,7 +341,7 @@ impl Driver {
                 let (room, via_registrar) = self.room_for(&request_uri, source);
                 let verdict = match via_registrar {
                     true => Verdict::Accept { user: String::new() },
-                    false => self.admit(&room, source, authorization.as_deref(), now),
+                    false => self.admit(&room, source, "INVITE", authorization.as_deref(), now),
                 };
                 match verdict {
                     Verdict::Accept { .. } => {}
@@ -321,6 +407,11 @@ impl Driver {
                 });
             }
             UaEvent::Register(register) => self.handle_register(register, now),
+            UaEvent::Subscribe { key, request_uri, source, authorization } => {
+                if let Err(error) = self.handle_subscribe(key, &request_uri, source, authorization.as_deref(), now) {
+                    tracing::warn!(%error, "SUBSCRIBE went unanswered");
+                }
+            }
             UaEvent::PingAnswered { key, status } => {
                 let Some((user, contact)) = self.pings.remove(&key) else { return };
                 // Any answer, even an error, says the phone is there.
@@ -536,10 +627,11 @@ impl Driver {
         }
     }
 
-    /// Whether a caller may join `room`: anyone, when the room (or, for a
-    /// room it would create, the endpoint) does not require authentication;
-    /// else the authenticator decides.
-    fn admit(&self, room: &str, source: Peer, authorization: Option<&str>, now: Instant) -> Verdict {
+    /// Whether a caller may join `room` (or a subscriber watch it, `method`
+    /// being the request's): anyone, when the room (or, for a room it would
+    /// create, the endpoint) does not require authentication; else the
+    /// authenticator decides.
+    fn admit(&self, room: &str, source: Peer, method: &str, authorization: Option<&str>, now: Instant) -> Verdict {
         let required = match self.shared.registry.lock().conferences.get(room) {
             Some(conference) => conference.require_authentication,
             None => self.shared.config.require_authentication,
@@ -547,7 +639,7 @@ impl Driver {
         if !required {
             return Verdict::Accept { user: String::new() };
         }
-        let verdict = self.shared.authenticator.lock().check(now, source.addr.ip(), "INVITE", authorization);
+        let verdict = self.shared.authenticator.lock().check(now, source.addr.ip(), method, authorization);
         if let Verdict::Accept { user } = &verdict {
             tracing::info!(%user, %room, "caller authenticated");
         }
@@ -876,6 +968,11 @@ impl Driver {
             SipCommand::AnswerTransfer { participant, accept, reply } => {
                 let _ = reply.send(self.answer_transfer(participant, accept, now));
             }
+            SipCommand::RosterChanged { conference } => {
+                if self.ua.subscription_count(&conference) > 0 {
+                    self.roster_due.entry(conference).or_insert(now + ROSTER_COALESCE);
+                }
+            }
             SipCommand::Shutdown { .. } => unreachable!("handled by the task loop"),
         }
     }
@@ -947,6 +1044,7 @@ impl Driver {
         // Our bindings at upstream registrars go too, rather than linger
         // until they expire with calls routed to nobody.
         self.registrations.remove_all(&mut self.ua, now);
+        self.ua.end_subscriptions(None, now);
         self.pump().await;
         let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
         let busy = |driver: &Self| driver.ua.call_count() > 0 || driver.registrations.account_count() > 0;
@@ -969,7 +1067,6 @@ impl Driver {
     }
 }
 
-/// The room a Request-URI names: its user part, percent-unescaped; empty when it has none.
 /// The status that refuses a caller the room would not take.
 fn refusal(error: Error) -> (u16, Error) {
     let status = match error {
@@ -980,6 +1077,7 @@ fn refusal(error: Error) -> (u16, Error) {
     (status, error)
 }
 
+/// The room a Request-URI names: its user part, percent-unescaped; empty when it has none.
 fn room_of(request_uri: &str) -> String {
     message::uri_parts(request_uri).and_then(|u| u.user).and_then(|u| message::unescape_user(&u)).unwrap_or_default()
 }
@@ -994,4 +1092,59 @@ fn destination(contact: &str, source: Peer) -> Peer {
     }
     let addr = message::uri_socket_addr(contact).filter(|c| c.ip() == source.addr.ip()).unwrap_or(source.addr);
     Peer::udp(addr)
+}
+
+/// The rooms whose roster (RFC 4575) an event changes.
+pub(crate) fn rosters_changed(event: &Event) -> [Option<&str>; 2] {
+    match event {
+        Event::ParticipantJoined { conference, .. }
+        | Event::ParticipantLeft { conference, .. }
+        | Event::Ringing { conference, .. }
+        | Event::Answered { conference, .. }
+        | Event::DialFailed { conference, .. }
+        | Event::Hold { conference, .. }
+        | Event::Muted { conference, .. }
+        | Event::ModeratorJoined { conference, .. }
+        | Event::PinAccepted { conference, .. }
+        | Event::Locked { conference, .. }
+        | Event::ConferenceDestroyed { conference } => [Some(conference), None],
+        Event::ParticipantMoved { from, to, .. } => [Some(from), Some(to)],
+        _ => [None, None],
+    }
+}
+
+/// One participant as a conference-info user: its URI (or, for the app's
+/// own audio, one we name it by), how far its call got, and which way its
+/// audio flows.
+fn roster_user(id: ParticipantId, entry: &ParticipantEntry, host: SocketAddr) -> User {
+    let controls = &entry.controls;
+    let muted = controls.muted.load(std::sync::atomic::Ordering::Relaxed);
+    let held = controls.held.load(std::sync::atomic::Ordering::Relaxed);
+    let deaf = controls.deaf.load(std::sync::atomic::Ordering::Relaxed);
+    let admitted = entry.policy.admission() == Admission::Admitted;
+    let status = match entry.state {
+        ParticipantState::Calling if entry.kind == ParticipantKind::Outbound => EndpointStatus::DialingOut,
+        ParticipantState::Calling => EndpointStatus::DialingIn,
+        ParticipantState::Ringing => EndpointStatus::Alerting,
+        ParticipantState::Connected if held => EndpointStatus::OnHold,
+        ParticipantState::Connected if !admitted => EndpointStatus::Pending,
+        ParticipantState::Connected if muted => EndpointStatus::MutedViaFocus,
+        ParticipantState::Connected => EndpointStatus::Connected,
+    };
+    let joining = match entry.kind {
+        ParticipantKind::Inbound => JoiningMethod::DialedIn,
+        ParticipantKind::Outbound => JoiningMethod::DialedOut,
+        ParticipantKind::Local => JoiningMethod::FocusOwner,
+    };
+    let in_mix = entry.state == ParticipantState::Connected && admitted && !held;
+    let entity = entry.remote.clone().unwrap_or_else(|| format!("sip:participant-{}@{host}", id.0));
+    let display_text = message::uri_parts(&entity).and_then(|u| u.user).and_then(|u| message::unescape_user(&u));
+    User {
+        entity,
+        display_text,
+        moderator: entry.policy.moderator,
+        status,
+        joining,
+        media: MediaStatus::of(in_mix && !muted, in_mix && !deaf),
+    }
 }

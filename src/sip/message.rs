@@ -264,7 +264,7 @@ pub fn status_code(code: u16) -> rsip::StatusCode {
     rsip::StatusCode::Other(code, reason_phrase(code).into())
 }
 
-/// The reason phrases of RFC 3261 §21 (and RFC 3311 / 4028 for the few after it).
+/// The reason phrases of RFC 3261 §21 (and RFC 3311 / 4028 / 6665 for the few after it).
 pub fn reason_phrase(code: u16) -> &'static str {
     match code {
         100 => "Trying",
@@ -279,10 +279,12 @@ pub fn reason_phrase(code: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
         415 => "Unsupported Media Type",
         420 => "Bad Extension",
+        423 => "Interval Too Brief",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         482 => "Loop Detected",
@@ -290,6 +292,7 @@ pub fn reason_phrase(code: u16) -> &'static str {
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        489 => "Bad Event",
         491 => "Request Pending",
         500 => "Server Internal Error",
         501 => "Not Implemented",

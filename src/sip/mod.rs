@@ -1,6 +1,7 @@
 //! The SIP core: message helpers, transactions and the user agent, all sans-IO.
 
 pub mod auth;
+pub mod conference_info;
 pub mod digest;
 pub mod locate;
 pub mod message;
@@ -21,7 +22,11 @@ pub use ua::{CallKey, EndReason, UaConfig, UaEvent, UserAgent};
 pub const USER_AGENT: &str = concat!("sipbridge/", env!("CARGO_PKG_VERSION"));
 
 /// The methods sipbridge handles, for Allow headers and 405 answers.
-pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER, UPDATE, REFER, NOTIFY";
+pub const ALLOWED_METHODS: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, REGISTER, UPDATE, REFER, NOTIFY, SUBSCRIBE";
+
+/// The event packages sipbridge notifies (RFC 6665 §8.2.2): the
+/// conference package to subscribers, refer to a peer whose REFER it took.
+pub const ALLOWED_EVENTS: &str = "conference, refer";
 
 /// The transport a SIP message travels on (RFC 3261 §18).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -32,7 +32,13 @@ struct Pair {
     log: Vec<String>,
     /// What `dial` calls over.
     transport: Transport,
+    /// When set, stands in for A (a scripted phone): it is given what is
+    /// sent to A, and what it returns goes back to B.
+    phone: Option<Phone>,
 }
+
+/// A scripted peer: what it is sent, as text, and its answer, if any.
+type Phone = Box<dyn FnMut(&str) -> Option<String>>;
 
 fn agent(port: u16) -> Agent {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -53,6 +59,7 @@ impl Pair {
             drop: Box::new(|_| false),
             log: Vec::new(),
             transport: Transport::Udp,
+            phone: None,
         }
     }
 
@@ -98,15 +105,32 @@ impl Pair {
         let now = self.now;
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flight).into_iter().partition(|f| f.at <= now);
         self.flight = rest;
+        let mut replies = Vec::new();
         for f in due {
+            if let (true, Some(phone)) = (f.to.addr == self.a.addr, self.phone.as_mut()) {
+                replies.extend(phone(&String::from_utf8_lossy(&f.data)));
+                continue;
+            }
             if let Some(agent) = self.agent(f.to.addr) {
                 agent.ua.handle_message(now, Peer { addr: f.from, ..f.to }, &f.data);
             }
+        }
+        for reply in replies {
+            self.send_from_a(&reply);
         }
         self.a.ua.handle_timeout(now);
         self.b.ua.handle_timeout(now);
         self.collect();
         true
+    }
+
+    /// Puts a message from A to B on the network, where it may be lost.
+    fn send_from_a(&mut self, text: &str) {
+        self.log.push(text.to_string());
+        if !(self.drop)(text) {
+            let to = Peer::udp(self.b.addr);
+            self.flight.push(InFlight { at: self.now + LATENCY, from: self.a.addr, to, data: text.into() });
+        }
     }
 
     /// Runs for `duration` of simulated time.
@@ -419,7 +443,7 @@ fn options_gets_200_with_allow_and_accept() {
 #[test]
 fn unsupported_unknown_and_misrouted_requests() {
     let mut p = Pair::new();
-    p.inject(&OPTIONS.replace("OPTIONS", "SUBSCRIBE").replace("opt1", "sub1"));
+    p.inject(&OPTIONS.replace("OPTIONS", "PUBLISH").replace("opt1", "pub1"));
     p.inject(&OPTIONS.replace("OPTIONS", "FROBNICATE").replace("opt1", "frob"));
     p.inject(
         &OPTIONS
@@ -1162,4 +1186,258 @@ fn a_re_offer_made_before_the_ack_waits_for_it() {
     let acks = p.log.iter().position(|m| m.starts_with("ACK ")).unwrap();
     let reinvite = p.log.iter().rposition(|m| m.starts_with("INVITE ")).unwrap();
     assert!(acks < reinvite);
+}
+
+// ----- subscriptions to a room's conference events (RFC 6665, RFC 4575) -----
+
+/// A desk phone's SUBSCRIBE to `room`'s conference events: `to_tag` once
+/// the dialog exists, and further headers.
+fn subscribe(cseq: u32, to_tag: Option<&str>, extra: &str) -> String {
+    let to_tag = to_tag.map(|t| format!(";tag={t}")).unwrap_or_default();
+    format!(
+        "SUBSCRIBE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKsub{cseq}\r\nFrom: <sip:desk@127.0.0.1>;tag=desk\r\nTo: <sip:room@127.0.0.1:5062>{to_tag}\r\nCall-ID: sub-1\r\nCSeq: {cseq} SUBSCRIBE\r\nContact: <sip:desk@127.0.0.1:5061>\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The phone's answer to a request of B's: its Via, From, To, Call-ID and CSeq.
+fn answer(request: &str, status: &str) -> String {
+    let line = |name: &str| format!("{name}: {}\r\n", header(request, name));
+    format!(
+        "SIP/2.0 {status}\r\n{}{}{}{}{}Content-Length: 0\r\n\r\n",
+        line("Via"),
+        line("From"),
+        line("To"),
+        line("Call-ID"),
+        line("CSeq")
+    )
+}
+
+/// A phone that answers every NOTIFY with `status`.
+fn notified_phone(status: &'static str) -> Phone {
+    Box::new(move |m: &str| m.starts_with("NOTIFY ").then(|| answer(m, status)))
+}
+
+/// A roster of `n` users.
+fn roster(n: usize) -> conference_info::ConferenceInfo {
+    use conference_info::{EndpointStatus, JoiningMethod, MediaStatus, User};
+    let users = (1..=n)
+        .map(|i| User {
+            entity: format!("sip:user{i}@127.0.0.1"),
+            display_text: None,
+            moderator: false,
+            status: EndpointStatus::Connected,
+            joining: JoiningMethod::DialedIn,
+            media: MediaStatus::SendRecv,
+        })
+        .collect();
+    conference_info::ConferenceInfo {
+        entity: "sip:room@127.0.0.1:5062".into(),
+        subject: "room".into(),
+        locked: false,
+        users,
+    }
+}
+
+const CONFERENCE: &str = "Event: conference\r\nAccept: application/conference-info+xml\r\n";
+
+/// The phone subscribes with `extra` headers, and B accepts with a roster of `users`.
+fn subscribed(p: &mut Pair, extra: &str, users: usize) {
+    p.send_from_a(&subscribe(1, None, &format!("{CONFERENCE}{extra}")));
+    p.run_for(Duration::from_millis(20));
+    let key =
+        p.b.events
+            .iter()
+            .find_map(|e| match e {
+                UaEvent::Subscribe { key, request_uri, .. } => {
+                    assert_eq!(request_uri, "sip:room@127.0.0.1:5062");
+                    Some(*key)
+                }
+                _ => None,
+            })
+            .expect("the SUBSCRIBE is handed to the user");
+    let now = p.now;
+    p.b.ua.accept_subscription(key, "room", roster(users), now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+}
+
+fn notifies(p: &Pair) -> Vec<&String> {
+    p.log.iter().filter(|m| m.starts_with("NOTIFY ")).collect()
+}
+
+#[test]
+fn a_subscription_gets_the_roster_at_once_then_each_change_as_a_new_version() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("200 OK"));
+    subscribed(&mut p, "Expires: 7200\r\n", 1);
+    let ok = p.responses_to_a().into_iter().find(|m| m.starts_with("SIP/2.0 200")).expect("200").clone();
+    assert_eq!(header(&ok, "Expires"), "3600", "cut to the longest we grant");
+    assert!(header(&ok, "Contact").contains("sip:room@127.0.0.1:5062"), "{ok}");
+    let to_tag = header(&ok, "To").split(";tag=").nth(1).expect("a To tag").to_string();
+    let first = notifies(&p)[0].clone();
+    assert!(first.starts_with("NOTIFY sip:desk@127.0.0.1:5061 SIP/2.0"), "to the subscriber's Contact: {first}");
+    assert_eq!(header(&first, "Event"), "conference");
+    assert_eq!(header(&first, "Subscription-State"), "active;expires=3600");
+    assert_eq!(header(&first, "Content-Type"), "application/conference-info+xml");
+    assert!(header(&first, "From").ends_with(&format!(";tag={to_tag}")), "in the dialog of the 200: {first}");
+    assert_eq!(header(&first, "To"), "<sip:desk@127.0.0.1>;tag=desk");
+    assert!(first.contains("version=\"1\"") && first.contains("<user-count>1</user-count>"), "{first}");
+    assert_eq!(p.b.ua.subscription_count("room"), 1);
+    assert_eq!(p.b.ua.call_count(), 0, "a subscription is not a call");
+    assert!(!p.b.events.iter().any(|e| matches!(e, UaEvent::IncomingCall { .. })));
+
+    let now = p.now;
+    p.b.ua.notify_room("room", roster(2), now);
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    let second = notifies(&p)[1].clone();
+    assert!(second.contains("version=\"2\"") && second.contains("<user-count>2</user-count>"), "{second}");
+    assert!(second.contains("entity=\"sip:user2@127.0.0.1\""), "{second}");
+    let cseq = |m: &str| header(m, "CSeq").split(' ').next().unwrap().parse::<u32>().unwrap();
+    assert_eq!(cseq(&second), cseq(&first) + 1);
+    // Another room's change is not this subscriber's business.
+    p.b.ua.notify_room("elsewhere", roster(5), now);
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(notifies(&p).len(), 2);
+    assert_eq!(p.count("SIP/2.0 200"), 3, "the 200 to the SUBSCRIBE and the phone's two");
+}
+
+#[test]
+fn a_lost_notify_is_retransmitted_and_the_changes_meanwhile_go_as_one() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("200 OK"));
+    let mut lost = false;
+    p.drop = Box::new(move |m| m.starts_with("NOTIFY ") && !std::mem::replace(&mut lost, true));
+    subscribed(&mut p, "", 1);
+    let now = p.now;
+    // The first NOTIFY is lost and waits to be sent again; the roster changes twice meanwhile.
+    p.b.ua.notify_room("room", roster(2), now);
+    p.b.ua.notify_room("room", roster(3), now);
+    p.collect();
+    assert_eq!(notifies(&p).len(), 1, "one NOTIFY in flight at a time");
+    p.run_for(Duration::from_secs(2));
+    let sent = notifies(&p);
+    assert_eq!(sent.len(), 3, "the first, its retransmission (Timer E), then the latest roster: {sent:?}");
+    assert_eq!(sent[0], sent[1], "the transaction layer sent the same NOTIFY again");
+    assert!(sent[2].contains("version=\"2\"") && sent[2].contains("<user-count>3</user-count>"), "{}", sent[2]);
+    assert_eq!(p.b.ua.subscription_count("room"), 1);
+}
+
+#[test]
+fn a_subscription_is_refreshed_then_ended_by_its_subscriber() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("200 OK"));
+    subscribed(&mut p, "Expires: 600\r\n", 1);
+    let ok = p.responses_to_a().into_iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let tag = header(&ok, "To").split(";tag=").nth(1).unwrap().to_string();
+    p.run_for(Duration::from_secs(300));
+    p.send_from_a(&subscribe(2, Some(&tag), &format!("{CONFERENCE}Expires: 600\r\n")));
+    p.run_for(Duration::from_millis(50));
+    let refreshed = p.responses_to_a().into_iter().rfind(|m| m.contains("CSeq: 2 SUBSCRIBE")).unwrap().clone();
+    assert!(refreshed.starts_with("SIP/2.0 200") && header(&refreshed, "Expires") == "600", "{refreshed}");
+    let after = notifies(&p).last().unwrap().to_string();
+    assert_eq!(header(&after, "Subscription-State"), "active;expires=600", "the state again at once");
+    assert!(after.contains("version=\"2\""), "{after}");
+    // Past the first interval: the refresh keeps it.
+    p.run_for(Duration::from_secs(400));
+    assert_eq!(p.b.ua.subscription_count("room"), 1);
+    assert_eq!(notifies(&p).len(), 2);
+    // Expires: 0 ends it, with a last NOTIFY.
+    p.send_from_a(&subscribe(3, Some(&tag), &format!("{CONFERENCE}Expires: 0\r\n")));
+    p.run_for(Duration::from_millis(50));
+    let ended = p.responses_to_a().into_iter().rfind(|m| m.contains("CSeq: 3 SUBSCRIBE")).unwrap().clone();
+    assert!(ended.starts_with("SIP/2.0 200") && header(&ended, "Expires") == "0", "{ended}");
+    let last = notifies(&p).last().unwrap().to_string();
+    assert_eq!(header(&last, "Subscription-State"), "terminated");
+    assert!(last.contains("<user-count>1</user-count>"), "with the state: {last}");
+    assert_eq!(p.b.ua.subscription_count("room"), 0);
+    // The dialog is gone.
+    p.send_from_a(&subscribe(4, Some(&tag), &format!("{CONFERENCE}Expires: 600\r\n")));
+    p.run_for(Duration::from_millis(50));
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 481"));
+}
+
+#[test]
+fn an_unrefreshed_subscription_expires_with_a_last_notify() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("200 OK"));
+    subscribed(&mut p, "Expires: 60\r\n", 2);
+    p.run_for(Duration::from_secs(59));
+    assert_eq!(notifies(&p).len(), 1);
+    p.run_for(Duration::from_secs(2));
+    let sent = notifies(&p);
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(header(sent[1], "Subscription-State"), "terminated;reason=timeout");
+    assert!(sent[1].contains("version=\"2\""), "{}", sent[1]);
+    assert_eq!(p.b.ua.subscription_count("room"), 0);
+    p.run_for(Duration::from_secs(60));
+    assert_eq!(p.b.ua.poll_timeout(), None, "nothing left to wake for");
+}
+
+#[test]
+fn a_fetch_gets_one_notify_that_ends_it() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("200 OK"));
+    subscribed(&mut p, "Expires: 0\r\n", 1);
+    let sent = notifies(&p);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(header(sent[0], "Subscription-State"), "terminated;reason=timeout");
+    assert!(sent[0].contains("<user-count>1</user-count>"));
+    assert_eq!(p.b.ua.subscription_count("room"), 0);
+}
+
+#[test]
+fn a_notify_refused_with_481_or_never_answered_ends_the_subscription() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("481 Call/Transaction Does Not Exist"));
+    subscribed(&mut p, "", 1);
+    assert_eq!(p.b.ua.subscription_count("room"), 0, "the subscriber is gone");
+    let now = p.now;
+    p.b.ua.notify_room("room", roster(2), now);
+    p.collect();
+    assert_eq!(notifies(&p).len(), 1, "nothing more goes to it");
+
+    let mut p = Pair::new();
+    p.phone = Some(Box::new(|_| None));
+    subscribed(&mut p, "", 1);
+    p.run_for(Duration::from_secs(31));
+    assert_eq!(p.b.ua.subscription_count("room"), 1, "still trying");
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.b.ua.subscription_count("room"), 0, "given up at Timer F");
+    assert!(notifies(&p).len() > 5, "retransmitted meanwhile");
+}
+
+#[test]
+fn subscriptions_the_agent_cannot_take_are_refused() {
+    let mut p = Pair::new();
+    p.phone = Some(notified_phone("200 OK"));
+    let last = |p: &Pair| p.responses_to_a().last().unwrap().to_string();
+    p.send_from_a(&subscribe(1, None, "Event: presence\r\n"));
+    p.run_for(Duration::from_millis(50));
+    assert!(last(&p).starts_with("SIP/2.0 489 Bad Event"), "{}", last(&p));
+    assert_eq!(header(&last(&p), "Allow-Events"), "conference, refer");
+    p.send_from_a(&subscribe(2, None, "Event: conference\r\nExpires: 30\r\n"));
+    p.run_for(Duration::from_millis(50));
+    assert!(last(&p).starts_with("SIP/2.0 423 Interval Too Brief"), "{}", last(&p));
+    assert_eq!(header(&last(&p), "Min-Expires"), "60");
+    p.send_from_a(&subscribe(3, None, "Event: conference\r\nAccept: application/pidf+xml\r\n"));
+    p.run_for(Duration::from_millis(50));
+    assert!(last(&p).starts_with("SIP/2.0 406"), "{}", last(&p));
+    assert!(!p.b.events.iter().any(|e| matches!(e, UaEvent::Subscribe { .. })), "none reached the user");
+    // The user knows no such room.
+    p.send_from_a(&subscribe(4, None, CONFERENCE));
+    p.run_for(Duration::from_millis(50));
+    let Some(UaEvent::Subscribe { key, .. }) = p.b.events.last().cloned() else { panic!("{:?}", p.b.events) };
+    let now = p.now;
+    p.b.ua.reject_subscription(key, 404, Vec::new(), now).unwrap();
+    p.collect();
+    p.run_for(Duration::from_millis(50));
+    assert!(last(&p).starts_with("SIP/2.0 404"), "{}", last(&p));
+    assert_eq!(p.b.ua.subscription_count("room"), 0);
+    // OPTIONS says which packages we notify.
+    p.send_from_a("OPTIONS sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKopt\r\nFrom: <sip:desk@127.0.0.1>;tag=o\r\nTo: <sip:room@127.0.0.1:5062>\r\nCall-ID: opt-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n");
+    p.run_for(Duration::from_millis(50));
+    assert_eq!(header(&last(&p), "Allow-Events"), "conference, refer");
+    assert!(header(&last(&p), "Allow").contains("SUBSCRIBE"));
 }

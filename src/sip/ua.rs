@@ -9,7 +9,7 @@
 //! until [`UserAgent::poll_timeout`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,14 @@ use rsip::headers::UntypedHeader;
 use rsip::prelude::HeadersExt;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
+use super::conference_info::{self, ConferenceInfo};
 use super::digest::{Challenge, Credentials};
 use super::message::{self, new_branch, random_token};
 use super::registrar::ContactChange;
 use super::transaction::{
     ClientTimeout, ClientTransaction, ResponseDisposition, ServerState, ServerTimeout, ServerTransaction, TimerConfig,
 };
-use super::{Peer, SipError, Transmit, Transport, ALLOWED_METHODS, USER_AGENT};
+use super::{Peer, SipError, Transmit, Transport, ALLOWED_EVENTS, ALLOWED_METHODS, USER_AGENT};
 
 /// Names one call (one dialog, or the attempt at one) for the life of the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -100,6 +101,12 @@ pub enum UaEvent {
     /// [`UserAgent::send_request`]: its status, reason phrase and headers;
     /// 408 with no headers when none came before Timer F.
     RequestAnswered { key: RequestKey, status: u16, reason: String, headers: rsip::Headers },
+    /// A SUBSCRIBE to the conference event package (RFC 4575) of the room
+    /// `request_uri` names; its package, interval and Accept are already
+    /// checked. The user answers with [`UserAgent::accept_subscription`]
+    /// and the room's roster, or [`UserAgent::reject_subscription`] (404
+    /// for no such room, 401 with challenges, 403).
+    Subscribe { key: RequestKey, request_uri: String, source: Peer, authorization: Option<String> },
 }
 
 /// The largest request sent over UDP when the path MTU is unknown (§18.1.1).
@@ -109,6 +116,14 @@ const UDP_REQUEST_LIMIT: usize = 1300;
 pub const MIN_SESSION_EXPIRES: u32 = 90;
 /// The session interval our INVITEs ask for (RFC 4028's recommendation).
 const OUR_SESSION_EXPIRES: u32 = 1800;
+
+/// Subscription intervals (RFC 6665 §4.2.1.1): a SUBSCRIBE asking for less
+/// (but not 0, which ends one) gets 423 with this as Min-Expires.
+const MIN_SUBSCRIPTION_EXPIRES: u32 = 60;
+/// The longest interval granted, and the one granted when a SUBSCRIBE
+/// names none (RFC 4575's default), so a subscriber that vanishes is gone
+/// within the hour.
+const MAX_SUBSCRIPTION_EXPIRES: u32 = 3600;
 
 /// Names a request waiting for the user's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -249,6 +264,51 @@ struct Resendable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct TxId(u64);
 
+/// Names one subscription to a room's conference events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SubscriptionKey(u64);
+
+/// A subscription to a room's conference events (RFC 6665 as notifier,
+/// RFC 4575): a dialog of its own, which is not a call, so the user never
+/// sees it as one.
+#[derive(Debug)]
+struct Subscription {
+    room: String,
+    call_id: String,
+    local_tag: String,
+    /// Our party (To of the SUBSCRIBE, with our tag), the From of our NOTIFYs.
+    local_party: String,
+    remote_party: String,
+    remote_target: rsip::Uri,
+    route_set: Vec<String>,
+    destination: Peer,
+    local_cseq: u32,
+    remote_cseq: u32,
+    /// Our Contact: the room's URI at our address.
+    contact: String,
+    /// The Event header's `id`, which our NOTIFYs repeat (RFC 6665 §8.2.1).
+    event_id: Option<String>,
+    expires_at: Instant,
+    /// The wake-up filed in `subscription_timers` for it; others are stale.
+    filed_at: Instant,
+    /// The version of the last document sent (RFC 4575 §4.1).
+    version: u32,
+    /// Our NOTIFY still unanswered. One at a time, so documents arrive in
+    /// order and a subscriber that is slow or losing packets is sent only
+    /// the latest roster once it answers, not every change in between.
+    in_flight: Option<TxId>,
+    /// The roster changed while a NOTIFY was in flight.
+    outdated: bool,
+}
+
+/// A room with subscriptions: its latest roster, which every NOTIFY
+/// carries, and who subscribes.
+#[derive(Debug)]
+struct WatchedRoom {
+    info: ConferenceInfo,
+    subscriptions: BTreeSet<SubscriptionKey>,
+}
+
 /// From tag, Call-ID, CSeq number and method of a request.
 type MergeKey = (String, String, u32, u8);
 
@@ -319,6 +379,17 @@ pub struct UserAgent {
     pings: HashSet<TxId>,
     /// Requests of `send_request` waiting for their final answer.
     requests: HashSet<TxId>,
+    /// SUBSCRIBEs waiting for the user's answer: where each came from, and
+    /// the interval it will be granted.
+    subscribe_requests: HashMap<TxId, (Peer, u32, Request)>,
+    subscriptions: HashMap<SubscriptionKey, Subscription>,
+    /// (Call-ID, local tag) -> subscription, beside `dialogs` for calls.
+    subscription_dialogs: HashMap<(String, String), SubscriptionKey>,
+    watched_rooms: HashMap<String, WatchedRoom>,
+    /// When subscriptions expire, in the manner of `call_timers`.
+    subscription_timers: BinaryHeap<Reverse<(Instant, SubscriptionKey)>>,
+    /// Our NOTIFYs of subscriptions waiting for their answer.
+    notifies: HashMap<TxId, SubscriptionKey>,
 }
 
 impl UserAgent {
@@ -345,6 +416,12 @@ impl UserAgent {
             transfer_requests: HashMap::new(),
             pings: HashSet::new(),
             requests: HashSet::new(),
+            subscribe_requests: HashMap::new(),
+            subscriptions: HashMap::new(),
+            subscription_dialogs: HashMap::new(),
+            watched_rooms: HashMap::new(),
+            subscription_timers: BinaryHeap::new(),
+            notifies: HashMap::new(),
         }
     }
 
@@ -360,12 +437,18 @@ impl UserAgent {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let transactions = self.timers.peek().map(|Reverse((at, _))| *at);
         let sessions = self.call_timers.peek().map(|Reverse((at, _))| *at);
-        transactions.into_iter().chain(sessions).min()
+        let subscriptions = self.subscription_timers.peek().map(|Reverse((at, _))| *at);
+        transactions.into_iter().chain(sessions).chain(subscriptions).min()
     }
 
     /// Number of live calls (any state).
     pub fn call_count(&self) -> usize {
         self.calls.len()
+    }
+
+    /// Number of live subscriptions to `room`'s conference events.
+    pub fn subscription_count(&self, room: &str) -> usize {
+        self.watched_rooms.get(room).map_or(0, |r| r.subscriptions.len())
     }
 
     /// Number of live transactions, for tests and statistics.
@@ -440,6 +523,7 @@ impl UserAgent {
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_call_timers(now);
+        self.handle_subscription_timers(now);
         while let Some(Reverse((at, id))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -480,6 +564,11 @@ impl UserAgent {
                     if let Some(call) = self.refers.remove(&id) {
                         self.events.push_back(UaEvent::TransferProgress { call, status: 408, done: true });
                     }
+                }
+                Some((Some((ClientTimeout::NoResponse, Method::Notify)), _, None))
+                    if self.notifies.contains_key(&id) =>
+                {
+                    self.notify_answered(id, 408, now);
                 }
                 Some((Some((ClientTimeout::NoResponse, Method::Options)), _, None)) if self.pings.remove(&id) => {
                     self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 408 });
@@ -529,6 +618,12 @@ impl UserAgent {
                 (Method::Invite, Some(call)) => self.finish_outbound(call, 503, "Transport Failed".into()),
                 (Method::Options, None) if self.pings.remove(&id) => {
                     self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status: 503 })
+                }
+                // The subscriber cannot be reached (RFC 6665 §4.2.2).
+                (Method::Notify, None) => {
+                    if let Some(key) = self.notifies.remove(&id) {
+                        self.forget_subscription(key);
+                    }
                 }
                 _ => {}
             }
@@ -647,14 +742,7 @@ impl UserAgent {
                 let from = request.from_header().map(|h| h.value().to_string()).unwrap_or_default();
                 let remote_target = message::contact_uri(&request).map(|u| u.to_string());
                 let mut route_set = message::record_routes(&request.headers);
-                // Over TCP and TLS, requests go back on the caller's
-                // connection (RFC 5923's reuse), which also works behind NAT.
-                let destination = if source.transport.is_reliable() {
-                    source
-                } else {
-                    let target = remote_target.as_deref().and_then(|t| uri_peer(t, source.transport));
-                    route_destination(&route_set, source.transport).or(target).unwrap_or(source)
-                };
+                let destination = dialog_destination(source, remote_target.as_deref(), &route_set);
                 route_set.shrink_to_fit();
                 let entry = Call {
                     state: CallState::Incoming,
@@ -708,6 +796,7 @@ impl UserAgent {
             Method::Options => self.respond_with_capabilities(id, &request, now),
             Method::Bye => self.respond(id, &request, 481, None, Vec::new(), now),
             Method::Register => self.handle_register(now, id, source, request),
+            Method::Subscribe => self.handle_subscribe(now, id, source, request),
             _ => self.respond_not_allowed(id, &request, now),
         }
     }
@@ -777,18 +866,19 @@ impl UserAgent {
 
     fn handle_in_dialog(&mut self, now: Instant, id: TxId, to_tag: String, request: Request) {
         let call_id = message::call_id(&request).unwrap_or_default();
-        let Some(call) = self.dialogs.get(&(call_id, to_tag)).copied() else {
+        let dialog = (call_id, to_tag);
+        if let Some(subscription) = self.subscription_dialogs.get(&dialog).copied() {
+            return self.handle_in_subscription(now, id, subscription, request);
+        }
+        let Some(call) = self.dialogs.get(&dialog).copied() else {
             return self.respond(id, &request, 481, None, Vec::new(), now);
         };
         let Some(entry) = self.calls.get_mut(&call) else {
             return self.respond(id, &request, 481, None, Vec::new(), now);
         };
-        let cseq = message::cseq(&request).map(|c| c.0).unwrap_or(0);
-        if cseq < entry.remote_cseq {
-            // §12.2.2: out of order.
+        if !in_order(&mut entry.remote_cseq, &request) {
             return self.respond(id, &request, 500, None, Vec::new(), now);
         }
-        entry.remote_cseq = cseq;
         match request.method {
             Method::Bye => {
                 let (state, invite_tx) = (entry.state, entry.invite_tx);
@@ -1098,6 +1188,9 @@ impl UserAgent {
                 self.events.push_back(UaEvent::TransferProgress { call, status, done: true });
             }
             return;
+        }
+        if method == Method::Notify && status >= 200 && self.notifies.contains_key(&id) {
+            return self.notify_answered(id, status, now);
         }
         if method == Method::Options && status >= 200 && self.pings.remove(&id) {
             self.events.push_back(UaEvent::PingAnswered { key: RequestKey(id.0), status });
@@ -1798,6 +1891,276 @@ impl UserAgent {
         Ok(id)
     }
 
+    // ----- subscriptions to rooms' conference events (RFC 6665, RFC 4575) -----
+
+    /// A SUBSCRIBE outside any dialog: checked here, then handed to the
+    /// user, who knows the rooms.
+    fn handle_subscribe(&mut self, now: Instant, id: TxId, source: Peer, request: Request) {
+        let expires = match check_subscribe(&request) {
+            Ok(expires) => expires,
+            Err((status, headers)) => return self.respond_with_headers(id, &request, status, now, headers),
+        };
+        let authorization = request.headers.iter().find_map(|h| match h {
+            Header::Authorization(a) => Some(a.value().to_string()),
+            _ => None,
+        });
+        let request_uri = request.uri.to_string();
+        self.subscribe_requests.insert(id, (source, expires, request));
+        self.events.push_back(UaEvent::Subscribe { key: RequestKey(id.0), request_uri, source, authorization });
+    }
+
+    /// Accepts a SUBSCRIBE to `room`, whose roster is `info` now: 200 with
+    /// the granted Expires, then at once a NOTIFY with the full state (RFC
+    /// 6665 §4.2.1.2); one that asked for 0 s gets that one NOTIFY, as the
+    /// last (a fetch). Later changes go out by [`UserAgent::notify_room`].
+    pub fn accept_subscription(
+        &mut self,
+        key: RequestKey,
+        room: &str,
+        info: ConferenceInfo,
+        now: Instant,
+    ) -> Result<(), SipError> {
+        let id = TxId(key.0);
+        let (source, expires, request) = self.subscribe_requests.remove(&id).ok_or(SipError::UnknownCall)?;
+        let subscription = SubscriptionKey(self.next_id());
+        let local_tag = random_token();
+        let to = request.to_header().map(|h| h.value().to_string()).unwrap_or_default();
+        let remote_target = message::contact_uri(&request).unwrap_or_else(|| request.uri.clone());
+        let route_set = message::record_routes(&request.headers);
+        let destination = dialog_destination(source, Some(&remote_target.to_string()), &route_set);
+        let user = message::uri_parts(&request.uri.to_string()).and_then(|p| p.user);
+        let contact = self.contact(user.as_deref().unwrap_or("sipbridge"), destination.transport);
+        let expires_at = now + Duration::from_secs(expires as u64);
+        let entry = Subscription {
+            room: room.to_string(),
+            call_id: message::call_id(&request).unwrap_or_default(),
+            local_party: format!("{to};tag={local_tag}"),
+            local_tag: local_tag.clone(),
+            remote_party: request.from_header().map(|h| h.value().to_string()).unwrap_or_default(),
+            remote_target,
+            route_set,
+            destination,
+            local_cseq: rand::random::<u16>() as u32,
+            remote_cseq: message::cseq(&request).map(|c| c.0).unwrap_or(0),
+            contact: contact.clone(),
+            event_id: event_package(&request).and_then(|(_, id)| id),
+            expires_at,
+            filed_at: expires_at,
+            version: 0,
+            in_flight: None,
+            outdated: false,
+        };
+        let headers = vec![
+            Header::Expires(rsip::headers::Expires::new(expires.to_string())),
+            Header::Contact(rsip::headers::Contact::new(contact)),
+        ];
+        self.respond_tagged(id, &request, 200, &local_tag, now, headers);
+        self.subscription_dialogs.insert((entry.call_id.clone(), local_tag), subscription);
+        self.subscriptions.insert(subscription, entry);
+        let watched = self
+            .watched_rooms
+            .entry(room.to_string())
+            .or_insert_with(|| WatchedRoom { info: info.clone(), subscriptions: BTreeSet::new() });
+        watched.info = info;
+        watched.subscriptions.insert(subscription);
+        if expires == 0 {
+            self.end_subscription(subscription, Some("timeout"), now);
+        } else {
+            self.subscription_timers.push(Reverse((expires_at, subscription)));
+            self.notify_subscriber(subscription, now);
+        }
+        Ok(())
+    }
+
+    /// Refuses a SUBSCRIBE with `status`; a 401 carries `www_authenticate`
+    /// challenges (header values).
+    pub fn reject_subscription(
+        &mut self,
+        key: RequestKey,
+        status: u16,
+        www_authenticate: Vec<String>,
+        now: Instant,
+    ) -> Result<(), SipError> {
+        let id = TxId(key.0);
+        let (_, _, request) = self.subscribe_requests.remove(&id).ok_or(SipError::UnknownCall)?;
+        let headers = www_authenticate
+            .into_iter()
+            .map(|v| Header::WwwAuthenticate(rsip::headers::WwwAuthenticate::new(v)))
+            .collect();
+        self.respond_with_headers(id, &request, status, now, headers);
+        Ok(())
+    }
+
+    /// Room `room`'s roster is now `info`: every subscription to it gets it
+    /// as its next version, at once, or when its NOTIFY in flight is answered.
+    pub fn notify_room(&mut self, room: &str, info: ConferenceInfo, now: Instant) {
+        let Some(watched) = self.watched_rooms.get_mut(room) else { return };
+        watched.info = info;
+        let keys: Vec<SubscriptionKey> = watched.subscriptions.iter().copied().collect();
+        for key in keys {
+            self.notify_subscriber(key, now);
+        }
+    }
+
+    /// Ends the subscriptions to `room`, or to every room: the room is gone,
+    /// or the endpoint stops. Their last NOTIFY says `noresource`.
+    pub fn end_subscriptions(&mut self, room: Option<&str>, now: Instant) {
+        let keys: Vec<SubscriptionKey> =
+            self.subscriptions.iter().filter(|(_, s)| room.is_none_or(|r| s.room == r)).map(|(k, _)| *k).collect();
+        for key in keys {
+            self.end_subscription(key, Some("noresource"), now);
+        }
+    }
+
+    /// A request in a subscription's dialog: SUBSCRIBE refreshes it, or
+    /// with Expires: 0 ends it (RFC 6665 §4.1.2.2, §4.1.2.3).
+    fn handle_in_subscription(&mut self, now: Instant, id: TxId, key: SubscriptionKey, request: Request) {
+        let Some(entry) = self.subscriptions.get_mut(&key) else {
+            return self.respond(id, &request, 481, None, Vec::new(), now);
+        };
+        if !in_order(&mut entry.remote_cseq, &request) {
+            return self.respond(id, &request, 500, None, Vec::new(), now);
+        }
+        if request.method != Method::Subscribe {
+            return self.respond_not_allowed(id, &request, now);
+        }
+        let expires = match check_subscribe(&request) {
+            Ok(expires) => expires,
+            Err((status, headers)) => return self.respond_with_headers(id, &request, status, now, headers),
+        };
+        // SUBSCRIBE refreshes the target too (RFC 6665 §4.1.2.2).
+        if let Some(target) = message::contact_uri(&request) {
+            entry.remote_target = target;
+        }
+        let (tag, contact) = (entry.local_tag.clone(), entry.contact.clone());
+        let headers = vec![
+            Header::Expires(rsip::headers::Expires::new(expires.to_string())),
+            Header::Contact(rsip::headers::Contact::new(contact)),
+        ];
+        self.respond_tagged(id, &request, 200, &tag, now, headers);
+        if expires == 0 {
+            return self.end_subscription(key, None, now);
+        }
+        let Some(entry) = self.subscriptions.get_mut(&key) else { return };
+        entry.expires_at = now + Duration::from_secs(expires as u64);
+        // A later expiry is found when the filed one fires; only an earlier one needs filing.
+        if entry.expires_at < entry.filed_at {
+            entry.filed_at = entry.expires_at;
+            self.subscription_timers.push(Reverse((entry.expires_at, key)));
+        }
+        self.notify_subscriber(key, now);
+    }
+
+    /// Ends the subscriptions whose time is up, with a last NOTIFY saying
+    /// `timeout`; files the new expiry of those refreshed meanwhile.
+    fn handle_subscription_timers(&mut self, now: Instant) {
+        while let Some(Reverse((at, key))) = self.subscription_timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.subscription_timers.pop();
+            let Some(entry) = self.subscriptions.get_mut(&key).filter(|s| s.filed_at == at) else { continue };
+            if entry.expires_at <= now {
+                self.end_subscription(key, Some("timeout"), now);
+            } else {
+                entry.filed_at = entry.expires_at;
+                self.subscription_timers.push(Reverse((entry.expires_at, key)));
+            }
+        }
+    }
+
+    /// Sends a subscription the room's roster, unless a NOTIFY of its own
+    /// is unanswered: then the roster goes once that one is answered.
+    fn notify_subscriber(&mut self, key: SubscriptionKey, now: Instant) {
+        let Some(entry) = self.subscriptions.get_mut(&key) else { return };
+        if entry.in_flight.is_some() {
+            entry.outdated = true;
+            return;
+        }
+        entry.outdated = false;
+        let state = format!("active;expires={}", entry.expires_at.saturating_duration_since(now).as_secs());
+        let Some((notify, destination)) = self.next_notify(key, state, true) else { return };
+        // Our own Via has a branch, so this cannot fail.
+        let Ok(id) = self.start_client_transaction(notify, destination, None, now) else { return };
+        self.notifies.insert(id, key);
+        if let Some(entry) = self.subscriptions.get_mut(&key) {
+            entry.in_flight = Some(id);
+        }
+    }
+
+    /// Ends a subscription with a last NOTIFY saying so (`reason` in its
+    /// Subscription-State; with the roster, unless the room is gone) and
+    /// forgets it. That NOTIFY is retransmitted until answered, and its
+    /// answer changes nothing.
+    fn end_subscription(&mut self, key: SubscriptionKey, reason: Option<&str>, now: Instant) {
+        let state = match reason {
+            Some(reason) => format!("terminated;reason={reason}"),
+            None => "terminated".to_string(),
+        };
+        if let Some((notify, destination)) = self.next_notify(key, state, reason != Some("noresource")) {
+            let _ = self.start_client_transaction(notify, destination, None, now);
+        }
+        self.forget_subscription(key);
+    }
+
+    /// The next NOTIFY of a subscription, and where it goes: `state` for
+    /// its Subscription-State and, `with_roster`, the room's roster as the
+    /// next version.
+    fn next_notify(&mut self, key: SubscriptionKey, state: String, with_roster: bool) -> Option<(Request, Peer)> {
+        let via = self.via(self.subscriptions.get(&key)?.destination.transport);
+        let entry = self.subscriptions.get_mut(&key)?;
+        entry.local_cseq += 1;
+        let parties = (entry.local_party.as_str(), entry.remote_party.as_str());
+        let uri = entry.remote_target.clone();
+        let mut notify =
+            new_request(Method::Notify, uri, parties, &entry.call_id, entry.local_cseq, &entry.route_set, via);
+        let event = match &entry.event_id {
+            Some(id) => format!("{};id={id}", conference_info::EVENT_PACKAGE),
+            None => conference_info::EVENT_PACKAGE.to_string(),
+        };
+        notify.headers.push(Header::Event(rsip::headers::Event::new(event)));
+        notify.headers.push(Header::Other("Subscription-State".into(), state));
+        notify.headers.push(Header::Contact(rsip::headers::Contact::new(entry.contact.clone())));
+        if with_roster {
+            let room = self.watched_rooms.get(&entry.room)?;
+            entry.version += 1;
+            notify.headers.push(Header::ContentType(rsip::headers::ContentType::new(conference_info::CONTENT_TYPE)));
+            notify.body = room.info.to_xml(entry.version).into_bytes();
+        }
+        Some((notify, entry.destination))
+    }
+
+    /// The answer to a NOTIFY in flight: a 2xx lets the latest roster go,
+    /// if it changed meanwhile. Anything else ends the subscription: RFC
+    /// 6665 §4.2.2 says so for 481, 408 and no answer (the subscriber is
+    /// gone), and other refusals are not retried (the subscriber may
+    /// subscribe again).
+    fn notify_answered(&mut self, id: TxId, status: u16, now: Instant) {
+        let Some(key) = self.notifies.remove(&id) else { return };
+        let Some(entry) = self.subscriptions.get_mut(&key) else { return };
+        entry.in_flight = None;
+        if !(200..300).contains(&status) {
+            return self.forget_subscription(key);
+        }
+        if entry.outdated {
+            self.notify_subscriber(key, now);
+        }
+    }
+
+    fn forget_subscription(&mut self, key: SubscriptionKey) {
+        let Some(entry) = self.subscriptions.remove(&key) else { return };
+        self.subscription_dialogs.remove(&(entry.call_id, entry.local_tag));
+        if let Some(id) = entry.in_flight {
+            self.notifies.remove(&id);
+        }
+        if let Some(watched) = self.watched_rooms.get_mut(&entry.room) {
+            watched.subscriptions.remove(&key);
+            if watched.subscriptions.is_empty() {
+                self.watched_rooms.remove(&entry.room);
+            }
+        }
+    }
+
     // ----- responses -----
 
     fn contact_for(&self, call: CallKey) -> Option<String> {
@@ -1866,7 +2229,21 @@ impl UserAgent {
     }
 
     fn respond_with_headers(&mut self, id: TxId, request: &Request, status: u16, now: Instant, extra: Vec<Header>) {
-        let mut response = message::response_to(request, status, Some(&random_token()));
+        self.respond_tagged(id, request, status, &random_token(), now, extra);
+    }
+
+    /// Sends a response with `extra` headers through server transaction
+    /// `id`, with `tag` as the To tag when the request has none.
+    fn respond_tagged(
+        &mut self,
+        id: TxId,
+        request: &Request,
+        status: u16,
+        tag: &str,
+        now: Instant,
+        extra: Vec<Header>,
+    ) {
+        let mut response = message::response_to(request, status, Some(tag));
         for header in extra {
             response.headers.push(header);
         }
@@ -1891,6 +2268,7 @@ impl UserAgent {
 fn capability_headers() -> Vec<Header> {
     vec![
         Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)),
+        Header::Other("Allow-Events".into(), ALLOWED_EVENTS.into()),
         Header::Accept(rsip::headers::Accept::new("application/sdp")),
         Header::Other("Accept-Encoding".into(), "identity".into()),
     ]
@@ -1994,6 +2372,74 @@ fn same_transaction_request(invite: &Request, method: Method, to: Option<&rsip::
         headers.push(Header::To(to.clone()));
     }
     Request { method, uri: invite.uri.clone(), version: rsip::Version::V2, headers, body: vec![] }
+}
+
+/// Where requests in a dialog a peer's request (from `source`) founded go:
+/// over TCP and TLS back on its connection (RFC 5923's reuse), which also
+/// works behind NAT; over UDP to the first route, else the remote target.
+fn dialog_destination(source: Peer, remote_target: Option<&str>, route_set: &[String]) -> Peer {
+    if source.transport.is_reliable() {
+        return source;
+    }
+    let target = remote_target.and_then(|t| uri_peer(t, source.transport));
+    route_destination(route_set, source.transport).or(target).unwrap_or(source)
+}
+
+/// Whether a request in a dialog whose last request from the peer had CSeq
+/// `remote_cseq` comes in order (§12.2.2); if so its CSeq becomes the last.
+fn in_order(remote_cseq: &mut u32, request: &Request) -> bool {
+    let cseq = message::cseq(request).map(|c| c.0).unwrap_or(0);
+    if cseq < *remote_cseq {
+        return false;
+    }
+    *remote_cseq = cseq;
+    true
+}
+
+/// The event package a SUBSCRIBE names (lower case), and its `id` parameter.
+fn event_package(request: &Request) -> Option<(String, Option<String>)> {
+    let values = message::header_values(&request.headers, "Event", "o");
+    let mut parts = values.first()?.split(';');
+    let package = parts.next()?.trim().to_ascii_lowercase();
+    let id = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("id"))
+        .map(|(_, value)| value.trim().to_string());
+    Some((package, id))
+}
+
+/// Checks a SUBSCRIBE, new or a refresh: the conference package (else 489
+/// with Allow-Events), an interval we take (423 with Min-Expires below
+/// the minimum), a document the subscriber reads (else 406). Gives the
+/// interval to grant: the one asked, at most the maximum, which is also
+/// the default; 0 ends the subscription.
+fn check_subscribe(request: &Request) -> Result<u32, (u16, Vec<Header>)> {
+    let package = event_package(request).map(|(package, _)| package);
+    if package.as_deref() != Some(conference_info::EVENT_PACKAGE) {
+        return Err((489, vec![Header::Other("Allow-Events".into(), ALLOWED_EVENTS.into())]));
+    }
+    let accepts = message::header_values(&request.headers, "Accept", "");
+    let readable = accepts.is_empty()
+        || accepts.iter().flat_map(|v| v.split(',')).any(|t| {
+            let t = t.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            t == conference_info::CONTENT_TYPE || t == "application/*" || t == "*/*"
+        });
+    if !readable {
+        return Err((406, Vec::new()));
+    }
+    let expires = request.headers.iter().find_map(|h| match h {
+        Header::Expires(e) => Some(e.value().trim().parse::<u32>()),
+        _ => None,
+    });
+    match expires {
+        None => Ok(MAX_SUBSCRIPTION_EXPIRES),
+        Some(Err(_)) => Err((400, Vec::new())),
+        Some(Ok(0)) => Ok(0),
+        Some(Ok(seconds)) if seconds < MIN_SUBSCRIPTION_EXPIRES => {
+            Err((423, vec![Header::Other("Min-Expires".into(), MIN_SUBSCRIPTION_EXPIRES.to_string())]))
+        }
+        Some(Ok(seconds)) => Ok(seconds.min(MAX_SUBSCRIPTION_EXPIRES)),
+    }
 }
 
 /// Where requests go when a route set exists: its first entry (loose routing).

@@ -8,6 +8,7 @@ mod mix;
 mod nat;
 mod policy;
 mod prompts;
+mod roster;
 mod routing;
 mod sipp;
 mod transport;

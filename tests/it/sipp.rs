@@ -592,3 +592,63 @@ fn sipp_cancel_racing_the_answer_leaves_the_call_up() {
     let Some((mut server, _)) = scenario_call("uac_cancel_race.xml", "race") else { return };
     assert!(server.terminate().success());
 }
+
+/// A desk phone (sipp) watches a room's roster (RFC 4575 over RFC 6665):
+/// it subscribes and gets the room as it is (the app's own participant),
+/// hears of a guest the app dials in until the guest is connected, then
+/// unsubscribes and gets the last NOTIFY; sipp checks the documents.
+#[test]
+fn sipp_watches_a_room_s_roster_by_conference_events() {
+    if !sipp_available() {
+        return;
+    }
+    let config = |port: u16, rtp: u16| EndpointConfig {
+        listen: ([127, 0, 0, 1], port).into(),
+        sample_rate: crate::common::RATE,
+        rtp_ports: rtp..=rtp + 19,
+        ..Default::default()
+    };
+    let (bridge, guest) =
+        (Endpoint::start(config(47560, 47600)).unwrap(), Endpoint::start(config(47561, 47620)).unwrap());
+    let room = bridge.create_conference("standup").unwrap();
+    let _app = room.add_local().unwrap();
+    let dir = std::env::temp_dir();
+    let log = dir.join(format!("sipbridge-conference-events-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_subscribe_conference.xml");
+    let args = [
+        "-sf",
+        scenario,
+        "127.0.0.1:47560",
+        "-s",
+        "standup",
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "47570",
+        "-mp",
+        "47572",
+        "-timeout",
+        "30s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_msg",
+        "-message_file",
+    ]
+    .map(str::to_string)
+    .into_iter()
+    .chain([log.display().to_string()])
+    .collect::<Vec<_>>();
+    let sipp = std::thread::spawn(move || run_sipp(&args.iter().map(String::as_str).collect::<Vec<_>>(), &dir));
+    // The guest is dialled once sipp has the first roster, which its message log shows.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("<user-count>1</user-count>") {
+        assert!(std::time::Instant::now() < deadline, "sipp never got the first NOTIFY");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    room.dial(&guest.room_uri("guest")).unwrap();
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uac subscribing to conference events");
+    let _ = std::fs::remove_file(&log);
+}
