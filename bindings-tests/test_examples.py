@@ -5,6 +5,7 @@ tone and keeps what it hears; tones are told apart by their power in an FFT.
 Everything started here uses ports 49000-50999.
 """
 
+import json
 import queue
 import re
 import signal
@@ -180,3 +181,27 @@ def test_ivr_asks_for_the_pin_admits_and_announces():
             phone.close()
     assert code == 0
     log.expect("stopping: hanging up every call")
+
+
+def test_classroom_notebook_runs_its_checks_and_measures_talk_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    notebook = nbformat.read(EXAMPLES / "classroom.ipynb", as_version=4)
+    monkeypatch.setenv("CLASSROOM_BASE_PORT", "49400")  # the kernel inherits it
+    # The notebook checks who heard whom in each phase and raises when wrong:
+    # execute() then raises CellExecutionError with the cell's traceback.
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=60)
+    client.execute(cwd=str(tmp_path))
+    printed = "".join(o.get("text", "") for cell in notebook.cells for o in cell.get("outputs", []))
+    print(printed)
+    for phase in ("everyone talks", "muted", "in breakout rooms", "back in class"):
+        assert any(line.startswith(phase + ":") for line in printed.splitlines()), f"the {phase} check ran"
+
+    results = next(cell for cell in notebook.cells if "results" in cell.metadata.get("tags", []))
+    measured = json.loads("".join(o["text"] for o in results.outputs if o["output_type"] == "stream"))
+    talk, share = measured["talk_seconds"], measured["share"]
+    students = sorted((name for name in share if name != "teacher"), key=lambda name: share[name])
+    talk_times = [talk[name] for name in students]
+    assert talk["teacher"] > 0 and talk_times[0] > 0
+    assert all(a < b for a, b in zip(talk_times, talk_times[1:])), f"more talk, more talk time: {talk}"
+    assert any("image/png" in o.get("data", {}) for cell in notebook.cells for o in cell.get("outputs", [])), "a plot"
