@@ -42,7 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pin", required=True, help="the PIN callers type, then '#'")
     parser.add_argument("--prompt", help="WAV file asking for the PIN (default: a tone)")
     parser.add_argument("--announcement", help="WAV file played into a room when someone joins (default: a tone)")
-    parser.add_argument("--sample-rate", type=int, default=16000, choices=(8000, 16000, 48000))
+    parser.add_argument(
+        "--sample-rate", type=int, default=16000, choices=(8000, 16000, 48000), help="the rooms' mixing rate (Hz)"
+    )
     return parser.parse_args(argv)
 
 
@@ -52,15 +54,14 @@ def serve(endpoint: sipbridge.Endpoint, rooms: dict[str, sipbridge.Conference], 
         event = endpoint.next_event(timeout=None)  # Ctrl-C raises KeyboardInterrupt here
         if event is None:
             continue
-        room_name = event.conference
-        room = rooms.get(room_name)
+        room_name = event.conference  # always one of `rooms`: no others are created
         if event.kind == "participant_joined":
             log.info("%s: %s answered, asking for the PIN (participant %s)", room_name, event.remote, event.participant)
         elif event.kind == "pin_rejected":
             log.info("%s: participant %s typed a wrong PIN, %s tries left", room_name, event.participant, event.tries_left)
-        elif event.kind == "pin_accepted" and room is not None:
+        elif event.kind == "pin_accepted":
             log.info("%s: participant %s is in", room_name, event.participant)
-            room.play(announcement)  # everyone in the room, the newcomer too
+            rooms[room_name].play(announcement)  # everyone in the room, the newcomer too
         elif event.kind == "dtmf":
             log.info("%s: participant %s pressed %s", room_name, event.participant, event.digit)
         elif event.kind == "participant_left":
