@@ -893,13 +893,14 @@ sb_status sb_local_id(const sb_local *local, uint64_t *out);
 
 /**
  * Queues `len` samples for the mixer, waiting up to `timeout_ms` for room
- * (the queue holds one second; the mixer takes 160 samples every 20 ms).
+ * (the queue holds one second; the mixer takes a frame, rate / 50 samples, every 20 ms).
  */
 sb_status sb_local_write(sb_local *local, const int16_t *pcm, size_t len, uint32_t timeout_ms);
 
 /**
  * Reads the next 20 ms frame of what the participant hears into `out`
- * (`len` must be 160), waiting up to `timeout_ms`.
+ * (`len` must be a frame: the conference's rate / 50 samples, 960 at
+ * 48 kHz), waiting up to `timeout_ms`.
  */
 sb_status sb_local_read_frame(sb_local *local, int16_t *out, size_t len, uint32_t timeout_ms);
 
@@ -915,7 +916,8 @@ void sb_local_free(sb_local *local);
 sb_status sb_conference_mixed_audio(const sb_conference *conference, sb_frame_reader **out);
 
 /**
- * Reads the next frame (`len` must be 160), waiting up to `timeout_ms`.
+ * Reads the next frame (`len` must be a frame: the conference's rate / 50
+ * samples), waiting up to `timeout_ms`.
  */
 sb_status sb_frame_reader_read(sb_frame_reader *reader,
                                int16_t *out,

@@ -1011,7 +1011,7 @@ pub extern "C" fn sb_local_id(local: *const sb_local, out: *mut u64) -> sb_statu
 }
 
 /// Queues `len` samples for the mixer, waiting up to `timeout_ms` for room
-/// (the queue holds one second; the mixer takes 160 samples every 20 ms).
+/// (the queue holds one second; the mixer takes a frame, rate / 50 samples, every 20 ms).
 #[no_mangle]
 pub extern "C" fn sb_local_write(local: *mut sb_local, pcm: *const i16, len: usize, timeout_ms: u32) -> sb_status {
     ffi_guard!({
@@ -1027,7 +1027,8 @@ pub extern "C" fn sb_local_write(local: *mut sb_local, pcm: *const i16, len: usi
 }
 
 /// Reads the next 20 ms frame of what the participant hears into `out`
-/// (`len` must be 160), waiting up to `timeout_ms`.
+/// (`len` must be a frame: the conference's rate / 50 samples, 960 at
+/// 48 kHz), waiting up to `timeout_ms`.
 #[no_mangle]
 pub extern "C" fn sb_local_read_frame(local: *mut sb_local, out: *mut i16, len: usize, timeout_ms: u32) -> sb_status {
     ffi_guard!({
@@ -1073,7 +1074,8 @@ pub extern "C" fn sb_conference_mixed_audio(
     })
 }
 
-/// Reads the next frame (`len` must be 160), waiting up to `timeout_ms`.
+/// Reads the next frame (`len` must be a frame: the conference's rate / 50
+/// samples), waiting up to `timeout_ms`.
 #[no_mangle]
 pub extern "C" fn sb_frame_reader_read(
     reader: *mut sb_frame_reader,
