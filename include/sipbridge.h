@@ -373,6 +373,11 @@ typedef struct {
    * `sb_endpoint_add_user`, `sb_conference_set_require_authentication`).
    */
   bool require_authentication;
+  /**
+   * Whether digest challenges offer SHA-256 beside MD5 (some older
+   * clients fail on it). Default false.
+   */
+  bool digest_sha256;
 } sb_endpoint_config;
 
 /**

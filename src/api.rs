@@ -75,12 +75,22 @@ pub struct EndpointConfig {
     pub hang_up_on_media_timeout: bool,
     /// Mixer threads; each conference mixes on one of them. 0: one per core.
     pub mixer_threads: usize,
+    /// The policy of the rooms callers' INVITEs create (PIN, moderators,
+    /// limits; see [`ConferencePolicy`]), so that the first caller of a new
+    /// room already types a PIN. Rooms the app creates start with the
+    /// default policy; [`Conference::set_policy`] changes either.
+    pub room_policy: ConferencePolicy,
     /// Whether callers must authenticate (digest, as a user added with
     /// [`Endpoint::add_user`]) to join a room: the default of every new
     /// room, which [`Conference::set_require_authentication`] changes.
     pub require_authentication: bool,
     /// The realm of the endpoint's digest challenges.
     pub realm: String,
+    /// Whether digest challenges offer SHA-256 (RFC 8760) beside MD5. Off
+    /// by default, as in Asterisk and FreeSWITCH: some clients (libre 1.x,
+    /// so baresip 1.0) fail on a challenge they cannot answer rather than
+    /// pick the one they can.
+    pub digest_sha256: bool,
     /// How often registered phones get an OPTIONS ping; one that does not
     /// answer loses its registration. `None`: no pings.
     pub keepalive_interval: Option<Duration>,
@@ -114,6 +124,8 @@ impl Default for EndpointConfig {
             mixer_threads: 0,
             require_authentication: false,
             realm: "sipbridge".into(),
+            digest_sha256: false,
+            room_policy: ConferencePolicy::default(),
             keepalive_interval: Some(Duration::from_secs(30)),
             conference_events: true,
             max_subscriptions_per_room: 64,

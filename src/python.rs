@@ -148,7 +148,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None, stun_server = None))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None, stun_server = None, digest_sha256 = false))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -173,6 +173,7 @@ impl Endpoint {
         tls_ca_file: Option<std::path::PathBuf>,
         dns_servers: Option<Vec<String>>,
         stun_server: Option<String>,
+        digest_sha256: bool,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
@@ -227,6 +228,7 @@ impl Endpoint {
             tls_ca_file,
             dns_servers,
             stun_server,
+            digest_sha256,
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;

@@ -397,6 +397,7 @@ class Endpoint:
         tls_ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
         dns_servers: Optional[Sequence[str]] = None,
         stun_server: Optional[str] = None,
+        digest_sha256: bool = False,
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...

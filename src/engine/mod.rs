@@ -358,6 +358,8 @@ pub(crate) struct Shared {
     pub tls_addr: Option<SocketAddr>,
     /// Looks up the host names of dialled URIs.
     pub resolver: hickory_resolver::TokioResolver,
+    /// The prompts of `config.room_policy`, rendered once at the endpoint's rate.
+    room_policy_audio: PolicyAudio,
     /// The address that goes into SDP and Contact.
     pub advertised_ip: IpAddr,
     pub registry: Mutex<Registry>,
@@ -455,8 +457,9 @@ impl Shared {
             require_authentication: self.config.require_authentication,
             on_demand,
             recording: None,
-            policy: ConferencePolicy::default(),
-            policy_audio: None,
+            policy: if on_demand { self.config.room_policy.clone() } else { ConferencePolicy::default() },
+            // Rooms callers create mix at the endpoint's rate, which their prompts were rendered at.
+            policy_audio: if on_demand { Some(self.room_policy_audio.clone()) } else { None },
             ending: false,
         };
         registry.conferences.insert(name.into(), entry);
@@ -1037,7 +1040,10 @@ impl Engine {
 
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let (sip_commands, sip_rx) = tokio::sync::mpsc::unbounded_channel();
-        let authenticator = Mutex::new(Authenticator::new(&config.realm, std::time::Instant::now()));
+        config.room_policy.validate()?;
+        let room_policy_audio = PolicyAudio::render(&config.room_policy, config.sample_rate)?;
+        let authenticator =
+            Mutex::new(Authenticator::new(&config.realm, config.digest_sha256, std::time::Instant::now()));
         let (transports, resolver) = {
             let _guard = runtime.enter();
             (sip_transports(&config, std_socket, sip_addr)?, dns::resolver(&config.dns_servers)?)
@@ -1045,6 +1051,7 @@ impl Engine {
         let shared = Arc::new(Shared {
             tls_addr: transports.tls_addr,
             resolver,
+            room_policy_audio,
             config,
             sip_addr,
             advertised_ip,

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 const HOLD_QUEUED: u32 = 2;
 
 /// The policy's own prompts, rendered at the conference's rate.
+#[derive(Clone)]
 pub(crate) struct PolicyAudio {
     pin_prompt: Arc<[i16]>,
     hold_music: Arc<[i16]>,

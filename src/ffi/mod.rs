@@ -320,6 +320,9 @@ pub struct sb_endpoint_config {
     /// Whether new rooms require callers to authenticate (see
     /// `sb_endpoint_add_user`, `sb_conference_set_require_authentication`).
     pub require_authentication: bool,
+    /// Whether digest challenges offer SHA-256 beside MD5 (some older
+    /// clients fail on it). Default false.
+    pub digest_sha256: bool,
 }
 
 /// Sets `config` to the defaults.
@@ -350,6 +353,7 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             opus_dtx: defaults.opus.dtx,
             mixer_threads: defaults.mixer_threads as u32,
             require_authentication: defaults.require_authentication,
+            digest_sha256: defaults.digest_sha256,
         };
         sb_status::SB_OK
     })
@@ -415,6 +419,7 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             },
             mixer_threads: config.mixer_threads as usize,
             require_authentication: config.require_authentication,
+            digest_sha256: config.digest_sha256,
             ..Default::default()
         }));
         *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));

@@ -31,10 +31,11 @@ const MAX_TRACKED_SOURCES: usize = 10_000;
 pub enum Verdict {
     /// The answer is right: the request comes from `user`.
     Accept { user: String },
-    /// Answer 401 with these WWW-Authenticate values: MD5, then SHA-256.
-    /// MD5 comes first although SHA-256 is stronger: clients that read only
-    /// the first challenge (sipp 3.6, many older phones) know only MD5, and
-    /// clients that know both pick SHA-256 wherever it is.
+    /// Answer 401 with these WWW-Authenticate values: MD5, then SHA-256 when
+    /// the authenticator offers it. MD5 comes first although SHA-256 is
+    /// stronger: clients that read only the first challenge (sipp 3.6, many
+    /// older phones) know only MD5, and clients that know both pick SHA-256
+    /// wherever it is.
     Challenge(Vec<String>),
     /// Answer 403: too many wrong answers from this address.
     Forbidden,
@@ -53,6 +54,10 @@ struct Failures {
 
 pub struct Authenticator {
     realm: String,
+    /// Whether challenges offer SHA-256 beside MD5 (RFC 8760). Off by
+    /// default in the engine: libre 1.x (baresip 1.0) fails on a challenge
+    /// whose algorithm it does not know rather than skipping it.
+    offer_sha256: bool,
     secret: [u8; 16],
     epoch: Instant,
     users: HashMap<String, UserHashes>,
@@ -60,10 +65,12 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator for `realm`, with a fresh secret for its nonces.
-    pub fn new(realm: &str, now: Instant) -> Self {
+    /// An authenticator for `realm`, with a fresh secret for its nonces;
+    /// its challenges offer SHA-256 too when `offer_sha256`.
+    pub fn new(realm: &str, offer_sha256: bool, now: Instant) -> Self {
         Self {
             realm: realm.into(),
+            offer_sha256,
             secret: rand::random(),
             epoch: now,
             users: HashMap::new(),
@@ -156,7 +163,11 @@ impl Authenticator {
         let value = |algorithm: &str| {
             format!("Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={algorithm}, qop=\"auth\"{stale}", self.realm)
         };
-        Verdict::Challenge(vec![value("MD5"), value("SHA-256")])
+        let mut values = vec![value("MD5")];
+        if self.offer_sha256 {
+            values.push(value("SHA-256"));
+        }
+        Verdict::Challenge(values)
     }
 
     /// `issued` (ms since the epoch) in hex, then a keyed hash of it.
@@ -232,7 +243,7 @@ mod tests {
     /// An authenticator with user alice (password "secret"), and a caller's address.
     fn server_with_alice() -> (Instant, Authenticator, IpAddr) {
         let now = Instant::now();
-        let mut auth = Authenticator::new("sipbridge", now);
+        let mut auth = Authenticator::new("sipbridge", true, now);
         auth.add_user("alice", "secret");
         (now, auth, [10, 0, 0, 1].into())
     }
@@ -263,7 +274,7 @@ mod tests {
         assert_eq!(auth.check(now, source, "INVITE", Some(&md5)), Verdict::Accept { user: "alice".into() });
         // The answer is bound to the method and the server's nonces.
         assert!(matches!(auth.check(now, source, "BYE", Some(&md5)), Verdict::Challenge(_)));
-        let other = Authenticator::new("sipbridge", now);
+        let other = Authenticator::new("sipbridge", true, now);
         let foreign = answer(&other.challenge(now, false), &alice());
         assert!(matches!(auth.check(now, source, "INVITE", Some(&foreign)), Verdict::Challenge(_)));
     }

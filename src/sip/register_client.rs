@@ -524,7 +524,7 @@ mod tests {
     impl Net {
         fn new() -> Self {
             let now = Instant::now();
-            let mut auth = Authenticator::new(REALM, now);
+            let mut auth = Authenticator::new(REALM, true, now);
             auth.add_user("alice", "secret");
             Self {
                 now,

@@ -47,6 +47,12 @@ impl Baresip {
     /// Starts baresip as `user`, offering and accepting only `codecs` (its
     /// names: `opus/48000/2`, `G722/16000/1`), sending a `tone_hz` sine.
     fn start(user: &str, codecs: &str, tone_hz: u32) -> Self {
+        Self::start_with(user, codecs, tone_hz, None)
+    }
+
+    /// As `start`, registering with the registrar on `registrar` (its SIP
+    /// port on loopback) with `password` when given, every minute.
+    fn start_with(user: &str, codecs: &str, tone_hz: u32, registrar: Option<(u16, &str)>) -> Self {
         let (sip_port, ctrl_port, rtp_min) = ports();
         let dir = std::env::temp_dir().join(format!("sipbridge-baresip-{}-{user}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -71,11 +77,16 @@ impl Baresip {
                 ("@REC_DIR@", recordings.display().to_string()),
             ],
         );
+        let (aor_port, registration) = match registrar {
+            Some((port, password)) => (port, format!("auth_pass={password};regint=60")),
+            None => (sip_port, "regint=0".to_string()),
+        };
         let accounts = fill(
             "accounts",
             &[
                 ("@USER@", user.to_string()),
-                ("@SIP_PORT@", sip_port.to_string()),
+                ("@AOR_PORT@", aor_port.to_string()),
+                ("@REGISTRATION@", registration),
                 ("@ANSWERMODE@", "auto".to_string()),
                 ("@CODECS@", codecs.to_string()),
             ],
@@ -224,4 +235,55 @@ fn baresip_with_opus_and_with_g722_hear_each_other_through_a_wideband_room() {
         Event::ParticipantLeft { .. } if room.participants().map(|p| p.len() == 1).unwrap_or(false) => Some(()),
         _ => None,
     });
+}
+
+/// baresip registers with the built-in registrar (digest, as its user),
+/// the app dials it by its address of record, and the phone holds the call
+/// and resumes it (re-INVITEs); after resuming, its tone is heard again.
+#[test]
+fn baresip_registers_is_dialled_by_its_address_and_holds_and_resumes() {
+    if !baresip_available() {
+        return;
+    }
+    let bridge = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rtp_ports: rtp_range(),
+        sample_rate: 16000,
+        ..Default::default()
+    })
+    .unwrap();
+    bridge.add_user("carol", "secret").unwrap();
+    let carol = Baresip::start_with("carol", "G722/16000/1", 700, Some((bridge.local_addr().port(), "secret")));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bridge.registrations("carol").is_empty() {
+        assert!(Instant::now() < deadline, "carol never registered:\n{}", carol.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let room = bridge.create_conference("desk").unwrap();
+    let mut app = room.add_local().unwrap();
+    let leg = room.dial("sip:carol@sipbridge").unwrap();
+    wait_event(&bridge, Duration::from_secs(10), |e| matches!(e, Event::Answered { .. }).then_some(()));
+    assert_eq!(leg.info().unwrap().codec, Some(CodecKind::G722));
+    let hold = |e: &Event| match e {
+        Event::Hold { held, .. } => Some(*held),
+        _ => None,
+    };
+    carol.command("hold", "");
+    assert!(wait_event(&bridge, Duration::from_secs(5), hold), "held");
+    assert!(leg.info().unwrap().on_hold);
+    carol.command("resume", "");
+    assert!(!wait_event(&bridge, Duration::from_secs(5), hold), "resumed");
+    // Her tone is in the room again.
+    let frame = app.frame_samples();
+    let (silence, mut buf, mut heard) = (vec![0i16; frame], vec![0i16; frame], Vec::new());
+    let end = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < end {
+        app.write_all(&silence, Some(Duration::from_secs(1))).unwrap();
+        if app.read_frame(&mut buf, Some(Duration::from_millis(200))).is_ok() {
+            heard.extend_from_slice(&buf);
+        }
+    }
+    let tail = &heard[heard.len().saturating_sub(16000)..];
+    assert!(tone_power_at(tail, 700.0, 16000) > 1e4, "{}", tone_power_at(tail, 700.0, 16000));
+    carol.quit();
 }

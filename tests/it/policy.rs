@@ -21,12 +21,18 @@ const HOLD_HZ: f64 = 400.0;
 /// tests have to themselves: RTP in the first 20 ports of a block of 24,
 /// SIP on the 21st.
 fn endpoint() -> Endpoint {
+    endpoint_with(ConferencePolicy::default())
+}
+
+/// An endpoint whose rooms created by callers get `room_policy`.
+fn endpoint_with(room_policy: ConferencePolicy) -> Endpoint {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = 43400 + NEXT.fetch_add(1, Ordering::Relaxed) % 25 * 24;
     Endpoint::start(EndpointConfig {
         listen: format!("127.0.0.1:{}", base + 20).parse().unwrap(),
         sample_rate: RATE,
         rtp_ports: base..=base + 19,
+        room_policy,
         ..Default::default()
     })
     .expect("endpoint starts")
@@ -287,4 +293,24 @@ fn mute_all_spares_moderators_and_a_deaf_caller_hears_silence_but_is_heard() {
 
     leg.kick().unwrap();
     assert_eq!(wait_event(&bridge, WAIT, left(inbound)), LeaveReason::Kicked);
+}
+
+/// The endpoint's room policy applies to a room a caller's INVITE creates,
+/// so its very first caller types the PIN; a room the app creates is open.
+#[test]
+fn a_room_a_caller_creates_takes_the_endpoint_s_room_policy() {
+    let bridge = endpoint_with(ConferencePolicy { pin: Some("77".into()), ..Default::default() });
+    let caller = endpoint();
+    let out = caller.create_conference("out").unwrap();
+    let leg = out.dial(&bridge.room_uri("made-by-caller")).unwrap();
+    answered(&caller, leg.id());
+    let inbound = wait_event(&bridge, WAIT, joined_inbound);
+    let room = bridge.conference("made-by-caller").unwrap();
+    assert_eq!(room.policy().unwrap().pin.as_deref(), Some("77"));
+    assert_eq!(room.participant(inbound).unwrap().info().unwrap().admission, Admission::EnteringPin);
+    leg.send_dtmf("77#").unwrap();
+    wait_event(&bridge, WAIT, |e| {
+        matches!(e, Event::PinAccepted { participant, .. } if *participant == inbound).then_some(())
+    });
+    assert_eq!(bridge.create_conference("by-the-app").unwrap().policy().unwrap().pin, None);
 }

@@ -38,6 +38,7 @@ pub struct SipSection {
     pub public_address: Option<IpAddr>,
     pub stun_server: Option<String>,
     pub realm: Option<String>,
+    pub digest_sha256: Option<bool>,
     pub create_rooms_on_demand: Option<bool>,
     pub require_authentication: Option<bool>,
 }

@@ -94,6 +94,9 @@ struct ServeArgs {
     /// The realm of digest challenges, and the domain of registered users [default: sipbridge].
     #[arg(long)]
     realm: Option<String>,
+    /// Offer SHA-256 digest challenges (RFC 8760) beside MD5.
+    #[arg(long)]
+    digest_sha256: bool,
 }
 
 fn parse_user(s: &str) -> Result<(String, String), String> {
@@ -185,6 +188,7 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         mixer_threads: args.mixer_threads.or(file.media.mixer_threads).unwrap_or(defaults.mixer_threads),
         require_authentication: args.require_auth || file.sip.require_authentication.unwrap_or(false),
         realm: args.realm.or(file.sip.realm).unwrap_or(defaults.realm.clone()),
+        digest_sha256: args.digest_sha256 || file.sip.digest_sha256.unwrap_or(false),
         ..defaults
     };
     let mut users = file.users;
