@@ -193,6 +193,11 @@ static void test_policy(sb_endpoint *endpoint) {
   policy.pin = "1#";
   CHECK(sb_conference_set_policy(room, &policy) == SB_INVALID_ARGUMENT, "'#' ends a PIN, it is not in one");
   OK(sb_conference_policy_init(&policy));
+  policy.codecs = "PCMU,speex";
+  CHECK(sb_conference_set_policy(room, &policy) == SB_INVALID_ARGUMENT, "an unknown codec");
+  policy.codecs = "PCMU, G722";
+  OK(sb_conference_set_policy(room, &policy));
+  OK(sb_conference_policy_init(&policy));
   policy.max_participants = 1;
   OK(sb_conference_set_policy(room, &policy));
   OK(sb_conference_add_local(room, &a));

@@ -625,6 +625,11 @@ typedef struct {
    * Played over and over to those waiting for a moderator (NULL: a soft tone).
    */
   const sb_playback *hold_music;
+  /**
+   * The conference's codecs in order of preference, comma-separated
+   * ("opus,G722,PCMU,PCMA"), or NULL for the endpoint's.
+   */
+  const char *codecs;
 } sb_conference_policy;
 
 /**

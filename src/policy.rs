@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::media::codec::CodecKind;
 use crate::media::playback::Playback;
 use crate::{Error, Result};
 
@@ -52,6 +53,10 @@ pub struct ConferencePolicy {
     /// How long a caller may take over its PIN, from the prompt or its last
     /// digit; running out counts as a wrong PIN.
     pub pin_timeout: Duration,
+    /// The codecs of this conference's calls, in order of preference, in
+    /// place of the endpoint's (`None`): what its answers pick and its
+    /// dials offer.
+    pub codecs: Option<Vec<CodecKind>>,
 }
 
 impl Default for ConferencePolicy {
@@ -67,6 +72,7 @@ impl Default for ConferencePolicy {
             pin_prompt: None,
             hold_music: None,
             pin_timeout: DEFAULT_PIN_TIMEOUT,
+            codecs: None,
         }
     }
 }
@@ -93,6 +99,9 @@ impl ConferencePolicy {
         }
         if self.pin_timeout < Duration::from_secs(1) || self.pin_timeout > Duration::from_secs(300) {
             return Err(Error::InvalidArgument("the PIN timeout must be 1 s to 5 min".into()));
+        }
+        if self.codecs.as_ref().is_some_and(Vec::is_empty) {
+            return Err(Error::InvalidArgument("a conference's codec list cannot be empty".into()));
         }
         if self.max_participants == Some(0) {
             return Err(Error::InvalidArgument("a conference needs room for one participant at least".into()));

@@ -143,6 +143,17 @@ struct Endpoint {
     inner: crate::Endpoint,
 }
 
+/// Codecs by their SDP encoding names.
+fn codec_list(names: &[String]) -> PyResult<Vec<CodecKind>> {
+    names
+        .iter()
+        .map(|n| {
+            CodecKind::from_encoding_name(n)
+                .ok_or_else(|| InvalidArgumentError::new_err(format!("unknown codec {n:?} (opus, G722, PCMU or PCMA)")))
+        })
+        .collect()
+}
+
 #[pymethods]
 impl Endpoint {
     #[new]
@@ -193,14 +204,7 @@ impl Endpoint {
         }
         let codecs = match codecs {
             None => EndpointConfig::default().codecs,
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    CodecKind::from_encoding_name(n).ok_or_else(|| {
-                        InvalidArgumentError::new_err(format!("unknown codec {n:?} (opus, G722, PCMU or PCMA)"))
-                    })
-                })
-                .collect::<PyResult<_>>()?,
+            Some(names) => codec_list(&names)?,
         };
         let config = EndpointConfig {
             listen,
@@ -452,12 +456,13 @@ impl Conference {
     /// `moderator_pin` (typed by callers, then '#'; three tries),
     /// `locked` (callers get 403), `wait_for_moderator` (others hear
     /// `hold_music` until one is there), `end_when_moderator_leaves`,
-    /// `mute_on_join`, `pin_prompt`, and `pin_timeout` in seconds. It
+    /// `mute_on_join`, `pin_prompt`, `pin_timeout` in seconds, and `codecs`
+    /// (names in order of preference, in place of the endpoint's). It
     /// applies to who joins from now on.
     #[pyo3(signature = (
         *, max_participants = None, pin = None, moderator_pin = None, locked = false, wait_for_moderator = false,
         end_when_moderator_leaves = false, mute_on_join = false, pin_prompt = None, hold_music = None,
-        pin_timeout = 20.0
+        pin_timeout = 20.0, codecs = None
     ))]
     #[allow(clippy::too_many_arguments)] // Python keywords, one per policy field
     fn set_policy(
@@ -473,6 +478,7 @@ impl Conference {
         pin_prompt: Option<&Playback>,
         hold_music: Option<&Playback>,
         pin_timeout: f64,
+        codecs: Option<Vec<String>>,
     ) -> PyResult<()> {
         let policy = crate::ConferencePolicy {
             max_participants,
@@ -485,6 +491,7 @@ impl Conference {
             pin_prompt: pin_prompt.map(|p| p.inner.clone()),
             hold_music: hold_music.map(|p| p.inner.clone()),
             pin_timeout: seconds(Some(pin_timeout))?.unwrap_or_default(),
+            codecs: codecs.as_deref().map(codec_list).transpose()?,
         };
         // Prompts are resampled here: not with the GIL held.
         blocking(py, |_| self.inner.set_policy(policy))

@@ -352,6 +352,7 @@ class Conference:
         pin_prompt: Optional[Playback] = None,
         hold_music: Optional[Playback] = None,
         pin_timeout: float = 20.0,
+        codecs: Optional[Sequence[str]] = None,
     ) -> None: ...
     @property
     def policy(self) -> ConferencePolicy: ...

@@ -525,13 +525,20 @@ impl Driver {
         Some(leg)
     }
 
-    fn local_media(&self) -> Result<MediaPort> {
+    /// An RTP port and our side of a session for a call of room `room`,
+    /// with the room's codec preference (its policy's, or the endpoint's).
+    fn local_media(&self, room: &str) -> Result<MediaPort> {
         let bind_ip = self.shared.sip_addr.ip();
         let (socket, rtcp_socket, lease) = self.shared.ports.bind(bind_ip)?;
         let port = socket.local_addr()?.port();
+        // A room a caller's INVITE is about to create will have the endpoint's room policy.
+        let room_codecs = match self.shared.registry.lock().conferences.get(room) {
+            Some(conference) => conference.policy.codecs.clone(),
+            None => self.shared.config.room_policy.codecs.clone(),
+        };
         let local = LocalMedia {
             address: SocketAddr::new(self.shared.advertised_ip, port),
-            codecs: self.shared.codecs().to_vec(),
+            codecs: room_codecs.unwrap_or_else(|| self.shared.codecs().to_vec()),
             opus_dtx: self.shared.config.opus.dtx,
             session_id: rand::random::<u32>() as u64,
             session_version: 1,
@@ -669,7 +676,7 @@ impl Driver {
         // The conference policy: a locked room gets 403, a full one 486,
         // before a port is taken; joining checks again under the registry's lock.
         self.shared.check_room_open(&room).map_err(refusal)?;
-        let media = self.local_media().map_err(|e| (503, e))?;
+        let media = self.local_media(&room).map_err(|e| (503, e))?;
         let participant = ParticipantId(self.shared.next_id());
         let controls = Arc::new(ParticipantControls::default());
         let remote = Some(from.to_string());
@@ -1003,7 +1010,8 @@ impl Driver {
             // Hung up, or its conference destroyed, while the name was looked up.
             return Err(Error::NotFound(format!("participant {}", participant.0)));
         }
-        let media = self.local_media()?;
+        let room = self.shared.conference_of(participant).unwrap_or_default();
+        let media = self.local_media(&room)?;
         let offer = sdp::offer(&media.local).print().into_bytes();
         // Calls as the account when it has one (servers check From against
         // it), else as the conference.

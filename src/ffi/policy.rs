@@ -4,6 +4,7 @@ use std::ffi::{c_char, CStr};
 use std::time::Duration;
 
 use super::{fail, from_result, sb_conference, sb_playback, sb_status, with_participant};
+use crate::media::codec::CodecKind;
 use crate::{Admission, ConferencePolicy};
 
 /// Where a participant stands with the conference policy.
@@ -56,6 +57,9 @@ pub struct sb_conference_policy {
     pub pin_prompt: *const sb_playback,
     /// Played over and over to those waiting for a moderator (NULL: a soft tone).
     pub hold_music: *const sb_playback,
+    /// The conference's codecs in order of preference, comma-separated
+    /// ("opus,G722,PCMU,PCMA"), or NULL for the endpoint's.
+    pub codecs: *const c_char,
 }
 
 /// Fills `policy` with the default: no limit, no PIN, unlocked, no moderator rules.
@@ -74,6 +78,7 @@ pub extern "C" fn sb_conference_policy_init(policy: *mut sb_conference_policy) -
             pin_timeout_ms: crate::policy::DEFAULT_PIN_TIMEOUT.as_millis() as u32,
             pin_prompt: std::ptr::null(),
             hold_music: std::ptr::null(),
+            codecs: std::ptr::null(),
         };
         sb_status::SB_OK
     })
@@ -87,7 +92,7 @@ fn optional_str(ptr: *const c_char) -> Result<Option<String>, sb_status> {
     // SAFETY: non-null, and the caller promises a NUL-terminated string.
     match unsafe { CStr::from_ptr(ptr) }.to_str() {
         Ok(s) => Ok(Some(s.to_string())),
-        Err(_) => Err(fail(sb_status::SB_INVALID_ARGUMENT, "a PIN is not UTF-8")),
+        Err(_) => Err(fail(sb_status::SB_INVALID_ARGUMENT, "a PIN or codec list is not UTF-8")),
     }
 }
 
@@ -106,6 +111,14 @@ pub extern "C" fn sb_conference_set_policy(
             (Ok(pin), Ok(moderator_pin)) => (pin, moderator_pin),
             (Err(status), _) | (_, Err(status)) => return status,
         };
+        let codecs = match optional_str(p.codecs) {
+            Ok(None) => None,
+            Ok(Some(list)) => match list.split(',').map(|n| CodecKind::from_encoding_name(n.trim())).collect() {
+                Some(codecs) => Some(codecs),
+                None => return fail(sb_status::SB_INVALID_ARGUMENT, format!("unknown codec in {list:?}")),
+            },
+            Err(status) => return status,
+        };
         // SAFETY: NULL or a live sb_playback (the caller's promise).
         let playback = |ptr: *const sb_playback| unsafe { ptr.as_ref() }.map(|p| p.playback.clone());
         let policy = ConferencePolicy {
@@ -119,6 +132,7 @@ pub extern "C" fn sb_conference_set_policy(
             pin_prompt: playback(p.pin_prompt),
             hold_music: playback(p.hold_music),
             pin_timeout: Duration::from_millis(p.pin_timeout_ms.into()),
+            codecs,
         };
         from_result(conference.conference.set_policy(policy))
     })

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use sipbridge::{
-    Admission, ConferencePolicy, Endpoint, EndpointConfig, Error, Event, LeaveReason, LocalParticipant, ParticipantId,
-    ParticipantKind, Playback,
+    Admission, CodecKind, ConferencePolicy, Endpoint, EndpointConfig, Error, Event, LeaveReason, LocalParticipant,
+    ParticipantId, ParticipantKind, Playback,
 };
 
 use crate::common::{assert_hear_each_other, play_and_listen, tone_power, wait_event, RATE};
@@ -313,4 +313,26 @@ fn a_room_a_caller_creates_takes_the_endpoint_s_room_policy() {
         matches!(e, Event::PinAccepted { participant, .. } if *participant == inbound).then_some(())
     });
     assert_eq!(bridge.create_conference("by-the-app").unwrap().policy().unwrap().pin, None);
+}
+
+/// A conference's codec preference overrides the endpoint's: a caller
+/// offering Opus first gets PCMU in a room that prefers it, and the room's
+/// own dials offer only its codecs.
+#[test]
+fn a_room_s_codec_preference_picks_its_calls_codec() {
+    let (bridge, caller) = (endpoint(), endpoint());
+    let room = bridge.create_conference("narrowband").unwrap();
+    let codecs = Some(vec![CodecKind::Pcmu, CodecKind::G722]);
+    room.set_policy(ConferencePolicy { codecs, ..Default::default() }).unwrap();
+    let out = caller.create_conference("out").unwrap();
+    let leg = out.dial(&bridge.room_uri("narrowband")).unwrap();
+    answered(&caller, leg.id());
+    let inbound = wait_event(&bridge, WAIT, joined_inbound);
+    assert_eq!(room.participant(inbound).unwrap().info().unwrap().codec, Some(CodecKind::Pcmu));
+    assert_eq!(leg.info().unwrap().codec, Some(CodecKind::Pcmu));
+    let dialled = room.dial(&caller.room_uri("back")).unwrap();
+    answered(&bridge, dialled.id());
+    // The callee picks from the room's offer, by its own preference: G.722, not Opus.
+    assert_eq!(dialled.info().unwrap().codec, Some(CodecKind::G722), "its dials offer only its codecs");
+    assert!(room.set_policy(ConferencePolicy { codecs: Some(Vec::new()), ..Default::default() }).is_err());
 }

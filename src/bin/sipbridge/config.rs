@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sipbridge::{ConferencePolicy, Playback};
+use sipbridge::{CodecKind, ConferencePolicy, Playback};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,6 +86,8 @@ pub struct RoomEntry {
     pub pin_prompt: Option<PathBuf>,
     pub hold_music: Option<PathBuf>,
     pub pin_timeout: Option<u64>,
+    /// Codec names in order of preference ("opus", "G722", "PCMU", "PCMA").
+    pub codecs: Option<Vec<String>>,
 }
 
 impl RoomEntry {
@@ -104,6 +106,19 @@ impl RoomEntry {
             pin_prompt: wav(&self.pin_prompt)?,
             hold_music: wav(&self.hold_music)?,
             pin_timeout: self.pin_timeout.map_or(default.pin_timeout, Duration::from_secs),
+            codecs: self
+                .codecs
+                .as_ref()
+                .map(|names| {
+                    names
+                        .iter()
+                        .map(|n| {
+                            CodecKind::from_encoding_name(n)
+                                .ok_or_else(|| sipbridge::Error::InvalidArgument(format!("unknown codec {n:?}")))
+                        })
+                        .collect()
+                })
+                .transpose()?,
         })
     }
 }
