@@ -523,6 +523,15 @@ int main(void) {
   CHECK(wait_for(caller, SB_EVENT_REGISTRATION, &event) && event.account == account_id &&
             event.registration == SB_REGISTRATION_REGISTERED && event.expires == 3600,
         "registered: %d %u", (int)event.registration, event.expires);
+  char contacts[256];
+  size_t contacts_needed = 0;
+  CHECK(sb_endpoint_registrations(bridge, "alice", contacts, 1, &contacts_needed) == SB_BUFFER_TOO_SMALL &&
+            contacts_needed > 1,
+        "the contacts' size: %zu", contacts_needed);
+  OK(sb_endpoint_registrations(bridge, "alice", contacts, sizeof contacts, NULL));
+  CHECK(strncmp(contacts, "<sip:", 5) == 0 || strncmp(contacts, "sip:", 4) == 0, "alice's contact: %s", contacts);
+  OK(sb_endpoint_registrations(bridge, "nobody", contacts, sizeof contacts, NULL));
+  CHECK(contacts[0] == 0, "no registration, no line");
   OK(sb_endpoint_unregister_account(caller, account_id));
   CHECK(wait_for(caller, SB_EVENT_REGISTRATION, &event) && event.registration == SB_REGISTRATION_UNREGISTERED,
         "unregistered");

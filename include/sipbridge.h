@@ -378,6 +378,17 @@ typedef struct {
    * clients fail on it). Default false.
    */
   bool digest_sha256;
+  /**
+   * The realm of digest challenges and the domain of registered users
+   * (`sip:alice@REALM` dials alice's phone), or NULL for "sipbridge".
+   */
+  const char *realm;
+  /**
+   * Registered phones get a keep-alive (OPTIONS, or a CRLF ping on TCP
+   * and TLS) this often; one that does not answer loses its
+   * registration. 0 turns it off. Default 30000.
+   */
+  uint32_t keepalive_interval_ms;
 } sb_endpoint_config;
 
 /**
@@ -765,6 +776,17 @@ sb_status sb_endpoint_conference_names(const sb_endpoint *endpoint,
                                        char *buf,
                                        size_t len,
                                        size_t *needed);
+
+/**
+ * Writes the contacts `user`'s phones registered with (newest first), one
+ * per line, NUL-terminated, into `buf`; `needed` and `len` as for
+ * `sb_endpoint_conference_names`. No registration writes an empty string.
+ */
+sb_status sb_endpoint_registrations(const sb_endpoint *endpoint,
+                                    const char *user,
+                                    char *buf,
+                                    size_t len,
+                                    size_t *needed);
 
 /**
  * Frees a conference handle; the conference goes on.

@@ -159,7 +159,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None, stun_server = None, digest_sha256 = false))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None, stun_server = None, digest_sha256 = false, keepalive_interval = Some(30.0)))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -185,6 +185,7 @@ impl Endpoint {
         dns_servers: Option<Vec<String>>,
         stun_server: Option<String>,
         digest_sha256: bool,
+        keepalive_interval: Option<f64>,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
@@ -233,6 +234,7 @@ impl Endpoint {
             dns_servers,
             stun_server,
             digest_sha256,
+            keepalive_interval: seconds(keepalive_interval)?,
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;

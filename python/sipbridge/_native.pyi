@@ -399,6 +399,7 @@ class Endpoint:
         dns_servers: Optional[Sequence[str]] = None,
         stun_server: Optional[str] = None,
         digest_sha256: bool = False,
+        keepalive_interval: Optional[float] = ...,  # 30.0 seconds; None turns the pings off
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...

@@ -323,6 +323,13 @@ pub struct sb_endpoint_config {
     /// Whether digest challenges offer SHA-256 beside MD5 (some older
     /// clients fail on it). Default false.
     pub digest_sha256: bool,
+    /// The realm of digest challenges and the domain of registered users
+    /// (`sip:alice@REALM` dials alice's phone), or NULL for "sipbridge".
+    pub realm: *const c_char,
+    /// Registered phones get a keep-alive (OPTIONS, or a CRLF ping on TCP
+    /// and TLS) this often; one that does not answer loses its
+    /// registration. 0 turns it off. Default 30000.
+    pub keepalive_interval_ms: u32,
 }
 
 /// Sets `config` to the defaults.
@@ -354,6 +361,8 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             mixer_threads: defaults.mixer_threads as u32,
             require_authentication: defaults.require_authentication,
             digest_sha256: defaults.digest_sha256,
+            realm: std::ptr::null(),
+            keepalive_interval_ms: defaults.keepalive_interval.map_or(0, |t| t.as_millis() as u32),
         };
         sb_status::SB_OK
     })
@@ -420,6 +429,9 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             mixer_threads: config.mixer_threads as usize,
             require_authentication: config.require_authentication,
             digest_sha256: config.digest_sha256,
+            realm: try_optional_str!(config.realm).map_or_else(|| EndpointConfig::default().realm, str::to_string),
+            keepalive_interval: (config.keepalive_interval_ms > 0)
+                .then(|| Duration::from_millis(config.keepalive_interval_ms.into())),
             ..Default::default()
         }));
         *out = Box::into_raw(Box::new(sb_endpoint { endpoint, callback: parking_lot::Mutex::new(None) }));
@@ -639,7 +651,33 @@ pub extern "C" fn sb_endpoint_conference_names(
 ) -> sb_status {
     ffi_guard!({
         let endpoint = try_ref!(endpoint);
-        let text = endpoint.endpoint.conferences().join("\n");
+        write_lines(&endpoint.endpoint.conferences(), buf, len, needed)
+    })
+}
+
+/// Writes the contacts `user`'s phones registered with (newest first), one
+/// per line, NUL-terminated, into `buf`; `needed` and `len` as for
+/// `sb_endpoint_conference_names`. No registration writes an empty string.
+#[no_mangle]
+pub extern "C" fn sb_endpoint_registrations(
+    endpoint: *const sb_endpoint,
+    user: *const c_char,
+    buf: *mut c_char,
+    len: usize,
+    needed: *mut usize,
+) -> sb_status {
+    ffi_guard!({
+        let endpoint = try_ref!(endpoint);
+        let user = try_str!(user);
+        write_lines(&endpoint.endpoint.registrations(user), buf, len, needed)
+    })
+}
+
+/// Writes `lines` joined by newlines, NUL-terminated, into the caller's
+/// `buf` of `len` bytes, and the size it takes into `needed` (optional).
+fn write_lines(lines: &[String], buf: *mut c_char, len: usize, needed: *mut usize) -> sb_status {
+    {
+        let text = lines.join("\n");
         if !needed.is_null() {
             // SAFETY: non-null, the caller's writable size_t.
             unsafe { *needed = text.len() + 1 };
@@ -651,7 +689,7 @@ pub extern "C" fn sb_endpoint_conference_names(
         // SAFETY: the caller gives `len` writable bytes at `buf`.
         copy_str(&text, unsafe { std::slice::from_raw_parts_mut(buf, len) });
         sb_status::SB_OK
-    })
+    }
 }
 
 /// Frees a conference handle; the conference goes on.
