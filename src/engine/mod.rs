@@ -520,8 +520,8 @@ impl Shared {
             if mix.frame_samples() != conference.sample_rate as usize / 50 {
                 return Err(Error::InvalidArgument(format!("participant not built for {} Hz", conference.sample_rate)));
             }
-            let present = policy::moderator_present(conference, participants);
-            policy::on_entry(conference, present, &mut entry, Instant::now());
+            let room_waits = policy::waits_for_moderator(conference, participants);
+            policy::on_entry(conference, room_waits, &mut entry, Instant::now());
             prepare_mix(conference, id, &entry, &mut mix);
             entry.encoder_key = mix.encoder_key();
             let mut mixer = self.mixer.lock();
@@ -549,10 +549,10 @@ impl Shared {
             participants.get(&id).ok_or_else(|| Error::NotFound(format!("participant {}", id.0)))?.conference.clone();
         // The conference it dialled for must still be the same one, not a new room of the same name.
         let conference = conferences.get(&name).ok_or_else(|| Error::NotFound(name.clone()))?;
-        let present = policy::moderator_present(conference, participants);
+        let room_waits = policy::waits_for_moderator(conference, participants);
         let entry = participants.get_mut(&id).filter(|e| e.conference_id == conference.id);
         let entry = entry.ok_or_else(|| Error::NotFound(name.clone()))?;
-        policy::on_entry(conference, present, entry, Instant::now());
+        policy::on_entry(conference, room_waits, entry, Instant::now());
         prepare_mix(conference, id, entry, &mut mix);
         entry.encoder_key = mix.encoder_key();
         let mut mixer = self.mixer.lock();

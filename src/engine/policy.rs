@@ -126,6 +126,16 @@ fn set_admission(entry: &mut ParticipantEntry, admission: Admission) {
     entry.controls.admitted.store(admission == Admission::Admitted, Ordering::Relaxed);
 }
 
+/// Whether newcomers to `conference` who are not moderators wait for one:
+/// its policy says so and none is in. The scan of the room is only made
+/// when the policy asks, so a big room without that rule pays nothing per join.
+pub(super) fn waits_for_moderator(
+    conference: &ConferenceEntry,
+    participants: &HashMap<ParticipantId, ParticipantEntry>,
+) -> bool {
+    conference.policy.wait_for_moderator && !moderator_present(conference, participants)
+}
+
 /// Whether `conference` has a moderator in it.
 pub(super) fn moderator_present(
     conference: &ConferenceEntry,
@@ -137,12 +147,7 @@ pub(super) fn moderator_present(
 /// Sets how a participant starts out as it enters the mixer, before its mix
 /// is sent there, so that not one tick of its audio leaks: a caller asked
 /// for a PIN is kept out; anyone else gets the join rules.
-pub(super) fn on_entry(
-    conference: &ConferenceEntry,
-    moderator_present: bool,
-    entry: &mut ParticipantEntry,
-    now: Instant,
-) {
+pub(super) fn on_entry(conference: &ConferenceEntry, room_waits: bool, entry: &mut ParticipantEntry, now: Instant) {
     let policy = &conference.policy;
     if entry.kind == ParticipantKind::Inbound && policy.asks_pin() {
         entry.policy.pin = Some(PinEntry::new(policy, now));
@@ -152,7 +157,7 @@ pub(super) fn on_entry(
     if !entry.policy.moderator && policy.mute_on_join {
         entry.controls.muted.store(true, Ordering::Relaxed);
     }
-    let wait = policy.wait_for_moderator && !entry.policy.moderator && !moderator_present;
+    let wait = room_waits && !entry.policy.moderator;
     set_admission(entry, if wait { Admission::WaitingForModerator } else { Admission::Admitted });
 }
 
