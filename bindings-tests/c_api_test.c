@@ -537,6 +537,38 @@ int main(void) {
         "unregistered");
   CHECK(sb_endpoint_unregister_account(caller, account_id) == SB_NOT_FOUND, "unregistering twice");
   test_prompts(bridge);
+
+  /* --- a room a caller's INVITE creates takes the endpoint's room policy --- */
+  {
+    sb_conference_policy room_policy;
+    OK(sb_conference_policy_init(&room_policy));
+    room_policy.pin = "5";
+    sb_endpoint_config pinned_config;
+    OK(sb_endpoint_config_init(&pinned_config));
+    pinned_config.listen = "127.0.0.1:0";
+    pinned_config.rtp_port_min = 24200;
+    pinned_config.rtp_port_max = 24219;
+    pinned_config.sample_rate = SAMPLE_RATE;
+    pinned_config.room_policy = &room_policy;
+    sb_endpoint *pinned = NULL;
+    OK(sb_endpoint_start(&pinned_config, &pinned));
+    uint16_t pinned_port = 0;
+    OK(sb_endpoint_local_port(pinned, &pinned_port));
+    char pinned_uri[64];
+    snprintf(pinned_uri, sizeof pinned_uri, "sip:new-room@127.0.0.1:%u", pinned_port);
+    uint64_t knock = 0;
+    OK(sb_conference_dial(out, pinned_uri, &knock));
+    CHECK(wait_for(pinned, SB_EVENT_PARTICIPANT_JOINED, &event), "the caller made the room");
+    sb_conference *made = NULL;
+    OK(sb_endpoint_get_conference(pinned, "new-room", &made));
+    sb_participant_info pinned_info;
+    CHECK(participant_info(made, event.participant, &pinned_info) && pinned_info.admission == SB_ADMISSION_ENTERING_PIN,
+          "its first caller is asked for the PIN");
+    OK(sb_conference_hangup(out, knock));
+    sb_conference_free(made);
+    OK(sb_endpoint_stop(pinned));
+    sb_endpoint_free(pinned);
+  }
   test_policy(bridge);
 
   test_taps_matrix_and_breakout();

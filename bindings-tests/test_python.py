@@ -338,6 +338,11 @@ def test_pin_moderators_and_policy_actions():
         room.set_policy(pin="1234", moderator_pin="42", mute_on_join=True)
         assert room.policy.pin == "1234" and room.policy.max_participants is None
         assert "1234" not in repr(room.policy), "PINs stay out of reprs"
+        narrow = bridge.create_conference("narrow")
+        narrow.set_policy(codecs=["PCMU", "G722"])
+        assert narrow.policy.codecs == ["PCMU", "G722"] and room.policy.codecs is None
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            narrow.set_policy(codecs=["speex"])
         out = caller.create_conference("out")
         leg = out.dial(bridge.room_uri("pin"))
         wait_event(caller, "answered", participant=leg.id)

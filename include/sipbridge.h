@@ -299,6 +299,62 @@ typedef struct sb_playback sb_playback;
 typedef struct sb_tap sb_tap;
 
 /**
+ * A conference's rules. Fill it with `sb_conference_policy_init` (which
+ * admits everyone at once), then change fields.
+ */
+typedef struct {
+  /**
+   * Participants at most, 0 for no limit: a caller beyond it gets 486,
+   * the app's dial or local participant SB_FULL.
+   */
+  uint32_t max_participants;
+  /**
+   * The PIN callers type, then '#' (digits 0-9, A-D; NULL: none). While
+   * they type it they neither hear the conference nor are heard.
+   */
+  const char *pin;
+  /**
+   * The PIN that makes a caller a moderator (NULL: none). With it and no
+   * `pin`, '#' alone lets a caller in as an ordinary participant.
+   */
+  const char *moderator_pin;
+  /**
+   * No one new may join: callers get 403, the app SB_LOCKED.
+   */
+  bool locked;
+  /**
+   * Non-moderators hear hold music, and are not heard, until a moderator is there.
+   */
+  bool wait_for_moderator;
+  /**
+   * When the last moderator leaves, everyone is hung up.
+   */
+  bool end_when_moderator_leaves;
+  /**
+   * Non-moderators join muted.
+   */
+  bool mute_on_join;
+  /**
+   * How long a caller may take over its PIN, from the prompt or its last digit.
+   */
+  uint32_t pin_timeout_ms;
+  /**
+   * Played to a caller asked for its PIN (NULL: a beep); copied by
+   * `sb_conference_set_policy`, so it may be freed after.
+   */
+  const sb_playback *pin_prompt;
+  /**
+   * Played over and over to those waiting for a moderator (NULL: a soft tone).
+   */
+  const sb_playback *hold_music;
+  /**
+   * The conference's codecs in order of preference, comma-separated
+   * ("opus,G722,PCMU,PCMA"), or NULL for the endpoint's.
+   */
+  const char *codecs;
+} sb_conference_policy;
+
+/**
  * How to start an endpoint. Fill it with `sb_endpoint_config_init`, then change fields.
  */
 typedef struct {
@@ -389,6 +445,12 @@ typedef struct {
    * registration. 0 turns it off. Default 30000.
    */
   uint32_t keepalive_interval_ms;
+  /**
+   * The policy of rooms callers' INVITEs create (a PIN, moderators,
+   * limits), so their first caller already types the PIN; NULL: open
+   * rooms. Copied at start.
+   */
+  const sb_conference_policy *room_policy;
 } sb_endpoint_config;
 
 /**
@@ -586,62 +648,6 @@ typedef struct {
  * during the call.
  */
 typedef void (*sb_event_callback)(void *userdata, const sb_event *event);
-
-/**
- * A conference's rules. Fill it with `sb_conference_policy_init` (which
- * admits everyone at once), then change fields.
- */
-typedef struct {
-  /**
-   * Participants at most, 0 for no limit: a caller beyond it gets 486,
-   * the app's dial or local participant SB_FULL.
-   */
-  uint32_t max_participants;
-  /**
-   * The PIN callers type, then '#' (digits 0-9, A-D; NULL: none). While
-   * they type it they neither hear the conference nor are heard.
-   */
-  const char *pin;
-  /**
-   * The PIN that makes a caller a moderator (NULL: none). With it and no
-   * `pin`, '#' alone lets a caller in as an ordinary participant.
-   */
-  const char *moderator_pin;
-  /**
-   * No one new may join: callers get 403, the app SB_LOCKED.
-   */
-  bool locked;
-  /**
-   * Non-moderators hear hold music, and are not heard, until a moderator is there.
-   */
-  bool wait_for_moderator;
-  /**
-   * When the last moderator leaves, everyone is hung up.
-   */
-  bool end_when_moderator_leaves;
-  /**
-   * Non-moderators join muted.
-   */
-  bool mute_on_join;
-  /**
-   * How long a caller may take over its PIN, from the prompt or its last digit.
-   */
-  uint32_t pin_timeout_ms;
-  /**
-   * Played to a caller asked for its PIN (NULL: a beep); copied by
-   * `sb_conference_set_policy`, so it may be freed after.
-   */
-  const sb_playback *pin_prompt;
-  /**
-   * Played over and over to those waiting for a moderator (NULL: a soft tone).
-   */
-  const sb_playback *hold_music;
-  /**
-   * The conference's codecs in order of preference, comma-separated
-   * ("opus,G722,PCMU,PCMA"), or NULL for the endpoint's.
-   */
-  const char *codecs;
-} sb_conference_policy;
 
 /**
  * What `sb_tap_read` says about the frame it read.

@@ -512,6 +512,7 @@ impl Conference {
             end_when_moderator_leaves: p.end_when_moderator_leaves,
             mute_on_join: p.mute_on_join,
             pin_timeout: p.pin_timeout.as_secs_f64(),
+            codecs: p.codecs.map(|codecs| codecs.iter().map(|c| c.encoding_name()).collect()),
         })
     }
 
@@ -872,6 +873,8 @@ struct ConferencePolicy {
     end_when_moderator_leaves: bool,
     mute_on_join: bool,
     pin_timeout: f64,
+    /// The room's codecs by name, or None for the endpoint's.
+    codecs: Option<Vec<&'static str>>,
 }
 
 #[pymethods]
@@ -880,7 +883,7 @@ impl ConferencePolicy {
         // The PINs are secrets: only whether there are any.
         let yes = |b: bool| if b { "True" } else { "False" };
         format!(
-            "ConferencePolicy(max_participants={:?}, pin={}, moderator_pin={}, locked={}, wait_for_moderator={}, end_when_moderator_leaves={}, mute_on_join={}, pin_timeout={})",
+            "ConferencePolicy(max_participants={:?}, pin={}, moderator_pin={}, locked={}, wait_for_moderator={}, end_when_moderator_leaves={}, mute_on_join={}, pin_timeout={}, codecs={:?})",
             self.max_participants,
             yes(self.pin.is_some()),
             yes(self.moderator_pin.is_some()),
@@ -888,7 +891,8 @@ impl ConferencePolicy {
             yes(self.wait_for_moderator),
             yes(self.end_when_moderator_leaves),
             yes(self.mute_on_join),
-            self.pin_timeout
+            self.pin_timeout,
+            self.codecs
         )
     }
 }

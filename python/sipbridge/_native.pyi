@@ -2,7 +2,7 @@
 
 import os
 from types import TracebackType
-from typing import Literal, Optional, Sequence, Tuple, Type, Union
+from typing import List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -315,6 +315,8 @@ class ConferencePolicy:
     def mute_on_join(self) -> bool: ...
     @property
     def pin_timeout(self) -> float: ...
+    @property
+    def codecs(self) -> Optional[List[str]]: ...
 
 @final
 class Conference:

@@ -330,6 +330,10 @@ pub struct sb_endpoint_config {
     /// and TLS) this often; one that does not answer loses its
     /// registration. 0 turns it off. Default 30000.
     pub keepalive_interval_ms: u32,
+    /// The policy of rooms callers' INVITEs create (a PIN, moderators,
+    /// limits), so their first caller already types the PIN; NULL: open
+    /// rooms. Copied at start.
+    pub room_policy: *const policy::sb_conference_policy,
 }
 
 /// Sets `config` to the defaults.
@@ -363,6 +367,7 @@ pub extern "C" fn sb_endpoint_config_init(config: *mut sb_endpoint_config) -> sb
             digest_sha256: defaults.digest_sha256,
             realm: std::ptr::null(),
             keepalive_interval_ms: defaults.keepalive_interval.map_or(0, |t| t.as_millis() as u32),
+            room_policy: std::ptr::null(),
         };
         sb_status::SB_OK
     })
@@ -404,8 +409,15 @@ pub extern "C" fn sb_endpoint_start(config: *const sb_endpoint_config, out: *mut
             Some(Ok(servers)) => servers,
             Some(Err(e)) => return fail(sb_status::SB_INVALID_ARGUMENT, format!("dns_servers: {e}")),
         };
+        // SAFETY: NULL or a live policy (the caller's promise).
+        let room_policy = match unsafe { config.room_policy.as_ref() }.map(policy::policy_from_c) {
+            None => Default::default(),
+            Some(Ok(room_policy)) => room_policy,
+            Some(Err(status)) => return status,
+        };
         let endpoint = try_call!(Endpoint::start(EndpointConfig {
             listen,
+            room_policy,
             dns_servers,
             stun_server: try_optional_str!(config.stun_server).map(str::to_string),
             tcp: config.tcp,

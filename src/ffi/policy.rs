@@ -106,35 +106,36 @@ pub extern "C" fn sb_conference_set_policy(
 ) -> sb_status {
     ffi_guard!({
         let conference = try_ref!(conference);
-        let p = try_ref!(policy);
-        let (pin, moderator_pin) = match (optional_str(p.pin), optional_str(p.moderator_pin)) {
-            (Ok(pin), Ok(moderator_pin)) => (pin, moderator_pin),
-            (Err(status), _) | (_, Err(status)) => return status,
-        };
-        let codecs = match optional_str(p.codecs) {
-            Ok(None) => None,
-            Ok(Some(list)) => match list.split(',').map(|n| CodecKind::from_encoding_name(n.trim())).collect() {
-                Some(codecs) => Some(codecs),
-                None => return fail(sb_status::SB_INVALID_ARGUMENT, format!("unknown codec in {list:?}")),
-            },
-            Err(status) => return status,
-        };
-        // SAFETY: NULL or a live sb_playback (the caller's promise).
-        let playback = |ptr: *const sb_playback| unsafe { ptr.as_ref() }.map(|p| p.playback.clone());
-        let policy = ConferencePolicy {
-            max_participants: (p.max_participants > 0).then_some(p.max_participants as usize),
-            pin,
-            moderator_pin,
-            locked: p.locked,
-            wait_for_moderator: p.wait_for_moderator,
-            end_when_moderator_leaves: p.end_when_moderator_leaves,
-            mute_on_join: p.mute_on_join,
-            pin_prompt: playback(p.pin_prompt),
-            hold_music: playback(p.hold_music),
-            pin_timeout: Duration::from_millis(p.pin_timeout_ms.into()),
-            codecs,
-        };
-        from_result(conference.conference.set_policy(policy))
+        match policy_from_c(try_ref!(policy)) {
+            Ok(policy) => from_result(conference.conference.set_policy(policy)),
+            Err(status) => status,
+        }
+    })
+}
+
+/// The Rust policy a C one describes; a bad string field is the error status.
+pub(super) fn policy_from_c(p: &sb_conference_policy) -> Result<ConferencePolicy, sb_status> {
+    let codecs = match optional_str(p.codecs)? {
+        None => None,
+        Some(list) => match list.split(',').map(|n| CodecKind::from_encoding_name(n.trim())).collect() {
+            Some(codecs) => Some(codecs),
+            None => return Err(fail(sb_status::SB_INVALID_ARGUMENT, format!("unknown codec in {list:?}"))),
+        },
+    };
+    // SAFETY: NULL or a live sb_playback (the caller's promise).
+    let playback = |ptr: *const sb_playback| unsafe { ptr.as_ref() }.map(|p| p.playback.clone());
+    Ok(ConferencePolicy {
+        max_participants: (p.max_participants > 0).then_some(p.max_participants as usize),
+        pin: optional_str(p.pin)?,
+        moderator_pin: optional_str(p.moderator_pin)?,
+        locked: p.locked,
+        wait_for_moderator: p.wait_for_moderator,
+        end_when_moderator_leaves: p.end_when_moderator_leaves,
+        mute_on_join: p.mute_on_join,
+        pin_prompt: playback(p.pin_prompt),
+        hold_music: playback(p.hold_music),
+        pin_timeout: Duration::from_millis(p.pin_timeout_ms.into()),
+        codecs,
     })
 }
 
