@@ -120,9 +120,10 @@ impl Baresip {
         }
     }
 
-    /// Sends a command through ctrl_tcp (netstring-framed JSON).
+    /// Sends a command through ctrl_tcp (netstring-framed JSON) and waits for
+    /// its response: closing the connection before then can lose the next one.
     fn command(&self, command: &str, params: &str) {
-        use std::io::Write;
+        use std::io::{Read, Write};
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut stream = loop {
             match std::net::TcpStream::connect(("127.0.0.1", self.ctrl_port)) {
@@ -133,6 +134,23 @@ impl Baresip {
         };
         let json = format!(r#"{{"command":"{command}","params":"{params}","token":"t"}}"#);
         write!(stream, "{}:{},", json.len(), json).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Events come on the same connection; skip them.
+        loop {
+            let mut length = String::new();
+            let mut byte = [0u8];
+            while stream.read_exact(&mut byte).is_ok() && byte[0] != b':' {
+                length.push(byte[0] as char);
+            }
+            let length: usize = length.parse().unwrap_or_else(|_| panic!("no response to {command}:\n{}", self.log()));
+            let mut message = vec![0u8; length + 1];
+            stream.read_exact(&mut message).unwrap();
+            let message = String::from_utf8_lossy(&message[..length]).into_owned();
+            if message.contains("\"response\":true") {
+                assert!(message.contains("\"ok\":true"), "baresip refused {command}: {message}");
+                return;
+            }
+        }
     }
 
     /// Ends its calls with a BYE and waits for it to exit; returns what it
