@@ -71,7 +71,9 @@ pub(crate) struct EventSink {
 
 impl EventSink {
     pub fn emit(&self, event: Event) {
-        tracing::info!(?event, "event");
+        // The app gets every event; the log shows them only when asked,
+        // since formatting one per join and leave costs a busy server.
+        tracing::debug!(?event, "event");
         if self.events.try_send(event).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -706,7 +706,6 @@ impl Driver {
             (sdp, joined.map(|()| (None, Some(task))), session)
         };
         let (media, receive_task) = joined.map_err(refusal)?;
-        let _ = self.ua.ring(call, now);
         let _ = self.ua.answer(call, sdp.print().into_bytes(), now);
         let started = receive_task.is_some();
         let leg = CallLeg { participant, media, receive_task, hangup_reason: None, session, transfer_request: None };

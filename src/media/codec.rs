@@ -88,6 +88,14 @@ impl CodecKind {
         matches!(self, CodecKind::Opus | CodecKind::G722)
     }
 
+    /// Whether each frame is coded on its own, so that a decoder may start
+    /// at any packet of a running encoder: G.711's, but not G.722's ADPCM or
+    /// Opus's predictors, whose first packets from a running encoder a fresh
+    /// decoder would decode wrong.
+    pub fn frames_are_independent(self) -> bool {
+        matches!(self, CodecKind::Pcmu | CodecKind::Pcma)
+    }
+
     /// Whether the decoder may skip packets and pick up again later without
     /// a glitch; G.722's ADPCM state would be out of step for 200 ms.
     pub fn can_skip_decoding(self) -> bool {

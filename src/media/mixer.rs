@@ -430,7 +430,10 @@ impl RtpLeg {
             encoder_key,
             shared_encoder: None,
             on_shared: false,
-            ticks_since_mixed: 0,
+            // A new G.711 leg can take the shared encoding at once; others
+            // start on their own encoder, as fresh as the peer's decoder,
+            // and move to it once their states have converged.
+            ticks_since_mixed: if kind.frames_are_independent() { OWN_ENCODER_LINGER_TICKS } else { 0 },
             dtmf: None,
             dtmf_sender: DtmfSender::default(),
             event_timestamp: 0,
@@ -1395,14 +1398,14 @@ impl ConferenceMix {
 
     /// Takes in a participant, if it has room (the control side made sure),
     /// and points its leg at the shared encoder for its kind.
-    fn admit(&mut self, p: Box<ParticipantMix>) -> Result<(), Box<ParticipantMix>> {
+    fn admit(&mut self, mut p: Box<ParticipantMix>) -> Result<(), Box<ParticipantMix>> {
         if self.participants.len() == self.participants.capacity() {
             return Err(p);
         }
-        self.participants.push(p);
-        for index in 0..self.shared.len() {
-            self.assign_shared_encoder(index);
+        if let Leg::Rtp(leg) = &mut p.leg {
+            leg.shared_encoder = self.shared.iter().position(|shared| shared.key == leg.encoder_key);
         }
+        self.participants.push(p);
         Ok(())
     }
 
@@ -2564,10 +2567,11 @@ mod tests {
             }
         });
         assert_eq!(count, 0, "the tick allocated");
-        // A new leg starts on its own encoder (5 legs), while the shared ones
-        // warm up on the same mix; then the listeners move to the shared
-        // ones: one encode per codec per tick.
-        assert_eq!(encodes_per_tick.first(), Some(&7));
+        // A new Opus leg starts on its own encoder (2 legs), while the
+        // shared ones warm up on the same mix, and new G.711 legs take the
+        // shared payload at once; then the Opus listeners move to theirs:
+        // one encode per codec per tick.
+        assert_eq!(encodes_per_tick.first(), Some(&4));
         assert_eq!(encodes_per_tick.last(), Some(&2));
         let streams: Vec<Vec<(u32, Vec<u8>)>> = peers.iter().map(received).collect();
         for same_codec in [&streams[..3], &streams[3..]] {

@@ -534,8 +534,8 @@ fn sipp_glare_is_refused_with_491_and_retried() {
 
 /// sipp transfers the bridge (REFER, RFC 3515): the app accepts, the
 /// target (another endpoint) is dialled into the caller's room, and sipp
-/// gets 202 and NOTIFYs of 100, 180 and 200 (it checks the sipfrags and
-/// the subscription's end) before it hangs up.
+/// gets 202 and NOTIFYs of 100 and 200 (it checks the sipfrags and the
+/// subscription's end) before it hangs up.
 #[test]
 fn sipp_refer_is_offered_to_the_app_and_notified() {
     if !sipp_available() {
