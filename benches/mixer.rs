@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use sipbridge::media::codec::{linear_to_ulaw, CodecKind};
 use sipbridge::media::mixer::{
-    ConferenceId, ConferenceMix, Leg, LocalLeg, Mixer, MixerCommand, ParticipantId, ParticipantMix, ReceivedDatagram,
-    RtpLeg, SharedEncoder, MAX_DATAGRAM,
+    ConferenceId, ConferenceMix, Leg, LegCodec, LocalLeg, Mixer, MixerCommand, ParticipantId, ParticipantMix,
+    ReceivedDatagram, RtpLeg, SharedEncoder, MAX_DATAGRAM,
 };
 use sipbridge::media::rtp;
 
@@ -65,7 +65,8 @@ fn rtp_run(participants: usize, size: usize, sink: &UdpSocket) -> (f64, f64) {
             sockets.push(socket.try_clone().unwrap());
             let (ring, consumer) = rtrb::RingBuffer::new(8);
             let coder = CodecKind::Pcmu.new_coder(&Default::default()).unwrap();
-            let leg = RtpLeg::new(consumer, socket, sink.local_addr().unwrap(), coder, 0, 8000, None).unwrap();
+            let codec = LegCodec::new(coder, 0, 8000).unwrap();
+            let leg = RtpLeg::new(consumer, socket, sink.local_addr().unwrap(), codec, None);
             let id = ParticipantId((c * size + p) as u64);
             let mix = ParticipantMix::new(id, Arc::default(), Leg::Rtp(leg), FRAME);
             commands.send(MixerCommand::AddParticipant(ConferenceId(c as u64), Box::new(mix))).unwrap();

@@ -5,7 +5,7 @@
 //! the round-trip time from the peer's reports.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,14 +24,43 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the task looks at the media timeout.
 const TIMEOUT_CHECK: Duration = Duration::from_millis(500);
 
+/// The negotiated RTP clock rate and telephone-event payload type (if
+/// any), which a re-offer that changes the codec changes while the task runs.
+pub(crate) struct ReceiveFormat {
+    clock_rate: AtomicU32,
+    /// `NO_TELEPHONE_EVENT` when none was negotiated.
+    telephone_event: AtomicU16,
+}
+
+const NO_TELEPHONE_EVENT: u16 = u16::MAX;
+
+impl ReceiveFormat {
+    pub fn new(clock_rate: u32, telephone_event: Option<u8>) -> Self {
+        let format = Self { clock_rate: AtomicU32::new(0), telephone_event: AtomicU16::new(NO_TELEPHONE_EVENT) };
+        format.set(clock_rate, telephone_event);
+        format
+    }
+
+    pub fn set(&self, clock_rate: u32, telephone_event: Option<u8>) {
+        self.clock_rate.store(clock_rate, Ordering::Relaxed);
+        self.telephone_event.store(telephone_event.map_or(NO_TELEPHONE_EVENT, u16::from), Ordering::Relaxed);
+    }
+
+    fn clock_rate(&self) -> u32 {
+        self.clock_rate.load(Ordering::Relaxed)
+    }
+
+    fn is_telephone_event(&self, payload_type: u8) -> bool {
+        self.telephone_event.load(Ordering::Relaxed) == u16::from(payload_type)
+    }
+}
+
 /// What a leg's receive task needs to know besides its sockets and ring.
 pub(crate) struct ReceiveContext {
     pub participant: ParticipantId,
     pub shared: Arc<Shared>,
     pub controls: Arc<ParticipantControls>,
-    /// The negotiated telephone-event payload type, if any, and the RTP clock rate.
-    pub telephone_event: Option<u8>,
-    pub clock_rate: u32,
+    pub format: Arc<ReceiveFormat>,
     /// How long the peer may stay silent, when it is expected to send.
     pub media_timeout: Option<Duration>,
     /// Our SSRC, the mixer's for the RTP it sends.
@@ -133,7 +162,8 @@ pub(crate) async fn receive_media(
 ) {
     let mut buf = [0u8; MAX_DATAGRAM];
     let mut rtcp_buf = [0u8; MAX_DATAGRAM];
-    let mut digits = DtmfReceiver::new(leg.clock_rate);
+    let mut digits_rate = leg.format.clock_rate();
+    let mut digits = DtmfReceiver::new(digits_rate);
     let participant = leg.participant;
     let mut last_heard = Instant::now();
     let mut timed_out = false;
@@ -174,8 +204,12 @@ pub(crate) async fn receive_media(
                 if mux && !state.peer_latched {
                     state.peer = source;
                 }
-                state.on_rtp(&packet, arrival, leg.clock_rate, &leg.controls);
-                if leg.telephone_event == Some(packet.payload_type) {
+                let clock_rate = leg.format.clock_rate();
+                state.on_rtp(&packet, arrival, clock_rate, &leg.controls);
+                if leg.format.is_telephone_event(packet.payload_type) {
+                    if clock_rate != digits_rate {
+                        (digits, digits_rate) = (DtmfReceiver::new(clock_rate), clock_rate);
+                    }
                     for DtmfDigit { digit, duration_ms } in digits.handle(packet.timestamp, packet.payload) {
                         leg.shared.dtmf(participant, digit, duration_ms);
                     }

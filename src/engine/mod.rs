@@ -32,7 +32,7 @@ use crate::api::{EndpointConfig, Event, LeaveReason, ParticipantKind, Participan
 use crate::media::codec::{CodecKind, EncoderKey};
 use crate::media::denoise::{NoiseSuppressor, DENOISE_SAMPLE_RATE};
 use crate::media::mixer::{
-    ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegMedia, Mixer, MixerCommand, MixerStats,
+    ConferenceControls, ConferenceId, ConferenceMix, Garbage, LegCodec, LegMedia, Mixer, MixerCommand, MixerStats,
     ParticipantControls, ParticipantId, ParticipantMix, PlaybackId, PromptMix, RecordSink, Routing, SharedEncoder,
     TalkerPolicy, TapFrame, TapSink, MAX_SHARED_ENCODERS,
 };
@@ -286,25 +286,40 @@ impl MixerControl {
     /// Readies `conference` for one more participant, whose leg encodes as
     /// `key` says, and counts it; returns the conference's thread.
     fn make_room(&mut self, conference: ConferenceId, key: Option<EncoderKey>) -> Result<usize> {
+        let index = self.share_encoder(conference, key)?;
         let slot = self.slot(conference)?;
-        let (index, (len, cap), sample_rate) = (slot.shard, slot.participants, slot.sample_rate);
-        // The first leg of its kind brings the encoder its fellow listeners will share.
-        let new_key =
-            key.filter(|key| !slot.shared_encoders.contains(key) && slot.shared_encoders.len() < MAX_SHARED_ENCODERS);
-        let shard = &self.shards[index];
-        if let Some(key) = new_key {
-            let codec = key.new_coder().map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            let shared = SharedEncoder::new(codec, sample_rate).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-            shard.send(MixerCommand::AddSharedEncoder(conference, Box::new(shared)))?;
-        }
+        let (len, cap) = slot.participants;
         if len == cap {
-            shard.send(MixerCommand::ParticipantStorage(conference, Vec::with_capacity(cap * 2)))?;
+            self.shards[index].send(MixerCommand::ParticipantStorage(conference, Vec::with_capacity(cap * 2)))?;
         }
         let slot = self.slot(conference)?;
-        slot.shared_encoders.extend(new_key);
         slot.participants = (len + 1, if len == cap { cap * 2 } else { cap });
         self.shards[index].participants += 1;
         Ok(index)
+    }
+
+    /// Gives `conference` an encoder for the listeners whose legs encode as
+    /// `key` says, if it has none and room for one: the first leg of its
+    /// kind brings it. Returns the conference's thread.
+    fn share_encoder(&mut self, conference: ConferenceId, key: Option<EncoderKey>) -> Result<usize> {
+        let slot = self.slot(conference)?;
+        let (index, sample_rate) = (slot.shard, slot.sample_rate);
+        let new_key =
+            key.filter(|key| !slot.shared_encoders.contains(key) && slot.shared_encoders.len() < MAX_SHARED_ENCODERS);
+        if let Some(key) = new_key {
+            let codec = key.new_coder().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            let shared = SharedEncoder::new(codec, sample_rate).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+            self.shards[index].send(MixerCommand::AddSharedEncoder(conference, Box::new(shared)))?;
+            self.slot(conference)?.shared_encoders.push(key);
+        }
+        Ok(index)
+    }
+
+    /// Changes the codec of a participant's RTP leg, after giving the
+    /// conference a shared encoder for it.
+    fn set_leg_codec(&mut self, conference: ConferenceId, participant: ParticipantId, codec: LegCodec) -> Result<()> {
+        let index = self.share_encoder(conference, Some(codec.encoder_key()))?;
+        self.shards[index].send(MixerCommand::SetLegCodec(conference, participant, Box::new(codec)))
     }
 
     /// Stops counting a participant of `conference`; returns the conference's thread.
@@ -582,6 +597,19 @@ impl Shared {
         }
         if controls.held.swap(held, Ordering::Relaxed) != held {
             self.emit(Event::Hold { conference, participant: id, held });
+        }
+        Ok(())
+    }
+
+    /// Changes the codec a participant's RTP leg sends and receives with (a
+    /// re-offer changed it).
+    pub fn set_leg_codec(&self, id: ParticipantId, codec: LegCodec) -> Result<()> {
+        let mut registry = self.registry.lock();
+        let entry = registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound("participant".into()))?;
+        entry.codec = Some(codec.kind());
+        entry.encoder_key = Some(codec.encoder_key());
+        if entry.in_mixer {
+            self.mixer.lock().set_leg_codec(entry.conference_id, id, codec)?;
         }
         Ok(())
     }

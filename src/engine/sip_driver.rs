@@ -13,13 +13,13 @@ use tokio::task::JoinHandle;
 
 use super::accounts::AccountRoute;
 use super::dns;
-use super::media_task::{receive_media, LegSockets, ReceiveContext};
+use super::media_task::{receive_media, LegSockets, ReceiveContext, ReceiveFormat};
 use super::ports::PortLease;
 use super::transport::{Connections, StreamEvent};
 use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::OpusSettings;
-use crate::media::mixer::{Leg, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
+use crate::media::mixer::{Leg, LegCodec, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::policy::Admission;
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
 use crate::sip::auth::Verdict;
@@ -111,10 +111,16 @@ struct MediaPort {
     local: LocalMedia,
 }
 
+/// A leg's receive task, and what it reads packets as.
+struct ReceiveTask {
+    handle: JoinHandle<()>,
+    format: Arc<ReceiveFormat>,
+}
+
 struct CallLeg {
     participant: ParticipantId,
     media: Option<MediaPort>,
-    receive_task: Option<JoinHandle<()>>,
+    receive_task: Option<ReceiveTask>,
     /// Why the app hung up, reported when the call ends.
     hangup_reason: Option<LeaveReason>,
     /// Once media runs: our side of the session and what was negotiated, to
@@ -520,7 +526,7 @@ impl Driver {
         let leg = self.calls.remove(&call)?;
         self.by_participant.remove(&leg.participant);
         if let Some(task) = &leg.receive_task {
-            task.abort();
+            task.handle.abort();
         }
         Some(leg)
     }
@@ -701,7 +707,7 @@ impl Driver {
             entry.codec = Some(negotiated.codec);
             let joined = self.shared.join_room(participant, &room, entry, Some(mix));
             if joined.is_err() {
-                task.abort();
+                task.handle.abort();
             }
             (sdp, joined.map(|()| (None, Some(task))), session)
         };
@@ -722,19 +728,31 @@ impl Driver {
         Ok(())
     }
 
-    /// Answers an in-dialog offer: the same codec, the direction it asks for
-    /// (sendonly, inactive or address 0.0.0.0 put the call on hold), a new
-    /// remote address if it names one. Returns the answer's bytes.
+    /// Answers an in-dialog offer: the codec in use if it is offered, else
+    /// the first of ours that is (the leg switches to it); the direction it
+    /// asks for (sendonly, inactive or address 0.0.0.0 put the call on
+    /// hold); a new remote address if it names one. Returns the answer's bytes.
     fn answer_reoffer(&mut self, call: CallKey, offer: &[u8]) -> Result<Vec<u8>> {
-        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
+        let leg = self.calls.get(&call).ok_or(Error::NotFound("call".into()))?;
         let participant = leg.participant;
-        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
-        // Changing codec mid-call would mean a new leg; keep the one in use.
-        let keep_codec =
-            LocalMedia { codecs: vec![current.codec], session_version: local.session_version + 1, ..local.clone() };
-        let (answer, negotiated) = sdp::answer(&SessionDescription::parse(offer)?, &keep_codec)?;
-        local.session_version += 1;
-        *current = negotiated;
+        let (local, current) = leg.session.as_ref().ok_or(Error::NotFound("a running session".into()))?;
+        let mut codecs = vec![current.codec];
+        codecs.extend(local.codecs.iter().filter(|&&codec| codec != current.codec));
+        let preferring_current = LocalMedia { codecs, session_version: local.session_version + 1, ..local.clone() };
+        let (answer, negotiated) = sdp::answer(&SessionDescription::parse(offer)?, &preferring_current)?;
+        if negotiated.codec != current.codec {
+            let mix_rate = self.shared.room_sample_rate(&self.shared.conference_of(participant).unwrap_or_default());
+            let codec = self.leg_codec(&negotiated, mix_rate)?;
+            self.shared.set_leg_codec(participant, codec)?;
+        }
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
+        if let Some(task) = &leg.receive_task {
+            task.format.set(negotiated.codec.clock_rate(), negotiated.telephone_event);
+        }
+        if let Some((local, current)) = leg.session.as_mut() {
+            local.session_version += 1;
+            *current = negotiated;
+        }
         self.apply_session(participant, &negotiated)?;
         Ok(answer.print().into_bytes())
     }
@@ -776,6 +794,20 @@ impl Driver {
         self.shared.set_leg_media(participant, media, held)
     }
 
+    /// The coder for a negotiated codec, with the app's Opus settings
+    /// narrowed by what the peer's fmtp asks for.
+    fn leg_codec(&self, negotiated: &NegotiatedMedia, mix_rate: u32) -> Result<LegCodec> {
+        let app = self.shared.config.opus;
+        let opus = OpusSettings {
+            fec: app.fec && negotiated.opus.fec,
+            dtx: app.dtx && negotiated.opus.dtx,
+            max_playback_rate: negotiated.opus.max_playback_rate,
+            ..app
+        };
+        let codec = negotiated.codec.new_coder(&opus).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        LegCodec::new(codec, negotiated.payload_type, mix_rate).map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
     /// Builds the mixer's side of an RTP leg and starts its receive task.
     #[allow(clippy::type_complexity)] // three parts that go three ways; a struct would only name them again
     fn rtp_leg(
@@ -785,16 +817,8 @@ impl Driver {
         media: MediaPort,
         negotiated: NegotiatedMedia,
         mix_rate: u32,
-    ) -> Result<(Box<ParticipantMix>, JoinHandle<()>, Option<rtrb::Producer<u8>>)> {
-        // The app's Opus settings, narrowed by what the peer's fmtp asks for.
-        let app = self.shared.config.opus;
-        let opus = OpusSettings {
-            fec: app.fec && negotiated.opus.fec,
-            dtx: app.dtx && negotiated.opus.dtx,
-            max_playback_rate: negotiated.opus.max_playback_rate,
-            ..app
-        };
-        let codec = negotiated.codec.new_coder(&opus).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    ) -> Result<(Box<ParticipantMix>, ReceiveTask, Option<rtrb::Producer<u8>>)> {
+        let codec = self.leg_codec(&negotiated, mix_rate)?;
         let (producer, consumer) = rtrb::RingBuffer::new(RTP_RING);
         let (receive_socket, rtcp_socket) = {
             let _guard = self.shared.runtime.enter();
@@ -806,28 +830,19 @@ impl Driver {
         // A peer on hold (we only send, or nothing flows) is not expected to send.
         let peer_sends = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);
         let ssrc = rand::random();
+        let format = Arc::new(ReceiveFormat::new(negotiated.codec.clock_rate(), negotiated.telephone_event));
         let context = ReceiveContext {
             participant,
             shared: self.shared.clone(),
             controls: controls.clone(),
-            telephone_event: negotiated.telephone_event,
-            clock_rate: negotiated.codec.clock_rate(),
+            format: format.clone(),
             media_timeout: self.shared.config.media_timeout.filter(|_| peer_sends),
             ssrc,
             remote: negotiated.remote,
         };
         let sockets = LegSockets { rtp: receive_socket, rtcp: rtcp_socket };
-        let task = self.shared.runtime.spawn(receive_media(sockets, producer, context));
-        let mut leg = RtpLeg::new(
-            consumer,
-            media.socket,
-            negotiated.remote,
-            codec,
-            negotiated.payload_type,
-            mix_rate,
-            Some(Box::new(media.lease)),
-        )
-        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let task = ReceiveTask { handle: self.shared.runtime.spawn(receive_media(sockets, producer, context)), format };
+        let mut leg = RtpLeg::new(consumer, media.socket, negotiated.remote, codec, Some(Box::new(media.lease)));
         leg.ssrc = ssrc;
         if let Some(pt) = negotiated.comfort_noise {
             leg = leg.with_comfort_noise(pt);

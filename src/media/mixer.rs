@@ -367,23 +367,37 @@ pub struct RtpLeg {
     pub _port: Option<Box<dyn Send>>,
 }
 
-impl RtpLeg {
-    /// A leg sending and receiving `codec` with `payload_type`, in a
-    /// conference that mixes at `mix_rate`.
-    pub fn new(
-        datagrams: rtrb::Consumer<ReceivedDatagram>,
-        socket: UdpSocket,
-        remote: SocketAddr,
-        codec: Box<dyn AudioCodec>,
-        payload_type: u8,
-        mix_rate: u32,
-        port: Option<Box<dyn Send>>,
-    ) -> Result<Self, ResampleError> {
+/// What an RTP leg needs for one codec: the coder, its jitter buffer and
+/// the converters to and from the mixing rate. Built off the mixer thread,
+/// for a new leg or for one whose codec a re-offer changes.
+pub struct LegCodec {
+    codec: Box<dyn AudioCodec>,
+    payload_type: u8,
+    encoder_key: EncoderKey,
+    frame_ts: u32,
+    clock_rate: u32,
+    jitter: JitterBuffer,
+    codec_frame: Box<[i16]>,
+    to_mix: Option<FrameResampler>,
+    from_mix: Option<FrameResampler>,
+}
+
+impl LegCodec {
+    pub fn kind(&self) -> super::codec::CodecKind {
+        self.codec.kind()
+    }
+
+    pub fn encoder_key(&self) -> EncoderKey {
+        self.encoder_key
+    }
+
+    /// `codec` sent and received with `payload_type`, in a conference that
+    /// mixes at `mix_rate`.
+    pub fn new(codec: Box<dyn AudioCodec>, payload_type: u8, mix_rate: u32) -> Result<Self, ResampleError> {
         let kind = codec.kind();
-        let encoder_key = codec.encoder_key();
         let (rate, clock_rate) = (kind.sample_rate(), kind.clock_rate());
         let frame_ts = clock_rate / 50;
-        let converters = if rate == mix_rate {
+        let (to_mix, from_mix) = if rate == mix_rate {
             (None, None)
         } else {
             (Some(FrameResampler::new(rate, mix_rate)?), Some(FrameResampler::new(mix_rate, rate)?))
@@ -397,6 +411,44 @@ impl RtpLeg {
             !kind.has_native_plc(),
         );
         Ok(Self {
+            encoder_key: codec.encoder_key(),
+            codec,
+            payload_type,
+            frame_ts,
+            clock_rate,
+            jitter,
+            codec_frame: vec![0; kind.frame_samples()].into_boxed_slice(),
+            to_mix,
+            from_mix,
+        })
+    }
+}
+
+/// Ticks a new leg of `kind` starts with since it was last mixed: a G.711
+/// leg can take the shared encoding at once; others start on their own
+/// encoder, as fresh as the peer's decoder, and move to it once their
+/// states have converged.
+fn initial_ticks_since_mixed(kind: super::codec::CodecKind) -> u32 {
+    if kind.frames_are_independent() {
+        OWN_ENCODER_LINGER_TICKS
+    } else {
+        0
+    }
+}
+
+impl RtpLeg {
+    /// A leg sending and receiving with `codec`.
+    pub fn new(
+        datagrams: rtrb::Consumer<ReceivedDatagram>,
+        socket: UdpSocket,
+        remote: SocketAddr,
+        codec: LegCodec,
+        port: Option<Box<dyn Send>>,
+    ) -> Self {
+        let LegCodec { codec, payload_type, encoder_key, frame_ts, clock_rate, jitter, codec_frame, to_mix, from_mix } =
+            codec;
+        let ticks_since_mixed = initial_ticks_since_mixed(codec.kind());
+        Self {
             datagrams,
             socket,
             remote,
@@ -413,9 +465,9 @@ impl RtpLeg {
             clock_rate,
             epoch: Instant::now(),
             jitter,
-            codec_frame: vec![0; kind.frame_samples()].into_boxed_slice(),
-            to_mix: converters.0,
-            from_mix: converters.1,
+            codec_frame,
+            to_mix,
+            from_mix,
             packet: vec![0; rtp::HEADER_LEN + MAX_DATAGRAM].into_boxed_slice(),
             comfort_noise: None,
             noise: ComfortNoiseGenerator::new(rand::random()),
@@ -430,16 +482,35 @@ impl RtpLeg {
             encoder_key,
             shared_encoder: None,
             on_shared: false,
-            // A new G.711 leg can take the shared encoding at once; others
-            // start on their own encoder, as fresh as the peer's decoder,
-            // and move to it once their states have converged.
-            ticks_since_mixed: if kind.frames_are_independent() { OWN_ENCODER_LINGER_TICKS } else { 0 },
+            ticks_since_mixed,
             dtmf: None,
             dtmf_sender: DtmfSender::default(),
             event_timestamp: 0,
             marker: true,
             _port: port,
-        })
+        }
+    }
+
+    /// Takes `new`'s codec and gives it the old one, to be freed off the
+    /// mixer thread. The leg leaves its shared encoder; the caller points it
+    /// at the one for its new codec. Sequence numbers and timestamps go on
+    /// (RFC 3550 lets the payload type change within a stream), and the
+    /// marker bit flags the change.
+    fn swap_codec(&mut self, new: &mut LegCodec) {
+        std::mem::swap(&mut self.codec, &mut new.codec);
+        std::mem::swap(&mut self.payload_type, &mut new.payload_type);
+        std::mem::swap(&mut self.encoder_key, &mut new.encoder_key);
+        std::mem::swap(&mut self.frame_ts, &mut new.frame_ts);
+        std::mem::swap(&mut self.clock_rate, &mut new.clock_rate);
+        std::mem::swap(&mut self.jitter, &mut new.jitter);
+        std::mem::swap(&mut self.codec_frame, &mut new.codec_frame);
+        std::mem::swap(&mut self.to_mix, &mut new.to_mix);
+        std::mem::swap(&mut self.from_mix, &mut new.from_mix);
+        self.shared_encoder = None;
+        self.on_shared = false;
+        self.ticks_since_mixed = initial_ticks_since_mixed(self.codec.kind());
+        self.planned_loss = u32::MAX;
+        self.marker = true;
     }
 
     /// Lets the leg send digits from `digits` as RFC 4733 events with `payload_type`.
@@ -1510,6 +1581,9 @@ pub enum MixerCommand {
     SetNoiseSuppressor(ConferenceId, ParticipantId, Option<Box<NoiseSuppressor>>),
     /// Changes what an RTP leg sends and receives, after a re-offer.
     SetLegMedia(ConferenceId, ParticipantId, LegMedia),
+    /// Changes an RTP leg's codec (a re-offer changed it); the control side
+    /// gave the conference a shared encoder for it first, when it could.
+    SetLegCodec(ConferenceId, ParticipantId, Box<LegCodec>),
     /// Queues a prompt for everyone, or for one participant; one that cannot
     /// be played (its conference or participant is gone) is stopped.
     Play(ConferenceId, Option<ParticipantId>, Box<PromptMix>),
@@ -1550,6 +1624,7 @@ pub enum Garbage {
     Tap(rtrb::Producer<i16>),
     NoiseSuppressor(Box<NoiseSuppressor>),
     SharedEncoder(Box<SharedEncoder>),
+    LegCodec(Box<LegCodec>),
     Prompt(Box<PromptMix>),
     Recording(Box<RecordingMix>),
     RecordSink(RecordSink),
@@ -1802,6 +1877,17 @@ impl Mixer {
                     if let Some(Leg::Rtp(leg)) = participant.map(|p| &mut p.leg) {
                         leg.set_media(media);
                     }
+                }
+                MixerCommand::SetLegCodec(conference, id, mut codec) => {
+                    if let Some(c) = self.conference(conference) {
+                        if let Some(p) = c.participants.iter_mut().find(|p| p.id == id) {
+                            if let Leg::Rtp(leg) = &mut p.leg {
+                                leg.swap_codec(&mut codec);
+                                leg.shared_encoder = c.shared.iter().position(|shared| shared.key == leg.encoder_key);
+                            }
+                        }
+                    }
+                    self.discard(Garbage::LegCodec(codec));
                 }
                 MixerCommand::AddSharedEncoder(conference, shared) => {
                     let rejected = match self.conference(conference) {
@@ -2268,7 +2354,7 @@ mod tests {
         let (digits, queue) = rtrb::RingBuffer::new(8);
         let coder = codec.new_coder(&Default::default()).unwrap();
         let pt = codec.default_payload_type();
-        let leg = RtpLeg::new(rx, socket, peer, coder, pt, 8000, None).unwrap().with_dtmf(101, queue);
+        let leg = RtpLeg::new(rx, socket, peer, LegCodec::new(coder, pt, 8000).unwrap(), None).with_dtmf(101, queue);
         (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), tx, digits)
     }
 
@@ -2290,7 +2376,7 @@ mod tests {
         socket.set_nonblocking(true).unwrap();
         let (ring, rx) = rtrb::RingBuffer::new(16);
         let coder = CodecKind::Pcmu.new_coder(&Default::default()).unwrap();
-        let leg = RtpLeg::new(rx, socket, peer, coder, 0, 8000, None).unwrap().with_audio_level(1);
+        let leg = RtpLeg::new(rx, socket, peer, LegCodec::new(coder, 0, 8000).unwrap(), None).with_audio_level(1);
         (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), ring)
     }
 

@@ -652,3 +652,61 @@ fn sipp_watches_a_room_s_roster_by_conference_events() {
     assert_sipp_succeeded(&sipp.join().unwrap(), "uac subscribing to conference events");
     let _ = std::fs::remove_file(&log);
 }
+
+/// A phone changes codec mid-call (re-INVITE offering only PCMA after a
+/// PCMU call): the answer takes PCMA (sipp checks), and from then on the
+/// bridge sends the room's audio as PCMA, still the app's tone, under the
+/// same SSRC.
+#[test]
+fn sipp_changes_codec_by_re_invite() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = endpoint();
+    let room = bridge.create_conference("switch").unwrap();
+    let mut app = room.add_local().unwrap();
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone_rtp.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    let (target, rtp_port) = (bridge.local_addr().to_string(), phone_rtp.local_addr().unwrap().port().to_string());
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_codec_change.xml");
+    let sipp = std::thread::spawn(move || run_uac(&target, ["-sf", scenario], "switch", &["-set", "rtp", &rtp_port]));
+    let (mut phase, mut buf) = (0, [0u8; 2048]);
+    let mut packets: Vec<(u8, u32, Vec<u8>)> = Vec::new();
+    let mut codec_after_switch = None;
+    while !sipp.is_finished() {
+        let _ = app.write_all(&crate::common::tone_frame(1000.0, 8000.0, &mut phase), Some(Duration::from_secs(1)));
+        while let Ok(n) = phone_rtp.recv(&mut buf) {
+            let (payload_type, ssrc) = (buf[1] & 0x7f, u32::from_be_bytes(buf[8..12].try_into().unwrap()));
+            packets.push((payload_type, ssrc, buf[12..n].to_vec()));
+            if payload_type == 8 && codec_after_switch.is_none() {
+                let leg = room.participants().unwrap().into_iter().find(|p| p.remote.is_some());
+                codec_after_switch = leg.and_then(|p| p.codec);
+            }
+        }
+    }
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uac codec change");
+    let switch = packets.iter().position(|(pt, _, _)| *pt == 8).expect("no PCMA packet");
+    assert!(switch > 20, "only {switch} PCMU packets before the switch");
+    assert!(packets[..switch].iter().all(|(pt, _, _)| *pt == 0));
+    assert!(packets[switch..].iter().all(|(pt, _, _)| *pt == 8), "PCMU after the switch");
+    assert!(packets.len() - switch > 20, "{} PCMA packets", packets.len() - switch);
+    assert!(packets.iter().all(|(_, ssrc, _)| *ssrc == packets[0].1));
+    assert_eq!(codec_after_switch, Some(sipbridge::CodecKind::Pcma));
+    // The PCMA is the tone: decode the last half second (G.711 A-law).
+    let alaw_to_linear = |a: u8| {
+        let a = a ^ 0x55;
+        let (exponent, mantissa) = ((a >> 4) & 7, (a & 0x0f) as i32);
+        let magnitude = if exponent == 0 { (mantissa << 4) + 8 } else { ((mantissa << 4) + 0x108) << (exponent - 1) };
+        (if a & 0x80 != 0 { magnitude } else { -magnitude }) as i16
+    };
+    let tail: Vec<i16> =
+        packets[packets.len() - 25..].iter().flat_map(|(_, _, p)| p.iter().map(|&a| alaw_to_linear(a))).collect();
+    // The app's tone, at its level (a mis-coded stream, such as μ-law sent
+    // as A-law, comes out 11 dB louder) and nearly pure: a tone's Goertzel
+    // power is half its mean square and a quarter of its amplitude squared.
+    let tone = crate::common::tone_power_at(&tail, 1000.0, 8000);
+    let mean_square = tail.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / tail.len() as f64;
+    let amplitude = 2.0 * tone.sqrt();
+    assert!((7000.0..9000.0).contains(&amplitude), "the tone in PCMA at amplitude {amplitude}, not 8000");
+    assert!(tone > 0.45 * mean_square, "the tone in PCMA: {tone} of {mean_square}");
+}
