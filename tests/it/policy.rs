@@ -219,7 +219,11 @@ fn callers_wait_on_hold_for_a_moderator_and_the_conference_ends_when_it_leaves()
         let by_a = by_a.join().unwrap();
         let by_a = &by_a[by_a.len() - RATE as usize..];
         assert!(hears(by_a, 700.0) && hears(by_a, 500.0), "a hears b and the moderator once it is there");
-        assert!(silent_at(by_a, HOLD_HZ), "and no more hold music");
+        // The hold music (amplitude 3,277) is gone: what is left at its
+        // frequency is the other tones' leakage, which concealment of a late
+        // packet on a loaded machine spreads past `silent_at`'s bound.
+        let hold = tone_power(by_a, HOLD_HZ);
+        assert!(hold < 1e4, "and no more hold music: {hold}");
         by_teacher
     });
     let by_teacher = &by_teacher[by_teacher.len() - RATE as usize..];
