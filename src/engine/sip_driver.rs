@@ -183,13 +183,34 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
     let mut buf = vec![0u8; 65_535];
     let mut keepalive =
         keepalive_every.map(|every| tokio::time::interval_at(tokio::time::Instant::now() + every, every));
+    // One timer for the life of the task, moved only when the next wake-up
+    // moves: a new one per message would be registered and dropped each time.
+    let epoch = tokio::time::Instant::now();
+    let timer = tokio::time::sleep_until(epoch);
+    tokio::pin!(timer);
+    let mut armed: Option<tokio::time::Instant> = None;
     loop {
         let roster_due = driver.roster_due.values().min().copied();
         let wake =
             driver.ua.poll_timeout().into_iter().chain(driver.registrations.poll_timeout()).chain(roster_due).min();
-        let wake = wake.map(tokio::time::Instant::from_std);
+        let wake = wake.map(|at| on_wake_grid(epoch, tokio::time::Instant::from_std(at)));
+        if wake != armed {
+            if let Some(at) = wake {
+                timer.as_mut().reset(at);
+            }
+            armed = wake;
+        }
         tokio::select! {
-            received = driver.socket.recv_from(&mut buf) => driver.received(received, &buf),
+            received = driver.socket.recv_from(&mut buf) => {
+                driver.received(received, &buf);
+                // Under load more datagrams wait: take them without going
+                // round the select, each answered before the next is read.
+                for _ in 0..UDP_BATCH {
+                    driver.pump().await;
+                    let Ok(received) = driver.socket.try_recv_from(&mut buf) else { break };
+                    driver.received(Ok(received), &buf);
+                }
+            }
             Some(event) = stream_events.recv() => driver.stream_event(event),
             command = commands.recv() => match command {
                 Some(SipCommand::Shutdown { done }) => {
@@ -200,18 +221,30 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
                 Some(command) => driver.handle_command(command),
                 None => return,
             },
-            _ = sleep_until(wake) => driver.handle_timeout(Instant::now()),
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
+                driver.handle_timeout(Instant::now());
+            }
             _ = super::next_tick(keepalive.as_mut()) => driver.ping_registrations(),
         }
         driver.pump().await;
     }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// Datagrams read in one go after the one that woke the SIP task.
+const UDP_BATCH: usize = 32;
+
+/// Granularity of the SIP task's timer wake-ups. SIP's timers run in
+/// hundreds of milliseconds (T1 is 500 ms); rounding each wake-up up to this
+/// grid lets the many timers of a busy server that fall due close together
+/// (2xx retransmissions, the 100 Trying check, stale entries of finished
+/// transactions) share one wake-up.
+const WAKE_GRID: Duration = Duration::from_millis(10);
+
+fn on_wake_grid(epoch: tokio::time::Instant, at: tokio::time::Instant) -> tokio::time::Instant {
+    let grid = WAKE_GRID.as_nanos();
+    let since = at.saturating_duration_since(epoch).as_nanos().div_ceil(grid) * grid;
+    epoch + Duration::from_nanos(since as u64)
 }
 
 impl Driver {

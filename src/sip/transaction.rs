@@ -285,11 +285,6 @@ impl ServerTransaction {
         self.state == ServerState::Terminated
     }
 
-    /// Whether any response has been sent.
-    pub fn has_responded(&self) -> bool {
-        self.last_response.is_some()
-    }
-
     /// Whether a final response has been sent.
     pub fn is_final(&self) -> bool {
         !matches!(self.state, ServerState::Trying | ServerState::Proceeding)

@@ -565,6 +565,8 @@ fn sipp_refer_is_offered_to_the_app_and_notified() {
 /// 20`, both directions): lost INVITEs, ACKs, BYEs and answers are all
 /// recovered by retransmission, ours (the 2xx until its ACK, the BYE's
 /// answer again) and sipp's, and every call joins and leaves as hung up.
+/// The scenario is sipp's built-in uac with each response tied to its
+/// transaction (tests/sipp/uac_lossy.xml says why).
 #[test]
 fn sipp_calls_survive_lost_acks_byes_and_answers() {
     if !sipp_available() {
@@ -573,7 +575,8 @@ fn sipp_calls_survive_lost_acks_byes_and_answers() {
     let mut server = Server::start();
     let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
     let target = format!("127.0.0.1:{}", server.port);
-    let args = ["-sn", "uac", &target, "-s", "lossy", "-m", "10", "-r", "5", "-l", "5", "-lost", "20"];
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_lossy.xml");
+    let args = ["-sf", scenario, &target, "-s", "lossy", "-m", "10", "-r", "5", "-l", "5", "-lost", "20"];
     let mut args = args.to_vec();
     args.extend(["-i", "127.0.0.1", "-p", &port, "-mp", &media_port, "-timeout", "90s", "-nostdin"]);
     let output = run_sipp(&args, &pcap_dir());
