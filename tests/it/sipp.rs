@@ -221,6 +221,31 @@ fn sipp_session_timer_is_restated_and_refreshed_by_update() {
     assert!(server.terminate().success());
 }
 
+/// A caller with a 90 s session timer that never refreshes it: the bridge
+/// sends BYE when two thirds of the interval have passed (a third before
+/// expiry, at most 32 s: 60 s here), sipp answers it, and the leg leaves
+/// the room with reason Timeout.
+#[test]
+fn sipp_session_timer_expiry_ends_the_call_with_bye() {
+    if !sipp_available() {
+        return;
+    }
+    let mut server = Server::start();
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_session_expiry.xml");
+    let (port, media_port) = (free_udp_port().to_string(), free_udp_port().to_string());
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut args = vec!["-sf", scenario, &target, "-s", "expiry", "-m", "1", "-i", "127.0.0.1", "-p", &port];
+    args.extend(["-mp", &media_port, "-timeout", "90s", "-timeout_error", "-nostdin"]);
+    let started = std::time::Instant::now();
+    let output = run_sipp(&args, &pcap_dir());
+    let took = started.elapsed();
+    assert_sipp_succeeded(&output, "uac whose session expires");
+    assert!((Duration::from_secs(58)..Duration::from_secs(63)).contains(&took), "BYE after {took:?}, not 60 s");
+    let left = server.expect("left room=expiry", Duration::from_secs(2));
+    assert!(left.contains("reason=Timeout"), "{left}");
+    assert!(server.terminate().success());
+}
+
 /// A phone holds the call with a sendonly re-INVITE and resumes it with a
 /// sendrecv one: the answers say recvonly and sendrecv (sipp checks), the
 /// server reports both, and sends no audio while the call is held.
