@@ -382,6 +382,9 @@ int main(void) {
   uint64_t local_id = 0;
   OK(sb_local_id(at_bridge, &local_id));
   CHECK(sb_conference_set_held(room, local_id, true) == SB_NOT_FOUND, "only SIP calls can be held");
+  CHECK(sb_conference_set_codec(room, local_id, "PCMA") == SB_NOT_FOUND, "only SIP calls change codec");
+  CHECK(sb_conference_set_codec(room, local_id, "GSM") == SB_INVALID_ARGUMENT, "unknown codec");
+  CHECK(sb_conference_set_codec(room, local_id, NULL) == SB_NULL_PARAMETER, "NULL codec");
   CHECK(sb_conference_transfer(room, local_id, NULL) == SB_NULL_PARAMETER, "NULL transfer target");
   CHECK(sb_conference_transfer(room, local_id, "sip:carol@127.0.0.1:5070") == SB_NOT_FOUND, "only SIP calls move");
   CHECK(sb_conference_answer_transfer(room, local_id, true) == SB_NOT_FOUND, "nothing to answer");

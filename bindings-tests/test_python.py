@@ -191,6 +191,10 @@ def test_errors_are_exceptions_of_the_hierarchy():
         with pytest.raises(sipbridge.NotFoundError):
             local.participant.hold()  # only SIP calls can be held
         with pytest.raises(sipbridge.NotFoundError):
+            local.participant.set_codec("PCMA")  # only SIP calls change codec
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            local.participant.set_codec("GSM")
+        with pytest.raises(sipbridge.NotFoundError):
             local.participant.transfer("sip:carol@127.0.0.1:5070")
         with pytest.raises(sipbridge.InvalidArgumentError):
             local.participant.transfer("not a uri")

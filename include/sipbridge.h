@@ -851,6 +851,16 @@ sb_status sb_conference_set_muted(const sb_conference *conference,
 sb_status sb_conference_set_held(const sb_conference *conference, uint64_t participant, bool held);
 
 /**
+ * Asks a SIP participant's phone to change codec (`"PCMU"`, `"PCMA"`,
+ * `"G722"` or `"opus"`, one of its room's codecs): a re-INVITE offering it
+ * alone. The leg switches when the phone answers (the participant info's
+ * codec says so); a refusal leaves the call as it was.
+ */
+sb_status sb_conference_set_codec(const sb_conference *conference,
+                                  uint64_t participant,
+                                  const char *codec);
+
+/**
  * Transfers a SIP participant to `uri` (REFER, a blind transfer): its phone
  * calls `uri`, and once that is answered we hang up; SB_EVENT_TRANSFER_PROGRESS
  * reports how it goes.

@@ -1263,6 +1263,14 @@ impl Participant {
         self.sip_command(|participant, reply| SipCommand::Hold { participant, held, reply })
     }
 
+    /// Asks the participant's phone to change codec: a re-INVITE offering
+    /// `codec` alone (one of its room's codecs). When the phone answers, the
+    /// leg sends and receives with it (its info's `codec` says so); a
+    /// refusal leaves the call as it was. Only SIP participants.
+    pub fn set_codec(&self, codec: CodecKind) -> Result<()> {
+        self.sip_command(|participant, reply| SipCommand::ChangeCodec { participant, codec, reply })
+    }
+
     /// Transfers the participant to `uri` (a blind transfer: REFER, RFC
     /// 3515): its phone calls `uri`, and once that call is answered we hang
     /// up ours. Progress comes as [`Event::TransferProgress`].

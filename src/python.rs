@@ -669,6 +669,14 @@ impl Participant {
         self.inner.set_held(held).map_err(to_py)
     }
 
+    /// Asks a SIP participant's phone to change codec ("PCMU", "PCMA",
+    /// "G722" or "opus", one of its room's): a re-INVITE offering it alone.
+    /// The leg switches when the phone answers (`info().codec` says so).
+    fn set_codec(&self, codec: String) -> PyResult<()> {
+        let codec = codec_list(&[codec])?[0];
+        self.inner.set_codec(codec).map_err(to_py)
+    }
+
     /// Transfers a SIP participant to `uri` (REFER): its phone calls `uri`,
     /// and once that is answered we hang up; "transfer_progress" events.
     fn transfer(&self, uri: &str) -> PyResult<()> {

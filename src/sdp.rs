@@ -336,27 +336,45 @@ enum Format {
 /// Builds an offer for `local` (RFC 3264 §5): every codec, telephone-event at
 /// each clock rate used, and comfort noise for the 8 kHz clock.
 pub fn offer(local: &LocalMedia) -> SessionDescription {
-    let mut formats: Vec<Format> = local.codecs.iter().map(|c| Format::Audio(*c, c.default_payload_type())).collect();
-    if local.codecs.iter().any(|c| c.clock_rate() == 8000) {
-        formats.push(Format::TelephoneEvent(8000, TELEPHONE_EVENT_PT));
-        formats.push(Format::ComfortNoise(COMFORT_NOISE_PT));
-    }
-    if local.codecs.iter().any(|c| c.clock_rate() == 48000) {
-        formats.push(Format::TelephoneEvent(48000, TELEPHONE_EVENT_48K_PT));
-    }
+    let formats = offered_formats(&local.codecs);
     description(local, &formats, Direction::SendRecv, true, Some(AUDIO_LEVEL_ID))
 }
 
-/// A new offer in an established session (§8 of RFC 3264): the codec and
-/// payload types in use, in `direction` (inactive to hold, sendrecv to resume).
-pub fn reoffer(local: &LocalMedia, media: &NegotiatedMedia, direction: Direction) -> SessionDescription {
-    let mut formats = vec![Format::Audio(media.codec, media.payload_type)];
-    if let Some(pt) = media.telephone_event {
-        formats.push(Format::TelephoneEvent(media.codec.clock_rate(), pt));
+/// `codecs` with their usual payload types, and telephone-event (and for
+/// 8 kHz comfort noise) at each clock rate among them.
+fn offered_formats(codecs: &[CodecKind]) -> Vec<Format> {
+    let mut formats: Vec<Format> = codecs.iter().map(|c| Format::Audio(*c, c.default_payload_type())).collect();
+    if codecs.iter().any(|c| c.clock_rate() == 8000) {
+        formats.push(Format::TelephoneEvent(8000, TELEPHONE_EVENT_PT));
+        formats.push(Format::ComfortNoise(COMFORT_NOISE_PT));
     }
-    if let Some(pt) = media.comfort_noise {
-        formats.push(Format::ComfortNoise(pt));
+    if codecs.iter().any(|c| c.clock_rate() == 48000) {
+        formats.push(Format::TelephoneEvent(48000, TELEPHONE_EVENT_48K_PT));
     }
+    formats
+}
+
+/// A new offer in an established session (§8 of RFC 3264), in `direction`
+/// (inactive to hold, sendrecv to resume): the codec and payload types in
+/// use, or to change codec, `codec` alone with its usual payload types.
+pub fn reoffer(
+    local: &LocalMedia,
+    media: &NegotiatedMedia,
+    codec: CodecKind,
+    direction: Direction,
+) -> SessionDescription {
+    let formats = if codec == media.codec {
+        let mut formats = vec![Format::Audio(media.codec, media.payload_type)];
+        if let Some(pt) = media.telephone_event {
+            formats.push(Format::TelephoneEvent(media.codec.clock_rate(), pt));
+        }
+        if let Some(pt) = media.comfort_noise {
+            formats.push(Format::ComfortNoise(pt));
+        }
+        formats
+    } else {
+        offered_formats(&[codec])
+    };
     description(local, &formats, direction, media.rtcp_mux, media.audio_level)
 }
 

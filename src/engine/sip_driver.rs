@@ -18,7 +18,7 @@ use super::ports::PortLease;
 use super::transport::{Connections, StreamEvent};
 use super::{ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
-use crate::media::codec::OpusSettings;
+use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegCodec, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
 use crate::policy::Admission;
 use crate::sdp::{self, Direction, LocalMedia, NegotiatedMedia, SessionDescription};
@@ -80,6 +80,12 @@ pub(crate) enum SipCommand {
     Hold {
         participant: ParticipantId,
         held: bool,
+        reply: std::sync::mpsc::Sender<Result<()>>,
+    },
+    /// Re-offer a participant's call with another codec.
+    ChangeCodec {
+        participant: ParticipantId,
+        codec: CodecKind,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
     /// Register an account (see `Endpoint::register_account`).
@@ -767,12 +773,68 @@ impl Driver {
     /// hold); a new remote address if it names one. Returns the answer's bytes.
     fn answer_reoffer(&mut self, call: CallKey, offer: &[u8]) -> Result<Vec<u8>> {
         let leg = self.calls.get(&call).ok_or(Error::NotFound("call".into()))?;
-        let participant = leg.participant;
         let (local, current) = leg.session.as_ref().ok_or(Error::NotFound("a running session".into()))?;
         let mut codecs = vec![current.codec];
         codecs.extend(local.codecs.iter().filter(|&&codec| codec != current.codec));
         let preferring_current = LocalMedia { codecs, session_version: local.session_version + 1, ..local.clone() };
         let (answer, negotiated) = sdp::answer(&SessionDescription::parse(offer)?, &preferring_current)?;
+        self.adopt_session(call, negotiated)?;
+        if let Some((local, _)) = self.calls.get_mut(&call).and_then(|leg| leg.session.as_mut()) {
+            local.session_version += 1;
+        }
+        Ok(answer.print().into_bytes())
+    }
+
+    /// Sends our own re-offer: inactive to hold a participant, sendrecv to
+    /// resume it. The change takes effect when the peer answers.
+    fn hold(&mut self, participant: ParticipantId, held: bool, now: Instant) -> Result<()> {
+        let direction = if held { Direction::Inactive } else { Direction::SendRecv };
+        self.send_reoffer(participant, None, Some(direction), now)
+    }
+
+    /// Sends our own re-offer of `codec` alone, in the direction in use. The
+    /// leg switches when the peer answers; a refusal leaves it as it was.
+    fn change_codec(&mut self, participant: ParticipantId, codec: CodecKind, now: Instant) -> Result<()> {
+        self.send_reoffer(participant, Some(codec), None, now)
+    }
+
+    /// Sends a re-offer of `codec` (default: the one in use) in `direction`
+    /// (default: the one in use).
+    fn send_reoffer(
+        &mut self,
+        participant: ParticipantId,
+        codec: Option<CodecKind>,
+        direction: Option<Direction>,
+        now: Instant,
+    ) -> Result<()> {
+        let call = *self.by_participant.get(&participant).ok_or(Error::NotFound("a call".into()))?;
+        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("a call".into()))?;
+        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
+        let codec = codec.unwrap_or(current.codec);
+        if !local.codecs.contains(&codec) {
+            return Err(Error::InvalidArgument(format!("{} is not one of the room's codecs", codec.encoding_name())));
+        }
+        local.session_version += 1;
+        let offer = sdp::reoffer(local, current, codec, direction.unwrap_or(current.direction));
+        self.ua.reoffer(call, offer.print().into_bytes(), now)?;
+        Ok(())
+    }
+
+    /// The peer answered our re-offer: its answer becomes the leg's media.
+    fn reoffer_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
+        let leg = self.calls.get(&call).ok_or(Error::NotFound("call".into()))?;
+        let (local, _) = leg.session.as_ref().ok_or(Error::NotFound("a running session".into()))?;
+        let negotiated = sdp::accept_answer(&SessionDescription::parse(answer)?, local)?;
+        self.adopt_session(call, negotiated)
+    }
+
+    /// Makes a new offer/answer outcome the call's session: a new codec
+    /// gives the leg a new coder (built here, swapped in by the mixer) and
+    /// its receive task a new clock rate; then the direction and address.
+    fn adopt_session(&mut self, call: CallKey, negotiated: NegotiatedMedia) -> Result<()> {
+        let leg = self.calls.get(&call).ok_or(Error::NotFound("call".into()))?;
+        let participant = leg.participant;
+        let (_, current) = leg.session.as_ref().ok_or(Error::NotFound("a running session".into()))?;
         if negotiated.codec != current.codec {
             let mix_rate = self.shared.room_sample_rate(&self.shared.conference_of(participant).unwrap_or_default());
             let codec = self.leg_codec(&negotiated, mix_rate)?;
@@ -782,34 +844,9 @@ impl Driver {
         if let Some(task) = &leg.receive_task {
             task.format.set(negotiated.codec.clock_rate(), negotiated.telephone_event);
         }
-        if let Some((local, current)) = leg.session.as_mut() {
-            local.session_version += 1;
+        if let Some((_, current)) = leg.session.as_mut() {
             *current = negotiated;
         }
-        self.apply_session(participant, &negotiated)?;
-        Ok(answer.print().into_bytes())
-    }
-
-    /// Sends our own re-offer: inactive to hold a participant, sendrecv to
-    /// resume it. The change takes effect when the peer answers.
-    fn hold(&mut self, participant: ParticipantId, held: bool, now: Instant) -> Result<()> {
-        let call = *self.by_participant.get(&participant).ok_or(Error::NotFound("a call".into()))?;
-        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("a call".into()))?;
-        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
-        local.session_version += 1;
-        let direction = if held { Direction::Inactive } else { Direction::SendRecv };
-        let offer = sdp::reoffer(local, current, direction).print().into_bytes();
-        self.ua.reoffer(call, offer, now)?;
-        Ok(())
-    }
-
-    /// The peer answered our re-offer: its answer becomes the leg's media.
-    fn reoffer_answered(&mut self, call: CallKey, answer: &[u8]) -> Result<()> {
-        let leg = self.calls.get_mut(&call).ok_or(Error::NotFound("call".into()))?;
-        let participant = leg.participant;
-        let (local, current) = leg.session.as_mut().ok_or(Error::NotFound("a running session".into()))?;
-        let negotiated = sdp::accept_answer(&SessionDescription::parse(answer)?, local)?;
-        *current = negotiated;
         self.apply_session(participant, &negotiated)
     }
 
@@ -1011,6 +1048,9 @@ impl Driver {
             }
             SipCommand::Hold { participant, held, reply } => {
                 let _ = reply.send(self.hold(participant, held, now));
+            }
+            SipCommand::ChangeCodec { participant, codec, reply } => {
+                let _ = reply.send(self.change_codec(participant, codec, now));
             }
             SipCommand::Transfer { participant, target, reply } => {
                 let result = match self.by_participant.get(&participant) {

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use crate::media::playback::PlaybackError;
 use crate::{
-    Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, OpusSettings, ParticipantId,
+    CodecKind, Conference, Endpoint, EndpointConfig, Error, FrameReader, LocalParticipant, OpusSettings, ParticipantId,
     ParticipantKind, ParticipantState,
 };
 
@@ -815,6 +815,25 @@ pub extern "C" fn sb_conference_set_muted(
 #[no_mangle]
 pub extern "C" fn sb_conference_set_held(conference: *const sb_conference, participant: u64, held: bool) -> sb_status {
     with_participant(conference, participant, |p| p.set_held(held))
+}
+
+/// Asks a SIP participant's phone to change codec (`"PCMU"`, `"PCMA"`,
+/// `"G722"` or `"opus"`, one of its room's codecs): a re-INVITE offering it
+/// alone. The leg switches when the phone answers (the participant info's
+/// codec says so); a refusal leaves the call as it was.
+#[no_mangle]
+pub extern "C" fn sb_conference_set_codec(
+    conference: *const sb_conference,
+    participant: u64,
+    codec: *const c_char,
+) -> sb_status {
+    ffi_guard!({
+        let name = try_str!(codec);
+        match CodecKind::from_encoding_name(name) {
+            Some(codec) => with_participant(conference, participant, |p| p.set_codec(codec)),
+            None => fail(sb_status::SB_INVALID_ARGUMENT, format!("unknown codec {name:?}")),
+        }
+    })
 }
 
 /// Transfers a SIP participant to `uri` (REFER, a blind transfer): its phone

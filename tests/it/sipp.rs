@@ -687,6 +687,23 @@ fn sipp_watches_a_room_s_roster_by_conference_events() {
 /// same SSRC.
 #[test]
 fn sipp_changes_codec_by_re_invite() {
+    codec_change_call("uac_codec_change.xml", |_| ());
+}
+
+/// The app changes a phone's codec: the bridge's re-INVITE offers PCMA
+/// alone (sipp checks), sipp answers PCMA, and the bridge's audio follows
+/// as above.
+#[test]
+fn the_app_changes_a_phone_s_codec_by_re_invite() {
+    codec_change_call("uac_codec_changed_by_bridge.xml", |leg| leg.set_codec(sipbridge::CodecKind::Pcma).unwrap());
+}
+
+/// A sipp call with `scenario` into a room where the app plays a 1 kHz
+/// tone, sipp's RTP going to a socket of the test's. After 25 PCMU packets
+/// `switch` is called with the sipp leg. Checks that the bridge's stream
+/// went from PCMU to PCMA once, under one SSRC, that the leg's codec then
+/// read PCMA, and that the PCMA carries the tone at its level.
+fn codec_change_call(scenario: &str, mut switch: impl FnMut(&sipbridge::Participant)) {
     if !sipp_available() {
         return;
     }
@@ -696,25 +713,31 @@ fn sipp_changes_codec_by_re_invite() {
     let phone_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
     phone_rtp.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
     let (target, rtp_port) = (bridge.local_addr().to_string(), phone_rtp.local_addr().unwrap().port().to_string());
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_codec_change.xml");
-    let sipp = std::thread::spawn(move || run_uac(&target, ["-sf", scenario], "switch", &["-set", "rtp", &rtp_port]));
+    let scenario = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let sipp = std::thread::spawn(move || run_uac(&target, ["-sf", &scenario], "switch", &["-set", "rtp", &rtp_port]));
     let (mut phase, mut buf) = (0, [0u8; 2048]);
     let mut packets: Vec<(u8, u32, Vec<u8>)> = Vec::new();
     let mut codec_after_switch = None;
+    let sipp_leg = || {
+        let id = room.participants().unwrap().into_iter().find(|p| p.remote.is_some()).map(|p| p.id);
+        id.and_then(|id| room.participant(id).ok())
+    };
     while !sipp.is_finished() {
         let _ = app.write_all(&crate::common::tone_frame(1000.0, 8000.0, &mut phase), Some(Duration::from_secs(1)));
         while let Ok(n) = phone_rtp.recv(&mut buf) {
             let (payload_type, ssrc) = (buf[1] & 0x7f, u32::from_be_bytes(buf[8..12].try_into().unwrap()));
             packets.push((payload_type, ssrc, buf[12..n].to_vec()));
+            if packets.len() == 25 {
+                switch(&sipp_leg().expect("the sipp leg"));
+            }
             if payload_type == 8 && codec_after_switch.is_none() {
-                let leg = room.participants().unwrap().into_iter().find(|p| p.remote.is_some());
-                codec_after_switch = leg.and_then(|p| p.codec);
+                codec_after_switch = sipp_leg().and_then(|leg| leg.info().ok()).and_then(|info| info.codec);
             }
         }
     }
     assert_sipp_succeeded(&sipp.join().unwrap(), "uac codec change");
     let switch = packets.iter().position(|(pt, _, _)| *pt == 8).expect("no PCMA packet");
-    assert!(switch > 20, "only {switch} PCMU packets before the switch");
+    assert!(switch >= 25, "only {switch} PCMU packets before the switch");
     assert!(packets[..switch].iter().all(|(pt, _, _)| *pt == 0));
     assert!(packets[switch..].iter().all(|(pt, _, _)| *pt == 8), "PCMU after the switch");
     assert!(packets.len() - switch > 20, "{} PCMA packets", packets.len() - switch);
