@@ -1189,9 +1189,14 @@ impl Participant {
             })
             .collect::<Result<_>>()?;
         self.with_entry(|p| {
-            let queue = p.dtmf.as_mut().ok_or_else(|| {
-                Error::InvalidArgument("this participant has no telephone-event to send digits with".into())
-            })?;
+            let queue = &mut p
+                .dtmf
+                .as_mut()
+                .filter(|dtmf| dtmf.negotiated)
+                .ok_or_else(|| {
+                    Error::InvalidArgument("this participant has no telephone-event to send digits with".into())
+                })?
+                .digits;
             if queue.slots() < codes.len() {
                 return Err(Error::InvalidArgument(format!(
                     "{} digits are queued already",

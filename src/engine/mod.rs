@@ -131,8 +131,8 @@ pub(crate) struct ParticipantEntry {
     pub volume_db: f32,
     /// Whether the mixer has it (a dial in progress does not yet).
     pub in_mixer: bool,
-    /// Digits for the mixer to send, when the peer takes telephone-events.
-    pub dtmf: Option<rtrb::Producer<u8>>,
+    /// Digits for the mixer to send, on an RTP leg.
+    pub dtmf: Option<DtmfQueue>,
     /// The negotiated codec, once media runs.
     pub codec: Option<CodecKind>,
     /// Whether its audio is cleaned of noise before it is mixed.
@@ -557,7 +557,7 @@ impl Shared {
         &self,
         id: ParticipantId,
         mut mix: Box<ParticipantMix>,
-        dtmf: Option<rtrb::Producer<u8>>,
+        dtmf: DtmfQueue,
         codec: CodecKind,
     ) -> Result<()> {
         let mut registry = self.registry.lock();
@@ -577,7 +577,7 @@ impl Shared {
         self.start_admission_audio(&mixer, conference, id, entry);
         drop(mixer);
         entry.in_mixer = true;
-        entry.dtmf = dtmf;
+        entry.dtmf = Some(dtmf);
         entry.codec = Some(codec);
         entry.state = ParticipantState::Connected;
         Ok(())
@@ -586,8 +586,11 @@ impl Shared {
     /// Applies what a re-offer changed to a participant's leg, and reports
     /// when the call went on or off hold.
     pub fn set_leg_media(&self, id: ParticipantId, media: LegMedia, held: bool) -> Result<()> {
-        let registry = self.registry.lock();
-        let entry = registry.participants.get(&id).ok_or_else(|| Error::NotFound("participant".into()))?;
+        let mut registry = self.registry.lock();
+        let entry = registry.participants.get_mut(&id).ok_or_else(|| Error::NotFound("participant".into()))?;
+        if let Some(dtmf) = &mut entry.dtmf {
+            dtmf.negotiated = media.telephone_event.is_some();
+        }
         let (conference_id, conference, controls) =
             (entry.conference_id, entry.conference.clone(), entry.controls.clone());
         let in_mixer = entry.in_mixer;
@@ -1010,6 +1013,14 @@ impl Shared {
         let registry = self.registry.lock();
         registry.conferences.get(name).map(|c| (c.id, c.sample_rate)).ok_or_else(|| Error::NotFound(name.into()))
     }
+}
+
+/// The app's side of an RTP leg's digit queue, and whether the leg's
+/// session has a telephone-event payload type to send digits with now: a
+/// re-offer can add or drop it.
+pub struct DtmfQueue {
+    pub digits: rtrb::Producer<u8>,
+    pub negotiated: bool,
 }
 
 /// What an endpoint owns besides the shared state: threads and the runtime.

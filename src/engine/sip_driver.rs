@@ -16,7 +16,7 @@ use super::dns;
 use super::media_task::{receive_media, LegSockets, ReceiveContext, ReceiveFormat};
 use super::ports::PortLease;
 use super::transport::{Connections, StreamEvent};
-use super::{ParticipantEntry, Shared};
+use super::{DtmfQueue, ParticipantEntry, Shared};
 use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::codec::{CodecKind, OpusSettings};
 use crate::media::mixer::{Leg, LegCodec, LegMedia, ParticipantControls, ParticipantId, ParticipantMix, RtpLeg};
@@ -742,7 +742,7 @@ impl Driver {
                 self.rtp_leg(participant, controls.clone(), media, negotiated, mix_rate).map_err(|e| (500, e))?;
             let mut entry =
                 ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
-            entry.dtmf = dtmf;
+            entry.dtmf = Some(dtmf);
             entry.codec = Some(negotiated.codec);
             let joined = self.shared.join_room(participant, &room, entry, Some(mix));
             if joined.is_err() {
@@ -860,6 +860,8 @@ impl Driver {
             receive: !held && negotiated.direction == Direction::SendRecv,
             remote: negotiated.remote,
             payload_type: negotiated.payload_type,
+            telephone_event: negotiated.telephone_event,
+            comfort_noise: negotiated.comfort_noise,
         };
         self.shared.set_leg_media(participant, media, held)
     }
@@ -887,7 +889,7 @@ impl Driver {
         media: MediaPort,
         negotiated: NegotiatedMedia,
         mix_rate: u32,
-    ) -> Result<(Box<ParticipantMix>, ReceiveTask, Option<rtrb::Producer<u8>>)> {
+    ) -> Result<(Box<ParticipantMix>, ReceiveTask, DtmfQueue)> {
         let codec = self.leg_codec(&negotiated, mix_rate)?;
         let (producer, consumer) = rtrb::RingBuffer::new(RTP_RING);
         let (receive_socket, rtcp_socket) = {
@@ -920,12 +922,10 @@ impl Driver {
         if let Some(id) = negotiated.audio_level {
             leg = leg.with_audio_level(id);
         }
-        let mut dtmf = None;
-        if let Some(pt) = negotiated.telephone_event {
-            let (digits, queue) = rtrb::RingBuffer::new(DTMF_QUEUE);
-            leg = leg.with_dtmf(pt, queue);
-            dtmf = Some(digits);
-        }
+        // Every leg gets a digit queue: a re-offer may bring telephone-event.
+        let (digits, queue) = rtrb::RingBuffer::new(DTMF_QUEUE);
+        leg = leg.with_dtmf(negotiated.telephone_event, queue);
+        let dtmf = DtmfQueue { digits, negotiated: negotiated.telephone_event.is_some() };
         leg.send = matches!(negotiated.direction, Direction::SendRecv | Direction::SendOnly)
             && !negotiated.remote.ip().is_unspecified();
         leg.receive = matches!(negotiated.direction, Direction::SendRecv | Direction::RecvOnly);

@@ -345,9 +345,10 @@ pub struct RtpLeg {
     /// Ticks since a packet reported a level a listener could be mixed at.
     ticks_since_audible_level: u32,
     ticks_since_cn: u32,
-    /// Digits the app queued (event codes) and the telephone-event payload type
-    /// to send them with, when the peer offered it.
-    dtmf: Option<(u8, rtrb::Consumer<u8>)>,
+    /// Digits the app queued (event codes), and the telephone-event payload
+    /// type to send them with while the session has one.
+    dtmf_digits: Option<rtrb::Consumer<u8>>,
+    telephone_event: Option<u8>,
     dtmf_sender: DtmfSender,
     /// RTP timestamp of the event being sent: all its packets carry it.
     event_timestamp: u32,
@@ -483,7 +484,8 @@ impl RtpLeg {
             shared_encoder: None,
             on_shared: false,
             ticks_since_mixed,
-            dtmf: None,
+            dtmf_digits: None,
+            telephone_event: None,
             dtmf_sender: DtmfSender::default(),
             event_timestamp: 0,
             marker: true,
@@ -513,9 +515,10 @@ impl RtpLeg {
         self.marker = true;
     }
 
-    /// Lets the leg send digits from `digits` as RFC 4733 events with `payload_type`.
-    pub fn with_dtmf(mut self, payload_type: u8, digits: rtrb::Consumer<u8>) -> Self {
-        self.dtmf = Some((payload_type, digits));
+    /// Lets the leg send digits from `digits` as RFC 4733 events, with
+    /// `telephone_event` as payload type when the session has one.
+    pub fn with_dtmf(mut self, telephone_event: Option<u8>, digits: rtrb::Consumer<u8>) -> Self {
+        (self.telephone_event, self.dtmf_digits) = (telephone_event, Some(digits));
         self
     }
 
@@ -530,6 +533,13 @@ impl RtpLeg {
         self.send = media.send;
         self.receive = media.receive;
         self.payload_type = media.payload_type;
+        self.comfort_noise = media.comfort_noise;
+        self.telephone_event = media.telephone_event;
+        if media.telephone_event.is_none() {
+            // Digits queued for a session that no longer takes them are not sent later.
+            self.dtmf_sender = DtmfSender::default();
+            while let Some(Ok(_)) = self.dtmf_digits.as_mut().map(|digits| digits.pop()) {}
+        }
         if media.remote != self.remote && !media.remote.ip().is_unspecified() {
             self.remote = media.remote;
             self.latched = false;
@@ -658,9 +668,9 @@ impl RtpLeg {
     /// Sends this tick's audio (or DTMF); true when it ran the leg's own encoder.
     fn write_frame(&mut self, controls: &ParticipantControls, outgoing: Outgoing) -> bool {
         let frame = self.frame_ts;
-        let tick = match &mut self.dtmf {
-            Some((_, digits)) => self.dtmf_sender.tick(frame, || digits.pop().ok()),
-            None => DtmfTick::Audio,
+        let tick = match (&mut self.dtmf_digits, self.telephone_event) {
+            (Some(digits), Some(_)) => self.dtmf_sender.tick(frame, || digits.pop().ok()),
+            _ => DtmfTick::Audio,
         };
         let mut encoded = false;
         if self.send {
@@ -670,7 +680,7 @@ impl RtpLeg {
                     if start {
                         self.event_timestamp = self.timestamp;
                     }
-                    let payload_type = self.dtmf.as_ref().map_or(self.payload_type, |(pt, _)| *pt);
+                    let payload_type = self.telephone_event.unwrap_or(self.payload_type);
                     let d = duration.to_be_bytes();
                     // Volume 10 (-10 dBm0); the E bit on the end packets.
                     let body = [event, if end { 0x80 | 10 } else { 10 }, d[0], d[1]];
@@ -1551,7 +1561,8 @@ impl ConferenceMix {
     }
 }
 
-/// What a re-offer changed in an RTP leg (hold and resume, a new address).
+/// What a re-offer changed in an RTP leg: hold and resume, a new address,
+/// new payload types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LegMedia {
     /// Whether the leg sends audio, and whether what it receives is mixed.
@@ -1560,6 +1571,8 @@ pub struct LegMedia {
     /// Where to send: a new address drops the latched source.
     pub remote: SocketAddr,
     pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    pub comfort_noise: Option<u8>,
 }
 
 /// Instructions from the control side. Anything that needs memory arrives
@@ -2354,7 +2367,8 @@ mod tests {
         let (digits, queue) = rtrb::RingBuffer::new(8);
         let coder = codec.new_coder(&Default::default()).unwrap();
         let pt = codec.default_payload_type();
-        let leg = RtpLeg::new(rx, socket, peer, LegCodec::new(coder, pt, 8000).unwrap(), None).with_dtmf(101, queue);
+        let leg =
+            RtpLeg::new(rx, socket, peer, LegCodec::new(coder, pt, 8000).unwrap(), None).with_dtmf(Some(101), queue);
         (Box::new(ParticipantMix::new(ParticipantId(id), Arc::default(), Leg::Rtp(leg), FRAME)), tx, digits)
     }
 

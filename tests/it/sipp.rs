@@ -698,6 +698,65 @@ fn the_app_changes_a_phone_s_codec_by_re_invite() {
     codec_change_call("uac_codec_changed_by_bridge.xml", |leg| leg.set_codec(sipbridge::CodecKind::Pcma).unwrap());
 }
 
+/// A phone's re-INVITEs move its telephone-event and comfort-noise payload
+/// types (96 and 13, then 101 and 118), then drop both. The bridge's digits
+/// and comfort noise follow each answer, and once the session has no
+/// telephone-event the app's digits are refused.
+#[test]
+fn re_invites_move_the_event_and_comfort_noise_payload_types() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = endpoint();
+    let room = bridge.create_conference("events").unwrap();
+    let phone_rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    phone_rtp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let (target, rtp_port) = (bridge.local_addr().to_string(), phone_rtp.local_addr().unwrap().port().to_string());
+    let scenario = format!("{}/tests/sipp/uac_event_types_change.xml", env!("CARGO_MANIFEST_DIR"));
+    let sipp = std::thread::spawn(move || run_uac(&target, ["-sf", &scenario], "events", &["-set", "rtp", &rtp_port]));
+    let (mut buf, mut payload_types) = ([0u8; 2048], Vec::new());
+    let (mut sent, mut refused) = (Vec::new(), None);
+    let sipp_leg = || room.participants().unwrap().into_iter().next().and_then(|p| room.participant(p.id).ok());
+    while !sipp.is_finished() {
+        let Ok(_) = phone_rtp.recv(&mut buf) else { continue };
+        let payload_type = buf[1] & 0x7f;
+        payload_types.push(payload_type);
+        // A digit once each session's comfort noise shows it is in place;
+        // after the last re-INVITE, the silence goes out as PCMU.
+        let session = match payload_type {
+            13 => 0,
+            118 => 1,
+            0 if payload_types.contains(&118) => 2,
+            _ => continue,
+        };
+        if sent.len() == session && refused.is_none() {
+            let digit = ["1", "2", "3"][session];
+            match sipp_leg().expect("the sipp leg").send_dtmf(digit) {
+                Ok(()) => sent.push(digit),
+                Err(e) => refused = Some((session, e.to_string())),
+            }
+        }
+    }
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uac event payload types");
+    assert_eq!(sent, ["1", "2"], "digits sent; payload types seen: {payload_types:?}");
+    let (session, error) = refused.expect("the digit after telephone-event was dropped is refused");
+    assert_eq!(session, 2);
+    assert!(error.contains("telephone-event"), "{error}");
+    // Each type in its session only: events on 96 then 101, CN on 13 then 118.
+    let first = |pt| payload_types.iter().position(|&p| p == pt);
+    let last = |pt| payload_types.iter().rposition(|&p| p == pt);
+    let (cn_first, cn_second) = (last(13).expect("CN on 13"), first(118).expect("CN on 118"));
+    assert!(cn_first < cn_second);
+    let (events_first, events_second) = (first(96).expect("events on 96"), first(101).expect("events on 101"));
+    assert!(last(96).unwrap() < cn_second, "an event on 96 after the re-INVITE moved it");
+    assert!(events_first < cn_second && cn_second < events_second);
+    assert!(last(118).unwrap() < payload_types.len() - 20, "CN on 118 after the re-INVITE dropped it");
+    assert!(
+        payload_types.iter().all(|pt| [0, 13, 96, 101, 118].contains(pt)),
+        "unexpected payload types: {payload_types:?}"
+    );
+}
+
 /// A sipp call with `scenario` into a room where the app plays a 1 kHz
 /// tone, sipp's RTP going to a socket of the test's. After 25 PCMU packets
 /// `switch` is called with the sipp leg. Checks that the bridge's stream
