@@ -248,6 +248,10 @@ typedef enum {
    * Its phone took the transfer we asked for.
    */
   SB_LEAVE_TRANSFERRED = 10,
+  /**
+   * Another call took its place (Replaces, as in an attended transfer).
+   */
+  SB_LEAVE_REPLACED = 11,
 } sb_leave_reason;
 
 typedef enum {

@@ -275,6 +275,9 @@ pub enum LeaveReason {
     /// The participant's phone took a transfer we asked for (REFER) and
     /// called the target; we hung up our leg.
     Transferred,
+    /// Another call took its place (a Replaces header, RFC 3891, as in an
+    /// attended transfer); we hung up its leg.
+    Replaced,
 }
 
 /// What happened, in order, for the application.

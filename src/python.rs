@@ -123,6 +123,7 @@ fn reason_name(reason: LeaveReason) -> &'static str {
         LeaveReason::ConferenceEnded => "conference_ended",
         LeaveReason::PinRejected => "pin_rejected",
         LeaveReason::Transferred => "transferred",
+        LeaveReason::Replaced => "replaced",
     }
 }
 

@@ -107,6 +107,7 @@ class Event:
             "conference_ended",
             "pin_rejected",
             "transferred",
+            "replaced",
         ]
     ]: ...
     @property

@@ -528,7 +528,9 @@ impl Shared {
     ) -> Result<()> {
         let Registry { conferences, participants } = registry;
         let conference = conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
-        policy::check_room_open(name, conference)?;
+        if !entry.took_seat() {
+            policy::check_room_open(name, conference)?;
+        }
         entry.in_mixer = mix.is_some();
         entry.noise_suppression = conference.noise_suppression;
         if let Some(mut mix) = mix {

@@ -56,6 +56,9 @@ impl PolicyAudio {
 pub(crate) struct PolicyState {
     pub moderator: bool,
     admission: Admission,
+    /// It took the place of a participant that was let in (RFC 3891
+    /// Replaces): it skips the PIN, the wait and the room's lock and cap.
+    took_seat: bool,
     /// Its PIN entry, while it types.
     pin: Option<PinEntry>,
     /// Prompts the policy queued for it (the PIN prompt, hold music), to
@@ -72,6 +75,7 @@ impl Default for PolicyState {
         Self {
             moderator: false,
             admission: Admission::Admitted,
+            took_seat: false,
             pin: None,
             playing: Vec::new(),
             holds_finished: Arc::default(),
@@ -107,6 +111,29 @@ impl Effects {
         for (id, reason) in self.hangups {
             shared.end_participant(id, reason);
         }
+    }
+}
+
+/// What a participant that replaces another (RFC 3891) takes over from it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Seat {
+    pub moderator: bool,
+    pub admitted: bool,
+    pub muted: bool,
+}
+
+impl ParticipantEntry {
+    /// Takes over `seat`: the role and the mute always; a seat that was let
+    /// in lets this entry in at once.
+    pub fn take_seat(&mut self, seat: Seat) {
+        self.policy.moderator = seat.moderator;
+        self.policy.took_seat = seat.admitted;
+        self.controls.muted.store(seat.muted, Ordering::Relaxed);
+    }
+
+    /// Whether it joins past the room's lock and cap.
+    pub fn took_seat(&self) -> bool {
+        self.policy.took_seat
     }
 }
 
@@ -149,6 +176,9 @@ pub(super) fn moderator_present(
 /// for a PIN is kept out; anyone else gets the join rules.
 pub(super) fn on_entry(conference: &ConferenceEntry, room_waits: bool, entry: &mut ParticipantEntry, now: Instant) {
     let policy = &conference.policy;
+    if entry.policy.took_seat {
+        return set_admission(entry, Admission::Admitted);
+    }
     if entry.kind == ParticipantKind::Inbound && policy.asks_pin() {
         entry.policy.pin = Some(PinEntry::new(policy, now));
         set_admission(entry, Admission::EnteringPin);
@@ -162,6 +192,18 @@ pub(super) fn on_entry(conference: &ConferenceEntry, room_waits: bool, entry: &m
 }
 
 impl Shared {
+    /// The seat of participant `id`, for a call that replaces it; `None`
+    /// when it is gone.
+    pub fn seat_of(&self, id: ParticipantId) -> Option<Seat> {
+        let registry = self.registry.lock();
+        let entry = registry.participants.get(&id)?;
+        Some(Seat {
+            moderator: entry.policy.moderator,
+            admitted: entry.policy.admission() == Admission::Admitted,
+            muted: entry.controls.muted.load(Ordering::Relaxed),
+        })
+    }
+
     /// Refuses a caller to a locked or full room `name` (one that does not exist yet is open).
     pub fn check_room_open(&self, name: &str) -> Result<()> {
         match self.registry.lock().conferences.get(name) {

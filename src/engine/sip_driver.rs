@@ -382,8 +382,14 @@ impl Driver {
     fn handle_event(&mut self, event: UaEvent) {
         let now = Instant::now();
         match event {
-            UaEvent::IncomingCall { call, request_uri, from, offer, source, authorization } => {
-                let (room, via_registrar) = self.room_for(&request_uri, source);
+            UaEvent::IncomingCall { call, request_uri, from, offer, source, authorization, replaces } => {
+                // A call that takes another's place (RFC 3891) joins its room.
+                let replaced = replaces.and_then(|old| self.calls.get(&old)).map(|leg| leg.participant);
+                let (room, via_registrar) = match replaced.and_then(|old| self.shared.conference_of(old)) {
+                    Some(room) => (room, false),
+                    None if replaces.is_some() => return self.ua.reject(call, 481, now),
+                    None => self.room_for(&request_uri, source),
+                };
                 let verdict = match via_registrar {
                     true => Verdict::Accept { user: String::new() },
                     false => self.admit(&room, source, "INVITE", authorization.as_deref(), now),
@@ -396,9 +402,16 @@ impl Driver {
                         return self.ua.reject(call, 403, now);
                     }
                 }
-                if let Err((status, error)) = self.accept_incoming(call, &room, &from, &offer, now) {
-                    tracing::info!(source = %source.addr, %request_uri, status, %error, "refusing call");
-                    self.ua.reject(call, status, now);
+                match self.accept_incoming(call, &room, &from, &offer, replaced, now) {
+                    Ok(()) => {
+                        if let Some(old) = replaced {
+                            self.handle_command(SipCommand::Hangup { participant: old, reason: LeaveReason::Replaced });
+                        }
+                    }
+                    Err((status, error)) => {
+                        tracing::info!(source = %source.addr, %request_uri, status, %error, "refusing call");
+                        self.ua.reject(call, status, now);
+                    }
                 }
             }
             UaEvent::Dtmf { call, digit, duration_ms } => {
@@ -698,13 +711,15 @@ impl Driver {
         verdict
     }
 
-    /// Joins an inbound call to `room`, or says which status to refuse it with.
+    /// Joins an inbound call to `room`, in the seat of participant
+    /// `replaced` if it replaces one, or says which status to refuse it with.
     fn accept_incoming(
         &mut self,
         call: CallKey,
         room: &str,
         from: &str,
         offer: &[u8],
+        replaced: Option<ParticipantId>,
         now: Instant,
     ) -> Result<(), (u16, Error)> {
         if self.shared.check_running().is_err() {
@@ -718,19 +733,28 @@ impl Driver {
         if !exists && !self.shared.config.create_rooms_on_demand {
             return Err((404, Error::NotFound(room)));
         }
+        let seat = replaced.and_then(|old| self.shared.seat_of(old));
+        let new_entry = |state| {
+            let controls = Arc::new(ParticipantControls::default());
+            let mut entry = ParticipantEntry::new(ParticipantKind::Inbound, Some(from.to_string()), state, controls);
+            if let Some(seat) = seat {
+                entry.take_seat(seat);
+            }
+            entry
+        };
         // The conference policy: a locked room gets 403, a full one 486,
         // before a port is taken; joining checks again under the registry's lock.
-        self.shared.check_room_open(&room).map_err(refusal)?;
+        if !seat.is_some_and(|seat| seat.admitted) {
+            self.shared.check_room_open(&room).map_err(refusal)?;
+        }
         let media = self.local_media(&room).map_err(|e| (503, e))?;
         let participant = ParticipantId(self.shared.next_id());
-        let controls = Arc::new(ParticipantControls::default());
-        let remote = Some(from.to_string());
         // With an offer, answer it and start the media now. Without one (late
         // offer, RFC 3264 §4), put our offer in the 2xx and start the media when
         // the answer comes in the ACK.
         let (sdp, joined, session) = if offer.is_empty() {
             let sdp = sdp::offer(&media.local);
-            let entry = ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Calling, controls);
+            let entry = new_entry(ParticipantState::Calling);
             let joined = self.shared.join_room(participant, &room, entry, None);
             (sdp, joined.map(|()| (Some(media), None)), None)
         } else {
@@ -738,10 +762,9 @@ impl Driver {
             let (sdp, negotiated) = sdp::answer(&offer, &media.local).map_err(|e| (488, e.into()))?;
             let session = Some((media.local.clone(), negotiated));
             let mix_rate = self.shared.room_sample_rate(&room);
+            let mut entry = new_entry(ParticipantState::Connected);
             let (mix, task, dtmf) =
-                self.rtp_leg(participant, controls.clone(), media, negotiated, mix_rate).map_err(|e| (500, e))?;
-            let mut entry =
-                ParticipantEntry::new(ParticipantKind::Inbound, remote, ParticipantState::Connected, controls);
+                self.rtp_leg(participant, entry.controls.clone(), media, negotiated, mix_rate).map_err(|e| (500, e))?;
             entry.dtmf = Some(dtmf);
             entry.codec = Some(negotiated.codec);
             let joined = self.shared.join_room(participant, &room, entry, Some(mix));

@@ -94,6 +94,8 @@ pub enum sb_leave_reason {
     SB_LEAVE_PIN_REJECTED = 9,
     /// Its phone took the transfer we asked for.
     SB_LEAVE_TRANSFERRED = 10,
+    /// Another call took its place (Replaces, as in an attended transfer).
+    SB_LEAVE_REPLACED = 11,
 }
 
 /// One event. Strings are NUL-terminated and cut to fit.
@@ -201,6 +203,7 @@ fn to_c(event: &Event) -> sb_event {
                 LeaveReason::ConferenceEnded => sb_leave_reason::SB_LEAVE_CONFERENCE_ENDED,
                 LeaveReason::PinRejected => sb_leave_reason::SB_LEAVE_PIN_REJECTED,
                 LeaveReason::Transferred => sb_leave_reason::SB_LEAVE_TRANSFERRED,
+                LeaveReason::Replaced => sb_leave_reason::SB_LEAVE_REPLACED,
             };
             out.packets_received = *packets_received;
             out.packets_sent = *packets_sent;

@@ -498,6 +498,70 @@ pub fn allows(headers: &rsip::Headers, method: &str) -> bool {
     })
 }
 
+/// The dialog a Replaces header names (RFC 3891 §6.1): its Call-ID, the
+/// tag of the side receiving the INVITE (`to-tag`) and of the other side
+/// (`from-tag`), and whether only an early dialog may be replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaces {
+    pub call_id: String,
+    pub to_tag: String,
+    pub from_tag: String,
+    pub early_only: bool,
+}
+
+/// The request's Replaces header: `None` without one, `Some(Err(()))` when
+/// there are several or one lacks its Call-ID or tags (§3: 400).
+pub fn replaces(headers: &rsip::Headers) -> Option<Result<Replaces, ()>> {
+    let values = header_values(headers, "Replaces", "Replaces");
+    let value = values.first()?;
+    if values.len() > 1 {
+        return Some(Err(()));
+    }
+    let mut parts = value.split(';');
+    let call_id = parts.next().map(str::trim).filter(|id| !id.is_empty()).ok_or(());
+    let (mut to_tag, mut from_tag, mut early_only) = (None, None, false);
+    for param in parts {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        match name.trim().to_ascii_lowercase().as_str() {
+            "to-tag" => to_tag = Some(value.trim().to_string()),
+            "from-tag" => from_tag = Some(value.trim().to_string()),
+            "early-only" => early_only = true,
+            _ => {}
+        }
+    }
+    Some(match (call_id, to_tag, from_tag) {
+        (Ok(call_id), Some(to_tag), Some(from_tag)) => {
+            Ok(Replaces { call_id: call_id.to_string(), to_tag, from_tag, early_only })
+        }
+        _ => Err(()),
+    })
+}
+
+/// Splits the headers off a URI (`sip:bob@b?Replaces=...`, RFC 3261
+/// §19.1.1): the URI without them, and its Replaces header's value,
+/// unescaped. A Refer-To of an attended transfer carries one (RFC 3891 §4);
+/// other headers are dropped, as §19.1.5 allows for ones that are not safe.
+pub fn split_uri_headers(uri: &str) -> (&str, Option<String>) {
+    // A '?' in the user part is the user's; headers follow the host.
+    let host_start = uri.rfind('@').map_or(0, |at| at + 1);
+    let Some(question) = uri[host_start..].find('?').map(|i| host_start + i) else { return (uri, None) };
+    let replaces = uri[question + 1..].split('&').find_map(|header| {
+        let (name, value) = header.split_once('=')?;
+        name.eq_ignore_ascii_case("Replaces").then(|| unescape_user(value)).flatten()
+    });
+    (&uri[..question], replaces)
+}
+
+/// The `tag` parameter of a From or To header value (`name <uri>;tag=x`).
+pub fn tag_param(party: &str) -> Option<&str> {
+    // Parameters follow the URI; a URI in brackets may have its own.
+    let params = party.rfind('>').map_or(party, |end| &party[end..]);
+    params.split(';').skip(1).find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("tag").then(|| value.trim())
+    })
+}
+
 /// Whether the Supported headers list `option`.
 pub fn supports(headers: &rsip::Headers, option: &str) -> bool {
     header_values(headers, "Supported", "k").iter().any(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case(option)))
@@ -719,5 +783,21 @@ l: 4\r\n\r\nv=0\n";
         assert!(out.starts_with("SIP/2.0 501 Not Implemented\r\n"));
         assert!(out.contains("Call-ID: c\r\n"));
         assert!(raw_error_response(b"FOO sip:x SIP/2.0\r\n\r\n", 400, "Bad Request").is_none());
+    }
+
+    #[test]
+    fn tags_are_read_after_the_uri() {
+        assert_eq!(tag_param("\"A\" <sip:a@b;tag=uri>;x=1;TAG=outer"), Some("outer"));
+        assert_eq!(tag_param("sip:a@b;tag=bare"), Some("bare"));
+        assert_eq!(tag_param("<sip:a@b;tag=uri>"), None);
+    }
+
+    #[test]
+    fn uri_headers_are_split_off_and_replaces_unescaped() {
+        let (uri, replaces) =
+            split_uri_headers("sip:a?b@host:5060;transport=udp?Subject=x&replaces=c%40h%3Bto-tag%3D1");
+        assert_eq!((uri, replaces.as_deref()), ("sip:a?b@host:5060;transport=udp", Some("c@h;to-tag=1")));
+        assert_eq!(split_uri_headers("sip:a?b@host"), ("sip:a?b@host", None));
+        assert_eq!(split_uri_headers("sip:host?Subject=x"), ("sip:host", None));
     }
 }

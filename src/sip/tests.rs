@@ -1441,3 +1441,41 @@ fn subscriptions_the_agent_cannot_take_are_refused() {
     assert_eq!(header(&last(&p), "Allow-Events"), "conference, refer");
     assert!(header(&last(&p), "Allow").contains("SUBSCRIBE"));
 }
+
+#[test]
+fn an_invite_with_replaces_names_the_established_call_it_takes_over() {
+    let mut p = Pair::new();
+    established(&mut p);
+    let b_call = p.incoming().unwrap();
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let (call_id, ours, theirs) = (
+        header(&ok, "Call-ID").to_string(),
+        header(&ok, "To").split(";tag=").nth(1).unwrap().to_string(),
+        header(&ok, "From").split(";tag=").nth(1).unwrap().to_string(),
+    );
+    let invite = |n: u32, replaces: &str| {
+        format!(
+            "INVITE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKrep{n}\r\nFrom: <sip:carol@127.0.0.1>;tag=carol{n}\r\nTo: <sip:room@127.0.0.1>\r\nCall-ID: replacing-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:5061>\r\nReplaces: {replaces}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let refusals = [
+        (format!("{call_id};to-tag={ours};from-tag=someone-else"), "481"),
+        (format!("{call_id};from-tag={theirs};to-tag={theirs}"), "481"),
+        (format!("no-such-call;to-tag={ours};from-tag={theirs}"), "481"),
+        (format!("{call_id};to-tag={ours};from-tag={theirs};early-only"), "486"),
+        (format!("{call_id};to-tag={ours}"), "400"),
+    ];
+    for (n, (replaces, status)) in refusals.iter().enumerate() {
+        p.inject(&invite(n as u32, replaces));
+        let last = p.responses_to_a().last().unwrap().to_string();
+        assert!(last.starts_with(&format!("SIP/2.0 {status}")), "{replaces}: {last}");
+    }
+    assert_eq!(p.b.events.iter().filter(|e| matches!(e, UaEvent::IncomingCall { .. })).count(), 1);
+    // Tags are matched as sent, parameters in any order and case.
+    p.inject(&invite(9, &format!("{call_id};From-Tag={theirs};to-tag={ours}")));
+    let replaces = p.b.events.iter().find_map(|e| match e {
+        UaEvent::IncomingCall { call, replaces, .. } if *call != b_call => Some(*replaces),
+        _ => None,
+    });
+    assert_eq!(replaces, Some(Some(b_call)));
+}

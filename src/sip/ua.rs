@@ -61,6 +61,10 @@ pub enum UaEvent {
         offer: Vec<u8>,
         source: Peer,
         authorization: Option<String>,
+        /// The call this one takes the place of (a Replaces header, RFC
+        /// 3891, as in an attended transfer): established, or early and
+        /// ours; the user ends it once the new one is answered.
+        replaces: Option<CallKey>,
     },
     /// The callee is ringing (180 or 183).
     Ringing { call: CallKey },
@@ -724,6 +728,23 @@ impl UserAgent {
         }
     }
 
+    /// The call a Replaces header names, or the status to refuse the INVITE
+    /// with (RFC 3891 §3): its to-tag is our tag, its from-tag the peer's.
+    /// A dialog we have not answered yet is not ours to replace (481), nor
+    /// an established one when only early ones may be (486).
+    fn replaceable(&self, wanted: &message::Replaces) -> Result<CallKey, u16> {
+        let call = self.dialogs.get(&(wanted.call_id.clone(), wanted.to_tag.clone())).copied().ok_or(481u16)?;
+        let entry = self.calls.get(&call).ok_or(481u16)?;
+        if message::tag_param(&entry.remote_party) != Some(wanted.from_tag.as_str()) {
+            return Err(481);
+        }
+        match entry.state {
+            CallState::Incoming | CallState::Calling => Err(481),
+            CallState::Confirmed if wanted.early_only => Err(486),
+            CallState::Early | CallState::Confirmed => Ok(call),
+        }
+    }
+
     fn handle_out_of_dialog(&mut self, now: Instant, id: TxId, source: Peer, request: Request) {
         match request.method {
             Method::Invite => {
@@ -735,6 +756,13 @@ impl UserAgent {
                     return self.respond_with_headers(id, &request, 422, now, vec![min_se]);
                 }
                 let session_interval = session_expires.filter(|_| message::supports(&request.headers, "timer"));
+                let replaces = match message::replaces(&request.headers).map(|r| r.map_err(|()| 400)) {
+                    None => None,
+                    Some(wanted) => match wanted.and_then(|wanted| self.replaceable(&wanted)) {
+                        Ok(call) => Some(call),
+                        Err(status) => return self.respond(id, &request, status, None, Vec::new(), now),
+                    },
+                };
                 // At once, though the answer usually follows at once too: a
                 // UDP caller stops sending the INVITE again on a 100, so a
                 // lost 200 draws no extra copies. Sent only after 200 ms
@@ -796,6 +824,7 @@ impl UserAgent {
                     from: from_uri.unwrap_or(from),
                     offer: request.body.clone(),
                     source,
+                    replaces,
                 });
             }
             Method::Options => self.respond_with_capabilities(id, &request, now),
@@ -1704,6 +1733,7 @@ impl UserAgent {
         credentials: Option<Credentials>,
         now: Instant,
     ) -> Result<CallKey, SipError> {
+        let (target, replaces) = message::split_uri_headers(target);
         let uri = rsip::Uri::try_from(target).map_err(|e| SipError::InvalidUri(target.into(), e.to_string()))?;
         let call = CallKey(self.next_id());
         let local_tag = random_token();
@@ -1747,11 +1777,18 @@ impl UserAgent {
             peer_allows_update: false,
             transfer_subscription: None,
         };
-        let mut invite = self.initial_invite(&entry, &from_user, sdp.clone());
+        let initial_invite = |entry: &Call, sdp| {
+            let mut invite = self.initial_invite(entry, &from_user, sdp);
+            if let Some(replaces) = &replaces {
+                invite.headers.push(Header::Other("Replaces".into(), replaces.clone()));
+            }
+            invite
+        };
+        let mut invite = initial_invite(&entry, sdp.clone());
         // §18.1.1: a request over UDP_REQUEST_LIMIT goes over TCP instead.
         if destination.transport == Transport::Udp && message::print(invite.clone()).len() > UDP_REQUEST_LIMIT {
             entry.destination.transport = Transport::Tcp;
-            invite = self.initial_invite(&entry, &from_user, sdp);
+            invite = initial_invite(&entry, sdp);
         }
         let id = self.start_client_transaction(invite.clone(), entry.destination, Some(call), now)?;
         let entry = Call { invite_tx: id, invite, ..entry };
@@ -2273,6 +2310,7 @@ impl UserAgent {
 fn capability_headers() -> Vec<Header> {
     vec![
         Header::Allow(rsip::headers::Allow::new(ALLOWED_METHODS)),
+        Header::Supported(rsip::headers::Supported::new("replaces, timer")),
         Header::Other("Allow-Events".into(), ALLOWED_EVENTS.into()),
         Header::Accept(rsip::headers::Accept::new("application/sdp")),
         Header::Other("Accept-Encoding".into(), "identity".into()),

@@ -698,6 +698,149 @@ fn the_app_changes_a_phone_s_codec_by_re_invite() {
     codec_change_call("uac_codec_changed_by_bridge.xml", |leg| leg.set_codec(sipbridge::CodecKind::Pcma).unwrap());
 }
 
+/// Attended transfer into a room (RFC 3891): a second sipp call whose
+/// INVITE carries Replaces with the first call's dialog takes its seat.
+/// The room is locked and the first caller muted and made moderator; the
+/// newcomer gets in all the same, muted and moderator, and the first call
+/// gets the bridge's BYE and leaves with reason Replaced. A Replaces that
+/// names no call gets 481.
+#[test]
+fn a_call_with_replaces_takes_the_seat_of_the_call_it_names() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = endpoint();
+    let room = bridge.create_conference("seat").unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (target, rtp) = (bridge.local_addr().to_string(), sink.local_addr().unwrap().port().to_string());
+    let sf = |name: &str| format!("{}/tests/sipp/{name}", env!("CARGO_MANIFEST_DIR"));
+    let (replaced, header) = call_to_be_replaced(&target, "seat", &rtp);
+    let first = wait_event(&bridge, Duration::from_secs(5), |e| match e {
+        Event::ParticipantJoined { participant, .. } => Some(*participant),
+        _ => None,
+    });
+    let seat = room.participant(first).unwrap();
+    seat.set_muted(true).unwrap();
+    seat.set_moderator(true).unwrap();
+    room.lock().unwrap();
+
+    // A Replaces naming no call is refused with 481, and nobody leaves.
+    let wrong = header.replacen(';', "x;", 1);
+    let refused =
+        run_uac(&target, ["-sf", &sf("uac_replaces.xml")], "seat", &["-set", "rtp", &rtp, "-set", "replaces", &wrong]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("received 'SIP/2.0 481"), "{stderr}");
+    assert_eq!(room.participants().unwrap().len(), 1);
+
+    let replacing = {
+        let (scenario, rtp) = (sf("uac_replaces.xml"), rtp.clone());
+        std::thread::spawn(move || {
+            run_uac(&target, ["-sf", &scenario], "seat", &["-set", "rtp", &rtp, "-set", "replaces", &header])
+        })
+    };
+    // The newcomer is read while its call lasts (a second).
+    let (mut joined, mut left) = (None, None);
+    while joined.is_none() || left.is_none() {
+        wait_event(&bridge, Duration::from_secs(5), |e| {
+            match e {
+                Event::ParticipantJoined { participant, conference, .. } if *participant != first => {
+                    let info = room.participant(*participant).and_then(|p| p.info());
+                    joined = Some((conference.clone(), info));
+                }
+                Event::ParticipantLeft { participant, reason, .. } if *participant == first => left = Some(*reason),
+                _ => {}
+            }
+            Some(())
+        });
+    }
+    assert_sipp_succeeded(&replacing.join().unwrap(), "uac with Replaces");
+    assert_sipp_succeeded(&replaced.join().unwrap(), "uac replaced");
+    let (conference, info) = joined.unwrap();
+    assert_eq!(conference, "seat");
+    let info = info.expect("the newcomer's info while it is in");
+    assert!(info.muted && info.moderator, "muted {} moderator {}", info.muted, info.moderator);
+    assert_eq!(info.admission, sipbridge::Admission::Admitted);
+    assert_eq!(left, Some(LeaveReason::Replaced));
+}
+
+/// Starts a sipp call (uac_replaced.xml) into `room` at `target` that waits
+/// to be replaced, and returns it with the Replaces header value naming
+/// its dialog at the bridge, which sipp logs once the call is up.
+fn call_to_be_replaced(target: &str, room: &str, rtp: &str) -> (std::thread::JoinHandle<std::process::Output>, String) {
+    let log = std::env::temp_dir().join(format!("sipbridge-replaced-{}-{room}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let scenario = format!("{}/tests/sipp/uac_replaced.xml", env!("CARGO_MANIFEST_DIR"));
+    let (target, room, rtp, log_file) =
+        (target.to_string(), room.to_string(), rtp.to_string(), log.to_str().unwrap().to_string());
+    let call = std::thread::spawn(move || {
+        run_uac(&target, ["-sf", &scenario], &room, &["-set", "rtp", &rtp, "-trace_logs", "-log_file", &log_file])
+    });
+    let header = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.lines().find_map(|l| l.trim().strip_prefix("replaces=").map(str::to_string))
+        })
+        .expect("sipp logs the dialog to replace");
+    let _ = std::fs::remove_file(&log);
+    (call, header)
+}
+
+/// Attended transfer across two bridges (RFC 3891 with RFC 3515): a phone
+/// in room "sales" of one bridge (sipp, uac_replaced.xml) and in room
+/// "lobby" of another (sipp, uac_refer.xml) transfers the lobby to its
+/// sales call: its REFER's Refer-To names sales with the escaped Replaces
+/// header of that call. The app lets the lobby bridge call it; the sales
+/// bridge puts that call in the phone's seat and sends the phone BYE
+/// (reason Replaced): one call now joins the two rooms.
+#[test]
+fn attended_transfer_joins_two_rooms_by_one_call_in_the_transferor_s_seat() {
+    if !sipp_available() {
+        return;
+    }
+    let (sales, lobby) = (endpoint(), endpoint());
+    sales.create_conference("sales").unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rtp = sink.local_addr().unwrap().port().to_string();
+    let (phone_in_sales, header) = call_to_be_replaced(&sales.local_addr().to_string(), "sales", &rtp);
+    let first = wait_event(&sales, Duration::from_secs(5), |e| match e {
+        Event::ParticipantJoined { participant, .. } => Some(*participant),
+        _ => None,
+    });
+    let escaped = header.replace('@', "%40").replace(';', "%3B").replace('=', "%3D");
+    let refer_to = format!("{}?Replaces={escaped}", sales.room_uri("sales"));
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_refer.xml");
+    let phone_in_lobby = {
+        let (lobby_addr, refer_to) = (lobby.local_addr().to_string(), refer_to.clone());
+        std::thread::spawn(move || run_uac(&lobby_addr, ["-sf", scenario], "lobby", &["-set", "target", &refer_to]))
+    };
+    let (participant, asked) = wait_event(&lobby, Duration::from_secs(10), |e| match e {
+        Event::TransferRequested { participant, target, .. } => Some((*participant, target.clone())),
+        _ => None,
+    });
+    assert_eq!(asked, refer_to);
+    lobby.conference("lobby").unwrap().participant(participant).unwrap().accept_transfer().unwrap();
+    let (mut joined, mut left) = (None, None);
+    while joined.is_none() || left.is_none() {
+        wait_event(&sales, Duration::from_secs(5), |e| {
+            match e {
+                Event::ParticipantJoined { participant, conference, remote, .. } if *participant != first => {
+                    joined = Some((conference.clone(), remote.clone()))
+                }
+                Event::ParticipantLeft { participant, reason, .. } if *participant == first => left = Some(*reason),
+                _ => {}
+            }
+            Some(())
+        });
+    }
+    assert_eq!(left, Some(LeaveReason::Replaced));
+    let (conference, remote) = joined.unwrap();
+    assert_eq!(conference, "sales");
+    assert_eq!(remote, format!("sip:lobby@{}", lobby.local_addr()), "the lobby bridge's call");
+    assert_sipp_succeeded(&phone_in_sales.join().unwrap(), "uac replaced");
+    assert_sipp_succeeded(&phone_in_lobby.join().unwrap(), "uac refer with Replaces");
+}
+
 /// A phone's re-INVITEs move its telephone-event and comfort-noise payload
 /// types (96 and 13, then 101 and 118), then drop both. The bridge's digits
 /// and comfort noise follow each answer, and once the session has no
