@@ -30,14 +30,19 @@ pub(crate) fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver> {
     Ok(builder.build())
 }
 
-/// Where to send a request for a URI with a host name: the first target of
-/// the plan that resolves, and the host name its TLS certificate must prove.
-pub(crate) async fn locate(resolver: &TokioResolver, plan: Plan) -> Result<(Peer, String)> {
+/// At most this many servers are tried for one request.
+const MAX_TARGETS: usize = 8;
+
+/// Where to send a request for a URI with a host name, in the order to try
+/// them (RFC 3263 §4.3: the next after a timeout, a transport error or a
+/// 503), each with the host name its TLS certificate must prove (RFC 5922:
+/// the URI's domain, not the SRV target's).
+pub(crate) async fn locate(resolver: &TokioResolver, plan: Plan) -> Result<Vec<(Peer, String)>> {
     let (host, srv_names, fallback) = match plan {
-        Plan::Direct(peer) => return Ok((peer, peer.addr.ip().to_string())),
+        Plan::Direct(peer) => return Ok(vec![(peer, peer.addr.ip().to_string())]),
         Plan::Addresses { host, port, transport } => {
-            let peer = address(resolver, &host, port, transport).await?;
-            return Ok((peer, host));
+            let peers = addresses(resolver, &host, port, transport).await?;
+            return Ok(peers.into_iter().map(|peer| (peer, host.clone())).collect());
         }
         Plan::Srv { host, transport } => {
             let srv_names = vec![(transport, locate::srv_name(&host, transport))];
@@ -51,22 +56,37 @@ pub(crate) async fn locate(resolver: &TokioResolver, plan: Plan) -> Result<(Peer
             (host, srv_names, if secure { Transport::Tls } else { Transport::Udp })
         }
     };
+    // The servers of the first transport whose SRV records resolve: its
+    // targets are the alternatives, and other transports are not asked.
+    let mut targets = Vec::new();
     for (transport, name) in srv_names {
         for (target, port) in srv(resolver, &name).await {
-            if let Ok(peer) = address(resolver, &target, port, transport).await {
-                // RFC 5922: the certificate names the URI's domain, not the SRV target.
-                return Ok((peer, host));
+            if targets.len() >= MAX_TARGETS {
+                break;
+            }
+            if let Ok(peers) = addresses(resolver, &target, port, transport).await {
+                targets.extend(peers.into_iter().map(|peer| (peer, host.clone())));
             }
         }
+        if !targets.is_empty() {
+            break;
+        }
     }
-    let peer = address(resolver, &host, locate::default_port(fallback), fallback).await?;
-    Ok((peer, host))
+    if targets.is_empty() {
+        let peers = addresses(resolver, &host, locate::default_port(fallback), fallback).await?;
+        targets.extend(peers.into_iter().map(|peer| (peer, host.clone())));
+    }
+    targets.truncate(MAX_TARGETS);
+    Ok(targets)
 }
 
-async fn address(resolver: &TokioResolver, host: &str, port: u16, transport: Transport) -> Result<Peer> {
+async fn addresses(resolver: &TokioResolver, host: &str, port: u16, transport: Transport) -> Result<Vec<Peer>> {
     let found = resolver.lookup_ip(host).await.map_err(|e| Error::NotFound(format!("{host}: {e}")))?;
-    let ip = found.iter().next().ok_or_else(|| Error::NotFound(format!("no address for {host}")))?;
-    Ok(Peer { transport, addr: SocketAddr::new(ip, port) })
+    let peers: Vec<Peer> = found.iter().map(|ip| Peer { transport, addr: SocketAddr::new(ip, port) }).collect();
+    if peers.is_empty() {
+        return Err(Error::NotFound(format!("no address for {host}")));
+    }
+    Ok(peers)
 }
 
 async fn naptr(resolver: &TokioResolver, host: &str, secure: bool) -> Vec<(Transport, String)> {

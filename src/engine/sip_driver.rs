@@ -55,8 +55,9 @@ pub(crate) enum SipCommand {
         participant: ParticipantId,
         target: String,
         credentials: Option<Credentials>,
-        /// Where to send, and the host name a TLS server there must prove.
-        destination: Result<(Peer, String)>,
+        /// Where to send, in the order to try, each with the host name a TLS
+        /// server there must prove.
+        destination: Result<Vec<(Peer, String)>>,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
     Hangup {
@@ -136,6 +137,13 @@ struct CallLeg {
     transfer_request: Option<(RequestKey, String)>,
 }
 
+/// A dial's target, credentials and the servers not tried yet, last first.
+struct Failover {
+    target: String,
+    credentials: Option<Credentials>,
+    servers: Vec<(Peer, String)>,
+}
+
 struct Driver {
     shared: Arc<Shared>,
     ua: UserAgent,
@@ -143,6 +151,10 @@ struct Driver {
     connections: Connections,
     calls: HashMap<CallKey, CallLeg>,
     by_participant: HashMap<ParticipantId, CallKey>,
+    /// Dials whose URI named several servers (RFC 3263): what to dial the
+    /// next with if the current one does not answer, by participant, until
+    /// a call is answered or ends.
+    failovers: HashMap<ParticipantId, Failover>,
     /// Calls placed for a peer's REFER, by their participant: the referrer's
     /// call, which hears of their progress in NOTIFYs.
     transfers: HashMap<ParticipantId, CallKey>,
@@ -180,6 +192,7 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
         connections,
         calls: HashMap::new(),
         by_participant: HashMap::new(),
+        failovers: HashMap::new(),
         pings: HashMap::new(),
         transfers: HashMap::new(),
         registrations: RegistrationClient::default(),
@@ -427,6 +440,9 @@ impl Driver {
                 }
             }
             UaEvent::Answered { call, answer } | UaEvent::Acknowledged { call, answer } => {
+                if let Some(leg) = self.calls.get(&call) {
+                    self.failovers.remove(&leg.participant);
+                }
                 let awaiting_answer = self.calls.get(&call).is_some_and(|leg| leg.media.is_some());
                 if awaiting_answer {
                     match self.offer_answered(call, &answer) {
@@ -504,8 +520,19 @@ impl Driver {
                 tracing::info!(call = call.0, status, "the peer refused our re-offer; the session stays as it was");
             }
             UaEvent::Failed { call, status, reason } => {
+                // RFC 3263 §4.3: no answer, no connection or 503 from one
+                // server of the name's, and the next is tried.
+                let failover = self.calls.get(&call).and_then(|leg| self.failovers.remove(&leg.participant));
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
+                    if let Some(failover) = failover.filter(|_| matches!(status, 408 | 503)) {
+                        tracing::info!(participant = participant.0, status, "trying the next server");
+                        match self.dial_next_server(participant, failover) {
+                            Some(Ok(())) => return,
+                            Some(Err(error)) => tracing::info!(%error, "the next server cannot be called"),
+                            None => {}
+                        }
+                    }
                     self.report_transfer(participant, status, now);
                     self.shared.participant_gone(participant, |entry| {
                         Some(Event::DialFailed { conference: entry.conference.clone(), participant, status, reason })
@@ -577,6 +604,7 @@ impl Driver {
     fn forget(&mut self, call: CallKey) -> Option<CallLeg> {
         let leg = self.calls.remove(&call)?;
         self.by_participant.remove(&leg.participant);
+        self.failovers.remove(&leg.participant);
         if let Some(task) = &leg.receive_task {
             task.handle.abort();
         }
@@ -1040,9 +1068,12 @@ impl Driver {
                 }
             }
             SipCommand::Resolved { participant, target, credentials, destination, reply } => {
-                let result = destination.and_then(|(peer, host)| {
-                    self.connections.resolved(peer.addr, &host);
-                    self.dial(participant, &target, credentials, peer)
+                let result = destination.and_then(|mut servers| {
+                    // Tried from the end: the first server is popped first.
+                    servers.reverse();
+                    let failover = Failover { target, credentials, servers };
+                    self.dial_next_server(participant, failover)
+                        .unwrap_or_else(|| Err(Error::NotFound("no server to call".into())))
                 });
                 self.dial_result(participant, result, reply);
             }
@@ -1109,6 +1140,18 @@ impl Driver {
 
     /// Sends the INVITE; `now` is read here, after any name lookup, so the
     /// transaction's timers start when the request really leaves.
+    /// Dials the next of a dial's servers (`None` when none is left); the
+    /// rest are kept for the next failure.
+    fn dial_next_server(&mut self, participant: ParticipantId, mut failover: Failover) -> Option<Result<()>> {
+        let (peer, host) = failover.servers.pop()?;
+        self.connections.resolved(peer.addr, &host);
+        let dialled = self.dial(participant, &failover.target, failover.credentials.clone(), peer);
+        if dialled.is_ok() && !failover.servers.is_empty() {
+            self.failovers.insert(participant, failover);
+        }
+        Some(dialled)
+    }
+
     fn dial(
         &mut self,
         participant: ParticipantId,

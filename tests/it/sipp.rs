@@ -698,6 +698,43 @@ fn the_app_changes_a_phone_s_codec_by_re_invite() {
     codec_change_call("uac_codec_changed_by_bridge.xml", |leg| leg.set_codec(sipbridge::CodecKind::Pcma).unwrap());
 }
 
+/// RFC 3263 §4.3 failover on 503: the first server SRV names for
+/// `sip:agent@busy.test;transport=udp` (sipp) answers 503, and the call
+/// goes to the second (another endpoint) and is answered.
+#[test]
+fn a_503_from_the_first_srv_target_sends_the_call_to_the_next() {
+    use crate::transport::{endpoint_asking, loopback, record, srv_at, DnsServer};
+    if !sipp_available() {
+        return;
+    }
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uas_unavailable.xml");
+    let (uas_port, dir) = (free_udp_port(), pcap_dir());
+    let sipp = std::thread::spawn(move || {
+        let port = uas_port.to_string();
+        run_sipp(&["-sf", scenario, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+    });
+    std::thread::sleep(Duration::from_millis(300)); // let sipp bind its port
+    let callee = endpoint();
+    callee.create_conference("agent").unwrap();
+    let dns = DnsServer::start(vec![
+        record("_sip._udp.busy.test.", srv_at(10, uas_port, "down.busy.test.")),
+        record("_sip._udp.busy.test.", srv_at(20, callee.local_addr().port(), "up.busy.test.")),
+        record("down.busy.test.", loopback()),
+        record("up.busy.test.", loopback()),
+    ]);
+    let caller = endpoint_asking(&dns);
+    let leg = caller.create_conference("out").unwrap().dial("sip:agent@busy.test;transport=udp").unwrap();
+    let outcome = wait_event(&caller, Duration::from_secs(5), |e| match e {
+        Event::Answered { .. } => Some(Ok(())),
+        Event::DialFailed { status, .. } => Some(Err(*status)),
+        _ => None,
+    });
+    assert_eq!(outcome, Ok(()), "the second server answers");
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uas answering 503");
+    leg.hangup().unwrap();
+    wait_event(&callee, Duration::from_secs(5), |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()));
+}
+
 /// Attended transfer into a room (RFC 3891): a second sipp call whose
 /// INVITE carries Replaces with the first call's dialog takes its seat.
 /// The room is locked and the first caller muted and made moderator; the

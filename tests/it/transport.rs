@@ -178,14 +178,14 @@ fn openssl_s_client_gets_an_answer_over_tls() {
 
 /// An authoritative DNS server on loopback answering from `records`, and
 /// the questions it was asked ("TYPE name"), in order.
-struct DnsServer {
-    addr: SocketAddr,
+pub(crate) struct DnsServer {
+    pub addr: SocketAddr,
     asked: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl DnsServer {
-    fn start(records: Vec<Record>) -> Self {
+    pub fn start(records: Vec<Record>) -> Self {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let asked: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -233,7 +233,19 @@ fn name(text: &str) -> Name {
     Name::from_ascii(text).unwrap()
 }
 
-fn record(owner: &str, data: RData) -> Record {
+/// An endpoint that looks host names up at `dns`.
+pub(crate) fn endpoint_asking(dns: &DnsServer) -> Endpoint {
+    Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dns_servers: vec![dns.addr],
+        sample_rate: RATE,
+        rtp_ports: rtp_range(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+pub(crate) fn record(owner: &str, data: RData) -> Record {
     Record::from_rdata(name(owner), 60, data)
 }
 
@@ -249,10 +261,14 @@ fn naptr(order: u16, services: &str, replacement: &str) -> RData {
 }
 
 fn srv(port: u16, target: &str) -> RData {
-    RData::SRV(SRV::new(10, 0, port, name(target)))
+    srv_at(10, port, target)
 }
 
-fn loopback() -> RData {
+pub(crate) fn srv_at(priority: u16, port: u16, target: &str) -> RData {
+    RData::SRV(SRV::new(priority, 0, port, name(target)))
+}
+
+pub(crate) fn loopback() -> RData {
     RData::A(A::new(127, 0, 0, 1))
 }
 
@@ -269,14 +285,7 @@ fn naptr_and_srv_lead_a_sip_uri_to_the_server() {
         record("_sip._tcp.example.test.", srv(port, "bridge.example.test.")),
         record("bridge.example.test.", loopback()),
     ]);
-    let caller = Endpoint::start(EndpointConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dns_servers: vec![dns.addr],
-        sample_rate: RATE,
-        rtp_ports: rtp_range(),
-        ..Default::default()
-    })
-    .unwrap();
+    let caller = endpoint_asking(&dns);
     call_and_hang_up(&caller, &callee, "sip:room@example.test");
     let asked = dns.asked();
     let first = |prefix: &str| asked.iter().position(|q| q.starts_with(prefix)).unwrap_or(usize::MAX);
@@ -300,4 +309,25 @@ fn a_sips_uri_finds_tls_by_srv_and_checks_the_domain_s_certificate() {
     let caller = tls_endpoint_with_dns(&pki, Some(&pki.path("ca.pem")), vec![dns.addr]);
     call_and_hang_up(&caller, &callee, "sips:room@secure.test");
     assert!(dns.asked().iter().any(|q| q.starts_with("SRV _sips._tcp.secure.test")), "{:?}", dns.asked());
+}
+
+/// RFC 3263 §4.3 failover: the first server SRV names for
+/// `sip:room@failover.test;transport=tcp` refuses the connection, and the
+/// call goes to the second one instead of failing.
+#[test]
+fn a_server_that_refuses_the_connection_is_skipped_for_the_next_srv_target() {
+    let callee = endpoint();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let dns = DnsServer::start(vec![
+        record("_sip._tcp.failover.test.", srv_at(10, dead_port, "down.failover.test.")),
+        record("_sip._tcp.failover.test.", srv_at(20, callee.local_addr().port(), "up.failover.test.")),
+        record("down.failover.test.", loopback()),
+        record("up.failover.test.", loopback()),
+    ]);
+    let caller = endpoint_asking(&dns);
+    call_and_hang_up(&caller, &callee, "sip:room@failover.test;transport=tcp");
+    let asked = dns.asked();
+    assert!(asked.iter().any(|q| q.starts_with("A down.failover.test")), "{asked:?}");
 }
