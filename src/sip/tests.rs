@@ -1479,3 +1479,32 @@ fn an_invite_with_replaces_names_the_established_call_it_takes_over() {
     });
     assert_eq!(replaces, Some(Some(b_call)));
 }
+
+#[test]
+fn a_second_answer_from_a_forked_invite_is_acked_and_ended_with_bye() {
+    let mut p = Pair::new();
+    let call = established(&mut p);
+    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    let tag = header(&ok, "To").split(";tag=").nth(1).unwrap().to_string();
+    let (acks, byes) = (p.count("ACK "), p.count("BYE "));
+    // The same 2xx again (its ACK was lost): the ACK again, nothing more.
+    let from_b = Peer::udp(p.b.addr);
+    p.a.ua.handle_message(p.now, from_b, ok.as_bytes());
+    p.collect();
+    assert_eq!((p.count("ACK ") - acks, p.count("BYE ") - byes), (1, 0));
+    // Another branch's callee answers: its own To tag and Contact.
+    let forked = ok.replace(&format!(";tag={tag}"), ";tag=forked").replace("Contact: <sip:", "Contact: <sip:other@");
+    assert_ne!(forked, ok);
+    p.a.ua.handle_message(p.now, from_b, forked.as_bytes());
+    p.collect();
+    let sent: Vec<&String> = p.log.iter().rev().take(2).collect();
+    let (bye, ack) = (sent[0], sent[1]);
+    assert!(ack.starts_with("ACK sip:other@") && header(ack, "To").ends_with(";tag=forked"), "{ack}");
+    assert!(bye.starts_with("BYE sip:other@") && header(bye, "To").ends_with(";tag=forked"), "{bye}");
+    assert_eq!(header(bye, "Call-ID"), header(&ok, "Call-ID"));
+    // The call itself goes on.
+    p.run_for(Duration::from_secs(1));
+    assert!(!p.a.events.iter().any(|e| matches!(e, UaEvent::Ended { .. } | UaEvent::Failed { .. })));
+    assert_eq!(p.a.ua.call_count(), 1);
+    p.a.ua.hangup(call, p.now).unwrap();
+}

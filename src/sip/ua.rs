@@ -1189,7 +1189,7 @@ impl UserAgent {
         let Some(id) = self.by_branch.get(&(branch, method as u8)).copied() else {
             // A 2xx retransmission after the client transaction ended: ACK it again (§13.2.2.4).
             if method == Method::Invite && (200..300).contains(&status) {
-                self.resend_ack(&response);
+                self.resend_ack(&response, now);
             }
             return;
         };
@@ -1534,14 +1534,54 @@ impl UserAgent {
         self.events.push_back(UaEvent::Answered { call, answer: response.body.clone() });
     }
 
-    fn resend_ack(&mut self, response: &Response) {
+    /// A 2xx to our INVITE after its transaction ended: a retransmission,
+    /// whose ACK goes again, or the answer of another branch the INVITE was
+    /// forked to (another To tag).
+    fn resend_ack(&mut self, response: &Response, now: Instant) {
         let key = (
             message::call_id(response).unwrap_or_default(),
             message::from_tag(response).ok().flatten().unwrap_or_default(),
         );
-        let Some(entry) = self.dialogs.get(&key).and_then(|c| self.calls.get(c)) else { return };
+        let Some(call) = self.dialogs.get(&key).copied() else { return };
+        let Some(entry) = self.calls.get(&call) else { return };
+        let to_tag = message::to_tag(response).ok().flatten();
+        if to_tag.as_deref() != message::tag_param(&entry.remote_party) {
+            return self.end_forked_dialog(call, response, now);
+        }
         if let Some(ack) = &entry.ack {
             self.transmits.push_back(Transmit { destination: entry.destination, data: ack.clone() });
+        }
+    }
+
+    /// A second callee answered a forked INVITE (§13.2.2.4): every 2xx is
+    /// ACKed, and as a call has one dialog, this one is ended with BYE at
+    /// once. Retransmissions of that 2xx get an ACK and a BYE again.
+    fn end_forked_dialog(&mut self, call: CallKey, response: &Response, now: Instant) {
+        let Some(entry) = self.calls.get(&call) else { return };
+        let transport = entry.destination.transport;
+        let remote_party = response.to_header().map(|t| t.value().to_string()).unwrap_or_default();
+        let target = message::contact_uri(response).map(|u| u.to_string());
+        let Some(uri) = target.as_deref().and_then(|t| rsip::Uri::try_from(t).ok()) else {
+            return tracing::debug!("a forked 2xx without a usable Contact: not answered");
+        };
+        let mut routes = message::record_routes(&response.headers);
+        routes.reverse();
+        // As for the call's own dialog: over TCP and TLS, the connection we opened.
+        let destination = match transport.is_reliable() {
+            true => entry.destination,
+            false => route_destination(&routes, transport)
+                .or_else(|| target.as_deref().and_then(|t| uri_peer(t, transport)))
+                .unwrap_or(entry.destination),
+        };
+        let parties = (entry.local_party.clone(), remote_party);
+        let parties = (parties.0.as_str(), parties.1.as_str());
+        let (cseq, _) = message::cseq(&entry.invite).unwrap_or((1, Method::Invite));
+        let call_id = entry.call_id.clone();
+        let ack = new_request(Method::Ack, uri.clone(), parties, &call_id, cseq, &routes, self.via(transport));
+        self.transmits.push_back(Transmit { destination, data: message::print(ack) });
+        let bye = new_request(Method::Bye, uri, parties, &call_id, cseq + 1, &routes, self.via(transport));
+        if let Err(error) = self.start_client_transaction(bye, destination, None, now) {
+            tracing::debug!(%error, "cannot end a forked dialog");
         }
     }
 

@@ -141,6 +141,19 @@ fn run_sipp(args: &[&str], dir: &PathBuf) -> std::process::Output {
     Command::new("sipp").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("sipp runs")
 }
 
+/// Starts sipp as a callee for one call with tests/sipp/`scenario`, and
+/// returns it with the port it listens on, once it has had time to bind.
+fn start_uas(scenario: &str) -> (std::thread::JoinHandle<std::process::Output>, u16) {
+    let scenario = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let (port, dir) = (free_udp_port(), pcap_dir());
+    let sipp = std::thread::spawn(move || {
+        let port = port.to_string();
+        run_sipp(&["-sf", &scenario, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    (sipp, port)
+}
+
 /// Runs one sipp UAC call into `room` of `server` with `scenario` (`-sn NAME`
 /// or `-sf FILE`) and `extra` arguments, checks that sipp succeeded and that the server logged the
 /// caller joining and hanging up, and returns the server's "left" line.
@@ -351,15 +364,8 @@ fn sipp_uas_challenges_a_dial_out_with_digest() {
     if !sipp_available() {
         return;
     }
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uas_digest.xml");
     for (password, answered) in [("secret", true), ("wrong", false)] {
-        let uas_port = free_udp_port();
-        let dir = pcap_dir();
-        let sipp = std::thread::spawn(move || {
-            let port = uas_port.to_string();
-            run_sipp(&["-sf", scenario, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
-        });
-        std::thread::sleep(Duration::from_millis(300)); // let sipp bind its port
+        let (sipp, uas_port) = start_uas("uas_digest.xml");
         let bridge = endpoint();
         let room = bridge.create_conference("billing").unwrap();
         let credentials = Credentials { username: "alice".into(), password: password.into() };
@@ -707,13 +713,7 @@ fn a_503_from_the_first_srv_target_sends_the_call_to_the_next() {
     if !sipp_available() {
         return;
     }
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uas_unavailable.xml");
-    let (uas_port, dir) = (free_udp_port(), pcap_dir());
-    let sipp = std::thread::spawn(move || {
-        let port = uas_port.to_string();
-        run_sipp(&["-sf", scenario, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
-    });
-    std::thread::sleep(Duration::from_millis(300)); // let sipp bind its port
+    let (sipp, uas_port) = start_uas("uas_unavailable.xml");
     let callee = endpoint();
     callee.create_conference("agent").unwrap();
     let dns = DnsServer::start(vec![
@@ -733,6 +733,32 @@ fn a_503_from_the_first_srv_target_sends_the_call_to_the_next() {
     assert_sipp_succeeded(&sipp.join().unwrap(), "uas answering 503");
     leg.hangup().unwrap();
     wait_event(&callee, Duration::from_secs(5), |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()));
+}
+
+/// A dial answered twice, as a forking proxy delivers it (RFC 3261
+/// §13.2.2.4; sipp plays both callees): the bridge ACKs both 2xx, ends the
+/// second dialog with BYE at once and keeps the call on the first, which
+/// its hangup ends (sipp checks each request's dialog).
+#[test]
+fn a_forked_dial_keeps_the_first_answer_and_ends_the_second() {
+    if !sipp_available() {
+        return;
+    }
+    let (sipp, uas_port) = start_uas("uas_forked.xml");
+    let bridge = endpoint();
+    let room = bridge.create_conference("forked").unwrap();
+    let leg = room.dial(&format!("sip:agent@127.0.0.1:{uas_port}")).unwrap();
+    wait_event(&bridge, Duration::from_secs(5), |e| matches!(e, Event::Answered { .. }).then_some(()));
+    std::thread::sleep(Duration::from_millis(500));
+    let info = leg.info().unwrap();
+    assert_eq!(info.state, sipbridge::ParticipantState::Connected, "the call stands on the first answer");
+    leg.hangup().unwrap();
+    let reason = wait_event(&bridge, Duration::from_secs(5), |e| match e {
+        Event::ParticipantLeft { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(reason, LeaveReason::LocalHangup);
+    assert_sipp_succeeded(&sipp.join().unwrap(), "uas answering twice");
 }
 
 /// Attended transfer into a room (RFC 3891): a second sipp call whose
