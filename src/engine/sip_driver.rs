@@ -155,6 +155,9 @@ struct Driver {
     /// next with if the current one does not answer, by participant, until
     /// a call is answered or ends.
     failovers: HashMap<ParticipantId, Failover>,
+    /// A dial to a user with several contacts: its calls not yet answered
+    /// or failed, by participant, until one is answered.
+    forks: HashMap<ParticipantId, Vec<CallKey>>,
     /// Calls placed for a peer's REFER, by their participant: the referrer's
     /// call, which hears of their progress in NOTIFYs.
     transfers: HashMap<ParticipantId, CallKey>,
@@ -193,6 +196,7 @@ pub(crate) async fn run(shared: Arc<Shared>, transports: SipTransports, mut comm
         calls: HashMap::new(),
         by_participant: HashMap::new(),
         failovers: HashMap::new(),
+        forks: HashMap::new(),
         pings: HashMap::new(),
         transfers: HashMap::new(),
         registrations: RegistrationClient::default(),
@@ -440,8 +444,11 @@ impl Driver {
                 }
             }
             UaEvent::Answered { call, answer } | UaEvent::Acknowledged { call, answer } => {
-                if let Some(leg) = self.calls.get(&call) {
-                    self.failovers.remove(&leg.participant);
+                if let Some(participant) = self.calls.get(&call).map(|leg| leg.participant) {
+                    self.failovers.remove(&participant);
+                    if self.forks.contains_key(&participant) {
+                        self.settle_fork(participant, call, now);
+                    }
                 }
                 let awaiting_answer = self.calls.get(&call).is_some_and(|leg| leg.media.is_some());
                 if awaiting_answer {
@@ -523,6 +530,12 @@ impl Driver {
                 // RFC 3263 §4.3: no answer, no connection or 503 from one
                 // server of the name's, and the next is tried.
                 let failover = self.calls.get(&call).and_then(|leg| self.failovers.remove(&leg.participant));
+                if let Some(participant) = self.calls.get(&call).map(|leg| leg.participant) {
+                    if self.fork_failed(participant, call, status, now) {
+                        self.forget(call);
+                        return;
+                    }
+                }
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
                     if let Some(failover) = failover.filter(|_| matches!(status, 408 | 503)) {
@@ -603,7 +616,9 @@ impl Driver {
 
     fn forget(&mut self, call: CallKey) -> Option<CallLeg> {
         let leg = self.calls.remove(&call)?;
-        self.by_participant.remove(&leg.participant);
+        if self.by_participant.get(&leg.participant) == Some(&call) {
+            self.by_participant.remove(&leg.participant);
+        }
         self.failovers.remove(&leg.participant);
         if let Some(task) = &leg.receive_task {
             task.handle.abort();
@@ -635,17 +650,21 @@ impl Driver {
     /// Where registered user `user` can be called now (its most recent
     /// contact, and the address to send to), or why not: 480 when the user exists but has no live
     /// registration, 404 when there is no such user.
-    fn registered_contact(&self, user: &str, now: Instant) -> Result<(String, Peer), (u16, &'static str)> {
-        let route = self.shared.registrar.lock().route(now, user);
-        match route {
-            Some((contact, source)) => {
-                let contact = contact.trim_matches(|c| c == '<' || c == '>').to_string();
-                let destination = destination(&contact, source);
-                Ok((contact, destination))
-            }
-            None if self.shared.authenticator.lock().has_user(user) => Err((480, "Temporarily Unavailable")),
-            None => Err((404, "Not Found")),
+    /// A user's live contacts, newest first, each with where to send to it.
+    fn registered_contacts(&self, user: &str, now: Instant) -> Result<Vec<(String, Peer)>, (u16, &'static str)> {
+        let routes = self.shared.registrar.lock().routes(now, user);
+        if routes.is_empty() {
+            return Err(match self.shared.authenticator.lock().has_user(user) {
+                true => (480, "Temporarily Unavailable"),
+                false => (404, "Not Found"),
+            });
         }
+        let contacts = routes.into_iter().map(|(contact, source)| {
+            let contact = contact.trim_matches(|c| c == '<' || c == '>').to_string();
+            let destination = destination(&contact, source);
+            (contact, destination)
+        });
+        Ok(contacts.collect())
     }
 
     /// Pings every registered phone, which also keeps NAT mappings open:
@@ -1027,12 +1046,12 @@ impl Driver {
                     let error = Error::InvalidArgument(format!("bad SIP URI {target:?}"));
                     return self.dial_result(participant, Err(error), reply);
                 };
-                // A user of our own domain (the realm): dial its newest
-                // contact, sent to where its REGISTER came from.
+                // A user of our own domain (the realm): dial its contacts,
+                // each sent to where its REGISTER came from.
                 if let (true, Some(user)) = (parts.host.eq_ignore_ascii_case(&self.shared.config.realm), &parts.user) {
-                    match self.registered_contact(user, now) {
-                        Ok((contact, source)) => {
-                            let result = self.dial(participant, &contact, credentials, source);
+                    match self.registered_contacts(user, now) {
+                        Ok(contacts) => {
+                            let result = self.dial_contacts(participant, contacts, credentials);
                             self.dial_result(participant, result, reply);
                         }
                         Err((status, reason)) => {
@@ -1047,7 +1066,7 @@ impl Driver {
                 }
                 match locate::plan(&target) {
                     Some(Plan::Direct(peer)) => {
-                        let result = self.dial(participant, &target, credentials, peer);
+                        let result = self.dial(participant, &target, credentials, peer).map(|_| ());
                         self.dial_result(participant, result, reply);
                     }
                     // Look the name up without holding up every other call's signalling.
@@ -1079,6 +1098,9 @@ impl Driver {
             }
             SipCommand::Hangup { participant, reason } => match self.by_participant.get(&participant).copied() {
                 Some(call) => {
+                    if self.forks.contains_key(&participant) {
+                        self.settle_fork(participant, call, now);
+                    }
                     if let Some(leg) = self.calls.get_mut(&call) {
                         leg.hangup_reason = Some(reason);
                     }
@@ -1138,8 +1160,6 @@ impl Driver {
         let _ = reply.send(result);
     }
 
-    /// Sends the INVITE; `now` is read here, after any name lookup, so the
-    /// transaction's timers start when the request really leaves.
     /// Dials the next of a dial's servers (`None` when none is left); the
     /// rest are kept for the next failure.
     fn dial_next_server(&mut self, participant: ParticipantId, mut failover: Failover) -> Option<Result<()>> {
@@ -1149,16 +1169,75 @@ impl Driver {
         if dialled.is_ok() && !failover.servers.is_empty() {
             self.failovers.insert(participant, failover);
         }
-        Some(dialled)
+        Some(dialled.map(|_| ()))
     }
 
+    /// One of a participant's forked calls failed: true when others are
+    /// still trying, so the dial goes on. A 6xx (a global refusal, §16.7.9)
+    /// or the last failure ends the rest, and the dial fails with it.
+    fn fork_failed(&mut self, participant: ParticipantId, call: CallKey, status: u16, now: Instant) -> bool {
+        let Some(calls) = self.forks.get_mut(&participant) else { return false };
+        calls.retain(|c| *c != call);
+        match calls.first().copied() {
+            Some(other) if status < 600 => {
+                self.by_participant.insert(participant, other);
+                true
+            }
+            _ => {
+                self.settle_fork(participant, call, now);
+                false
+            }
+        }
+    }
+
+    /// Calls every contact a user registered at once (parallel forking,
+    /// RFC 3261 §16.7 done by the caller): the first to answer gets the
+    /// call and the others are cancelled (`settle_fork`).
+    fn dial_contacts(
+        &mut self,
+        participant: ParticipantId,
+        contacts: Vec<(String, Peer)>,
+        credentials: Option<Credentials>,
+    ) -> Result<()> {
+        let mut calls = Vec::new();
+        let mut last_error = None;
+        for (contact, destination) in contacts {
+            match self.dial(participant, &contact, credentials.clone(), destination) {
+                Ok(call) => calls.push(call),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        match calls.len() {
+            0 => Err(last_error.unwrap_or_else(|| Error::NotFound("a contact".into()))),
+            1 => Ok(()),
+            _ => {
+                self.forks.insert(participant, calls);
+                Ok(())
+            }
+        }
+    }
+
+    /// One of a participant's forked calls was answered, or failed for
+    /// good (a 6xx, or the last one): the others are cancelled (or, if
+    /// they answer anyway, ACKed and ended by the agent) and forgotten.
+    fn settle_fork(&mut self, participant: ParticipantId, kept: CallKey, now: Instant) {
+        for call in self.forks.remove(&participant).unwrap_or_default() {
+            if call != kept && self.calls.remove(&call).is_some() {
+                let _ = self.ua.hangup(call, now);
+            }
+        }
+        self.by_participant.insert(participant, kept);
+    }
+
+    /// Sends the INVITE; `now` is read here, after any name lookup, so the
+    /// transaction's timers start when the request really leaves.
     fn dial(
         &mut self,
         participant: ParticipantId,
         target: &str,
         credentials: Option<Credentials>,
         destination: Peer,
-    ) -> Result<()> {
+    ) -> Result<CallKey> {
         if !self.shared.registry.lock().participants.contains_key(&participant) {
             // Hung up, or its conference destroyed, while the name was looked up.
             return Err(Error::NotFound(format!("participant {}", participant.0)));
@@ -1183,7 +1262,7 @@ impl Driver {
         };
         self.calls.insert(call, leg);
         self.by_participant.insert(participant, call);
-        Ok(())
+        Ok(call)
     }
 
     /// Hangs up every call and un-registers every account, then keeps the

@@ -139,10 +139,10 @@ impl Registrar {
         self.live(now, user).into_iter().map(|b| b.contact.clone()).collect()
     }
 
-    /// Where to call `user`: its newest live contact, and the address its
-    /// REGISTER came from, which is where requests to it go.
-    pub fn route(&self, now: Instant, user: &str) -> Option<(String, Peer)> {
-        self.live(now, user).first().map(|b| (b.contact.clone(), b.source))
+    /// Where to call `user`: its live contacts, newest first, each with the
+    /// address its REGISTER came from, which is where requests to it go.
+    pub fn routes(&self, now: Instant, user: &str) -> Vec<(String, Peer)> {
+        self.live(now, user).into_iter().map(|b| (b.contact.clone(), b.source)).collect()
     }
 
     /// Every live binding: user, contact, and where its REGISTER came from.
@@ -216,7 +216,9 @@ mod tests {
         let bound = r.register(later, reg("alice", contacts(&[(laptop, Some(3600))]), None, "c2", 1)).unwrap();
         assert_eq!(bound.len(), 2);
         assert_eq!(r.lookup(later, "alice"), vec![laptop.to_string(), phone.to_string()]);
-        assert_eq!(r.route(later, "alice"), Some((laptop.to_string(), nat())), "reached where it registered from");
+        let routes = r.routes(later, "alice");
+        assert_eq!(routes[0], (laptop.to_string(), nat()), "reached where it registered from");
+        assert_eq!(routes.len(), 2);
         // Expires 0 on one contact removes it; `*` removes all.
         r.register(later, reg("alice", contacts(&[(laptop, Some(0))]), None, "c2", 2)).unwrap();
         assert_eq!(r.lookup(later, "alice"), vec![phone.to_string()]);

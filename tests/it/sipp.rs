@@ -430,6 +430,54 @@ fn a_registered_phone_is_dialled_by_its_address_of_record() {
     assert_sipp_succeeded(&phone.join().unwrap(), "uas answering alice's calls");
 }
 
+/// Alice registers two phones (two sipp REGISTERs with their own
+/// Contacts). Dialling her rings both at once: one rings on (sipp, 180)
+/// and the other answers (sipp's uas); the ringing one gets CANCEL and
+/// 487s it (sipp checks), and the call stands on the answered phone until
+/// the app hangs up.
+#[test]
+fn dialling_a_user_with_two_phones_rings_both_and_cancels_the_one_not_answering() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = endpoint();
+    bridge.add_user("alice", "secret").unwrap();
+    let (ringing, ringing_port) = start_uas("uas_ringing.xml");
+    let answering_port = free_udp_port();
+    let answering = {
+        let dir = pcap_dir();
+        std::thread::spawn(move || {
+            let port = answering_port.to_string();
+            run_sipp(&["-sn", "uas", "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+        })
+    };
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register.xml");
+    let target = bridge.local_addr().to_string();
+    for port in [ringing_port, answering_port] {
+        let extra = ["-au", "alice", "-ap", "secret", "-key", "contact_port", &port.to_string()];
+        assert_sipp_succeeded(&run_uac(&target, ["-sf", scenario], "alice", &extra), "register");
+    }
+    assert_eq!(bridge.registrations("alice").len(), 2);
+    let room = bridge.create_conference("team").unwrap();
+    let alice = room.dial("sip:alice@sipbridge").unwrap();
+    let outcome = wait_event(&bridge, Duration::from_secs(5), |e| match e {
+        Event::Answered { .. } => Some(Ok(())),
+        Event::DialFailed { status, .. } => Some(Err(*status)),
+        _ => None,
+    });
+    assert_eq!(outcome, Ok(()));
+    assert_sipp_succeeded(&ringing.join().unwrap(), "the phone that rang and was cancelled");
+    assert_eq!(alice.info().unwrap().state, sipbridge::ParticipantState::Connected);
+    alice.hangup().unwrap();
+    let reason = wait_event(&bridge, Duration::from_secs(5), |e| match e {
+        Event::ParticipantLeft { reason, .. } => Some(*reason),
+        Event::DialFailed { .. } => Some(LeaveReason::Cancelled),
+        _ => None,
+    });
+    assert_eq!(reason, LeaveReason::LocalHangup);
+    assert_sipp_succeeded(&answering.join().unwrap(), "the phone that answered");
+}
+
 /// A registered phone that stops answering the bridge's OPTIONS pings loses
 /// its registration (fast timers: T1 10 ms, a ping every 200 ms).
 #[test]
