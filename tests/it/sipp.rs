@@ -387,8 +387,9 @@ fn sipp_uas_challenges_a_dial_out_with_digest() {
 }
 
 /// A phone registers with the built-in registrar (digest, as the user it
-/// registers), and the app reaches it by its address of record; unknown and
-/// unregistered users fail with 404 and 480.
+/// registers; a wrong password is challenged again and binds nothing), and
+/// the app reaches it by its address of record; unknown and unregistered
+/// users fail with 404 and 480.
 #[test]
 fn a_registered_phone_is_dialled_by_its_address_of_record() {
     if !sipp_available() {
@@ -407,8 +408,12 @@ fn a_registered_phone_is_dialled_by_its_address_of_record() {
             run_sipp(&["-sn", "uas", "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
         })
     };
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register.xml");
     let (target, contact_port) = (bridge.local_addr().to_string(), phone_port.to_string());
+    let wrong = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register_wrong_password.xml");
+    let extra = ["-au", "alice", "-ap", "guess", "-key", "contact_port", &contact_port];
+    assert_sipp_succeeded(&run_uac(&target, ["-sf", wrong], "alice", &extra), "register with a wrong password");
+    assert!(bridge.registrations("alice").is_empty(), "a wrong password bound a contact");
+    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register.xml");
     let extra = ["-au", "alice", "-ap", "secret", "-key", "contact_port", &contact_port];
     assert_sipp_succeeded(&run_uac(&target, ["-sf", scenario], "alice", &extra), "register");
     let contacts = bridge.registrations("alice");
