@@ -4,14 +4,19 @@
 //!
 //! - Users are stored as HA1 hashes (MD5 and SHA-256), never passwords.
 //! - Nonces carry their issue time and a keyed hash of it, so they are
-//!   bound to this server and need no table; one older than
-//!   `NONCE_LIFETIME` is answered with a fresh challenge marked stale.
+//!   bound to this server; one older than `NONCE_LIFETIME` is answered with
+//!   a fresh challenge marked stale.
+//! - Each nonce's highest nonce count (nc) is remembered while the nonce
+//!   lives: an answer whose count is not higher is a replay (RFC 7616
+//!   §3.4.5), answered with a fresh challenge marked stale, which a real
+//!   client takes up at once and a replayer cannot answer.
 //! - A source with `MAX_FAILURES` wrong answers within `FAILURE_WINDOW`
 //!   gets 403 without a challenge until the window has passed since its last
 //!   failure; other sources are not affected.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::digest::{auth_params, DigestAlgorithm};
@@ -25,6 +30,9 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// Addresses whose failures are remembered at most, so a flood of sources
 /// cannot grow the table without bound (the oldest entries go first).
 const MAX_TRACKED_SOURCES: usize = 10_000;
+/// Live nonces whose counts are remembered at most; past it, the oldest
+/// quarter is forgotten (only answers with the right password get here).
+const MAX_TRACKED_NONCES: usize = 100_000;
 
 /// What to do with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +68,27 @@ pub struct Authenticator {
     offer_sha256: bool,
     secret: [u8; 16],
     epoch: Instant,
+    /// Numbers the nonces, so two issued in the same millisecond differ
+    /// (their counts are kept apart).
+    nonces_issued: AtomicU64,
     users: HashMap<String, UserHashes>,
     failures: HashMap<IpAddr, Failures>,
+    /// The highest nonce count accepted per nonce, with the nonce's issue time.
+    nonce_counts: HashMap<String, NonceUse>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NonceUse {
+    highest: u32,
+    issued: u64,
+}
+
+/// A right answer: who gave it, and the nonce and count it used.
+struct Answer {
+    user: String,
+    nonce: String,
+    count: u32,
+    issued: u64,
 }
 
 impl Authenticator {
@@ -73,8 +100,10 @@ impl Authenticator {
             offer_sha256,
             secret: rand::random(),
             epoch: now,
+            nonces_issued: AtomicU64::new(0),
             users: HashMap::new(),
             failures: HashMap::new(),
+            nonce_counts: HashMap::new(),
         }
     }
 
@@ -117,11 +146,11 @@ impl Authenticator {
         }
         let Some(authorization) = authorization else { return self.challenge(now, false) };
         match self.verify(now, method, authorization) {
-            Ok(user) => {
+            Ok(answer) if self.first_use(now, &answer) => {
                 self.failures.remove(&source);
-                Verdict::Accept { user }
+                Verdict::Accept { user: answer.user }
             }
-            Err(Stale) => self.challenge(now, true),
+            Ok(_) | Err(Stale) => self.challenge(now, true),
             Err(Wrong) => {
                 self.note_failure(now, source);
                 if self.refused(now, source) {
@@ -131,6 +160,31 @@ impl Authenticator {
                 }
             }
         }
+    }
+
+    /// Notes a right answer's nonce count; false when the nonce was already
+    /// used with that count or a higher one (a replay).
+    fn first_use(&mut self, now: Instant, answer: &Answer) -> bool {
+        if let Some(used) = self.nonce_counts.get_mut(&answer.nonce) {
+            if answer.count <= used.highest {
+                return false;
+            }
+            used.highest = answer.count;
+            return true;
+        }
+        if self.nonce_counts.len() >= MAX_TRACKED_NONCES {
+            let now_ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+            let lifetime = NONCE_LIFETIME.as_millis() as u64;
+            self.nonce_counts.retain(|_, used| now_ms.saturating_sub(used.issued) <= lifetime);
+            if self.nonce_counts.len() >= MAX_TRACKED_NONCES {
+                let mut issued: Vec<u64> = self.nonce_counts.values().map(|used| used.issued).collect();
+                issued.sort_unstable();
+                let cutoff = issued[issued.len() / 4];
+                self.nonce_counts.retain(|_, used| used.issued > cutoff);
+            }
+        }
+        self.nonce_counts.insert(answer.nonce.clone(), NonceUse { highest: answer.count, issued: answer.issued });
+        true
     }
 
     fn refused(&mut self, now: Instant, source: IpAddr) -> bool {
@@ -158,7 +212,8 @@ impl Authenticator {
     }
 
     fn challenge(&self, now: Instant, stale: bool) -> Verdict {
-        let nonce = self.nonce(now.saturating_duration_since(self.epoch).as_millis() as u64);
+        let serial = self.nonces_issued.fetch_add(1, Ordering::Relaxed);
+        let nonce = self.nonce(now.saturating_duration_since(self.epoch).as_millis() as u64, serial);
         let stale = if stale { ", stale=true" } else { "" };
         let value = |algorithm: &str| {
             format!("Digest realm=\"{}\", nonce=\"{nonce}\", algorithm={algorithm}, qop=\"auth\"{stale}", self.realm)
@@ -170,14 +225,14 @@ impl Authenticator {
         Verdict::Challenge(values)
     }
 
-    /// `issued` (ms since the epoch) in hex, then a keyed hash of it.
-    fn nonce(&self, issued: u64) -> String {
+    /// `issued` (ms since the epoch) and `serial` in hex, then a keyed hash of them.
+    fn nonce(&self, issued: u64, serial: u64) -> String {
         let key: String = self.secret.iter().map(|b| format!("{b:02x}")).collect();
-        let tag = DigestAlgorithm::Sha256.hash(&format!("{key}:{issued:x}"));
-        format!("{issued:x}.{}", &tag[..32])
+        let tag = DigestAlgorithm::Sha256.hash(&format!("{key}:{issued:x}-{serial:x}"));
+        format!("{issued:x}-{serial:x}.{}", &tag[..32])
     }
 
-    fn verify(&self, now: Instant, method: &str, authorization: &str) -> Result<String, Failure> {
+    fn verify(&self, now: Instant, method: &str, authorization: &str) -> Result<Answer, Failure> {
         let (scheme, params) = authorization.trim().split_once(char::is_whitespace).ok_or(Wrong)?;
         if !scheme.eq_ignore_ascii_case("digest") {
             return Err(Wrong);
@@ -191,8 +246,10 @@ impl Authenticator {
         if param("realm") != Some(self.realm.as_str()) {
             return Err(Wrong);
         }
-        let issued = nonce.split_once('.').and_then(|(t, _)| u64::from_str_radix(t, 16).ok()).ok_or(Wrong)?;
-        if self.nonce(issued) != nonce {
+        let stamp = nonce.split_once('.').and_then(|(stamp, _)| stamp.split_once('-')).ok_or(Wrong)?;
+        let hex = |text: &str| u64::from_str_radix(text, 16).map_err(|_| Wrong);
+        let (issued, serial) = (hex(stamp.0)?, hex(stamp.1)?);
+        if self.nonce(issued, serial) != nonce {
             // Not one of ours.
             return Err(Wrong);
         }
@@ -204,12 +261,14 @@ impl Authenticator {
             Some(_) => return Err(Wrong),
         };
         let ha2 = algorithm.hash(&format!("{method}:{uri}"));
-        let expected = match param("qop") {
+        // Without qop (RFC 2069) there is no count: a nonce serves once.
+        let (expected, count) = match param("qop") {
             Some(q) if q.eq_ignore_ascii_case("auth") => {
                 let (nc, cnonce) = (param("nc").ok_or(Wrong)?, param("cnonce").ok_or(Wrong)?);
-                algorithm.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"))
+                let count = u32::from_str_radix(nc, 16).map_err(|_| Wrong)?;
+                (algorithm.hash(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")), count)
             }
-            None => algorithm.hash(&format!("{ha1}:{nonce}:{ha2}")),
+            None => (algorithm.hash(&format!("{ha1}:{nonce}:{ha2}")), 1),
             Some(_) => return Err(Wrong),
         };
         if !expected.eq_ignore_ascii_case(response) {
@@ -220,7 +279,7 @@ impl Authenticator {
         if Duration::from_millis(age) > NONCE_LIFETIME {
             return Err(Stale);
         }
-        Ok(user.to_string())
+        Ok(Answer { user: user.to_string(), nonce: nonce.to_string(), count, issued })
     }
 }
 
@@ -270,7 +329,8 @@ mod tests {
             auth.check(now, source, "INVITE", Some(&answer(&challenge, &alice()))),
             Verdict::Accept { user: "alice".into() }
         );
-        let md5 = Challenge::parse(&values[0]).unwrap().answer(&alice(), "INVITE", "sip:room@example", "c0ffee", 1);
+        let Verdict::Challenge(fresh) = auth.check(now, source, "INVITE", None) else { panic!() };
+        let md5 = Challenge::parse(&fresh[0]).unwrap().answer(&alice(), "INVITE", "sip:room@example", "c0ffee", 1);
         assert_eq!(auth.check(now, source, "INVITE", Some(&md5)), Verdict::Accept { user: "alice".into() });
         // The answer is bound to the method and the server's nonces.
         assert!(matches!(auth.check(now, source, "BYE", Some(&md5)), Verdict::Challenge(_)));
@@ -322,7 +382,33 @@ mod tests {
         assert_eq!(auth.check(now, guesser, "INVITE", Some(&right)), Verdict::Forbidden);
         assert_eq!(auth.check(now, other, "INVITE", Some(&right)), Verdict::Accept { user: "alice".into() });
         let later = now + FAILURE_WINDOW;
+        let right = answer(&auth.challenge(later, false), &alice());
         assert_eq!(auth.check(later, guesser, "INVITE", Some(&right)), Verdict::Accept { user: "alice".into() });
+    }
+
+    #[test]
+    fn a_replayed_answer_gets_a_stale_challenge_and_a_higher_count_is_accepted() {
+        let (now, mut auth, source) = server_with_alice();
+        let challenge = auth.check(now, source, "INVITE", None);
+        let Verdict::Challenge(values) = &challenge else { panic!() };
+        let Verdict::Challenge(same_instant) = auth.check(now, source, "INVITE", None) else { panic!() };
+        assert_ne!(values[0], same_instant[0], "two nonces of one millisecond");
+        let parsed = Challenge::parse(&values[0]).unwrap();
+        let with_count = |nc| parsed.answer(&alice(), "INVITE", "sip:room@example", "c0ffee", nc);
+        let accepted = Verdict::Accept { user: "alice".into() };
+        assert_eq!(auth.check(now, source, "INVITE", Some(&with_count(1))), accepted);
+        // The same answer again (a replay), or an older count: a fresh challenge, stale.
+        for replay in [with_count(1), with_count(0)] {
+            let Verdict::Challenge(again) = auth.check(now, source, "INVITE", Some(&replay)) else { panic!() };
+            assert!(again.iter().all(|v| v.contains("stale=true")), "{again:?}");
+        }
+        // The client's next request on the same nonce counts on.
+        assert_eq!(auth.check(now, source, "INVITE", Some(&with_count(3))), accepted);
+        assert!(matches!(auth.check(now, source, "INVITE", Some(&with_count(2))), Verdict::Challenge(_)));
+        // Replays are not failures: the source is not refused.
+        for _ in 0..MAX_FAILURES + 1 {
+            assert_ne!(auth.check(now, source, "INVITE", Some(&with_count(3))), Verdict::Forbidden);
+        }
     }
 
     #[test]
