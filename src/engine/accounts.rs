@@ -2,14 +2,17 @@
 //! and resolved into what the registration client needs, and what the SIP
 //! task needs to route the calls that come for them.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
-use super::Shared;
+use super::{dns, Shared};
 use crate::api::Account;
-use crate::sip::message;
 use crate::sip::register_client::{AccountConfig, Secret};
-use crate::sip::{Peer, Transport};
+use crate::sip::{locate, message, Peer, Transport};
 use crate::{Error, Result};
+
+/// How long adding an account waits for its registrar's name to resolve.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where calls for an account go.
 #[derive(Debug, Clone)]
@@ -18,12 +21,22 @@ pub(crate) struct AccountRoute {
     /// The AOR's user, unescaped: the Request-URI user of its calls.
     pub user: String,
     pub room: String,
-    /// Calls from here were authenticated by the registrar, not by us.
-    pub registrar_ip: IpAddr,
+    /// The registrar's servers, each with the name a TLS server there must
+    /// prove. Calls from their addresses were authenticated by the
+    /// registrar, not by us.
+    pub servers: Vec<(Peer, String)>,
 }
 
-/// Checks `account` and resolves its registrar. Host names go through the
-/// system resolver on the caller's thread, not the SIP task's.
+impl AccountRoute {
+    /// Whether `ip` is one of the registrar's servers.
+    pub fn is_registrar(&self, ip: IpAddr) -> bool {
+        self.servers.iter().any(|(peer, _)| peer.addr.ip() == ip)
+    }
+}
+
+/// Checks `account` and resolves its registrar as RFC 3263 says (NAPTR,
+/// SRV, addresses, with the endpoint's DNS servers), on the endpoint's
+/// runtime while the caller's thread waits, not the SIP task.
 pub(crate) fn account_settings(shared: &Shared, account: Account) -> Result<(AccountConfig, AccountRoute)> {
     let bad = |why: String| Error::InvalidArgument(why);
     let aor_parts = parse_uri(&account.aor)?;
@@ -45,15 +58,10 @@ pub(crate) fn account_settings(shared: &Shared, account: Account) -> Result<(Acc
         true => format!("sip:[{}]", aor_parts.host),
         false => format!("sip:{}", aor_parts.host),
     });
-    let parts = parse_uri(&registrar)?;
-    let destination = match message::uri_socket_addr(&registrar) {
-        Some(address) => address,
-        None => (parts.host.as_str(), parts.port.unwrap_or(5060))
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| Error::NotFound(format!("no address for {}", parts.host)))?,
-    };
-    let transport = Transport::of_uri(&registrar).unwrap_or(Transport::Udp);
+    parse_uri(&registrar)?;
+    let plan = locate::plan(&registrar).ok_or_else(|| bad(format!("bad registrar URI {registrar:?}")))?;
+    let servers = locate_and_wait(shared, plan)?;
+    let transport = servers[0].0.transport;
     let advertised = SocketAddr::new(shared.advertised_ip, shared.sip_addr.port());
     // The Contact names the transport the registration goes over, so that
     // calls come back on it.
@@ -67,14 +75,30 @@ pub(crate) fn account_settings(shared: &Shared, account: Account) -> Result<(Acc
     let config = AccountConfig {
         aor: account.aor.clone(),
         registrar,
-        destination: Peer { transport, addr: destination },
+        servers: servers.iter().map(|(peer, _)| *peer).collect(),
         username: account.username.unwrap_or_else(|| user.clone()),
         secret,
         expires: account.expires,
         contact,
     };
-    let route = AccountRoute { aor: account.aor, user, room: account.room, registrar_ip: destination.ip() };
+    let route = AccountRoute { aor: account.aor, user, room: account.room, servers };
     Ok((config, route))
+}
+
+/// Runs an RFC 3263 lookup on the endpoint's runtime and waits for it; at
+/// least one server, or an error.
+fn locate_and_wait(shared: &Shared, plan: locate::Plan) -> Result<Vec<(Peer, String)>> {
+    let (found, result) = std::sync::mpsc::channel();
+    let resolver = shared.resolver.clone();
+    shared.runtime.spawn(async move {
+        let _ = found.send(dns::locate(&resolver, plan).await);
+    });
+    let servers =
+        result.recv_timeout(LOOKUP_TIMEOUT).map_err(|_| Error::NotFound("the registrar's address".into()))??;
+    match servers.is_empty() {
+        true => Err(Error::NotFound("the registrar's address".into())),
+        false => Ok(servers),
+    }
 }
 
 fn parse_uri(uri: &str) -> Result<message::UriParts> {

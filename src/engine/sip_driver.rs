@@ -734,7 +734,7 @@ impl Driver {
     fn room_for(&self, request_uri: &str, source: Peer) -> (String, bool) {
         let user = room_of(request_uri);
         match self.accounts.values().find(|route| route.user == user) {
-            Some(route) => (route.room.clone(), source.addr.ip() == route.registrar_ip),
+            Some(route) => (route.room.clone(), route.is_registrar(source.addr.ip())),
             None => (user, false),
         }
     }
@@ -1114,6 +1114,9 @@ impl Driver {
                 let added = self.registrations.add(&mut self.ua, config, now).map_err(Error::from);
                 if let Ok(account) = added {
                     tracing::info!(aor = route.aor, room = route.room, "registering");
+                    for (peer, host) in &route.servers {
+                        self.connections.resolved(peer.addr, host);
+                    }
                     self.accounts.insert(account, route);
                 }
                 let _ = reply.send(added);

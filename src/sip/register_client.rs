@@ -97,8 +97,9 @@ pub struct AccountConfig {
     pub aor: String,
     /// The REGISTER's Request-URI, naming the registrar's domain (`sip:domain`).
     pub registrar: String,
-    /// Where REGISTERs are sent: the registrar's (or outbound proxy's) address.
-    pub destination: Peer,
+    /// Where REGISTERs are sent: the registrar's (or outbound proxy's)
+    /// servers, in the order to try them (RFC 3263); at least one.
+    pub servers: Vec<Peer>,
     /// The digest user name.
     pub username: String,
     pub secret: Secret,
@@ -159,6 +160,10 @@ struct Account {
     answered: Vec<(bool, String)>,
     /// Failures in a row, for the backoff.
     failures: u32,
+    /// The server REGISTERs go to (an index into the config's), and how
+    /// many others this attempt has moved on from.
+    server: usize,
+    servers_tried: usize,
     /// The expiry granted, while registered.
     registered: Option<u32>,
     removing: bool,
@@ -180,10 +185,12 @@ impl RegistrationClient {
         for uri in [&config.aor, &config.registrar] {
             rsip::Uri::try_from(uri.as_str()).map_err(|e| SipError::InvalidUri(uri.clone(), e.to_string()))?;
         }
+        let first =
+            config.servers.first().ok_or_else(|| SipError::InvalidUri(config.registrar.clone(), "no server".into()))?;
         self.next_id += 1;
         let id = AccountId(self.next_id);
         let account = Account {
-            call_id: format!("{}@{}", random_token(), config.destination.addr.ip()),
+            call_id: format!("{}@{}", random_token(), first.addr.ip()),
             cseq: 0,
             expires: config.expires,
             config,
@@ -192,6 +199,8 @@ impl RegistrationClient {
             challenges: Vec::new(),
             answered: Vec::new(),
             failures: 0,
+            server: 0,
+            servers_tried: 0,
             registered: None,
             removing: false,
         };
@@ -326,7 +335,7 @@ impl RegistrationClient {
             cseq: account.cseq,
             headers,
         };
-        match ua.send_request(request, config.destination, now) {
+        match ua.send_request(request, config.servers[account.server], now) {
             Ok(key) => {
                 if let Some((old, _)) = account.in_flight.replace((key, expires)) {
                     self.requests.remove(&old);
@@ -384,6 +393,7 @@ impl RegistrationClient {
             return self.failed(id, 200, "the registrar kept no binding", headers, now);
         }
         account.failures = 0;
+        account.servers_tried = 0;
         account.wake = Some(now + refresh_after(granted));
         if account.registered.replace(granted) != Some(granted) {
             let state = RegistrationState::Registered { expires: granted };
@@ -396,6 +406,18 @@ impl RegistrationClient {
         if account.removing {
             return self.forget(id);
         }
+        // RFC 3263 §4.3: no answer, no connection or 503 from one of the
+        // registrar's servers, and the next is tried at once; the account
+        // fails when every one has been, and the next round starts again
+        // from the first.
+        let servers = account.config.servers.len();
+        if matches!(status, 408 | 503) && account.servers_tried + 1 < servers {
+            account.servers_tried += 1;
+            account.server = (account.server + 1) % servers;
+            account.wake = Some(now);
+            return;
+        }
+        (account.server, account.servers_tried) = (0, 0);
         account.failures += 1;
         account.registered = None;
         let mut delay = backoff(account.failures);
@@ -513,7 +535,7 @@ mod tests {
         AccountConfig {
             aor: format!("sip:alice@{REALM}"),
             registrar: format!("sip:{REALM}"),
-            destination: Peer::udp(addr(5390)),
+            servers: vec![Peer::udp(addr(5390))],
             username: "alice".into(),
             secret: Secret::Password(password.into()),
             expires,
@@ -639,7 +661,7 @@ mod tests {
                 for (_, to, data) in due {
                     if to == addr(5390) {
                         self.server.handle_message(now, Peer::udp(addr(5391)), &data);
-                    } else {
+                    } else if to == addr(5391) {
                         self.ua.handle_message(now, Peer::udp(addr(5390)), &data);
                     }
                 }
@@ -783,6 +805,31 @@ mod tests {
         net.run_for(Duration::from_secs(11));
         assert_eq!(net.states().last(), Some(&RegistrationState::Registered { expires: 3600 }));
         assert_eq!(net.bound().len(), 1);
+    }
+
+    #[test]
+    fn a_registrar_server_that_does_not_answer_is_skipped_for_the_next() {
+        let mut net = Net::new();
+        let start = net.now;
+        // The first server (nothing there) never answers; the second is the registrar.
+        let config =
+            AccountConfig { servers: vec![Peer::udp(addr(5388)), Peer::udp(addr(5390))], ..account("secret", 3600) };
+        net.add(config);
+        net.run_until(start + Duration::from_millis(32_100));
+        assert_eq!(net.states(), [RegistrationState::Registered { expires: 3600 }], "no failure reported");
+        assert!(
+            net.sent.iter().any(|(at, _)| *at < start + Duration::from_secs(1)),
+            "the first server was tried first"
+        );
+        // Refreshes stay with the server that answered.
+        let before = net.sent.len();
+        net.run_until(start + Duration::from_secs(32 + 1802));
+        assert!(net.sent.len() > before);
+        assert_eq!(net.states(), [RegistrationState::Registered { expires: 3600 }]);
+        // With both servers silent, one failure is reported per round.
+        net.lose = Box::new(|text| text.starts_with("SIP/2.0"));
+        net.run_for(Duration::from_secs(1800 + 65));
+        assert_eq!(net.states().iter().filter(|s| failed(408)(s)).count(), 1, "{:?}", net.states());
     }
 
     #[test]

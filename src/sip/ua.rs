@@ -629,6 +629,13 @@ impl UserAgent {
                         self.forget_subscription(key);
                     }
                 }
+                // A REGISTER of the registration client, which may try another server.
+                (_, None) if self.requests.remove(&id) => self.events.push_back(UaEvent::RequestAnswered {
+                    key: RequestKey(id.0),
+                    status: 503,
+                    reason: "Transport Failed".into(),
+                    headers: rsip::Headers::default(),
+                }),
                 _ => {}
             }
         }

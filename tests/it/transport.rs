@@ -331,3 +331,38 @@ fn a_server_that_refuses_the_connection_is_skipped_for_the_next_srv_target() {
     let asked = dns.asked();
     assert!(asked.iter().any(|q| q.starts_with("A down.failover.test")), "{asked:?}");
 }
+
+/// An account's registrar named by SRV (`sip:pbx.test;transport=tcp`): the
+/// first server refuses the connection, and the REGISTER goes to the
+/// second, another endpoint's registrar, with no failure reported.
+#[test]
+fn an_account_registers_with_the_next_srv_target_when_the_first_is_down() {
+    let registrar = endpoint();
+    registrar.add_user("alice", "secret").unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = refused.local_addr().unwrap().port();
+    drop(refused);
+    let dns = DnsServer::start(vec![
+        record("_sip._tcp.pbx.test.", srv_at(10, dead_port, "down.pbx.test.")),
+        record("_sip._tcp.pbx.test.", srv_at(20, registrar.local_addr().port(), "up.pbx.test.")),
+        record("down.pbx.test.", loopback()),
+        record("up.pbx.test.", loopback()),
+    ]);
+    let member = endpoint_asking(&dns);
+    let account = sipbridge::Account {
+        aor: "sip:alice@sipbridge".into(),
+        registrar: Some("sip:pbx.test;transport=tcp".into()),
+        password: Some("secret".into()),
+        room: "desk".into(),
+        ..Default::default()
+    };
+    let id = member.register_account(account).unwrap();
+    let state = wait_event(&member, WAIT, |e| match e {
+        Event::Registration { account, state, .. } if *account == id => Some(state.clone()),
+        _ => None,
+    });
+    assert_eq!(state, sipbridge::RegistrationState::Registered { expires: 3600 });
+    let contact = format!("sip:alice@127.0.0.1:{};transport=tcp", member.local_addr().port());
+    assert_eq!(registrar.registrations("alice"), [contact]);
+    assert!(dns.asked().iter().any(|q| q.starts_with("A down.pbx.test")), "{:?}", dns.asked());
+}
