@@ -60,14 +60,21 @@ pub(crate) async fn locate(resolver: &TokioResolver, plan: Plan) -> Result<Vec<(
     // targets are the alternatives, and other transports are not asked.
     let mut targets = Vec::new();
     for (transport, name) in srv_names {
-        for (target, port) in srv(resolver, &name).await {
-            if targets.len() >= MAX_TARGETS {
-                break;
-            }
-            if let Ok(peers) = addresses(resolver, &target, port, transport).await {
-                targets.extend(peers.into_iter().map(|peer| (peer, host.clone())));
+        // The targets' addresses are asked for at once, so a slow one holds
+        // up the dial no longer than the slowest, not the sum; kept in SRV order.
+        let mut lookups = tokio::task::JoinSet::new();
+        for (rank, (target, port)) in srv(resolver, &name).await.into_iter().take(MAX_TARGETS).enumerate() {
+            let resolver = resolver.clone();
+            lookups.spawn(async move { (rank, addresses(&resolver, &target, port, transport).await) });
+        }
+        let mut found: Vec<(usize, Vec<Peer>)> = Vec::new();
+        while let Some(done) = lookups.join_next().await {
+            if let Ok((rank, Ok(peers))) = done {
+                found.push((rank, peers));
             }
         }
+        found.sort_by_key(|(rank, _)| *rank);
+        targets.extend(found.into_iter().flat_map(|(_, peers)| peers).map(|peer| (peer, host.clone())));
         if !targets.is_empty() {
             break;
         }

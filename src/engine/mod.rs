@@ -1044,7 +1044,7 @@ impl Engine {
             .thread_name("sipbridge-io")
             .enable_all()
             .build()?;
-        let std_socket = sip_socket(config.listen)?;
+        let (std_socket, tcp_listener) = sip_sockets(config.listen, config.tcp)?;
         let sip_addr = std_socket.local_addr()?;
         let discovered = match (config.public_address, &config.stun_server) {
             (None, Some(server)) => Some(stun_public_address(&std_socket, server)?.ip()),
@@ -1089,7 +1089,7 @@ impl Engine {
             Mutex::new(Authenticator::new(&config.realm, config.digest_sha256, std::time::Instant::now()));
         let (transports, resolver) = {
             let _guard = runtime.enter();
-            (sip_transports(&config, std_socket, sip_addr)?, dns::resolver(&config.dns_servers)?)
+            (sip_transports(&config, std_socket, tcp_listener)?, dns::resolver(&config.dns_servers)?)
         };
         let shared = Arc::new(Shared {
             tls_addr: transports.tls_addr,
@@ -1208,6 +1208,24 @@ fn await_handover(mut arrival: rtrb::Consumer<Box<ParticipantMix>>) -> Result<Bo
 const SIP_RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Binds the SIP socket, non-blocking, with a large receive buffer.
+/// The SIP UDP socket and, with `tcp`, the TCP listener on its port. A port
+/// left to the system (0) must be free for both, and the UDP port the
+/// system picks may be a TCP socket's: it is picked again a few times.
+fn sip_sockets(listen: SocketAddr, tcp: bool) -> Result<(std::net::UdpSocket, Option<std::net::TcpListener>)> {
+    let mut tries = 0;
+    loop {
+        let udp = sip_socket(listen)?;
+        if !tcp {
+            return Ok((udp, None));
+        }
+        match std::net::TcpListener::bind(udp.local_addr()?) {
+            Ok(listener) => return Ok((udp, Some(listener))),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && listen.port() == 0 && tries < 16 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn sip_socket(listen: SocketAddr) -> Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(listen), socket2::Type::DGRAM, None)?;
     // A smaller buffer than asked for still works; not worth failing over.
@@ -1273,9 +1291,9 @@ fn stun_public_address(socket: &std::net::UdpSocket, server: &str) -> Result<Soc
 fn sip_transports(
     config: &EndpointConfig,
     udp: std::net::UdpSocket,
-    sip_addr: SocketAddr,
+    tcp: Option<std::net::TcpListener>,
 ) -> Result<sip_driver::SipTransports> {
-    let tcp = config.tcp.then(|| tcp_listener(sip_addr)).transpose()?;
+    let tcp = tcp.map(tokio_listener).transpose()?;
     let certificate = match (&config.tls_certificate, &config.tls_private_key) {
         (Some(chain), Some(key)) => Some((chain.as_path(), key.as_path())),
         (None, None) => None,
@@ -1285,14 +1303,14 @@ fn sip_transports(
     if config.tls_listen.is_some() && !tls.can_accept() {
         return Err(Error::InvalidArgument("TLS cannot listen without a certificate and key".into()));
     }
-    let tls_listener = config.tls_listen.map(tcp_listener).transpose()?;
+    let tls_listener =
+        config.tls_listen.map(|listen| tokio_listener(std::net::TcpListener::bind(listen)?)).transpose()?;
     let tls_addr = tls_listener.as_ref().map(|listener| listener.local_addr()).transpose()?;
     let (connections, stream_events) = Connections::start(tcp, tls_listener, tls);
     Ok(sip_driver::SipTransports { udp: tokio::net::UdpSocket::from_std(udp)?, connections, stream_events, tls_addr })
 }
 
-fn tcp_listener(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(listen)?;
+fn tokio_listener(listener: std::net::TcpListener) -> Result<tokio::net::TcpListener> {
     listener.set_nonblocking(true)?;
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{ConferenceEntry, MixerControl, ParticipantEntry, Registry, Shared};
-use crate::api::{Event, LeaveReason, ParticipantKind};
+use crate::api::{Event, LeaveReason, ParticipantKind, ParticipantState};
 use crate::media::mixer::{ConferenceId, MixerCommand, ParticipantId, PlaybackEnd, PlaybackId, PromptMix};
 use crate::media::playback::Playback;
 use crate::policy::{Admission, ConferencePolicy, PinEntry, PinStep};
@@ -199,7 +199,12 @@ impl Shared {
         let entry = registry.participants.get(&id)?;
         Some(Seat {
             moderator: entry.policy.moderator,
-            admitted: entry.policy.admission() == Admission::Admitted,
+            // Let in by the policy while its media ran: a call whose media
+            // never started (a late offer not yet answered) was never asked
+            // for its PIN, whatever its admission reads.
+            admitted: entry.policy.admission() == Admission::Admitted
+                && entry.in_mixer
+                && entry.state == ParticipantState::Connected,
             muted: entry.controls.muted.load(Ordering::Relaxed),
         })
     }

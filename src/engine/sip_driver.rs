@@ -438,6 +438,12 @@ impl Driver {
             }
             UaEvent::Ringing { call } => {
                 if let Some(participant) = self.calls.get(&call).map(|leg| leg.participant) {
+                    // The server is there: a later 408 or 503 is its callee's, not a reason to try another.
+                    self.failovers.remove(&participant);
+                    let state = self.shared.registry.lock().participants.get(&participant).map(|p| p.state);
+                    if state == Some(ParticipantState::Ringing) {
+                        return; // another of a forked dial's phones
+                    }
                     self.shared.set_state(participant, ParticipantState::Ringing);
                     self.emit_for(participant, |conference, participant| Event::Ringing { conference, participant });
                     self.report_transfer(participant, 180, now);
@@ -538,7 +544,8 @@ impl Driver {
                 }
                 if let Some(leg) = self.forget(call) {
                     let participant = leg.participant;
-                    if let Some(failover) = failover.filter(|_| matches!(status, 408 | 503)) {
+                    let hung_up = leg.hangup_reason.is_some();
+                    if let Some(failover) = failover.filter(|_| matches!(status, 408 | 503) && !hung_up) {
                         tracing::info!(participant = participant.0, status, "trying the next server");
                         match self.dial_next_server(participant, failover) {
                             Some(Ok(())) => return,
@@ -1051,6 +1058,10 @@ impl Driver {
                 if let (true, Some(user)) = (parts.host.eq_ignore_ascii_case(&self.shared.config.realm), &parts.user) {
                     match self.registered_contacts(user, now) {
                         Ok(contacts) => {
+                            // The target's URI headers (an attended transfer's Replaces) go with each.
+                            let headers = &target[message::split_uri_headers(&target).0.len()..];
+                            let contacts =
+                                contacts.into_iter().map(|(c, peer)| (format!("{c}{headers}"), peer)).collect();
                             let result = self.dial_contacts(participant, contacts, credentials);
                             self.dial_result(participant, result, reply);
                         }
@@ -1098,6 +1109,7 @@ impl Driver {
             }
             SipCommand::Hangup { participant, reason } => match self.by_participant.get(&participant).copied() {
                 Some(call) => {
+                    self.failovers.remove(&participant);
                     if self.forks.contains_key(&participant) {
                         self.settle_fork(participant, call, now);
                     }
@@ -1241,6 +1253,7 @@ impl Driver {
         credentials: Option<Credentials>,
         destination: Peer,
     ) -> Result<CallKey> {
+        self.shared.check_running()?;
         if !self.shared.registry.lock().participants.contains_key(&participant) {
             // Hung up, or its conference destroyed, while the name was looked up.
             return Err(Error::NotFound(format!("participant {}", participant.0)));

@@ -690,15 +690,20 @@ fn a_callee_bye_during_ringing_ends_the_invite_with_cancel() {
     assert!(p.log.iter().all(|m| !m.is_empty()), "no empty datagram is ever sent");
 }
 
-#[test]
-fn a_re_invite_before_the_first_ack_is_asked_to_retry() {
-    let mut p = Pair::new();
+/// A call from A that B answers, every ACK lost: B's 2xx.
+fn answered_without_ack(p: &mut Pair) -> String {
     p.drop = Box::new(|m| m.starts_with("ACK "));
     p.dial();
     p.run_for(Duration::from_millis(50));
-    answer_all(&mut p);
+    answer_all(p);
     p.run_for(Duration::from_millis(30));
-    let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
+    p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone()
+}
+
+#[test]
+fn a_re_invite_before_the_first_ack_is_asked_to_retry() {
+    let mut p = Pair::new();
+    let ok = answered_without_ack(&mut p);
     let reinvite = format!(
         "INVITE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKearlyre\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 2 INVITE\r\nContent-Length: 0\r\n\r\n",
         header(&ok, "From"),
@@ -1442,17 +1447,19 @@ fn subscriptions_the_agent_cannot_take_are_refused() {
     assert!(header(&last(&p), "Allow").contains("SUBSCRIBE"));
 }
 
+/// The dialog B's 2xx `ok` set up, as B sees it: Call-ID, B's tag, A's tag.
+fn dialog_of(ok: &str) -> (String, String, String) {
+    let tag = |name| header(ok, name).split(";tag=").nth(1).unwrap().to_string();
+    (header(ok, "Call-ID").to_string(), tag("To"), tag("From"))
+}
+
 #[test]
 fn an_invite_with_replaces_names_the_established_call_it_takes_over() {
     let mut p = Pair::new();
     established(&mut p);
     let b_call = p.incoming().unwrap();
     let ok = p.log.iter().find(|m| m.starts_with("SIP/2.0 200")).unwrap().clone();
-    let (call_id, ours, theirs) = (
-        header(&ok, "Call-ID").to_string(),
-        header(&ok, "To").split(";tag=").nth(1).unwrap().to_string(),
-        header(&ok, "From").split(";tag=").nth(1).unwrap().to_string(),
-    );
+    let (call_id, ours, theirs) = dialog_of(&ok);
     let invite = |n: u32, replaces: &str| {
         format!(
             "INVITE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKrep{n}\r\nFrom: <sip:carol@127.0.0.1>;tag=carol{n}\r\nTo: <sip:room@127.0.0.1>\r\nCall-ID: replacing-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:carol@127.0.0.1:5061>\r\nReplaces: {replaces}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
@@ -1507,4 +1514,15 @@ fn a_second_answer_from_a_forked_invite_is_acked_and_ended_with_bye() {
     assert!(!p.a.events.iter().any(|e| matches!(e, UaEvent::Ended { .. } | UaEvent::Failed { .. })));
     assert_eq!(p.a.ua.call_count(), 1);
     p.a.ua.hangup(call, p.now).unwrap();
+}
+
+#[test]
+fn a_call_whose_2xx_is_not_acked_yet_cannot_be_replaced() {
+    let mut p = Pair::new();
+    let ok = answered_without_ack(&mut p);
+    let (call_id, ours, theirs) = dialog_of(&ok);
+    p.inject(&format!(
+        "INVITE sip:room@127.0.0.1:5062 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bKearly\r\nFrom: <sip:carol@127.0.0.1>;tag=carol\r\nTo: <sip:room@127.0.0.1>\r\nCall-ID: replacing\r\nCSeq: 1 INVITE\r\nReplaces: {call_id};to-tag={ours};from-tag={theirs}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ));
+    assert!(p.responses_to_a().last().unwrap().starts_with("SIP/2.0 481"));
 }

@@ -745,8 +745,14 @@ impl UserAgent {
         if message::tag_param(&entry.remote_party) != Some(wanted.from_tag.as_str()) {
             return Err(481);
         }
+        let awaiting_ack = matches!(
+            self.transactions.get(&entry.invite_tx),
+            Some(Transaction::Server { tx, .. }) if tx.state() == ServerState::Accepted
+        );
         match entry.state {
+            // Not established until our 2xx is ACKed.
             CallState::Incoming | CallState::Calling => Err(481),
+            CallState::Confirmed if awaiting_ack => Err(481),
             CallState::Confirmed if wanted.early_only => Err(486),
             CallState::Early | CallState::Confirmed => Ok(call),
         }

@@ -366,3 +366,51 @@ fn an_account_registers_with_the_next_srv_target_when_the_first_is_down() {
     assert_eq!(registrar.registrations("alice"), [contact]);
     assert!(dns.asked().iter().any(|q| q.starts_with("A down.pbx.test")), "{:?}", dns.asked());
 }
+
+/// A dial hung up while its first server (found by SRV) says nothing is
+/// not sent to the next one when that server's INVITE times out: the app
+/// hung up, so there is no call to fail over.
+#[test]
+fn a_dial_hung_up_during_failover_does_not_call_the_next_server() {
+    let callee = endpoint();
+    callee.create_conference("room").unwrap();
+    // A server that takes the connection and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(10));
+        drop(held);
+    });
+    let dns = DnsServer::start(vec![
+        record("_sip._tcp.slow.test.", srv_at(10, silent_port, "silent.slow.test.")),
+        record("_sip._tcp.slow.test.", srv_at(20, callee.local_addr().port(), "up.slow.test.")),
+        record("silent.slow.test.", loopback()),
+        record("up.slow.test.", loopback()),
+    ]);
+    // Timer B is 64 × T1: 640 ms here.
+    let caller = Endpoint::start(EndpointConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dns_servers: vec![dns.addr],
+        sample_rate: RATE,
+        rtp_ports: rtp_range(),
+        timers: sipbridge::sip::TimerConfig { t1: Duration::from_millis(10), ..Default::default() },
+        ..Default::default()
+    })
+    .unwrap();
+    let leg = caller.create_conference("out").unwrap().dial("sip:room@slow.test;transport=tcp").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    leg.hangup().unwrap();
+    // Nothing answered the INVITE, so the dial ends as failed when Timer B fires.
+    let ended = wait_event(&caller, WAIT, |e| match e {
+        Event::DialFailed { status, .. } => Some(*status),
+        _ => None,
+    });
+    assert_eq!(ended, 408);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(callee.conference("room").unwrap().participants().unwrap().is_empty());
+    assert!(
+        callee.try_next_event().is_none_or(|e| !matches!(e, Event::ParticipantJoined { .. })),
+        "the next server was called"
+    );
+}
