@@ -800,4 +800,31 @@ l: 4\r\n\r\nv=0\n";
         assert_eq!(split_uri_headers("sip:a?b@host"), ("sip:a?b@host", None));
         assert_eq!(split_uri_headers("sip:host?Subject=x"), ("sip:host", None));
     }
+
+    #[test]
+    fn odd_replaces_headers_and_uri_headers_are_refused_or_ignored_without_panic() {
+        let headers = |value: &str| {
+            let mut headers = rsip::Headers::default();
+            headers.push(rsip::Header::Other("Replaces".into(), value.into()));
+            headers
+        };
+        for value in ["", ";", ";;;", "id;to-tag", "id;to-tag=a", ";to-tag=a;from-tag=b", "\u{0}"] {
+            assert_eq!(replaces(&headers(value)), Some(Err(())), "{value:?}");
+        }
+        let empty_tags = replaces(&headers("id;to-tag=;from-tag=")).unwrap().unwrap();
+        assert_eq!((empty_tags.to_tag.as_str(), empty_tags.from_tag.as_str()), ("", ""));
+        let mut two = headers("a;to-tag=1;from-tag=2");
+        two.push(rsip::Header::Other("Replaces".into(), "b;to-tag=1;from-tag=2".into()));
+        assert_eq!(replaces(&two), Some(Err(())), "two Replaces headers");
+        for uri in ["", "?", "sip:", "sip:@?", "sip:x@y?&=&", "@@??", "sip:x@y?Replaces"] {
+            let (rest, replaces) = split_uri_headers(uri);
+            assert!(uri.starts_with(rest));
+            assert!(replaces.is_none(), "{uri:?}");
+        }
+        // A bad escape is passed on as it is; the callee refuses the header.
+        assert_eq!(split_uri_headers("sip:x@y?Replaces=%zz").1.as_deref(), Some("%zz"));
+        for party in ["", ";", ";tag", ">;tag=", "<sip:a@b", "a>b<;tag=x"] {
+            let _ = tag_param(party);
+        }
+    }
 }
