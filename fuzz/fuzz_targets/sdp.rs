@@ -11,10 +11,16 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.media.len(), offer.media.len());
     let local = LocalMedia {
         address: "127.0.0.1:30000".parse().unwrap(),
-        codecs: vec![CodecKind::Pcmu, CodecKind::Pcma],
+        codecs: vec![CodecKind::Opus, CodecKind::G722, CodecKind::Pcmu, CodecKind::Pcma],
+        opus_dtx: true,
         session_id: 1,
         session_version: 1,
     };
-    let _ = sdp::answer(&offer, &local);
+    if let Ok((_, negotiated)) = sdp::answer(&offer, &local) {
+        // A re-offer of what was agreed, on hold and with each codec.
+        for codec in &local.codecs {
+            let _ = sdp::reoffer(&local, &negotiated, *codec, negotiated.direction).print();
+        }
+    }
     let _ = sdp::accept_answer(&offer, &local);
 });
