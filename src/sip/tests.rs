@@ -1509,6 +1509,11 @@ fn a_second_answer_from_a_forked_invite_is_acked_and_ended_with_bye() {
     assert!(ack.starts_with("ACK sip:other@") && header(ack, "To").ends_with(";tag=forked"), "{ack}");
     assert!(bye.starts_with("BYE sip:other@") && header(bye, "To").ends_with(";tag=forked"), "{bye}");
     assert_eq!(header(bye, "Call-ID"), header(&ok, "Call-ID"));
+    // That 2xx again (our ACK was lost): the ACK again, not another BYE.
+    let (acks, byes) = (p.count("ACK "), p.count("BYE "));
+    p.a.ua.handle_message(p.now, from_b, forked.as_bytes());
+    p.collect();
+    assert_eq!((p.count("ACK ") - acks, p.count("BYE ") - byes), (1, 0));
     // The call itself goes on.
     p.run_for(Duration::from_secs(1));
     assert!(!p.a.events.iter().any(|e| matches!(e, UaEvent::Ended { .. } | UaEvent::Failed { .. })));

@@ -239,6 +239,9 @@ struct Call {
     /// The REFER of the peer's we accepted, by its CSeq (the `id` of the
     /// implicit subscription our NOTIFYs report to, RFC 3515 §2.4.6).
     transfer_subscription: Option<u32>,
+    /// Outbound: the To tags of other branches' 2xx, whose dialogs we ended
+    /// (§13.2.2.4); their retransmissions get an ACK, not another BYE.
+    forked_tags: Vec<String>,
 }
 
 /// A re-INVITE of ours (§14.1).
@@ -819,6 +822,7 @@ impl UserAgent {
                     refresh_at: None,
                     peer_allows_update: message::allows(&request.headers, "UPDATE"),
                     transfer_subscription: None,
+                    forked_tags: Vec::new(),
                 };
                 self.dialogs.insert((entry.call_id.clone(), entry.local_tag.clone()), call);
                 self.calls.insert(call, entry);
@@ -1568,7 +1572,7 @@ impl UserAgent {
 
     /// A second callee answered a forked INVITE (§13.2.2.4): every 2xx is
     /// ACKed, and as a call has one dialog, this one is ended with BYE at
-    /// once. Retransmissions of that 2xx get an ACK and a BYE again.
+    /// once. Retransmissions of that 2xx get an ACK again.
     fn end_forked_dialog(&mut self, call: CallKey, response: &Response, now: Instant) {
         let Some(entry) = self.calls.get(&call) else { return };
         let transport = entry.destination.transport;
@@ -1592,6 +1596,12 @@ impl UserAgent {
         let call_id = entry.call_id.clone();
         let ack = new_request(Method::Ack, uri.clone(), parties, &call_id, cseq, &routes, self.via(transport));
         self.transmits.push_back(Transmit { destination, data: message::print(ack) });
+        let tag = message::tag_param(parties.1).unwrap_or_default().to_string();
+        let Some(entry) = self.calls.get_mut(&call) else { return };
+        if entry.forked_tags.contains(&tag) {
+            return; // a retransmission: its dialog is being ended already
+        }
+        entry.forked_tags.push(tag);
         let bye = new_request(Method::Bye, uri, parties, &call_id, cseq + 1, &routes, self.via(transport));
         if let Err(error) = self.start_client_transaction(bye, destination, None, now) {
             tracing::debug!(%error, "cannot end a forked dialog");
@@ -1829,6 +1839,7 @@ impl UserAgent {
             refresh_at: None,
             peer_allows_update: false,
             transfer_subscription: None,
+            forked_tags: Vec::new(),
         };
         let initial_invite = |entry: &Call, sdp| {
             let mut invite = self.initial_invite(entry, &from_user, sdp);
