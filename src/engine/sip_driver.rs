@@ -137,6 +137,18 @@ struct CallLeg {
     transfer_request: Option<(RequestKey, String)>,
 }
 
+/// A registered user's contacts of one q-value: URI and where to send to it.
+type ContactGroup = Vec<(String, Peer)>;
+
+/// A dial to a registered user's contacts (RFC 3261 §16.6): the calls of
+/// the group ringing now, not yet failed, and the groups of lower q-value
+/// to ring if they all fail.
+struct Fork {
+    calls: Vec<CallKey>,
+    later: Vec<ContactGroup>,
+    credentials: Option<Credentials>,
+}
+
 /// A dial's target, credentials and the servers not tried yet, last first.
 struct Failover {
     target: String,
@@ -155,9 +167,9 @@ struct Driver {
     /// next with if the current one does not answer, by participant, until
     /// a call is answered or ends.
     failovers: HashMap<ParticipantId, Failover>,
-    /// A dial to a user with several contacts: its calls not yet answered
-    /// or failed, by participant, until one is answered.
-    forks: HashMap<ParticipantId, Vec<CallKey>>,
+    /// Dials to a user with several contacts, by participant, until one
+    /// is answered.
+    forks: HashMap<ParticipantId, Fork>,
     /// Calls placed for a peer's REFER, by their participant: the referrer's
     /// call, which hears of their progress in NOTIFYs.
     transfers: HashMap<ParticipantId, CallKey>,
@@ -657,8 +669,9 @@ impl Driver {
     /// Where registered user `user` can be called now (its most recent
     /// contact, and the address to send to), or why not: 480 when the user exists but has no live
     /// registration, 404 when there is no such user.
-    /// A user's live contacts, newest first, each with where to send to it.
-    fn registered_contacts(&self, user: &str, now: Instant) -> Result<Vec<(String, Peer)>, (u16, &'static str)> {
+    /// A user's live contacts in groups of equal q-value, the highest
+    /// first, each with where to send to it.
+    fn registered_contacts(&self, user: &str, now: Instant) -> Result<Vec<ContactGroup>, (u16, &'static str)> {
         let routes = self.shared.registrar.lock().routes(now, user);
         if routes.is_empty() {
             return Err(match self.shared.authenticator.lock().has_user(user) {
@@ -666,12 +679,15 @@ impl Driver {
                 false => (404, "Not Found"),
             });
         }
-        let contacts = routes.into_iter().map(|(contact, source)| {
-            let contact = contact.trim_matches(|c| c == '<' || c == '>').to_string();
-            let destination = destination(&contact, source);
-            (contact, destination)
-        });
-        Ok(contacts.collect())
+        let group = |group: Vec<(String, Peer)>| {
+            let contacts = group.into_iter().map(|(contact, source)| {
+                let contact = contact.trim_matches(|c| c == '<' || c == '>').to_string();
+                let destination = destination(&contact, source);
+                (contact, destination)
+            });
+            contacts.collect()
+        };
+        Ok(routes.into_iter().map(group).collect())
     }
 
     /// Pings every registered phone, which also keeps NAT mappings open:
@@ -1060,9 +1076,11 @@ impl Driver {
                         Ok(contacts) => {
                             // The target's URI headers (an attended transfer's Replaces) go with each.
                             let headers = &target[message::split_uri_headers(&target).0.len()..];
-                            let contacts =
-                                contacts.into_iter().map(|(c, peer)| (format!("{c}{headers}"), peer)).collect();
-                            let result = self.dial_contacts(participant, contacts, credentials);
+                            let with_headers = |group: ContactGroup| {
+                                group.into_iter().map(|(c, peer)| (format!("{c}{headers}"), peer)).collect()
+                            };
+                            let groups = contacts.into_iter().map(with_headers).collect();
+                            let result = self.dial_contacts(participant, groups, credentials);
                             self.dial_result(participant, result, reply);
                         }
                         Err((status, reason)) => {
@@ -1187,56 +1205,59 @@ impl Driver {
         Some(dialled.map(|_| ()))
     }
 
-    /// One of a participant's forked calls failed: true when others are
-    /// still trying, so the dial goes on. A 6xx (a global refusal, §16.7.9)
-    /// or the last failure ends the rest, and the dial fails with it.
+    /// One of a participant's forked calls failed: true when the dial goes
+    /// on, with others of its group still trying or the next group rung. A
+    /// 6xx (a global refusal, §16.7.9) ends the rest, and the last failure
+    /// of the last group ends the dial.
     fn fork_failed(&mut self, participant: ParticipantId, call: CallKey, status: u16, now: Instant) -> bool {
-        let Some(calls) = self.forks.get_mut(&participant) else { return false };
-        calls.retain(|c| *c != call);
-        match calls.first().copied() {
-            Some(other) if status < 600 => {
-                self.by_participant.insert(participant, other);
-                true
-            }
-            _ => {
-                self.settle_fork(participant, call, now);
-                false
-            }
+        let Some(fork) = self.forks.get_mut(&participant) else { return false };
+        fork.calls.retain(|c| *c != call);
+        if status >= 600 {
+            self.settle_fork(participant, call, now);
+            return false;
         }
+        if let Some(other) = fork.calls.first().copied() {
+            self.by_participant.insert(participant, other);
+            return true;
+        }
+        let Some(Fork { later, credentials, .. }) = self.forks.remove(&participant) else { return false };
+        !later.is_empty() && self.dial_contacts(participant, later, credentials).is_ok()
     }
 
-    /// Calls every contact a user registered at once (parallel forking,
-    /// RFC 3261 §16.7 done by the caller): the first to answer gets the
-    /// call and the others are cancelled (`settle_fork`).
+    /// Calls a registered user's contacts (RFC 3261 §16.6, as a forking
+    /// proxy would): each group of equal q-value at once, the highest first,
+    /// the next when all of one fail (`fork_failed`); the first to answer
+    /// gets the call and the others are cancelled (`settle_fork`).
     fn dial_contacts(
         &mut self,
         participant: ParticipantId,
-        contacts: Vec<(String, Peer)>,
+        mut groups: Vec<ContactGroup>,
         credentials: Option<Credentials>,
     ) -> Result<()> {
-        let mut calls = Vec::new();
         let mut last_error = None;
-        for (contact, destination) in contacts {
-            match self.dial(participant, &contact, credentials.clone(), destination) {
-                Ok(call) => calls.push(call),
-                Err(error) => last_error = Some(error),
+        while !groups.is_empty() {
+            let mut calls = Vec::new();
+            for (contact, destination) in groups.remove(0) {
+                match self.dial(participant, &contact, credentials.clone(), destination) {
+                    Ok(call) => calls.push(call),
+                    Err(error) => last_error = Some(error),
+                }
+            }
+            if !calls.is_empty() {
+                if calls.len() > 1 || !groups.is_empty() {
+                    self.forks.insert(participant, Fork { calls, later: groups, credentials });
+                }
+                return Ok(());
             }
         }
-        match calls.len() {
-            0 => Err(last_error.unwrap_or_else(|| Error::NotFound("a contact".into()))),
-            1 => Ok(()),
-            _ => {
-                self.forks.insert(participant, calls);
-                Ok(())
-            }
-        }
+        Err(last_error.unwrap_or_else(|| Error::NotFound("a contact".into())))
     }
 
     /// One of a participant's forked calls was answered, or failed for
-    /// good (a 6xx, or the last one): the others are cancelled (or, if
-    /// they answer anyway, ACKed and ended by the agent) and forgotten.
+    /// good (a 6xx): the others are cancelled (or, if they answer anyway,
+    /// ACKed and ended by the agent) and forgotten.
     fn settle_fork(&mut self, participant: ParticipantId, kept: CallKey, now: Instant) {
-        for call in self.forks.remove(&participant).unwrap_or_default() {
+        for call in self.forks.remove(&participant).map(|fork| fork.calls).unwrap_or_default() {
             if call != kept && self.calls.remove(&call).is_some() {
                 let _ = self.ua.hangup(call, now);
             }

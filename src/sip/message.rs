@@ -11,7 +11,7 @@ use rsip::headers::{ToTypedHeader, UntypedHeader};
 use rsip::prelude::HeadersExt;
 use rsip::{Header, Method, Request, Response, SipMessage};
 
-use super::registrar::ContactChange;
+use super::registrar::{ContactChange, RequestedContact};
 use super::SipError;
 
 /// The magic cookie every RFC 3261 branch starts with (§8.1.1.7).
@@ -587,11 +587,17 @@ pub fn contact_change(values: &[String]) -> Option<ContactChange> {
             if uri.trim().is_empty() {
                 return None;
             }
-            let expires = params.split(';').find_map(|p| {
-                let (name, value) = p.trim().split_once('=')?;
-                name.trim().eq_ignore_ascii_case("expires").then(|| value.trim().parse().ok())?
-            });
-            contacts.push((uri.trim().to_string(), expires));
+            let param = |wanted: &str| {
+                params.split(';').find_map(|p| {
+                    let (name, value) = p.trim().split_once('=')?;
+                    name.trim().eq_ignore_ascii_case(wanted).then(|| value.trim())
+                })
+            };
+            let expires = param("expires").and_then(|v| v.parse().ok());
+            // A qvalue is 0 to 1 with at most three decimals (§25.1); kept in thousandths.
+            let q = param("q").and_then(|v| v.parse::<f32>().ok()).filter(|q| (0.0..=1.0).contains(q));
+            let q = q.map(|q| (q * 1000.0).round() as u16);
+            contacts.push(RequestedContact { uri: uri.trim().to_string(), expires, q });
         }
     }
     match (all, contacts.is_empty()) {

@@ -472,8 +472,8 @@ fn granted_expiry(headers: &rsip::Headers, contact: &str) -> Option<u32> {
         Some(ContactChange::Contacts(contacts)) => contacts,
         _ => Vec::new(),
     };
-    let own = contacts.into_iter().find(|(uri, _)| ours.is_some() && message::uri_parts(uri) == ours);
-    own.and_then(|(_, expires)| expires).or_else(|| {
+    let own = contacts.into_iter().find(|c| ours.is_some() && message::uri_parts(&c.uri) == ours);
+    own.and_then(|c| c.expires).or_else(|| {
         headers.iter().find_map(|h| match h {
             Header::Expires(e) => e.value().trim().parse().ok(),
             _ => None,

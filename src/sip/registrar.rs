@@ -21,8 +21,17 @@ pub const MAX_CONTACTS: usize = 10;
 pub enum ContactChange {
     /// `Contact: *` with `Expires: 0`: remove every binding.
     RemoveAll,
-    /// These contacts, each with its own expiry if it gave one.
-    Contacts(Vec<(String, Option<u32>)>),
+    /// These contacts.
+    Contacts(Vec<RequestedContact>),
+}
+
+/// A contact a REGISTER names, with its own expiry and q-value if it gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedContact {
+    pub uri: String,
+    pub expires: Option<u32>,
+    /// Its preference, in thousandths (`q=0.5` is 500); none counts as 1.
+    pub q: Option<u16>,
 }
 
 /// One REGISTER request, as the location service needs it.
@@ -66,6 +75,8 @@ impl RegisterError {
 #[derive(Debug, Clone)]
 struct Binding {
     contact: String,
+    /// Preference in thousandths: higher q-values are called first (§16.6).
+    q: u16,
     /// Where the REGISTER came from: behind NAT, the only address that
     /// reaches the phone (its Contact names its private address).
     source: Peer,
@@ -99,26 +110,28 @@ impl Registrar {
             }
             ContactChange::Contacts(contacts) => {
                 let seconds: Vec<u32> =
-                    contacts.iter().map(|(_, own)| own.or(expires).unwrap_or(DEFAULT_EXPIRES)).collect();
+                    contacts.iter().map(|c| c.expires.or(expires).unwrap_or(DEFAULT_EXPIRES)).collect();
                 if seconds.iter().any(|s| *s != 0 && *s < MIN_EXPIRES) {
                     return Err(RegisterError::IntervalTooBrief);
                 }
                 let same = |b: &Binding, contact: &str| same_contact(&b.contact, contact);
-                for (contact, _) in &contacts {
+                for contact in &contacts {
+                    let contact = &contact.uri;
                     let stale = bindings.iter().any(|b| same(b, contact) && b.call_id == call_id && b.cseq >= cseq);
                     if stale {
                         return Err(RegisterError::OutOfOrder);
                     }
                 }
-                let added = contacts.iter().filter(|(c, _)| !bindings.iter().any(|b| same(b, c))).count();
+                let added = contacts.iter().filter(|c| !bindings.iter().any(|b| same(b, &c.uri))).count();
                 if bindings.len() + added > MAX_CONTACTS {
                     return Err(RegisterError::TooManyContacts);
                 }
-                for ((contact, _), seconds) in contacts.into_iter().zip(seconds) {
+                for (RequestedContact { uri: contact, q, .. }, seconds) in contacts.into_iter().zip(seconds) {
                     bindings.retain(|b| !same(b, &contact));
                     if seconds > 0 {
                         let expires_at = now + Duration::from_secs(seconds.min(MAX_EXPIRES) as u64);
-                        bindings.push(Binding { contact, source, expires_at, call_id: call_id.into(), cseq });
+                        let q = q.unwrap_or(1000);
+                        bindings.push(Binding { contact, q, source, expires_at, call_id: call_id.into(), cseq });
                     }
                 }
             }
@@ -139,10 +152,23 @@ impl Registrar {
         self.live(now, user).into_iter().map(|b| b.contact.clone()).collect()
     }
 
-    /// Where to call `user`: its live contacts, newest first, each with the
+    /// Where to call `user`: its live contacts in groups of equal q-value,
+    /// the highest first (each group is rung at once, the next only when
+    /// all of one fail, §16.6), newest first within a group; each with the
     /// address its REGISTER came from, which is where requests to it go.
-    pub fn routes(&self, now: Instant, user: &str) -> Vec<(String, Peer)> {
-        self.live(now, user).into_iter().map(|b| (b.contact.clone(), b.source)).collect()
+    pub fn routes(&self, now: Instant, user: &str) -> Vec<Vec<(String, Peer)>> {
+        let mut live = self.live(now, user);
+        live.sort_by_key(|b| std::cmp::Reverse(b.q)); // stable: newest first within a q
+        let mut groups: Vec<Vec<(String, Peer)>> = Vec::new();
+        for (i, binding) in live.iter().enumerate() {
+            if i == 0 || live[i - 1].q != binding.q {
+                groups.push(Vec::new());
+            }
+            if let Some(group) = groups.last_mut() {
+                group.push((binding.contact.clone(), binding.source));
+            }
+        }
+        groups
     }
 
     /// Every live binding: user, contact, and where its REGISTER came from.
@@ -197,7 +223,12 @@ mod tests {
     }
 
     fn contacts(list: &[(&str, Option<u32>)]) -> ContactChange {
-        ContactChange::Contacts(list.iter().map(|(c, e)| (c.to_string(), *e)).collect())
+        let contact = |(uri, expires): &(&str, Option<u32>)| RequestedContact {
+            uri: uri.to_string(),
+            expires: *expires,
+            q: None,
+        };
+        ContactChange::Contacts(list.iter().map(contact).collect())
     }
 
     #[test]
@@ -217,8 +248,11 @@ mod tests {
         assert_eq!(bound.len(), 2);
         assert_eq!(r.lookup(later, "alice"), vec![laptop.to_string(), phone.to_string()]);
         let routes = r.routes(later, "alice");
-        assert_eq!(routes[0], (laptop.to_string(), nat()), "reached where it registered from");
-        assert_eq!(routes.len(), 2);
+        assert_eq!(
+            routes,
+            [vec![(laptop.to_string(), nat()), (phone.to_string(), nat())]],
+            "newest first, from where it registered"
+        );
         // Expires 0 on one contact removes it; `*` removes all.
         r.register(later, reg("alice", contacts(&[(laptop, Some(0))]), None, "c2", 2)).unwrap();
         assert_eq!(r.lookup(later, "alice"), vec![phone.to_string()]);
@@ -250,5 +284,25 @@ mod tests {
         assert_eq!(r.register(now, reg("bob", contacts(&many), None, "d", 1)), Err(RegisterError::TooManyContacts));
         let bound = r.register(now, reg("bob", contacts(&[(phone, Some(999_999))]), None, "c", 6)).unwrap();
         assert_eq!(bound, vec![(phone.to_string(), MAX_EXPIRES)], "cut to the most");
+    }
+
+    #[test]
+    fn routes_come_in_groups_of_equal_q_value_the_highest_first() {
+        let now = Instant::now();
+        let mut r = Registrar::default();
+        let contact = |uri: &str, q| RequestedContact { uri: uri.into(), expires: None, q };
+        let list = vec![
+            contact("sip:a@10.0.0.1", Some(500)),
+            contact("sip:a@10.0.0.2", None),
+            contact("sip:a@10.0.0.3", Some(500)),
+            contact("sip:a@10.0.0.4", Some(1000)),
+        ];
+        r.register(now, reg("alice", ContactChange::Contacts(list), Some(120), "c1", 1)).unwrap();
+        let uris = |group: &Vec<(String, Peer)>| group.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>();
+        let groups: Vec<Vec<String>> = r.routes(now, "alice").iter().map(uris).collect();
+        assert_eq!(groups.len(), 2, "{groups:?}");
+        assert_eq!(groups[0].len(), 2, "no q counts as 1.0: {groups:?}");
+        assert!(groups[0].contains(&"sip:a@10.0.0.2".to_string()) && groups[0].contains(&"sip:a@10.0.0.4".to_string()));
+        assert!(groups[1].contains(&"sip:a@10.0.0.1".to_string()) && groups[1].contains(&"sip:a@10.0.0.3".to_string()));
     }
 }

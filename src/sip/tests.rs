@@ -859,12 +859,15 @@ fn a_register_is_handed_to_the_user_and_answered_with_the_bindings() {
         )
     };
     let contacts =
-        "Contact: \"Desk, phone\" <sip:alice@10.0.0.5;transport=udp>;expires=60, <sip:alice@10.0.0.9:5070>\r\n";
+        "Contact: \"Desk, phone\" <sip:alice@10.0.0.5;transport=udp>;expires=60, <sip:alice@10.0.0.9:5070>;q=0.5\r\n";
     p.inject(&register(1, contacts, "Expires: 300\r\n"));
     let Some(UaEvent::Register(request)) = p.b.events.last().cloned() else { panic!("{:?}", p.b.events) };
     assert_eq!((request.user.as_str(), request.expires, request.cseq), ("alice", Some(300), 1));
-    let expected =
-        vec![("sip:alice@10.0.0.5;transport=udp".to_string(), Some(60)), ("sip:alice@10.0.0.9:5070".to_string(), None)];
+    let contact = |uri: &str, expires, q| registrar::RequestedContact { uri: uri.into(), expires, q };
+    let expected = vec![
+        contact("sip:alice@10.0.0.5;transport=udp", Some(60), None),
+        contact("sip:alice@10.0.0.9:5070", None, Some(500)),
+    ];
     assert_eq!(request.change, registrar::ContactChange::Contacts(expected));
     let bindings = vec![("sip:alice@10.0.0.9:5070".to_string(), 300)];
     let now = p.now;

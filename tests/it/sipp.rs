@@ -141,14 +141,19 @@ fn run_sipp(args: &[&str], dir: &PathBuf) -> std::process::Output {
     Command::new("sipp").args(args).current_dir(dir).stdin(Stdio::null()).output().expect("sipp runs")
 }
 
-/// Starts sipp as a callee for one call with tests/sipp/`scenario`, and
-/// returns it with the port it listens on, once it has had time to bind.
+/// Starts sipp as a callee for one call with tests/sipp/`scenario` (or
+/// sipp's built-in `uas`), and returns it with the port it listens on, once
+/// it has had time to bind.
 fn start_uas(scenario: &str) -> (std::thread::JoinHandle<std::process::Output>, u16) {
-    let scenario = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let scenario = match scenario {
+        "uas" => ["-sn".to_string(), "uas".to_string()],
+        file => ["-sf".to_string(), format!("{}/tests/sipp/{file}", env!("CARGO_MANIFEST_DIR"))],
+    };
     let (port, dir) = (free_udp_port(), pcap_dir());
     let sipp = std::thread::spawn(move || {
         let port = port.to_string();
-        run_sipp(&["-sf", &scenario, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
+        let [option, name] = &scenario;
+        run_sipp(&[option, name, "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
     });
     std::thread::sleep(Duration::from_millis(300));
     (sipp, port)
@@ -399,15 +404,7 @@ fn a_registered_phone_is_dialled_by_its_address_of_record() {
     bridge.add_user("alice", "secret").unwrap();
     bridge.add_user("carol", "secret").unwrap();
     // The phone's answering side: sipp's built-in uas on the port it registers.
-    let phone_port = free_udp_port();
-    let dir = pcap_dir();
-    let phone = {
-        let dir = dir.clone();
-        std::thread::spawn(move || {
-            let port = phone_port.to_string();
-            run_sipp(&["-sn", "uas", "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
-        })
-    };
+    let (phone, phone_port) = start_uas("uas");
     let (target, contact_port) = (bridge.local_addr().to_string(), phone_port.to_string());
     let wrong = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register_wrong_password.xml");
     let extra = ["-au", "alice", "-ap", "guess", "-key", "contact_port", &contact_port];
@@ -435,6 +432,29 @@ fn a_registered_phone_is_dialled_by_its_address_of_record() {
     assert_sipp_succeeded(&phone.join().unwrap(), "uas answering alice's calls");
 }
 
+/// Registers a phone of alice's (password "secret") with sipp's
+/// tests/sipp/`scenario`, its Contact at `contact_port`, with `extra` options.
+fn register_alice(bridge: &Endpoint, scenario: &str, contact_port: u16, extra: &[&str]) {
+    let scenario = format!("{}/tests/sipp/{scenario}", env!("CARGO_MANIFEST_DIR"));
+    let port = contact_port.to_string();
+    let mut options = vec!["-au", "alice", "-ap", "secret", "-key", "contact_port", &port];
+    options.extend(extra);
+    let output = run_uac(&bridge.local_addr().to_string(), ["-sf", &scenario], "alice", &options);
+    assert_sipp_succeeded(&output, "register");
+}
+
+/// Dials alice into room "team" and waits for one of her phones to answer.
+fn dial_alice(bridge: &Endpoint) -> sipbridge::Participant {
+    let alice = bridge.create_conference("team").unwrap().dial("sip:alice@sipbridge").unwrap();
+    let outcome = wait_event(bridge, Duration::from_secs(5), |e| match e {
+        Event::Answered { .. } => Some(Ok(())),
+        Event::DialFailed { status, .. } => Some(Err(*status)),
+        _ => None,
+    });
+    assert_eq!(outcome, Ok(()), "alice answers");
+    alice
+}
+
 /// Alice registers two phones (two sipp REGISTERs with their own
 /// Contacts). Dialling her rings both at once: one rings on (sipp, 180)
 /// and the other answers (sipp's uas); the ringing one gets CANCEL and
@@ -448,29 +468,12 @@ fn dialling_a_user_with_two_phones_rings_both_and_cancels_the_one_not_answering(
     let bridge = endpoint();
     bridge.add_user("alice", "secret").unwrap();
     let (ringing, ringing_port) = start_uas("uas_ringing.xml");
-    let answering_port = free_udp_port();
-    let answering = {
-        let dir = pcap_dir();
-        std::thread::spawn(move || {
-            let port = answering_port.to_string();
-            run_sipp(&["-sn", "uas", "-i", "127.0.0.1", "-p", &port, "-m", "1", "-timeout", "30s", "-nostdin"], &dir)
-        })
-    };
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sipp/uac_register.xml");
-    let target = bridge.local_addr().to_string();
+    let (answering, answering_port) = start_uas("uas");
     for port in [ringing_port, answering_port] {
-        let extra = ["-au", "alice", "-ap", "secret", "-key", "contact_port", &port.to_string()];
-        assert_sipp_succeeded(&run_uac(&target, ["-sf", scenario], "alice", &extra), "register");
+        register_alice(&bridge, "uac_register.xml", port, &[]);
     }
     assert_eq!(bridge.registrations("alice").len(), 2);
-    let room = bridge.create_conference("team").unwrap();
-    let alice = room.dial("sip:alice@sipbridge").unwrap();
-    let outcome = wait_event(&bridge, Duration::from_secs(5), |e| match e {
-        Event::Answered { .. } => Some(Ok(())),
-        Event::DialFailed { status, .. } => Some(Err(*status)),
-        _ => None,
-    });
-    assert_eq!(outcome, Ok(()));
+    let alice = dial_alice(&bridge);
     assert_sipp_succeeded(&ringing.join().unwrap(), "the phone that rang and was cancelled");
     assert_eq!(alice.info().unwrap().state, sipbridge::ParticipantState::Connected);
     alice.hangup().unwrap();
@@ -481,6 +484,32 @@ fn dialling_a_user_with_two_phones_rings_both_and_cancels_the_one_not_answering(
     });
     assert_eq!(reason, LeaveReason::LocalHangup);
     assert_sipp_succeeded(&answering.join().unwrap(), "the phone that answered");
+}
+
+/// Alice's phones registered with q-values (RFC 3261 §16.6): the desk
+/// phone (q=1.0, sipp answering 503) rings first; only when it fails does
+/// the next group ring, her softphone (q=0.5, sipp's uas), which answers;
+/// her mobile (q=0.1, a socket of the test's) never gets an INVITE.
+#[test]
+fn a_user_s_phones_ring_by_q_value_the_next_only_when_the_first_fail() {
+    if !sipp_available() {
+        return;
+    }
+    let bridge = endpoint();
+    bridge.add_user("alice", "secret").unwrap();
+    let (desk, desk_port) = start_uas("uas_unavailable.xml");
+    let (soft, soft_port) = start_uas("uas");
+    let mobile = UdpSocket::bind("127.0.0.1:0").unwrap();
+    mobile.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    for (port, q) in [(desk_port, "1.0"), (soft_port, "0.5"), (mobile.local_addr().unwrap().port(), "0.1")] {
+        register_alice(&bridge, "uac_register_q.xml", port, &["-key", "q", q]);
+    }
+    let alice = dial_alice(&bridge);
+    assert_sipp_succeeded(&desk.join().unwrap(), "the desk phone answering 503");
+    assert!(mobile.recv(&mut [0u8; 2048]).is_err(), "the mobile was rung");
+    alice.hangup().unwrap();
+    wait_event(&bridge, Duration::from_secs(5), |e| matches!(e, Event::ParticipantLeft { .. }).then_some(()));
+    assert_sipp_succeeded(&soft.join().unwrap(), "the softphone");
 }
 
 /// A registered phone that stops answering the bridge's OPTIONS pings loses
