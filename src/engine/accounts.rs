@@ -25,6 +25,11 @@ pub(crate) struct AccountRoute {
     /// prove. Calls from their addresses were authenticated by the
     /// registrar, not by us.
     pub servers: Vec<(Peer, String)>,
+    /// What to look up again when none of the servers can be reached: the
+    /// registrar's host name (none for an IP address), and whether a
+    /// lookup is under way.
+    pub lookup: Option<locate::Plan>,
+    pub looking_up: bool,
 }
 
 impl AccountRoute {
@@ -60,6 +65,7 @@ pub(crate) fn account_settings(shared: &Shared, account: Account) -> Result<(Acc
     });
     parse_uri(&registrar)?;
     let plan = locate::plan(&registrar).ok_or_else(|| bad(format!("bad registrar URI {registrar:?}")))?;
+    let lookup = (!matches!(plan, locate::Plan::Direct(_))).then(|| plan.clone());
     let servers = locate_and_wait(shared, plan)?;
     let transport = servers[0].0.transport;
     let advertised = SocketAddr::new(shared.advertised_ip, shared.sip_addr.port());
@@ -81,12 +87,13 @@ pub(crate) fn account_settings(shared: &Shared, account: Account) -> Result<(Acc
         expires: account.expires,
         contact,
     };
-    let route = AccountRoute { aor: account.aor, user, room: account.room, servers };
+    let route = AccountRoute { aor: account.aor, user, room: account.room, servers, lookup, looking_up: false };
     Ok((config, route))
 }
 
 /// Runs an RFC 3263 lookup on the endpoint's runtime and waits for it; at
-/// least one server, or an error.
+/// least one server, or an error. (The SIP task looks up again without
+/// waiting: `Driver::look_up_registrar`.)
 fn locate_and_wait(shared: &Shared, plan: locate::Plan) -> Result<Vec<(Peer, String)>> {
     let (found, result) = std::sync::mpsc::channel();
     let resolver = shared.resolver.clone();

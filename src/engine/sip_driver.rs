@@ -99,6 +99,11 @@ pub(crate) enum SipCommand {
         account: AccountId,
         reply: std::sync::mpsc::Sender<Result<()>>,
     },
+    /// An account's registrar looked up again after its servers failed.
+    RegistrarFound {
+        account: AccountId,
+        servers: Result<Vec<(Peer, String)>>,
+    },
     /// Something changed a room's roster: its subscribers hear of it
     /// (RFC 4575), with the changes that follow within `ROSTER_COALESCE`.
     RosterChanged {
@@ -395,9 +400,14 @@ impl Driver {
         }
     }
 
-    /// Turns the registration client's news into events for the app.
+    /// Turns the registration client's news into events for the app. When
+    /// no server of an account's registrar could be reached, its name is
+    /// looked up again for the retry: the servers may have moved.
     fn report_registrations(&mut self) {
         while let Some(event) = self.registrations.poll_event() {
+            if let RegistrationState::Failed { status: 408 | 503, .. } = event.state {
+                self.look_up_registrar(event.account);
+            }
             let aor = match event.state {
                 RegistrationState::Unregistered => self.accounts.remove(&event.account).map(|route| route.aor),
                 _ => self.accounts.get(&event.account).map(|route| route.aor.clone()),
@@ -406,6 +416,19 @@ impl Driver {
             let aor = aor.unwrap_or_default();
             self.shared.emit(Event::Registration { account: event.account, aor, state: event.state });
         }
+    }
+
+    /// Looks an account's registrar up again in a task of its own; the
+    /// answer comes back as `SipCommand::RegistrarFound`.
+    fn look_up_registrar(&mut self, account: AccountId) {
+        let Some(route) = self.accounts.get_mut(&account).filter(|route| !route.looking_up) else { return };
+        let Some(plan) = route.lookup.clone() else { return };
+        route.looking_up = true;
+        let (commands, resolver) = (self.shared.sip_commands.clone(), self.shared.resolver.clone());
+        self.shared.runtime.spawn(async move {
+            let servers = dns::locate(&resolver, plan).await;
+            let _ = commands.send(SipCommand::RegistrarFound { account, servers });
+        });
     }
 
     fn handle_event(&mut self, event: UaEvent) {
@@ -1150,6 +1173,21 @@ impl Driver {
                     self.accounts.insert(account, route);
                 }
                 let _ = reply.send(added);
+            }
+            SipCommand::RegistrarFound { account, servers } => {
+                let Some(route) = self.accounts.get_mut(&account) else { return };
+                route.looking_up = false;
+                match servers {
+                    Ok(servers) if !servers.is_empty() => {
+                        for (peer, host) in &servers {
+                            self.connections.resolved(peer.addr, host);
+                        }
+                        self.registrations.set_servers(account, servers.iter().map(|(peer, _)| *peer).collect());
+                        route.servers = servers;
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::info!(aor = route.aor, %error, "the registrar's name did not resolve"),
+                }
             }
             SipCommand::UnregisterAccount { account, reply } => {
                 let removed = self.registrations.remove(&mut self.ua, account, now);

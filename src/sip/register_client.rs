@@ -228,6 +228,15 @@ impl RegistrationClient {
         }
     }
 
+    /// Gives an account a new list of servers (its registrar's name looked
+    /// up again): its next REGISTER goes to the first of them.
+    pub fn set_servers(&mut self, id: AccountId, servers: Vec<Peer>) {
+        if let (Some(account), false) = (self.accounts.get_mut(&id), servers.is_empty()) {
+            account.config.servers = servers;
+            (account.server, account.servers_tried) = (0, 0);
+        }
+    }
+
     /// Accounts kept, including those whose un-REGISTER is in flight.
     pub fn account_count(&self) -> usize {
         self.accounts.len()

@@ -176,11 +176,12 @@ fn openssl_s_client_gets_an_answer_over_tls() {
     assert!(response.contains("Call-ID: ssl-1\r\n") && response.ends_with("\r\n\r\n"), "{text:?}");
 }
 
-/// An authoritative DNS server on loopback answering from `records`, and
-/// the questions it was asked ("TYPE name"), in order.
+/// An authoritative DNS server on loopback answering from `records` (which
+/// a test may change), and the questions it was asked ("TYPE name"), in order.
 pub(crate) struct DnsServer {
     pub addr: SocketAddr,
     asked: Arc<Mutex<Vec<String>>>,
+    records: Arc<Mutex<Vec<Record>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -189,8 +190,9 @@ impl DnsServer {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let records = Arc::new(Mutex::new(records));
         let (addr, stop) = (socket.local_addr().unwrap(), Arc::<AtomicBool>::default());
-        let (log, done) = (Arc::clone(&asked), Arc::clone(&stop));
+        let (log, done, answers) = (Arc::clone(&asked), Arc::clone(&stop), Arc::clone(&records));
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             while !done.load(Ordering::Relaxed) {
@@ -201,21 +203,26 @@ impl DnsServer {
                 response.set_recursion_desired(query.recursion_desired()).set_recursion_available(true);
                 for question in query.queries() {
                     log.lock().unwrap().push(format!("{} {}", question.query_type(), question.name()));
-                    let answers: Vec<Record> = records
+                    let records = answers.lock().unwrap();
+                    let found: Vec<Record> = records
                         .iter()
                         .filter(|r| r.name() == question.name() && r.record_type() == question.query_type())
                         .cloned()
                         .collect();
-                    if answers.is_empty() && !records.iter().any(|r| r.name() == question.name()) {
+                    if found.is_empty() && !records.iter().any(|r| r.name() == question.name()) {
                         response.set_response_code(ResponseCode::NXDomain);
                     }
                     response.add_query(question.clone());
-                    response.add_answers(answers);
+                    response.add_answers(found);
                 }
                 let _ = socket.send_to(&response.to_vec().unwrap(), from);
             }
         });
-        Self { addr, asked, stop }
+        Self { addr, asked, records, stop }
+    }
+
+    fn set_records(&self, records: Vec<Record>) {
+        *self.records.lock().unwrap() = records;
     }
 
     fn asked(&self) -> Vec<String> {
@@ -235,18 +242,39 @@ fn name(text: &str) -> Name {
 
 /// An endpoint that looks host names up at `dns`.
 pub(crate) fn endpoint_asking(dns: &DnsServer) -> Endpoint {
+    endpoint_asking_with_t1(dns, sipbridge::sip::TimerConfig::default().t1)
+}
+
+/// The same with SIP's T1 at `t1`: a request nothing answers times out
+/// after 64 × T1 (Timers B and F).
+fn endpoint_asking_with_t1(dns: &DnsServer, t1: Duration) -> Endpoint {
     Endpoint::start(EndpointConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         dns_servers: vec![dns.addr],
         sample_rate: RATE,
         rtp_ports: rtp_range(),
+        timers: sipbridge::sip::TimerConfig { t1, ..Default::default() },
         ..Default::default()
     })
     .unwrap()
 }
 
+/// A TCP server on loopback that takes connections and never answers; its port.
+fn silent_tcp_server() -> u16 {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(20));
+        drop(held);
+    });
+    port
+}
+
+/// A record with no time to live: resolvers do not keep it, so a test
+/// that changes the answers is heard at once.
 pub(crate) fn record(owner: &str, data: RData) -> Record {
-    Record::from_rdata(name(owner), 60, data)
+    Record::from_rdata(name(owner), 0, data)
 }
 
 fn naptr(order: u16, services: &str, replacement: &str) -> RData {
@@ -374,30 +402,14 @@ fn an_account_registers_with_the_next_srv_target_when_the_first_is_down() {
 fn a_dial_hung_up_during_failover_does_not_call_the_next_server() {
     let callee = endpoint();
     callee.create_conference("room").unwrap();
-    // A server that takes the connection and never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let silent_port = silent.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let held: Vec<_> = silent.incoming().take(4).collect();
-        std::thread::sleep(Duration::from_secs(10));
-        drop(held);
-    });
+    let silent_port = silent_tcp_server();
     let dns = DnsServer::start(vec![
         record("_sip._tcp.slow.test.", srv_at(10, silent_port, "silent.slow.test.")),
         record("_sip._tcp.slow.test.", srv_at(20, callee.local_addr().port(), "up.slow.test.")),
         record("silent.slow.test.", loopback()),
         record("up.slow.test.", loopback()),
     ]);
-    // Timer B is 64 × T1: 640 ms here.
-    let caller = Endpoint::start(EndpointConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        dns_servers: vec![dns.addr],
-        sample_rate: RATE,
-        rtp_ports: rtp_range(),
-        timers: sipbridge::sip::TimerConfig { t1: Duration::from_millis(10), ..Default::default() },
-        ..Default::default()
-    })
-    .unwrap();
+    let caller = endpoint_asking_with_t1(&dns, Duration::from_millis(10));
     let leg = caller.create_conference("out").unwrap().dial("sip:room@slow.test;transport=tcp").unwrap();
     std::thread::sleep(Duration::from_millis(100));
     leg.hangup().unwrap();
@@ -413,4 +425,44 @@ fn a_dial_hung_up_during_failover_does_not_call_the_next_server() {
         callee.try_next_event().is_none_or(|e| !matches!(e, Event::ParticipantJoined { .. })),
         "the next server was called"
     );
+}
+
+/// An account whose registrar's only server (by SRV) stops answering: once
+/// that fails, the name is looked up again, and the retry goes to where
+/// DNS now points, another endpoint's registrar.
+#[test]
+fn a_registrar_whose_servers_fail_is_looked_up_again_for_the_retry() {
+    let registrar = endpoint();
+    registrar.add_user("alice", "secret").unwrap();
+    let silent_port = silent_tcp_server();
+    let dns = DnsServer::start(vec![
+        record("_sip._tcp.moving.test.", srv_at(10, silent_port, "old.moving.test.")),
+        record("old.moving.test.", loopback()),
+    ]);
+    let member = endpoint_asking_with_t1(&dns, Duration::from_millis(10));
+    let account = sipbridge::Account {
+        aor: "sip:alice@sipbridge".into(),
+        registrar: Some("sip:moving.test;transport=tcp".into()),
+        password: Some("secret".into()),
+        room: "desk".into(),
+        ..Default::default()
+    };
+    let id = member.register_account(account).unwrap();
+    // The registrar moves while the first REGISTER waits for an answer.
+    dns.set_records(vec![
+        record("_sip._tcp.moving.test.", srv_at(10, registrar.local_addr().port(), "new.moving.test.")),
+        record("new.moving.test.", loopback()),
+    ]);
+    let mut states = Vec::new();
+    while !matches!(states.last(), Some(sipbridge::RegistrationState::Registered { .. })) {
+        let state = wait_event(&member, Duration::from_secs(10), |e| match e {
+            Event::Registration { account, state, .. } if *account == id => Some(state.clone()),
+            _ => None,
+        });
+        states.push(state);
+    }
+    assert!(matches!(states[0], sipbridge::RegistrationState::Failed { status: 408, .. }), "{states:?}");
+    assert_eq!(states.len(), 2, "registered on the first retry: {states:?}");
+    let asked = dns.asked();
+    assert!(asked.iter().filter(|q| q.starts_with("SRV _sip._tcp.moving.test")).count() >= 2, "{asked:?}");
 }
