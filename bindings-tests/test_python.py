@@ -362,6 +362,7 @@ def test_pin_moderators_and_policy_actions():
 
         local = room.add_local()
         assert local.participant.info().muted, "a non-moderator joins muted"
+        assert wait_event(bridge, "muted", participant=local.id).muted, "joining muted is an event"
         room.mute_all(False)
         assert wait_event(bridge, "muted", participant=local.id).muted is False
         local.participant.set_deaf()
@@ -382,6 +383,37 @@ def test_pin_moderators_and_policy_actions():
         wait_event(bridge, "conference_ended")
         assert wait_event(bridge, "participant_left", participant=local.id).reason == "conference_ended"
         wait_event(bridge, "conference_empty", conference="pin")
+
+
+def test_rooms_callers_create_take_the_endpoints_room_policy():
+    policy = sipbridge.ConferencePolicy(pin="77", mute_on_join=True, max_participants=1)
+    assert policy.pin == "77" and policy.mute_on_join and policy.pin_timeout == 20.0
+    with pytest.raises(sipbridge.InvalidArgumentError):
+        sipbridge.ConferencePolicy(pin="12x")
+    with pytest.raises(TypeError):
+        sipbridge.ConferencePolicy(colour="red")  # type: ignore[call-arg]
+    # Ports of their own (43950-43997): SIP on the 21st of each block.
+    bridge = sipbridge.Endpoint("127.0.0.1:43970", rtp_ports=(43950, 43969), sample_rate=RATE, room_policy=policy)
+    caller = sipbridge.Endpoint("127.0.0.1:43994", rtp_ports=(43974, 43993), sample_rate=RATE)
+    with bridge, caller:
+        out = caller.create_conference("out")
+        leg = out.dial(bridge.room_uri("lobby"))
+        wait_event(caller, "answered", participant=leg.id)
+        joined = wait_event(bridge, "participant_joined", conference="lobby")
+        lobby = bridge.conference("lobby")
+        assert lobby.policy.pin == "77" and lobby.participant(joined.participant).info().admission == "entering_pin"
+        leg.send_dtmf("77#")
+        wait_event(bridge, "pin_accepted", participant=joined.participant)
+        assert wait_event(bridge, "muted", participant=joined.participant).muted
+        second = out.dial(bridge.room_uri("lobby"))
+        assert wait_event(caller, "dial_failed", participant=second.id).status == 486, "the room holds one"
+        # The app's own rooms start without a policy; one can be given whole.
+        room = bridge.create_conference("own")
+        assert room.policy.pin is None
+        room.set_policy(policy)
+        assert room.policy.max_participants == 1
+        with pytest.raises(sipbridge.InvalidArgumentError):
+            room.set_policy(policy, locked=True)
 
 
 def test_a_tap_a_whisper_and_a_breakout_room():

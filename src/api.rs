@@ -812,12 +812,7 @@ impl Conference {
         let mix = ParticipantMix::new(id, controls.clone(), Leg::Local(LocalLeg { from_app, to_app }), frame);
         let entry = ParticipantEntry::new(ParticipantKind::Local, None, ParticipantState::Connected, controls);
         self.shared.add_participant(id, &self.name, entry, Some(Box::new(mix)))?;
-        self.shared.emit(crate::api::Event::ParticipantJoined {
-            conference: self.name.clone(),
-            participant: id,
-            kind: ParticipantKind::Local,
-            remote: String::new(),
-        });
+        self.shared.emit_joined(self.name.clone(), id, ParticipantKind::Local, String::new());
         Ok(LocalParticipant {
             participant: Participant { shared: self.shared.clone(), id },
             to_mixer,

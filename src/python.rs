@@ -160,7 +160,7 @@ impl Endpoint {
     #[new]
     // Python keyword arguments, one per EndpointConfig field.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None, stun_server = None, digest_sha256 = false, keepalive_interval = Some(30.0)))]
+    #[pyo3(signature = (listen = "127.0.0.1:5060", *, public_address = None, rtp_ports = (30000, 30999), create_rooms_on_demand = true, codecs = None, sample_rate = 48000, opus_bitrate = 32000, opus_complexity = 5, opus_fec = true, opus_dtx = false, media_timeout = Some(30.0), hang_up_on_media_timeout = false, mixer_threads = 0, require_authentication = false, realm = "sipbridge", tcp = true, tls_listen = None, tls_certificate = None, tls_private_key = None, tls_ca_file = None, dns_servers = None, stun_server = None, digest_sha256 = false, keepalive_interval = Some(30.0), room_policy = None))]
     fn new(
         py: Python<'_>,
         listen: &str,
@@ -187,6 +187,7 @@ impl Endpoint {
         stun_server: Option<String>,
         digest_sha256: bool,
         keepalive_interval: Option<f64>,
+        room_policy: Option<&ConferencePolicy>,
     ) -> PyResult<Self> {
         let media_timeout = seconds(media_timeout)?;
         let listen = listen.parse().map_err(|e| InvalidArgumentError::new_err(format!("listen {listen:?}: {e}")))?;
@@ -236,6 +237,7 @@ impl Endpoint {
             stun_server,
             digest_sha256,
             keepalive_interval: seconds(keepalive_interval)?,
+            room_policy: room_policy.map(|p| p.inner.clone()).unwrap_or_default(),
             ..Default::default()
         };
         let inner = blocking(py, |_| crate::Endpoint::start(config))?;
@@ -454,47 +456,24 @@ impl Conference {
         self.inner.set_talker_policy(policy).map_err(to_py)
     }
 
-    /// Sets the conference's policy (see the Rust `ConferencePolicy`):
-    /// `max_participants` (callers beyond get 486), `pin` and
-    /// `moderator_pin` (typed by callers, then '#'; three tries),
-    /// `locked` (callers get 403), `wait_for_moderator` (others hear
-    /// `hold_music` until one is there), `end_when_moderator_leaves`,
-    /// `mute_on_join`, `pin_prompt`, `pin_timeout` in seconds, and `codecs`
-    /// (names in order of preference, in place of the endpoint's). It
-    /// applies to who joins from now on.
-    #[pyo3(signature = (
-        *, max_participants = None, pin = None, moderator_pin = None, locked = false, wait_for_moderator = false,
-        end_when_moderator_leaves = false, mute_on_join = false, pin_prompt = None, hold_music = None,
-        pin_timeout = 20.0, codecs = None
-    ))]
-    #[allow(clippy::too_many_arguments)] // Python keywords, one per policy field
+    /// Sets the conference's policy: a `ConferencePolicy`, or the keywords
+    /// that make one. It applies to who joins from now on.
+    #[pyo3(signature = (policy = None, /, **keywords))]
     fn set_policy(
         &self,
         py: Python<'_>,
-        max_participants: Option<usize>,
-        pin: Option<String>,
-        moderator_pin: Option<String>,
-        locked: bool,
-        wait_for_moderator: bool,
-        end_when_moderator_leaves: bool,
-        mute_on_join: bool,
-        pin_prompt: Option<&Playback>,
-        hold_music: Option<&Playback>,
-        pin_timeout: f64,
-        codecs: Option<Vec<String>>,
+        policy: Option<&ConferencePolicy>,
+        keywords: Option<&Bound<'_, pyo3::types::PyDict>>,
     ) -> PyResult<()> {
-        let policy = crate::ConferencePolicy {
-            max_participants,
-            pin,
-            moderator_pin,
-            locked,
-            wait_for_moderator,
-            end_when_moderator_leaves,
-            mute_on_join,
-            pin_prompt: pin_prompt.map(|p| p.inner.clone()),
-            hold_music: hold_music.map(|p| p.inner.clone()),
-            pin_timeout: seconds(Some(pin_timeout))?.unwrap_or_default(),
-            codecs: codecs.as_deref().map(codec_list).transpose()?,
+        let policy = match (policy, keywords) {
+            (Some(policy), None) => policy.inner.clone(),
+            // The type's own constructor checks the keywords.
+            (None, keywords) => {
+                py.get_type::<ConferencePolicy>().call((), keywords)?.cast::<ConferencePolicy>()?.get().inner.clone()
+            }
+            (Some(_), Some(_)) => {
+                return Err(InvalidArgumentError::new_err("set_policy takes a ConferencePolicy or keywords, not both"))
+            }
         };
         // Prompts are resampled here: not with the GIL held.
         blocking(py, |_| self.inner.set_policy(policy))
@@ -503,18 +482,7 @@ impl Conference {
     /// The conference's policy.
     #[getter]
     fn policy(&self) -> PyResult<ConferencePolicy> {
-        let p = self.inner.policy().map_err(to_py)?;
-        Ok(ConferencePolicy {
-            max_participants: p.max_participants,
-            pin: p.pin,
-            moderator_pin: p.moderator_pin,
-            locked: p.locked,
-            wait_for_moderator: p.wait_for_moderator,
-            end_when_moderator_leaves: p.end_when_moderator_leaves,
-            mute_on_join: p.mute_on_join,
-            pin_timeout: p.pin_timeout.as_secs_f64(),
-            codecs: p.codecs.map(|codecs| codecs.iter().map(|c| c.encoding_name()).collect()),
-        })
+        Ok(ConferencePolicy { inner: self.inner.policy().map_err(to_py)? })
     }
 
     /// No one new may join: callers get 403, the app a LockedError.
@@ -871,37 +839,120 @@ impl ParticipantInfo {
     }
 }
 
-/// A conference's policy, as `Conference.policy` reads it (the prompts are not shown).
-#[pyclass(frozen, get_all, module = "sipbridge._native")]
+/// A conference's rules (see the Rust `ConferencePolicy`): what
+/// `Conference.set_policy` takes and `Conference.policy` reads, and what
+/// `Endpoint(room_policy=...)` gives the rooms callers create.
+#[pyclass(frozen, module = "sipbridge._native")]
 struct ConferencePolicy {
-    max_participants: Option<usize>,
-    pin: Option<String>,
-    moderator_pin: Option<String>,
-    locked: bool,
-    wait_for_moderator: bool,
-    end_when_moderator_leaves: bool,
-    mute_on_join: bool,
-    pin_timeout: f64,
-    /// The room's codecs by name, or None for the endpoint's.
-    codecs: Option<Vec<&'static str>>,
+    inner: crate::ConferencePolicy,
 }
 
 #[pymethods]
 impl ConferencePolicy {
+    /// `max_participants` (callers beyond get 486), `pin` and
+    /// `moderator_pin` (typed by callers, then '#'; three tries), `locked`
+    /// (callers get 403), `wait_for_moderator` (others hear `hold_music`
+    /// until one is there), `end_when_moderator_leaves`, `mute_on_join`,
+    /// `pin_prompt`, `pin_timeout` in seconds, and `codecs` (names in order
+    /// of preference, in place of the endpoint's).
+    #[new]
+    #[pyo3(signature = (
+        *, max_participants = None, pin = None, moderator_pin = None, locked = false, wait_for_moderator = false,
+        end_when_moderator_leaves = false, mute_on_join = false, pin_prompt = None, hold_music = None,
+        pin_timeout = 20.0, codecs = None
+    ))]
+    #[allow(clippy::too_many_arguments)] // Python keywords, one per policy field
+    fn new(
+        max_participants: Option<usize>,
+        pin: Option<String>,
+        moderator_pin: Option<String>,
+        locked: bool,
+        wait_for_moderator: bool,
+        end_when_moderator_leaves: bool,
+        mute_on_join: bool,
+        pin_prompt: Option<&Playback>,
+        hold_music: Option<&Playback>,
+        pin_timeout: f64,
+        codecs: Option<Vec<String>>,
+    ) -> PyResult<Self> {
+        let inner = crate::ConferencePolicy {
+            max_participants,
+            pin,
+            moderator_pin,
+            locked,
+            wait_for_moderator,
+            end_when_moderator_leaves,
+            mute_on_join,
+            pin_prompt: pin_prompt.map(|p| p.inner.clone()),
+            hold_music: hold_music.map(|p| p.inner.clone()),
+            pin_timeout: seconds(Some(pin_timeout))?.unwrap_or_default(),
+            codecs: codecs.as_deref().map(codec_list).transpose()?,
+        };
+        inner.validate().map_err(to_py)?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn max_participants(&self) -> Option<usize> {
+        self.inner.max_participants
+    }
+
+    #[getter]
+    fn pin(&self) -> Option<&str> {
+        self.inner.pin.as_deref()
+    }
+
+    #[getter]
+    fn moderator_pin(&self) -> Option<&str> {
+        self.inner.moderator_pin.as_deref()
+    }
+
+    #[getter]
+    fn locked(&self) -> bool {
+        self.inner.locked
+    }
+
+    #[getter]
+    fn wait_for_moderator(&self) -> bool {
+        self.inner.wait_for_moderator
+    }
+
+    #[getter]
+    fn end_when_moderator_leaves(&self) -> bool {
+        self.inner.end_when_moderator_leaves
+    }
+
+    #[getter]
+    fn mute_on_join(&self) -> bool {
+        self.inner.mute_on_join
+    }
+
+    #[getter]
+    fn pin_timeout(&self) -> f64 {
+        self.inner.pin_timeout.as_secs_f64()
+    }
+
+    /// The room's codecs by name, or None for the endpoint's.
+    #[getter]
+    fn codecs(&self) -> Option<Vec<&'static str>> {
+        self.inner.codecs.as_ref().map(|codecs| codecs.iter().map(|c| c.encoding_name()).collect())
+    }
+
     fn __repr__(&self) -> String {
         // The PINs are secrets: only whether there are any.
         let yes = |b: bool| if b { "True" } else { "False" };
+        let p = &self.inner;
         format!(
             "ConferencePolicy(max_participants={:?}, pin={}, moderator_pin={}, locked={}, wait_for_moderator={}, end_when_moderator_leaves={}, mute_on_join={}, pin_timeout={}, codecs={:?})",
-            self.max_participants,
-            yes(self.pin.is_some()),
-            yes(self.moderator_pin.is_some()),
-            yes(self.locked),
-            yes(self.wait_for_moderator),
-            yes(self.end_when_moderator_leaves),
-            yes(self.mute_on_join),
-            self.pin_timeout,
-            self.codecs
+            p.max_participants,
+            yes(p.pin.is_some()),
+            yes(p.moderator_pin.is_some()),
+            yes(p.locked),
+            yes(p.wait_for_moderator),
+            yes(p.end_when_moderator_leaves),
+            yes(p.mute_on_join),
+            p.pin_timeout.as_secs_f64(),
+            self.codecs()
         )
     }
 }

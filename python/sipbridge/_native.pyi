@@ -6,7 +6,7 @@ from typing import List, Literal, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import final
+from typing_extensions import TypedDict, Unpack, final
 
 DEFAULT_SAMPLE_RATE: int
 __version__: str
@@ -297,10 +297,41 @@ class Playback:
         level_dbov: float = ...,
     ) -> Playback: ...
 
+class _PolicyKeywords(TypedDict, total=False):
+    """``ConferencePolicy``'s keywords, which ``Conference.set_policy`` also takes."""
+
+    max_participants: Optional[int]
+    pin: Optional[str]
+    moderator_pin: Optional[str]
+    locked: bool
+    wait_for_moderator: bool
+    end_when_moderator_leaves: bool
+    mute_on_join: bool
+    pin_prompt: Optional[Playback]
+    hold_music: Optional[Playback]
+    pin_timeout: float
+    codecs: Optional[Sequence[str]]
+
 @final
 class ConferencePolicy:
-    """A conference's policy, as ``Conference.policy`` reads it (the prompts are not shown)."""
+    """A conference's rules: what ``Conference.set_policy`` takes and ``Conference.policy`` reads,
+    and what ``Endpoint(room_policy=...)`` gives the rooms callers create (the prompts are not read back)."""
 
+    def __new__(
+        cls,
+        *,
+        max_participants: Optional[int] = None,
+        pin: Optional[str] = None,
+        moderator_pin: Optional[str] = None,
+        locked: bool = False,
+        wait_for_moderator: bool = False,
+        end_when_moderator_leaves: bool = False,
+        mute_on_join: bool = False,
+        pin_prompt: Optional[Playback] = None,
+        hold_music: Optional[Playback] = None,
+        pin_timeout: float = 20.0,
+        codecs: Optional[Sequence[str]] = None,
+    ) -> "ConferencePolicy": ...
     @property
     def max_participants(self) -> Optional[int]: ...
     @property
@@ -344,19 +375,7 @@ class Conference:
     def play(self, playback: Playback, participant: Optional[int] = None) -> int: ...
     def stop_playback(self, id: Optional[int] = None) -> None: ...
     def set_policy(
-        self,
-        *,
-        max_participants: Optional[int] = None,
-        pin: Optional[str] = None,
-        moderator_pin: Optional[str] = None,
-        locked: bool = False,
-        wait_for_moderator: bool = False,
-        end_when_moderator_leaves: bool = False,
-        mute_on_join: bool = False,
-        pin_prompt: Optional[Playback] = None,
-        hold_music: Optional[Playback] = None,
-        pin_timeout: float = 20.0,
-        codecs: Optional[Sequence[str]] = None,
+        self, policy: Optional[ConferencePolicy] = None, /, **keywords: Unpack[_PolicyKeywords]
     ) -> None: ...
     @property
     def policy(self) -> ConferencePolicy: ...
@@ -404,6 +423,7 @@ class Endpoint:
         stun_server: Optional[str] = None,
         digest_sha256: bool = False,
         keepalive_interval: Optional[float] = ...,  # 30.0 seconds; None turns the pings off
+        room_policy: Optional[ConferencePolicy] = None,  # for the rooms callers create
     ) -> "Endpoint": ...
     @property
     def local_address(self) -> Tuple[str, int]: ...

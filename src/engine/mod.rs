@@ -55,8 +55,9 @@ const EVENT_QUEUE: usize = 10_000;
 const MIXER_QUEUE: usize = 4096;
 /// A participant's tap holds one second, the conference mix feed's size.
 const TAP_TICKS: usize = 50;
-/// Tap overruns are reported at most this often per tap, as recording overruns are.
-const TAP_OVERRUN_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Tap and recording overruns are reported at most this often per ring, so
+/// a stuck reader or a dead disk does not flood the events.
+const OVERRUN_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// How long a move across mixer threads waits for the first thread to let
 /// the participant go (it does at its next tick, within 20 ms).
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -146,15 +147,36 @@ pub(crate) struct ParticipantEntry {
     pub encoder_key: Option<EncoderKey>,
     /// Who it hears and who hears it; kept here for a leg that joins the mixer later.
     pub routing: Routing,
-    /// Its tap, while the app has one open.
-    pub tap: Option<TapWatch>,
+    /// Its tap's overruns, while the app has one open.
+    pub tap: Option<OverrunWatch>,
 }
 
-/// A participant's open tap, as the control side watches it for overruns.
-pub(crate) struct TapWatch {
+/// The frames the mixer could not put in a ring (a tap the app reads too
+/// slowly, a recording the disk does not keep up with), as the control side
+/// watches them to report overruns.
+pub(crate) struct OverrunWatch {
     dropped: Arc<AtomicU64>,
     reported: u64,
     last_report: Option<Instant>,
+}
+
+impl OverrunWatch {
+    pub fn new(dropped: Arc<AtomicU64>) -> Self {
+        Self { dropped, reported: 0, last_report: None }
+    }
+
+    /// The frames dropped so far, when more were dropped since the last
+    /// report and that report is old enough.
+    pub fn report_due(&mut self, now: Instant) -> Option<u64> {
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        let due = self.last_report.is_none_or(|at| now.duration_since(at) >= OVERRUN_REPORT_EVERY);
+        if dropped <= self.reported || !due {
+            return None;
+        }
+        self.reported = dropped;
+        self.last_report = Some(now);
+        Some(dropped)
+    }
 }
 
 /// The app's end of a participant's tap.
@@ -408,6 +430,22 @@ impl Shared {
     /// The rate room `name` mixes at, or will when a caller creates it.
     pub fn room_sample_rate(&self, name: &str) -> u32 {
         self.registry.lock().conferences.get(name).map_or(self.config.sample_rate, |c| c.sample_rate)
+    }
+
+    /// Reports that a participant joined conference `conference`, and then
+    /// that it is muted if it starts so (the room mutes on join, or it took
+    /// the seat of a muted call).
+    pub fn emit_joined(&self, conference: String, participant: ParticipantId, kind: ParticipantKind, remote: String) {
+        let muted = self
+            .registry
+            .lock()
+            .participants
+            .get(&participant)
+            .is_some_and(|p| p.controls.muted.load(Ordering::Relaxed));
+        self.emit(Event::ParticipantJoined { conference: conference.clone(), participant, kind, remote });
+        if muted {
+            self.emit(Event::Muted { conference, participant, muted: true });
+        }
     }
 
     pub fn emit(&self, event: Event) {
@@ -666,7 +704,7 @@ impl Shared {
             if let Some(event) = event(&entry) {
                 self.emit(event);
             }
-            self.policy_after_leave(&entry.conference, entry.conference_id, &entry);
+            self.policy_after_leave(&entry.conference, entry.conference_id, entry.policy.present_moderator());
             self.end_if_empty_on_demand(&entry.conference, entry.conference_id);
         }
     }
@@ -859,7 +897,7 @@ impl Shared {
         let sink = Box::new(TapSink::new(samples_in, frames_in, dropped.clone()));
         let conference = entry.conference_id;
         mixer.send(conference, MixerCommand::SetParticipantTap(conference, id, Some(sink)))?;
-        entry.tap = Some(TapWatch { dropped: dropped.clone(), reported: 0, last_report: None });
+        entry.tap = Some(OverrunWatch::new(dropped.clone()));
         Ok(TapEnds { samples, frames, dropped, frame })
     }
 
@@ -874,20 +912,24 @@ impl Shared {
 
     /// Reports taps that dropped frames since their last report, at most
     /// once a second each.
-    fn report_tap_overruns(&self) {
+    /// Reports taps the app reads too slowly and recordings the disk does
+    /// not keep up with. It runs here, not on a recording's writer thread,
+    /// so that a write stuck on a dead disk cannot hold the report back.
+    fn report_overruns(&self) {
         let now = Instant::now();
         let mut events = Vec::new();
-        for (id, p) in self.registry.lock().participants.iter_mut() {
-            let Some(tap) = p.tap.as_mut() else { continue };
-            let dropped = tap.dropped.load(Ordering::Relaxed);
-            let due = tap.last_report.is_none_or(|at| now.duration_since(at) >= TAP_OVERRUN_REPORT_EVERY);
-            if dropped > tap.reported && due {
-                tap.reported = dropped;
-                tap.last_report = Some(now);
-                let conference = p.conference.clone();
-                events.push(Event::TapOverrun { conference, participant: *id, frames_dropped: dropped });
+        let mut registry = self.registry.lock();
+        for (id, p) in registry.participants.iter_mut() {
+            let Some(dropped) = p.tap.as_mut().and_then(|tap| tap.report_due(now)) else { continue };
+            let conference = p.conference.clone();
+            events.push(Event::TapOverrun { conference, participant: *id, frames_dropped: dropped });
+        }
+        for (name, conference) in &registry.conferences {
+            if let Some(recorder) = &conference.recording {
+                recorder.report_overruns(name, now, &mut events);
             }
         }
+        drop(registry);
         for event in events {
             self.emit(event);
         }
@@ -924,6 +966,7 @@ impl Shared {
         let not_found = || Error::NotFound(format!("participant {}", id.0));
         let entry = registry.participants.get_mut(&id).filter(|p| p.conference_id == from).ok_or_else(not_found)?;
         let from_name = entry.conference.clone();
+        let moved_moderator = entry.policy.present_moderator();
         let source = registry.conferences.get(&from_name).filter(|c| c.id == from).ok_or_else(not_found)?;
         let destination =
             registry.conferences.get(to_name).filter(|c| c.id == to).ok_or_else(|| Error::NotFound(to_name.into()))?;
@@ -959,8 +1002,15 @@ impl Shared {
         if let Some(destination) = registry.conferences.get_mut(to_name) {
             destination.participants.insert(id);
         }
+        // The destination's wait for a moderator now counts the newcomer:
+        // it may let the room in, or put the newcomer on hold.
+        self.refresh_waiting(registry, to_name);
         drop(guard);
         self.emit(Event::ParticipantMoved { participant: id, from: from_name.clone(), to: to_name.into() });
+        if moved_moderator {
+            self.emit(Event::ModeratorJoined { conference: to_name.into(), participant: id });
+        }
+        self.policy_after_leave(&from_name, from, moved_moderator);
         self.end_if_empty_on_demand(&from_name, from);
         Ok(())
     }
@@ -1336,7 +1386,7 @@ async fn control_tick(shared: std::sync::Weak<Shared>) {
             Some(shared) if !shared.stopped.load(Ordering::Relaxed) => {
                 shared.report_talking();
                 shared.policy_tick(Instant::now());
-                shared.report_tap_overruns();
+                shared.report_overruns();
             }
             _ => return,
         }

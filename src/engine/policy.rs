@@ -90,7 +90,7 @@ impl PolicyState {
     }
 
     /// A moderator that has got in (not one still typing its PIN).
-    fn present_moderator(&self) -> bool {
+    pub(super) fn present_moderator(&self) -> bool {
         self.moderator && self.admission() != Admission::EnteringPin
     }
 }
@@ -301,7 +301,7 @@ impl Shared {
 
     /// Puts those who must wait for a moderator on hold, and lets in those
     /// who need not wait any more (a moderator came, or the rule changed).
-    fn refresh_waiting(&self, registry: &mut Registry, name: &str) {
+    pub(super) fn refresh_waiting(&self, registry: &mut Registry, name: &str) {
         let Registry { conferences, participants } = registry;
         let Some(conference) = conferences.get(name) else { return };
         let present = moderator_present(conference, participants);
@@ -377,7 +377,7 @@ impl Shared {
         entry.policy.pin = None;
         entry.policy.moderator |= moderator;
         if !entry.policy.moderator && conference.policy.mute_on_join {
-            entry.controls.muted.store(true, Ordering::Relaxed);
+            effects.events.extend(apply_mute(id, entry, true));
         }
         set_admission(entry, Admission::Admitted);
         if entry.policy.moderator {
@@ -436,11 +436,11 @@ impl Shared {
         effects.apply(self);
     }
 
-    /// After a participant left conference `name`: the conference ends when
-    /// its last moderator left and the policy says so (else those who must
-    /// wait for a moderator go back on hold), and an empty conference is
-    /// reported.
-    pub(super) fn policy_after_leave(&self, name: &str, id: ConferenceId, left: &ParticipantEntry) {
+    /// After a participant left conference `name` (hung up, or moved to
+    /// another): the conference ends when its last moderator left and the
+    /// policy says so (else those who must wait for a moderator go back on
+    /// hold), and an empty conference is reported.
+    pub(super) fn policy_after_leave(&self, name: &str, id: ConferenceId, left_moderator: bool) {
         let mut effects = Effects::default();
         let mut registry = self.registry.lock();
         let Some(conference) = registry.conferences.get(name).filter(|c| c.id == id) else { return };
@@ -449,10 +449,7 @@ impl Shared {
             if let Some(conference) = registry.conferences.get_mut(name) {
                 conference.ending = false;
             }
-        } else if !conference.ending
-            && left.policy.present_moderator()
-            && !moderator_present(conference, &registry.participants)
-        {
+        } else if !conference.ending && left_moderator && !moderator_present(conference, &registry.participants) {
             if conference.policy.end_when_moderator_leaves {
                 self.end_locked(&mut registry, name, &mut effects);
             } else {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::EventSink;
+use parking_lot::Mutex;
+
+use super::{EventSink, OverrunWatch};
 use crate::api::Event;
 use crate::media::mixer::{ParticipantId, RecordSink, RecordingMix};
 use crate::{Error, Result};
@@ -22,8 +24,6 @@ use crate::{Error, Result};
 const RING_TICKS: usize = 100;
 /// How often the writer drains the rings.
 const WRITE_EVERY: Duration = Duration::from_millis(20);
-/// Overruns are reported at most this often per file, so a dead disk does not flood the events.
-const OVERRUN_REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// One file being written, and the ring it is fed from.
 struct Stream {
@@ -33,8 +33,13 @@ struct Stream {
     /// `None` once writing failed: the rest of that file is lost, not the others.
     writer: Option<hound::WavWriter<BufWriter<File>>>,
     dropped: Arc<AtomicU64>,
-    reported_dropped: u64,
-    last_report: Option<Instant>,
+}
+
+/// A file's overruns, as the control tick reports them.
+struct FileOverruns {
+    participant: Option<ParticipantId>,
+    path: String,
+    watch: OverrunWatch,
 }
 
 /// Identifies where events about a recording belong.
@@ -55,6 +60,8 @@ pub(crate) struct Recorder {
     pub per_participant: bool,
     sample_rate: u32,
     reporter: Reporter,
+    /// One per file; the mix's first.
+    overruns: Mutex<Vec<FileOverruns>>,
 }
 
 impl Recorder {
@@ -74,6 +81,7 @@ impl Recorder {
         let writer_stop = stop.clone();
         let writer_reporter = reporter.clone();
         reporter.started(&mix_stream);
+        let overruns = Mutex::new(vec![mix_stream.overruns()]);
         let thread = std::thread::Builder::new()
             .name("sipbridge-recorder".into())
             .spawn(move || write_streams(mix_stream, new_streams, writer_stop, writer_reporter))?;
@@ -86,6 +94,7 @@ impl Recorder {
             per_participant,
             sample_rate,
             reporter,
+            overruns,
         };
         Ok((recorder, Box::new(RecordingMix::new(paused, mix_sink))))
     }
@@ -98,9 +107,24 @@ impl Recorder {
         let path = self.path.with_file_name(format!("{stem}-{}.{extension}", id.0));
         let (stream, sink) = open_stream(&path, Some(id), self.sample_rate)?;
         self.reporter.started(&stream);
+        self.overruns.lock().push(stream.overruns());
         // The writer ends only in `stop`, which consumes the recorder.
         let _ = self.streams.send(stream);
         Ok(sink)
+    }
+
+    /// The overruns of recording `conference`'s files that are due for a report.
+    pub fn report_overruns(&self, conference: &str, now: Instant, events: &mut Vec<Event>) {
+        for file in self.overruns.lock().iter_mut() {
+            if let Some(frames_dropped) = file.watch.report_due(now) {
+                events.push(Event::RecordingOverrun {
+                    conference: conference.into(),
+                    participant: file.participant,
+                    path: file.path.clone(),
+                    frames_dropped,
+                });
+            }
+        }
     }
 
     pub fn set_paused(&self, paused: bool) {
@@ -136,15 +160,8 @@ fn open_stream(path: &Path, participant: Option<ParticipantId>, sample_rate: u32
     })?;
     let (producer, ring) = rtrb::RingBuffer::new(sample_rate as usize / 50 * RING_TICKS);
     let dropped = Arc::new(AtomicU64::new(0));
-    let stream = Stream {
-        participant,
-        path: path.display().to_string(),
-        ring,
-        writer: Some(writer),
-        dropped: dropped.clone(),
-        reported_dropped: 0,
-        last_report: None,
-    };
+    let stream =
+        Stream { participant, path: path.display().to_string(), ring, writer: Some(writer), dropped: dropped.clone() };
     Ok((stream, RecordSink::new(producer, dropped)))
 }
 
@@ -157,7 +174,6 @@ fn write_streams(mix: Stream, new_streams: Receiver<Stream>, stop: Arc<AtomicBoo
         streams.extend(new_streams.try_iter());
         for stream in streams.iter_mut() {
             stream.drain();
-            stream.report_overrun(&reporter);
         }
         if stopping {
             break;
@@ -179,6 +195,14 @@ fn write_streams(mix: Stream, new_streams: Receiver<Stream>, stop: Arc<AtomicBoo
 }
 
 impl Stream {
+    fn overruns(&self) -> FileOverruns {
+        FileOverruns {
+            participant: self.participant,
+            path: self.path.clone(),
+            watch: OverrunWatch::new(self.dropped.clone()),
+        }
+    }
+
     fn drain(&mut self) {
         let Ok(chunk) = self.ring.read_chunk(self.ring.slots()) else { return };
         if let Some(writer) = self.writer.as_mut() {
@@ -193,20 +217,5 @@ impl Stream {
             }
         }
         chunk.commit_all();
-    }
-
-    fn report_overrun(&mut self, reporter: &Reporter) {
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        let due = self.last_report.is_none_or(|at| at.elapsed() >= OVERRUN_REPORT_EVERY);
-        if dropped > self.reported_dropped && due {
-            self.reported_dropped = dropped;
-            self.last_report = Some(Instant::now());
-            reporter.events.emit(Event::RecordingOverrun {
-                conference: reporter.conference.clone(),
-                participant: self.participant,
-                path: self.path.clone(),
-                frames_dropped: dropped,
-            });
-        }
     }
 }

@@ -873,12 +873,7 @@ impl Driver {
         self.calls.insert(call, leg);
         self.by_participant.insert(participant, call);
         if started {
-            self.shared.emit(Event::ParticipantJoined {
-                conference: room,
-                participant,
-                kind: ParticipantKind::Inbound,
-                remote: from.to_string(),
-            });
+            self.shared.emit_joined(room, participant, ParticipantKind::Inbound, from.to_string());
         }
         Ok(())
     }
@@ -1075,12 +1070,9 @@ impl Driver {
         if kind == ParticipantKind::Outbound {
             self.emit_for(participant, |conference, participant| Event::Answered { conference, participant });
         }
-        self.emit_for(participant, |conference, participant| Event::ParticipantJoined {
-            conference,
-            participant,
-            kind,
-            remote,
-        });
+        if let Some(conference) = self.shared.conference_of(participant) {
+            self.shared.emit_joined(conference, participant, kind, remote);
+        }
         Ok(participant)
     }
 

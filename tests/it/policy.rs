@@ -340,3 +340,50 @@ fn a_room_s_codec_preference_picks_its_calls_codec() {
     assert_eq!(dialled.info().unwrap().codec, Some(CodecKind::G722), "its dials offer only its codecs");
     assert!(room.set_policy(ConferencePolicy { codecs: Some(Vec::new()), ..Default::default() }).is_err());
 }
+
+/// A move is a leave and a join for the rules: a moderator moved in lets
+/// waiting participants in, moved out it ends a room that ends with its
+/// moderator, and the room it emptied is reported empty. Joining muted is
+/// reported too.
+#[test]
+fn a_moderator_moved_between_rooms_brings_their_rules_along() {
+    let bridge = endpoint();
+    let (lobby, class) = (bridge.create_conference("lobby").unwrap(), bridge.create_conference("class").unwrap());
+    let breakout = bridge.create_conference("breakout").unwrap();
+    class
+        .set_policy(ConferencePolicy {
+            wait_for_moderator: true,
+            end_when_moderator_leaves: true,
+            mute_on_join: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let student = class.add_local().unwrap();
+    assert_eq!(student.participant().info().unwrap().admission, Admission::WaitingForModerator);
+    let muted = |e: &Event| match e {
+        Event::Muted { participant, muted: true, .. } => Some(*participant),
+        _ => None,
+    };
+    assert_eq!(wait_event(&bridge, WAIT, muted), student.id(), "joining muted is reported");
+    let teacher = lobby.add_local().unwrap();
+    teacher.participant().set_moderator(true).unwrap();
+
+    lobby.move_participant(teacher.id(), &class).unwrap();
+    let arrived = wait_event(&bridge, WAIT, |e| match e {
+        Event::ModeratorJoined { conference, participant } if conference == "class" => Some(*participant),
+        _ => None,
+    });
+    assert_eq!(arrived, teacher.id());
+    wait_event(&bridge, WAIT, |e| {
+        matches!(e, Event::ConferenceEmpty { conference } if conference == "lobby").then_some(())
+    });
+    assert_eq!(student.participant().info().unwrap().admission, Admission::Admitted, "the moderator let it in");
+
+    class.move_participant(teacher.id(), &breakout).unwrap();
+    wait_event(&bridge, WAIT, |e| {
+        matches!(e, Event::ConferenceEnded { conference } if conference == "class").then_some(())
+    });
+    assert_eq!(wait_event(&bridge, WAIT, left(student.id())), LeaveReason::ConferenceEnded);
+    let in_breakout: Vec<_> = breakout.participants().unwrap().iter().map(|p| p.id).collect();
+    assert_eq!(in_breakout, [teacher.id()]);
+}

@@ -236,3 +236,60 @@ fn power_share_above(samples: &[i16], freq: f64) -> f64 {
     let (start, len) = audible_span(samples);
     purity(&samples[start..start + len], freq, WIDE)
 }
+
+/// A disk that stops taking data (a FIFO nobody reads) costs the recording
+/// frames, reported as an overrun while the writer is stuck in its write,
+/// and costs the conference's audio nothing.
+#[test]
+fn a_recording_the_disk_stops_taking_reports_an_overrun_and_the_audio_goes_on() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let ep = endpoint();
+    let room = ep.create_conference_with_rate("stuck-disk", WIDE).unwrap();
+    let mut listener = room.add_local().unwrap();
+    let frame = listener.frame_samples();
+    let fifo = temp_path("stuck.wav");
+    let _ = std::fs::remove_file(&fifo);
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    // Opened, not read: the writer's open does not block, its writes do once the pipe is full.
+    let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).unwrap();
+    room.start_recording(&fifo, false).unwrap();
+
+    // The ring holds 2 s and the pipe 64 KiB (a third of a second at 48 kHz).
+    let (overrun, frames) = std::thread::scope(|s| {
+        let heard = s.spawn(|| listen(&mut listener, 250));
+        let overrun = wait_event(&ep, Duration::from_secs(6), |e| match e {
+            Event::RecordingOverrun { path, frames_dropped, participant: None, .. } => {
+                Some((path.clone(), *frames_dropped))
+            }
+            _ => None,
+        });
+        (overrun, heard.join().unwrap().len() / frame)
+    });
+    assert_eq!(overrun.0, fifo.display().to_string());
+    assert!(overrun.1 > 0);
+    assert_eq!(frames, 250, "every tick's frame reached the listener");
+
+    // Unstick the writer: read until it closes its end, then stop.
+    let drained = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => panic!("reading the FIFO: {e}"),
+            }
+        }
+    });
+    room.stop_recording().unwrap();
+    drained.join().unwrap();
+    let dropped = wait_event(&ep, Duration::from_secs(5), |e| match e {
+        Event::RecordingStopped { frames_dropped, participant: None, .. } => Some(*frames_dropped),
+        _ => None,
+    });
+    assert!(dropped >= overrun.1);
+    std::fs::remove_file(&fifo).unwrap();
+}
