@@ -92,9 +92,7 @@ fn main() {
     println!("kernel floor of one call (CPU µs, this machine):");
     println!("  RTP send_to, one per leg socket:     {rtp_send:6.2} µs each, x25 = {rtp:6.1} µs");
     println!("  RTP + RTCP bind, epoll add, close:   {leg_sockets:6.1} µs");
-    println!(
-        "  SIP datagram send / receive:         {sip_send:6.2} / {sip_receive:.2} µs each, 3 + 3 = {sip:6.1} µs"
-    );
+    println!("  SIP datagram send / receive:         {sip_send:6.2} / {sip_receive:.2} µs each, 3 + 3 = {sip:6.1} µs");
     println!(
         "  total:                               {floor:6.1} µs = {:.0} % of a 200 µs call, leaving {:.0} µs for everything else",
         floor / 2.0,

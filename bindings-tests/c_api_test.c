@@ -199,7 +199,12 @@ static void test_policy(sb_endpoint *endpoint) {
   OK(sb_conference_set_policy(room, &policy));
   OK(sb_conference_policy_init(&policy));
   policy.max_participants = 1;
+  const float full_tone[] = {600.0f};
+  sb_playback *full = NULL;
+  OK(sb_playback_tone(full_tone, 1, 500, -16.0f, &full));
+  policy.full_prompt = full; /* callers hear it; the app still gets SB_FULL */
   OK(sb_conference_set_policy(room, &policy));
+  sb_playback_free(full);
   OK(sb_conference_add_local(room, &a));
   OK(sb_local_id(a, &a_id));
   CHECK(sb_conference_add_local(room, &b) == SB_FULL && b == NULL, "full");
@@ -222,6 +227,8 @@ static void test_policy(sb_endpoint *endpoint) {
   CHECK(participant_info(room, b_id, &info) && info.muted && !info.moderator &&
             info.admission == SB_ADMISSION_ADMITTED,
         "the app's participants need no PIN, and join muted");
+  CHECK(wait_for(endpoint, SB_EVENT_MUTED, &event) && event.participant == b_id && event.muted,
+        "joining muted is an event");
   OK(sb_conference_set_moderator(room, a_id, true));
   CHECK(wait_for(endpoint, SB_EVENT_MODERATOR_JOINED, &event) && event.participant == a_id, "moderator");
   OK(sb_conference_mute_all(room, false));

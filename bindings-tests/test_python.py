@@ -407,6 +407,13 @@ def test_rooms_callers_create_take_the_endpoints_room_policy():
         assert wait_event(bridge, "muted", participant=joined.participant).muted
         second = out.dial(bridge.room_uri("lobby"))
         assert wait_event(caller, "dial_failed", participant=second.id).status == 486, "the room holds one"
+        # With an announcement, the caller is answered, hears it apart, and is hung up.
+        lobby.set_policy(max_participants=1, full_prompt=sipbridge.Playback.tone([600.0], 0.5))
+        third = out.dial(bridge.room_uri("lobby"))
+        wait_event(caller, "answered", participant=third.id)
+        turned = wait_event(bridge, "participant_joined", conference="lobby")
+        assert lobby.participant(turned.participant).info().admission == "turned_away"
+        assert wait_event(bridge, "participant_left", participant=turned.participant).reason == "room_full"
         # The app's own rooms start without a policy; one can be given whole.
         room = bridge.create_conference("own")
         assert room.policy.pin is None

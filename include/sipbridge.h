@@ -133,6 +133,11 @@ typedef enum {
    * Waiting for a moderator: hears hold music, is not heard.
    */
   SB_ADMISSION_WAITING_FOR_MODERATOR = 2,
+  /**
+   * Turned away from a full room: hears `full_prompt`, is not heard, and
+   * is hung up when it ends (SB_LEAVE_ROOM_FULL).
+   */
+  SB_ADMISSION_TURNED_AWAY = 3,
 } sb_admission;
 
 typedef enum {
@@ -252,6 +257,10 @@ typedef enum {
    * Another call took its place (Replaces, as in an attended transfer).
    */
   SB_LEAVE_REPLACED = 11,
+  /**
+   * The room was full: it heard the policy's `full_prompt` and was hung up.
+   */
+  SB_LEAVE_ROOM_FULL = 12,
 } sb_leave_reason;
 
 typedef enum {
@@ -308,8 +317,8 @@ typedef struct sb_tap sb_tap;
  */
 typedef struct {
   /**
-   * Participants at most, 0 for no limit: a caller beyond it gets 486,
-   * the app's dial or local participant SB_FULL.
+   * Participants at most, 0 for no limit: a caller beyond it gets 486
+   * (or hears `full_prompt`), the app's dial or local participant SB_FULL.
    */
   uint32_t max_participants;
   /**
@@ -356,6 +365,12 @@ typedef struct {
    * ("opus,G722,PCMU,PCMA"), or NULL for the endpoint's.
    */
   const char *codecs;
+  /**
+   * Announced to a caller the room is too full for, which is answered,
+   * hears it apart from the room and is then hung up (NULL: 486 Busy
+   * Here); copied, as `pin_prompt` is.
+   */
+  const sb_playback *full_prompt;
 } sb_conference_policy;
 
 /**

@@ -278,6 +278,9 @@ pub enum LeaveReason {
     /// Another call took its place (a Replaces header, RFC 3891, as in an
     /// attended transfer); we hung up its leg.
     Replaced,
+    /// The room was full: the caller heard the policy's `full_prompt` and
+    /// was hung up.
+    RoomFull,
 }
 
 /// What happened, in order, for the application.

@@ -50,6 +50,12 @@ pub struct ConferencePolicy {
     /// Played over and over to those waiting for a moderator (`None`: a
     /// soft tone, a second on and a second off).
     pub hold_music: Option<Playback>,
+    /// Announced to a caller the room is too full for (`max_participants`):
+    /// the call is answered, hears it apart from the room, and is hung up
+    /// when it ends ([`LeaveReason::RoomFull`](crate::LeaveReason::RoomFull)).
+    /// `None`: such callers get 486 Busy Here. The app's own dials and
+    /// local participants get [`Error::Full`] either way.
+    pub full_prompt: Option<Playback>,
     /// How long a caller may take over its PIN, from the prompt or its last
     /// digit; running out counts as a wrong PIN.
     pub pin_timeout: Duration,
@@ -71,6 +77,7 @@ impl Default for ConferencePolicy {
             mute_on_join: false,
             pin_prompt: None,
             hold_music: None,
+            full_prompt: None,
             pin_timeout: DEFAULT_PIN_TIMEOUT,
             codecs: None,
         }
@@ -119,6 +126,10 @@ pub enum Admission {
     EnteringPin,
     /// Waiting for a moderator: hears hold music, is not heard.
     WaitingForModerator,
+    /// Turned away from a full room: hears the policy's `full_prompt`, is
+    /// not heard, and is hung up when it ends. It does not count as one of
+    /// the room's participants.
+    TurnedAway,
 }
 
 /// What a caller's typing came to.

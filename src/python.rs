@@ -122,6 +122,7 @@ fn reason_name(reason: LeaveReason) -> &'static str {
         LeaveReason::Kicked => "kicked",
         LeaveReason::ConferenceEnded => "conference_ended",
         LeaveReason::PinRejected => "pin_rejected",
+        LeaveReason::RoomFull => "room_full",
         LeaveReason::Transferred => "transferred",
         LeaveReason::Replaced => "replaced",
     }
@@ -132,6 +133,7 @@ fn admission_name(admission: crate::Admission) -> &'static str {
         crate::Admission::Admitted => "admitted",
         crate::Admission::EnteringPin => "entering_pin",
         crate::Admission::WaitingForModerator => "waiting_for_moderator",
+        crate::Admission::TurnedAway => "turned_away",
     }
 }
 
@@ -853,13 +855,15 @@ impl ConferencePolicy {
     /// `moderator_pin` (typed by callers, then '#'; three tries), `locked`
     /// (callers get 403), `wait_for_moderator` (others hear `hold_music`
     /// until one is there), `end_when_moderator_leaves`, `mute_on_join`,
-    /// `pin_prompt`, `pin_timeout` in seconds, and `codecs` (names in order
-    /// of preference, in place of the endpoint's).
+    /// `pin_prompt`, `pin_timeout` in seconds, `codecs` (names in order
+    /// of preference, in place of the endpoint's), and `full_prompt`
+    /// (announced to callers the room is full for, then hung up, instead
+    /// of 486).
     #[new]
     #[pyo3(signature = (
         *, max_participants = None, pin = None, moderator_pin = None, locked = false, wait_for_moderator = false,
         end_when_moderator_leaves = false, mute_on_join = false, pin_prompt = None, hold_music = None,
-        pin_timeout = 20.0, codecs = None
+        pin_timeout = 20.0, codecs = None, full_prompt = None
     ))]
     #[allow(clippy::too_many_arguments)] // Python keywords, one per policy field
     fn new(
@@ -874,6 +878,7 @@ impl ConferencePolicy {
         hold_music: Option<&Playback>,
         pin_timeout: f64,
         codecs: Option<Vec<String>>,
+        full_prompt: Option<&Playback>,
     ) -> PyResult<Self> {
         let inner = crate::ConferencePolicy {
             max_participants,
@@ -885,6 +890,7 @@ impl ConferencePolicy {
             mute_on_join,
             pin_prompt: pin_prompt.map(|p| p.inner.clone()),
             hold_music: hold_music.map(|p| p.inner.clone()),
+            full_prompt: full_prompt.map(|p| p.inner.clone()),
             pin_timeout: seconds(Some(pin_timeout))?.unwrap_or_default(),
             codecs: codecs.as_deref().map(codec_list).transpose()?,
         };

@@ -108,6 +108,7 @@ class Event:
             "pin_rejected",
             "transferred",
             "replaced",
+            "room_full",
         ]
     ]: ...
     @property
@@ -182,7 +183,7 @@ class ParticipantInfo:
     @property
     def moderator(self) -> bool: ...
     @property
-    def admission(self) -> Literal["admitted", "entering_pin", "waiting_for_moderator"]: ...
+    def admission(self) -> Literal["admitted", "entering_pin", "waiting_for_moderator", "turned_away"]: ...
     @property
     def deaf(self) -> bool: ...
     @property
@@ -311,6 +312,7 @@ class _PolicyKeywords(TypedDict, total=False):
     hold_music: Optional[Playback]
     pin_timeout: float
     codecs: Optional[Sequence[str]]
+    full_prompt: Optional[Playback]
 
 @final
 class ConferencePolicy:
@@ -331,6 +333,7 @@ class ConferencePolicy:
         hold_music: Optional[Playback] = None,
         pin_timeout: float = 20.0,
         codecs: Optional[Sequence[str]] = None,
+        full_prompt: Optional[Playback] = None,
     ) -> "ConferencePolicy": ...
     @property
     def max_participants(self) -> Optional[int]: ...

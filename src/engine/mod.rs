@@ -566,8 +566,8 @@ impl Shared {
     ) -> Result<()> {
         let Registry { conferences, participants } = registry;
         let conference = conferences.get_mut(name).ok_or_else(|| Error::NotFound(name.into()))?;
-        if !entry.took_seat() {
-            policy::check_room_open(name, conference)?;
+        if !entry.passes_room_checks() {
+            policy::check_room_open(name, conference, participants)?;
         }
         entry.in_mixer = mix.is_some();
         entry.noise_suppression = conference.noise_suppression;

@@ -26,6 +26,7 @@ const HOLD_QUEUED: u32 = 2;
 pub(crate) struct PolicyAudio {
     pin_prompt: Arc<[i16]>,
     hold_music: Arc<[i16]>,
+    full_prompt: Arc<[i16]>,
 }
 
 impl PolicyAudio {
@@ -37,19 +38,32 @@ impl PolicyAudio {
         };
         let hold_music = match &policy.hold_music {
             Some(music) => music.render(rate)?,
-            None => {
-                // A soft tone, a second on, a second off.
-                let tone = Playback::tone(&[425.0], Duration::from_secs(1), -24.0)?.render(rate)?;
-                let mut samples = tone.to_vec();
-                samples.resize(tone.len() + rate as usize, 0);
-                samples.into()
-            }
+            // A soft tone, a second on, a second off.
+            None => tone_bursts(Duration::from_secs(1), -24.0, 1, rate)?,
         };
-        if pin_prompt.is_empty() || hold_music.is_empty() {
-            return Err(Error::InvalidArgument("a PIN prompt or hold music without samples".into()));
+        let full_prompt = match &policy.full_prompt {
+            Some(prompt) => prompt.render(rate)?,
+            // Heard only by a caller turned away while the policy lost its
+            // announcement (changed between the INVITE and the join): busy.
+            None => tone_bursts(Duration::from_millis(350), -16.0, 3, rate)?,
+        };
+        if pin_prompt.is_empty() || hold_music.is_empty() || full_prompt.is_empty() {
+            return Err(Error::InvalidArgument("a PIN prompt, hold music or full-room prompt without samples".into()));
         }
-        Ok(Self { pin_prompt, hold_music })
+        Ok(Self { pin_prompt, hold_music, full_prompt })
     }
+}
+
+/// `bursts` bursts of 425 Hz (the ITU's ringing and busy tone), each
+/// `length` long and followed by as long a silence.
+fn tone_bursts(length: Duration, level_dbov: f32, bursts: usize, rate: u32) -> Result<Arc<[i16]>> {
+    let tone = Playback::tone(&[425.0], length, level_dbov)?.render(rate)?;
+    let mut samples = Vec::with_capacity(tone.len() * 2 * bursts);
+    for _ in 0..bursts {
+        samples.extend_from_slice(&tone);
+        samples.resize(samples.len() + tone.len(), 0);
+    }
+    Ok(samples.into())
 }
 
 /// A participant's side of the policy.
@@ -59,13 +73,17 @@ pub(crate) struct PolicyState {
     /// It took the place of a participant that was let in (RFC 3891
     /// Replaces): it skips the PIN, the wait and the room's lock and cap.
     took_seat: bool,
+    /// A caller the room was full for, let in apart to hear the policy's
+    /// announcement and be hung up.
+    turned_away: bool,
     /// Its PIN entry, while it types.
     pin: Option<PinEntry>,
     /// Prompts the policy queued for it (the PIN prompt, hold music), to
     /// stop when it is let in; stopping one that ended is harmless.
     playing: Vec<PlaybackId>,
     /// Hold music loops that played to their end, counted where they are
-    /// freed; the control tick queues one more for each.
+    /// freed; the control tick queues one more for each. For a caller
+    /// turned away, its announcement's end (of any kind): it is hung up.
     holds_finished: Arc<AtomicU32>,
     holds_seen: u32,
 }
@@ -76,6 +94,7 @@ impl Default for PolicyState {
             moderator: false,
             admission: Admission::Admitted,
             took_seat: false,
+            turned_away: false,
             pin: None,
             playing: Vec::new(),
             holds_finished: Arc::default(),
@@ -89,9 +108,10 @@ impl PolicyState {
         self.admission
     }
 
-    /// A moderator that has got in (not one still typing its PIN).
+    /// A moderator that has got in (not one still typing its PIN, nor one
+    /// being turned away).
     pub(super) fn present_moderator(&self) -> bool {
-        self.moderator && self.admission() != Admission::EnteringPin
+        self.moderator && !matches!(self.admission(), Admission::EnteringPin | Admission::TurnedAway)
     }
 }
 
@@ -131,18 +151,33 @@ impl ParticipantEntry {
         self.controls.muted.store(seat.muted, Ordering::Relaxed);
     }
 
+    /// Makes a caller the room is full for one that hears the policy's
+    /// announcement apart and is hung up.
+    pub fn turn_away(&mut self) {
+        self.policy.turned_away = true;
+    }
+
     /// Whether it joins past the room's lock and cap.
-    pub fn took_seat(&self) -> bool {
-        self.policy.took_seat
+    pub fn passes_room_checks(&self) -> bool {
+        self.policy.took_seat || self.policy.turned_away
     }
 }
 
-/// Refuses a new participant of a locked or full conference.
-pub(super) fn check_room_open(name: &str, conference: &ConferenceEntry) -> Result<()> {
+/// Refuses a new participant of a locked or full conference. Callers
+/// being turned away do not count.
+pub(super) fn check_room_open(
+    name: &str,
+    conference: &ConferenceEntry,
+    participants: &HashMap<ParticipantId, ParticipantEntry>,
+) -> Result<()> {
     if conference.policy.locked {
         return Err(Error::Locked(name.into()));
     }
-    if conference.policy.max_participants.is_some_and(|max| conference.participants.len() >= max) {
+    let seated = || {
+        let turned_away = |id| participants.get(id).is_some_and(|p| p.policy.admission == Admission::TurnedAway);
+        conference.participants.iter().filter(|id| !turned_away(id)).count()
+    };
+    if conference.policy.max_participants.is_some_and(|max| seated() >= max) {
         return Err(Error::Full(name.into()));
     }
     Ok(())
@@ -179,6 +214,9 @@ pub(super) fn on_entry(conference: &ConferenceEntry, room_waits: bool, entry: &m
     if entry.policy.took_seat {
         return set_admission(entry, Admission::Admitted);
     }
+    if entry.policy.turned_away {
+        return set_admission(entry, Admission::TurnedAway);
+    }
     if entry.kind == ParticipantKind::Inbound && policy.asks_pin() {
         entry.policy.pin = Some(PinEntry::new(policy, now));
         set_admission(entry, Admission::EnteringPin);
@@ -209,11 +247,15 @@ impl Shared {
         })
     }
 
-    /// Refuses a caller to a locked or full room `name` (one that does not exist yet is open).
-    pub fn check_room_open(&self, name: &str) -> Result<()> {
-        match self.registry.lock().conferences.get(name) {
-            Some(conference) => check_room_open(name, conference),
-            None => Ok(()),
+    /// Refuses a caller to a locked or full room `name` (one that does not
+    /// exist yet is open). `Ok(true)`: the room is full, and its policy
+    /// announces that to the caller instead of refusing it.
+    pub fn check_room_open(&self, name: &str) -> Result<bool> {
+        let registry = self.registry.lock();
+        let Some(conference) = registry.conferences.get(name) else { return Ok(false) };
+        match check_room_open(name, conference, &registry.participants) {
+            Err(Error::Full(_)) if conference.policy.full_prompt.is_some() => Ok(true),
+            checked => checked.map(|()| false),
         }
     }
 
@@ -233,6 +275,7 @@ impl Shared {
                 entry.policy.holds_seen = entry.policy.holds_finished.load(Ordering::Relaxed);
                 (0..HOLD_QUEUED).try_for_each(|_| self.queue_hold_music(mixer, conference, id, entry))
             }
+            Admission::TurnedAway => self.play_full_prompt(mixer, conference, id, entry),
         };
         if let Err(error) = queued {
             tracing::warn!(participant = id.0, %error, "cannot play the policy's prompt");
@@ -264,6 +307,26 @@ impl Shared {
     ) -> Result<()> {
         let samples = conference.policy_audio()?.pin_prompt.clone();
         let playback = self.queue_policy_prompt(mixer, conference.id, id, samples, Box::new(|_| ()))?;
+        entry.policy.playing.push(playback);
+        Ok(())
+    }
+
+    /// Plays the full room's announcement to a caller turned away; its end
+    /// (heard out, or stopped) has the control tick hang the caller up.
+    fn play_full_prompt(
+        &self,
+        mixer: &MixerControl,
+        conference: &ConferenceEntry,
+        id: ParticipantId,
+        entry: &mut ParticipantEntry,
+    ) -> Result<()> {
+        let samples = conference.policy_audio()?.full_prompt.clone();
+        entry.policy.holds_seen = entry.policy.holds_finished.load(Ordering::Relaxed);
+        let ended = entry.policy.holds_finished.clone();
+        let done = Box::new(move |_| {
+            ended.fetch_add(1, Ordering::Relaxed);
+        });
+        let playback = self.queue_policy_prompt(mixer, conference.id, id, samples, done)?;
         entry.policy.playing.push(playback);
         Ok(())
     }
@@ -417,10 +480,14 @@ impl Shared {
         let Registry { conferences, participants } = &mut *registry;
         let mixer = self.mixer.lock();
         for (id, entry) in participants.iter_mut() {
+            let finished = entry.policy.holds_finished.load(Ordering::Relaxed);
+            if entry.policy.admission() == Admission::TurnedAway && entry.policy.holds_seen != finished {
+                entry.policy.holds_seen = finished;
+                effects.hangups.push((*id, LeaveReason::RoomFull));
+            }
             if entry.policy.admission() != Admission::WaitingForModerator {
                 continue;
             }
-            let finished = entry.policy.holds_finished.load(Ordering::Relaxed);
             let Some(conference) = conferences.get(&entry.conference).filter(|c| c.id == entry.conference_id) else {
                 continue;
             };

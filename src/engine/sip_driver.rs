@@ -827,19 +827,22 @@ impl Driver {
             return Err((404, Error::NotFound(room)));
         }
         let seat = replaced.and_then(|old| self.shared.seat_of(old));
+        // The conference policy: a locked room gets 403, a full one 486 (or
+        // its announcement), before a port is taken; joining checks again
+        // under the registry's lock.
+        let turned_away =
+            !seat.is_some_and(|seat| seat.admitted) && self.shared.check_room_open(&room).map_err(refusal)?;
         let new_entry = |state| {
             let controls = Arc::new(ParticipantControls::default());
             let mut entry = ParticipantEntry::new(ParticipantKind::Inbound, Some(from.to_string()), state, controls);
             if let Some(seat) = seat {
                 entry.take_seat(seat);
             }
+            if turned_away {
+                entry.turn_away();
+            }
             entry
         };
-        // The conference policy: a locked room gets 403, a full one 486,
-        // before a port is taken; joining checks again under the registry's lock.
-        if !seat.is_some_and(|seat| seat.admitted) {
-            self.shared.check_room_open(&room).map_err(refusal)?;
-        }
         let media = self.local_media(&room).map_err(|e| (503, e))?;
         let participant = ParticipantId(self.shared.next_id());
         // With an offer, answer it and start the media now. Without one (late

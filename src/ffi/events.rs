@@ -96,6 +96,8 @@ pub enum sb_leave_reason {
     SB_LEAVE_TRANSFERRED = 10,
     /// Another call took its place (Replaces, as in an attended transfer).
     SB_LEAVE_REPLACED = 11,
+    /// The room was full: it heard the policy's `full_prompt` and was hung up.
+    SB_LEAVE_ROOM_FULL = 12,
 }
 
 /// One event. Strings are NUL-terminated and cut to fit.
@@ -204,6 +206,7 @@ fn to_c(event: &Event) -> sb_event {
                 LeaveReason::PinRejected => sb_leave_reason::SB_LEAVE_PIN_REJECTED,
                 LeaveReason::Transferred => sb_leave_reason::SB_LEAVE_TRANSFERRED,
                 LeaveReason::Replaced => sb_leave_reason::SB_LEAVE_REPLACED,
+                LeaveReason::RoomFull => sb_leave_reason::SB_LEAVE_ROOM_FULL,
             };
             out.packets_received = *packets_received;
             out.packets_sent = *packets_sent;

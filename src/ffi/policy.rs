@@ -17,6 +17,9 @@ pub enum sb_admission {
     SB_ADMISSION_ENTERING_PIN = 1,
     /// Waiting for a moderator: hears hold music, is not heard.
     SB_ADMISSION_WAITING_FOR_MODERATOR = 2,
+    /// Turned away from a full room: hears `full_prompt`, is not heard, and
+    /// is hung up when it ends (SB_LEAVE_ROOM_FULL).
+    SB_ADMISSION_TURNED_AWAY = 3,
 }
 
 impl From<Admission> for sb_admission {
@@ -25,6 +28,7 @@ impl From<Admission> for sb_admission {
             Admission::Admitted => Self::SB_ADMISSION_ADMITTED,
             Admission::EnteringPin => Self::SB_ADMISSION_ENTERING_PIN,
             Admission::WaitingForModerator => Self::SB_ADMISSION_WAITING_FOR_MODERATOR,
+            Admission::TurnedAway => Self::SB_ADMISSION_TURNED_AWAY,
         }
     }
 }
@@ -33,8 +37,8 @@ impl From<Admission> for sb_admission {
 /// admits everyone at once), then change fields.
 #[repr(C)]
 pub struct sb_conference_policy {
-    /// Participants at most, 0 for no limit: a caller beyond it gets 486,
-    /// the app's dial or local participant SB_FULL.
+    /// Participants at most, 0 for no limit: a caller beyond it gets 486
+    /// (or hears `full_prompt`), the app's dial or local participant SB_FULL.
     pub max_participants: u32,
     /// The PIN callers type, then '#' (digits 0-9, A-D; NULL: none). While
     /// they type it they neither hear the conference nor are heard.
@@ -60,6 +64,10 @@ pub struct sb_conference_policy {
     /// The conference's codecs in order of preference, comma-separated
     /// ("opus,G722,PCMU,PCMA"), or NULL for the endpoint's.
     pub codecs: *const c_char,
+    /// Announced to a caller the room is too full for, which is answered,
+    /// hears it apart from the room and is then hung up (NULL: 486 Busy
+    /// Here); copied, as `pin_prompt` is.
+    pub full_prompt: *const sb_playback,
 }
 
 /// Fills `policy` with the default: no limit, no PIN, unlocked, no moderator rules.
@@ -79,6 +87,7 @@ pub extern "C" fn sb_conference_policy_init(policy: *mut sb_conference_policy) -
             pin_prompt: std::ptr::null(),
             hold_music: std::ptr::null(),
             codecs: std::ptr::null(),
+            full_prompt: std::ptr::null(),
         };
         sb_status::SB_OK
     })
@@ -134,6 +143,7 @@ pub(super) fn policy_from_c(p: &sb_conference_policy) -> Result<ConferencePolicy
         mute_on_join: p.mute_on_join,
         pin_prompt: playback(p.pin_prompt),
         hold_music: playback(p.hold_music),
+        full_prompt: playback(p.full_prompt),
         pin_timeout: Duration::from_millis(p.pin_timeout_ms.into()),
         codecs,
     })

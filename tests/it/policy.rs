@@ -387,3 +387,38 @@ fn a_moderator_moved_between_rooms_brings_their_rules_along() {
     let in_breakout: Vec<_> = breakout.participants().unwrap().iter().map(|p| p.id).collect();
     assert_eq!(in_breakout, [teacher.id()]);
 }
+
+/// Full-room announcement's tone: whole periods in its 2.5 s.
+const FULL_HZ: f64 = 600.0;
+
+/// A full room with an announcement answers the next caller, which hears
+/// it apart from the room and is hung up; it takes no seat meanwhile.
+#[test]
+fn a_full_room_announces_itself_to_the_caller_it_turns_away() {
+    let bridge = endpoint();
+    let caller = endpoint();
+    let room = bridge.create_conference("small").unwrap();
+    let full = Playback::tone(&[FULL_HZ as f32], Duration::from_millis(2500), -16.0).unwrap();
+    room.set_policy(ConferencePolicy { max_participants: Some(1), full_prompt: Some(full), ..Default::default() })
+        .unwrap();
+    let mut member = room.add_local().unwrap();
+    let out = caller.create_conference("out").unwrap();
+    let mut far = out.add_local().unwrap();
+    let leg = out.dial(&bridge.room_uri("small")).unwrap();
+    answered(&caller, leg.id());
+    let turned_away = wait_event(&bridge, WAIT, joined_inbound);
+    assert_eq!(room.participant(turned_away).unwrap().info().unwrap().admission, Admission::TurnedAway);
+
+    let (by_member, by_far) = exchange(&mut member, 1300.0, &mut far, 500.0, Duration::from_millis(1000));
+    assert!(hears(&by_far, FULL_HZ), "the caller hears the announcement: {}", tone_power(&by_far, FULL_HZ));
+    assert!(silent_at(&by_far, 1300.0), "and not the room");
+    assert!(silent_at(&by_member, 500.0) && silent_at(&by_member, FULL_HZ), "the room hears neither");
+    // The caller being turned away holds no seat.
+    member.hangup().unwrap();
+    let newcomer = room.add_local().expect("the seat the member left is free");
+
+    assert_eq!(wait_event(&bridge, WAIT, left(turned_away)), LeaveReason::RoomFull);
+    assert_eq!(wait_event(&caller, WAIT, left(leg.id())), LeaveReason::RemoteHangup);
+    assert!(matches!(room.add_local(), Err(Error::Full(_))), "the newcomer fills the room");
+    newcomer.hangup().unwrap();
+}

@@ -85,6 +85,7 @@ pub struct RoomEntry {
     pub mute_on_join: Option<bool>,
     pub pin_prompt: Option<PathBuf>,
     pub hold_music: Option<PathBuf>,
+    pub full_prompt: Option<PathBuf>,
     pub pin_timeout: Option<u64>,
     /// Codec names in order of preference ("opus", "G722", "PCMU", "PCMA").
     pub codecs: Option<Vec<String>>,
@@ -105,6 +106,7 @@ impl RoomEntry {
             mute_on_join: self.mute_on_join.unwrap_or(default.mute_on_join),
             pin_prompt: wav(&self.pin_prompt)?,
             hold_music: wav(&self.hold_music)?,
+            full_prompt: wav(&self.full_prompt)?,
             pin_timeout: self.pin_timeout.map_or(default.pin_timeout, Duration::from_secs),
             codecs: self
                 .codecs
