@@ -397,7 +397,8 @@ pub enum Event {
         path: String,
         frames_dropped: u64,
     },
-    /// A moderator got in: by its PIN, or made one by the app.
+    /// A moderator got in: by its PIN, made one by the app, or moved in
+    /// from another conference.
     ModeratorJoined {
         conference: String,
         participant: ParticipantId,
@@ -407,7 +408,9 @@ pub enum Event {
         conference: String,
         locked: bool,
     },
-    /// A participant was muted or unmuted (by the app, or by mute all).
+    /// A participant was muted or unmuted (by the app, or by mute all), or
+    /// joined muted (mute on join, or the seat of a muted call it replaced),
+    /// reported after its [`Event::ParticipantJoined`].
     Muted {
         conference: String,
         participant: ParticipantId,
@@ -426,7 +429,9 @@ pub enum Event {
         participant: ParticipantId,
         tries_left: u32,
     },
-    /// The last participant left (a room a caller created is then destroyed).
+    /// The last participant left, or moved out (a room a caller created is
+    /// then destroyed). A caller being turned away from a full room counts
+    /// as in it until it is hung up.
     ConferenceEmpty {
         conference: String,
     },
@@ -1008,8 +1013,14 @@ impl Conference {
     /// it hears `to` from the next tick on, without a gap when the two
     /// conferences mix on one thread (at most one frame's gap otherwise).
     /// Both must mix at the same rate ([`Error::InvalidArgument`]).
-    /// Reported as [`Event::ParticipantMoved`]. A room a caller created ends
-    /// when its last participant moves out.
+    /// Reported as [`Event::ParticipantMoved`]. For the policy the move is
+    /// a leave and a join: `to` lets in those waiting if a moderator moves
+    /// in ([`Event::ModeratorJoined`]), or puts a newcomer on hold if it
+    /// waits for one; this conference ends if its policy ends it with its
+    /// last moderator, and reports [`Event::ConferenceEmpty`] when emptied.
+    /// `to`'s lock and size do not refuse the app's move, and the mover
+    /// keeps its mute and its role. A room a caller created ends when its
+    /// last participant moves out.
     pub fn move_participant(&self, id: ParticipantId, to: &Conference) -> Result<()> {
         self.check()?;
         self.shared.move_participant(id, self.id, to.id, &to.name)

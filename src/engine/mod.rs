@@ -436,12 +436,9 @@ impl Shared {
     /// that it is muted if it starts so (the room mutes on join, or it took
     /// the seat of a muted call).
     pub fn emit_joined(&self, conference: String, participant: ParticipantId, kind: ParticipantKind, remote: String) {
-        let muted = self
-            .registry
-            .lock()
-            .participants
-            .get(&participant)
-            .is_some_and(|p| p.controls.muted.load(Ordering::Relaxed));
+        // Under the lock, so that a mute changed meanwhile is reported after these.
+        let registry = self.registry.lock();
+        let muted = registry.participants.get(&participant).is_some_and(|p| p.controls.muted.load(Ordering::Relaxed));
         self.emit(Event::ParticipantJoined { conference: conference.clone(), participant, kind, remote });
         if muted {
             self.emit(Event::Muted { conference, participant, muted: true });
@@ -929,7 +926,7 @@ impl Shared {
                 recorder.report_overruns(name, now, &mut events);
             }
         }
-        drop(registry);
+        // Under the lock, so that no overrun comes after its recording stopped.
         for event in events {
             self.emit(event);
         }

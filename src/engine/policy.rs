@@ -20,6 +20,9 @@ use crate::{Error, Result};
 /// Copies of the hold music queued at once: one plays while the next
 /// waits, so the loop has no gap while the control side queues another.
 const HOLD_QUEUED: u32 = 2;
+/// Callers a full room announces itself to at once, each holding an RTP
+/// port and a mixer slot for the announcement; more get 486.
+const MAX_TURNED_AWAY: usize = 8;
 
 /// The policy's own prompts, rendered at the conference's rate.
 #[derive(Clone)]
@@ -111,7 +114,7 @@ impl PolicyState {
     /// A moderator that has got in (not one still typing its PIN, nor one
     /// being turned away).
     pub(super) fn present_moderator(&self) -> bool {
-        self.moderator && !matches!(self.admission(), Admission::EnteringPin | Admission::TurnedAway)
+        self.moderator && self.admission() != Admission::EnteringPin && !self.turned_away
     }
 }
 
@@ -152,9 +155,11 @@ impl ParticipantEntry {
     }
 
     /// Makes a caller the room is full for one that hears the policy's
-    /// announcement apart and is hung up.
+    /// announcement apart and is hung up; from now on, also while a late
+    /// offer keeps it out of the mixer.
     pub fn turn_away(&mut self) {
         self.policy.turned_away = true;
+        set_admission(self, Admission::TurnedAway);
     }
 
     /// Whether it joins past the room's lock and cap.
@@ -173,14 +178,16 @@ pub(super) fn check_room_open(
     if conference.policy.locked {
         return Err(Error::Locked(name.into()));
     }
-    let seated = || {
-        let turned_away = |id| participants.get(id).is_some_and(|p| p.policy.admission == Admission::TurnedAway);
-        conference.participants.iter().filter(|id| !turned_away(id)).count()
-    };
-    if conference.policy.max_participants.is_some_and(|max| seated() >= max) {
+    let full = |max| conference.participants.len() - turned_away(conference, participants) >= max;
+    if conference.policy.max_participants.is_some_and(full) {
         return Err(Error::Full(name.into()));
     }
     Ok(())
+}
+
+/// How many callers `conference` is turning away now.
+fn turned_away(conference: &ConferenceEntry, participants: &HashMap<ParticipantId, ParticipantEntry>) -> usize {
+    conference.participants.iter().filter(|id| participants.get(id).is_some_and(|p| p.policy.turned_away)).count()
 }
 
 fn set_admission(entry: &mut ParticipantEntry, admission: Admission) {
@@ -253,8 +260,10 @@ impl Shared {
     pub fn check_room_open(&self, name: &str) -> Result<bool> {
         let registry = self.registry.lock();
         let Some(conference) = registry.conferences.get(name) else { return Ok(false) };
+        let announces = conference.policy.full_prompt.is_some()
+            && turned_away(conference, &registry.participants) < MAX_TURNED_AWAY;
         match check_room_open(name, conference, &registry.participants) {
-            Err(Error::Full(_)) if conference.policy.full_prompt.is_some() => Ok(true),
+            Err(Error::Full(_)) if announces => Ok(true),
             checked => checked.map(|()| false),
         }
     }
@@ -279,6 +288,10 @@ impl Shared {
         };
         if let Err(error) = queued {
             tracing::warn!(participant = id.0, %error, "cannot play the policy's prompt");
+            if entry.policy.admission() == Admission::TurnedAway {
+                // Nothing to hear out: the control tick hangs it up at once.
+                entry.policy.holds_finished.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

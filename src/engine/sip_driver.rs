@@ -830,8 +830,16 @@ impl Driver {
         // The conference policy: a locked room gets 403, a full one 486 (or
         // its announcement), before a port is taken; joining checks again
         // under the registry's lock.
-        let turned_away =
-            !seat.is_some_and(|seat| seat.admitted) && self.shared.check_room_open(&room).map_err(refusal)?;
+        let turned_away = match seat {
+            Some(seat) if seat.admitted => false,
+            // Checked as a newcomer, but never turned away: the old call
+            // would be hung up for an announcement, and both lost.
+            Some(_) if self.shared.check_room_open(&room).map_err(refusal)? => {
+                return Err(refusal(Error::Full(room)));
+            }
+            Some(_) => false,
+            None => self.shared.check_room_open(&room).map_err(refusal)?,
+        };
         let new_entry = |state| {
             let controls = Arc::new(ParticipantControls::default());
             let mut entry = ParticipantEntry::new(ParticipantKind::Inbound, Some(from.to_string()), state, controls);
