@@ -313,6 +313,12 @@ fn serve_reads_the_example_config() {
     let output = run_uac(&target, ["-sf", scenario], "board", &["-au", "bob", "-ap", "secret"]);
     assert_sipp_succeeded(&output, "uac into board as bob");
     server.expect("left room=board", Duration::from_secs(2));
+    // A room a caller creates takes [room_policy]: its callers join muted.
+    let output = run_uac(&target, ["-sn", "uac"], "hallway", &["-d", "200"]);
+    assert_sipp_succeeded(&output, "uac into a room it creates");
+    server.expect("joined room=hallway", Duration::from_secs(2));
+    server.expect("Muted { conference: \"hallway\"", Duration::from_secs(2));
+    server.expect("left room=hallway", Duration::from_secs(2));
     assert!(server.terminate().success());
 }
 

@@ -21,6 +21,8 @@ pub struct ServeConfig {
     pub users: Vec<UserEntry>,
     #[serde(default)]
     pub rooms: Vec<RoomEntry>,
+    /// The policy of the rooms callers create: a room's policy keys only.
+    pub room_policy: Option<RoomEntry>,
     #[serde(default)]
     pub accounts: Vec<AccountEntry>,
 }
@@ -70,6 +72,8 @@ pub struct UserEntry {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoomEntry {
+    /// Required in `[[rooms]]`; `[room_policy]` has none.
+    #[serde(default)]
     pub name: String,
     pub sample_rate: Option<u32>,
     pub require_authentication: Option<bool>,
@@ -156,6 +160,21 @@ impl ServeConfig {
                 }
             }
         }
+        if config.rooms.iter().any(|room| room.name.is_empty()) {
+            return Err(format!("{}: every [[rooms]] entry needs a name", path.display()));
+        }
+        if let Some(p) = &config.room_policy {
+            if !p.name.is_empty()
+                || p.sample_rate.is_some()
+                || p.require_authentication.is_some()
+                || p.noise_suppression.is_some()
+            {
+                return Err(format!(
+                    "{}: [room_policy] takes a room's policy keys only (the rate and authentication of rooms callers create are [media] sample_rate and [sip] require_authentication)",
+                    path.display()
+                ));
+            }
+        }
         for account in &config.accounts {
             if account.password.is_some() == account.ha1.is_some() {
                 return Err(format!(
@@ -178,6 +197,8 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sipbridge.toml");
         let config = ServeConfig::read(&path).unwrap();
         assert!(!config.users.is_empty() && !config.rooms.is_empty());
+        let room_policy = config.room_policy.as_ref().unwrap().policy().unwrap();
+        assert!(room_policy.mute_on_join && room_policy.max_participants == Some(50));
         assert_eq!(config.media.rtp_ports.as_deref(), Some("30000-30999"));
     }
 
@@ -192,6 +213,9 @@ mod tests {
             ("[media]\nsample_rate = \"fast\"\n", "invalid type"),
             ("[[accounts]]\naor = \"sip:a@b\"\nroom = \"r\"\n", "needs a password or an ha1"),
             ("[[accounts]]\naor = \"sip:a@b\"\npassword = \"p\"\n", "missing field `room`"),
+            ("[[rooms]]\npin = \"1\"\n", "needs a name"),
+            ("[room_policy]\nname = \"x\"\n", "policy keys only"),
+            ("[room_policy]\nsample_rate = 8000\n", "policy keys only"),
         ] {
             let path = dir.join("bad.toml");
             std::fs::write(&path, text).unwrap();

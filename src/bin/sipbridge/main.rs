@@ -166,6 +166,10 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         .tls_listen
         .or(file.sip.tls_listen)
         .or_else(|| tls_certificate.as_ref().map(|_| SocketAddr::new(listen.ip(), 5061)));
+    let room_policy = match &file.room_policy {
+        Some(entry) => entry.policy().map_err(|e| format!("[room_policy]: {e}"))?,
+        None => defaults.room_policy.clone(),
+    };
     let endpoint = EndpointConfig {
         listen,
         tcp: !args.no_tcp && file.sip.tcp.unwrap_or(true),
@@ -189,6 +193,7 @@ fn settings(args: ServeArgs, file: ServeConfig) -> Result<Settings, String> {
         require_authentication: args.require_auth || file.sip.require_authentication.unwrap_or(false),
         realm: args.realm.or(file.sip.realm).unwrap_or(defaults.realm.clone()),
         digest_sha256: args.digest_sha256 || file.sip.digest_sha256.unwrap_or(false),
+        room_policy,
         ..defaults
     };
     let mut users = file.users;
